@@ -1,0 +1,969 @@
+//! One Automerge document per case: the only module that builds Automerge
+//! operations.
+//!
+//! # Document layout (schema 1)
+//! ```text
+//! ROOT { schema: 1, id, number, category, title, description: Text,
+//!        parties: [ { name, id_number, phone } ], county, township, village,
+//!        grid, risk, risk_flags: [str], responsible, recorded_by, recorded_at,
+//!        events: [ { kind, at, text?, to?, court?, ref?, outcome?, level? } ] }
+//! ```
+//! The whole structure is created in the first change, on the recording
+//! device: if two devices each created `events`, one list would be hidden.
+//!
+//! # Invariants
+//! - Every change carries an explicit time (ms since the epoch) and a message
+//!   `fq1|{op}|{role}|{name}` naming what was done and by whom. The authoring
+//!   device is the first 8 bytes of the change's actor id.
+//! - Status and level are never stored: they are derived from the event list
+//!   ordered by (event time, actor, op counter), so concurrent lifecycle
+//!   events all survive and every replica derives the same result.
+//! - Peer bytes are applied inside `catch_unwind` (Automerge 0.12 panics on some
+//!   malformed input); after a panic the document must be dropped and reloaded.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use serde::Serialize;
+
+use crate::case::{
+    AdminCode, CaseId, CaseNumber, Category, DeviceId, EventKind, Level, Outcome, Party, Risk, Role,
+    Status,
+};
+use crate::clock::Timestamp;
+
+/// The document schema this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Largest single change accepted from a peer, after any decompression.
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+
+/// Fields that hold a plain value and so can hold concurrent values.
+pub const REGISTER_FIELDS: &[&str] = &["title", "category", "risk", "grid", "responsible"];
+
+/// Why a document operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// Automerge refused an operation or bytes.
+    #[error("automerge {op} failed: {source}")]
+    Automerge {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        source: automerge::AutomergeError,
+    },
+    /// A change from a peer could not be parsed.
+    #[error("malformed change: {0}")]
+    BadChange(String),
+    /// Automerge panicked on the input; the document must be reloaded.
+    #[error("automerge panicked while applying peer input")]
+    Panicked,
+    /// The document does not have the shape of a case.
+    #[error("document is not a valid case: {0}")]
+    Malformed(&'static str),
+}
+
+fn am(op: &'static str) -> impl FnOnce(automerge::AutomergeError) -> DocError {
+    move |source| DocError::Automerge { op, source }
+}
+
+/// Who made a change: recorded in every change's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Author {
+    /// The person's name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+}
+
+impl Author {
+    fn message(&self, op: &str) -> String {
+        format!("fq1|{op}|{}|{}", self.role.code(), self.name)
+    }
+
+    /// Parses a change message into (op, author). Unknown formats give `None`.
+    fn from_message(msg: &str) -> Option<(String, Author)> {
+        let mut parts = msg.splitn(4, '|');
+        if parts.next()? != "fq1" {
+            return None;
+        }
+        let op = parts.next()?.to_owned();
+        let role = Role::parse(parts.next()?).ok()?;
+        let name = parts.next()?.to_owned();
+        Some((op, Author { name, role }))
+    }
+}
+
+/// Makes a fresh actor id for a ledger opened on `device`: the device id
+/// followed by 8 bytes that must never repeat (see DESIGN.md §8 on actor reuse).
+pub fn actor_for(device: DeviceId, unique: [u8; 8]) -> ActorId {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(device.as_bytes());
+    bytes.extend_from_slice(&unique);
+    ActorId::from(bytes)
+}
+
+/// The device an actor id belongs to, if it has the fq shape.
+pub fn device_of(actor: &ActorId) -> Option<DeviceId> {
+    let b = actor.to_bytes();
+    let d: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    (b.len() == 16).then_some(DeviceId::from_bytes(d))
+}
+
+/// A 32-byte change hash, the key of a change everywhere.
+pub type Hash = [u8; 32];
+
+fn hash_bytes(h: &ChangeHash) -> Hash {
+    h.0
+}
+
+/// What a new case starts with.
+#[derive(Debug, Clone)]
+pub struct NewCaseDoc<'a> {
+    /// Its id.
+    pub id: CaseId,
+    /// Its human number.
+    pub number: &'a CaseNumber,
+    /// Its village.
+    pub village: &'a AdminCode,
+    /// The grid inside the village, if known.
+    pub grid: Option<u32>,
+    /// Category.
+    pub category: Category,
+    /// Title.
+    pub title: &'a str,
+    /// Description.
+    pub description: &'a str,
+    /// Parties.
+    pub parties: &'a [Party],
+    /// Risk.
+    pub risk: Risk,
+    /// The level it is recorded at.
+    pub level: Level,
+}
+
+/// Changes to plain fields; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct FieldEdit {
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New category.
+    pub category: Option<Category>,
+    /// New risk.
+    pub risk: Option<Risk>,
+    /// New grid.
+    pub grid: Option<u32>,
+    /// Parties to add.
+    pub add_parties: Vec<Party>,
+}
+
+impl FieldEdit {
+    /// Whether the edit changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none()
+            && self.description.is_none()
+            && self.category.is_none()
+            && self.risk.is_none()
+            && self.grid.is_none()
+            && self.add_parties.is_empty()
+    }
+
+    fn summary(&self) -> String {
+        let mut f = Vec::new();
+        let names = [
+            (self.title.is_some(), "title"),
+            (self.description.is_some(), "description"),
+            (self.category.is_some(), "category"),
+            (self.risk.is_some(), "risk"),
+            (self.grid.is_some(), "grid"),
+            (!self.add_parties.is_empty(), "parties"),
+        ];
+        for (set, name) in names {
+            if set {
+                f.push(name);
+            }
+        }
+        format!("edit:{}", f.join(","))
+    }
+}
+
+/// A lifecycle event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewEvent {
+    /// A session note.
+    Note(String),
+    /// Name the responsible person.
+    Assign(String),
+    /// Send the case up to `to`.
+    Escalate {
+        /// The level it goes to.
+        to: Level,
+        /// Why.
+        reason: String,
+    },
+    /// The upper level takes the case.
+    AcceptEscalation {
+        /// The level that accepts.
+        level: Level,
+    },
+    /// Settled, with the agreement.
+    Settle(String),
+    /// Mediation failed.
+    Fail(String),
+    /// Judicial confirmation of the agreement.
+    Confirm {
+        /// The court.
+        court: String,
+        /// Its reference number.
+        reference: Option<String>,
+    },
+    /// A follow-up visit.
+    FollowUp {
+        /// Honoured or relapsed.
+        outcome: Outcome,
+        /// What was seen.
+        note: Option<String>,
+    },
+    /// Archive the case.
+    Archive,
+}
+
+impl NewEvent {
+    /// The kind this event is stored as.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            NewEvent::Note(_) => EventKind::Note,
+            NewEvent::Assign(_) => EventKind::Assigned,
+            NewEvent::Escalate { .. } => EventKind::Escalated,
+            NewEvent::AcceptEscalation { .. } => EventKind::EscalationAccepted,
+            NewEvent::Settle(_) => EventKind::Settled,
+            NewEvent::Fail(_) => EventKind::Failed,
+            NewEvent::Confirm { .. } => EventKind::Confirmed,
+            NewEvent::FollowUp { outcome: Outcome::Relapsed, .. } => EventKind::Relapsed,
+            NewEvent::FollowUp { .. } => EventKind::FollowUp,
+            NewEvent::Archive => EventKind::Archived,
+        }
+    }
+}
+
+/// Time limits per level (限时办结), local policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeadlinePolicy {
+    /// Days a village has to settle a case.
+    pub village_days: i64,
+    /// Days a township has.
+    pub township_days: i64,
+    /// Days the county has.
+    pub county_days: i64,
+}
+
+impl Default for DeadlinePolicy {
+    fn default() -> Self {
+        Self { village_days: 15, township_days: 30, county_days: 60 }
+    }
+}
+
+impl DeadlinePolicy {
+    fn days(&self, level: Level) -> i64 {
+        match level {
+            Level::Village => self.village_days,
+            Level::Township => self.township_days,
+            _ => self.county_days,
+        }
+    }
+}
+
+/// A party as read back from a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartyView {
+    /// Name.
+    pub name: String,
+    /// Resident ID number, as stored.
+    pub id_number: Option<String>,
+    /// Phone number.
+    pub phone: Option<String>,
+}
+
+/// A lifecycle event as read back, with who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventView {
+    /// What happened.
+    pub kind: EventKind,
+    /// Device time of the event.
+    pub at: Timestamp,
+    /// Who recorded it.
+    pub author: Option<Author>,
+    /// The device it was recorded on.
+    pub device: Option<String>,
+    /// Note, reason, agreement or follow-up note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Assignee, or the level escalated to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Court of a judicial confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub court: Option<String>,
+    /// Court reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(skip)]
+    actor: Vec<u8>,
+    #[serde(skip)]
+    counter: u64,
+}
+
+/// One of several values a field holds after concurrent edits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictValue {
+    /// The value, as text.
+    pub value: String,
+    /// Who wrote it.
+    pub author: Option<Author>,
+    /// The device it was written on.
+    pub device: Option<String>,
+    /// When (device time).
+    pub at: Option<Timestamp>,
+}
+
+/// A field that holds concurrent values. The displayed value is Automerge's
+/// deterministic winner; all values are kept until a later edit resolves them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldConflict {
+    /// Field path, e.g. `title` or `parties[0].phone`.
+    pub field: String,
+    /// Every value, winner first.
+    pub values: Vec<ConflictValue>,
+}
+
+/// One change in a case's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// Device time of the change.
+    pub at: Timestamp,
+    /// What was done (`create`, `edit:title`, `note`, ...).
+    pub op: String,
+    /// Who did it.
+    pub author: Option<Author>,
+    /// On which device.
+    pub device: Option<String>,
+    /// The change hash, hex.
+    pub hash: String,
+}
+
+/// Everything a case document says, with status, level and deadline derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseState {
+    /// Case id.
+    pub id: CaseId,
+    /// Case number.
+    pub number: String,
+    /// Category.
+    pub category: Category,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Parties.
+    pub parties: Vec<PartyView>,
+    /// County code.
+    pub county: String,
+    /// Township code.
+    pub township: String,
+    /// Village code.
+    pub village: String,
+    /// Grid, if known.
+    pub grid: Option<u32>,
+    /// Risk.
+    pub risk: Risk,
+    /// Responsible person (包保责任人).
+    pub responsible: Option<String>,
+    /// Who recorded the case.
+    pub recorded_by: String,
+    /// When.
+    pub recorded_at: Timestamp,
+    /// Derived status.
+    pub status: Status,
+    /// Derived handling level.
+    pub level: Level,
+    /// The level an escalation is waiting at, if any.
+    pub escalated_to: Option<Level>,
+    /// Derived deadline of the current level, for open cases.
+    pub deadline: Option<Timestamp>,
+    /// Whether a court confirmed the agreement.
+    pub confirmed: bool,
+    /// Follow-up visits made.
+    pub follow_ups: u32,
+    /// The latest change time.
+    pub updated_at: Timestamp,
+    /// Lifecycle events in derivation order.
+    pub events: Vec<EventView>,
+}
+
+/// A case document with its actor set for local edits.
+#[derive(Debug)]
+pub struct CaseDoc {
+    doc: AutoCommit,
+}
+
+impl CaseDoc {
+    /// Creates a case document; the whole structure goes into its first change.
+    pub fn create(new: &NewCaseDoc<'_>, author: &Author, actor: ActorId, at: Timestamp) -> Result<Self, DocError> {
+        let mut doc = AutoCommit::new().with_actor(actor);
+        let d = &mut doc;
+        d.put(ROOT, "schema", SCHEMA_VERSION).map_err(am("put"))?;
+        d.put(ROOT, "id", new.id.to_string()).map_err(am("put"))?;
+        d.put(ROOT, "number", new.number.as_str()).map_err(am("put"))?;
+        d.put(ROOT, "category", new.category.code()).map_err(am("put"))?;
+        d.put(ROOT, "title", new.title).map_err(am("put"))?;
+        let text = d.put_object(ROOT, "description", ObjType::Text).map_err(am("put"))?;
+        d.splice_text(&text, 0, 0, new.description).map_err(am("splice"))?;
+        let parties = d.put_object(ROOT, "parties", ObjType::List).map_err(am("put"))?;
+        for (i, p) in new.parties.iter().enumerate() {
+            put_party(d, &parties, i, p)?;
+        }
+        d.put(ROOT, "county", new.village.county().as_str()).map_err(am("put"))?;
+        let township = new.village.township().map(|t| t.to_string()).unwrap_or_default();
+        d.put(ROOT, "township", township).map_err(am("put"))?;
+        d.put(ROOT, "village", new.village.as_str()).map_err(am("put"))?;
+        match new.grid {
+            Some(g) => d.put(ROOT, "grid", i64::from(g)),
+            None => d.put(ROOT, "grid", ScalarValue::Null),
+        }
+        .map_err(am("put"))?;
+        d.put(ROOT, "risk", new.risk.code()).map_err(am("put"))?;
+        d.put_object(ROOT, "risk_flags", ObjType::List).map_err(am("put"))?;
+        d.put(ROOT, "responsible", ScalarValue::Null).map_err(am("put"))?;
+        d.put(ROOT, "recorded_by", author.name.as_str()).map_err(am("put"))?;
+        d.put(ROOT, "recorded_at", at.0).map_err(am("put"))?;
+        let events = d.put_object(ROOT, "events", ObjType::List).map_err(am("put"))?;
+        let ev = d.insert_object(&events, 0, ObjType::Map).map_err(am("insert"))?;
+        d.put(&ev, "kind", EventKind::Recorded.code()).map_err(am("put"))?;
+        d.put(&ev, "at", at.0).map_err(am("put"))?;
+        d.put(&ev, "level", new.level.code()).map_err(am("put"))?;
+        let mut this = Self { doc };
+        this.commit(author, "create", at);
+        Ok(this)
+    }
+
+    /// An empty document that will be filled by applying a peer's changes.
+    pub fn empty(actor: ActorId) -> Self {
+        Self { doc: AutoCommit::new().with_actor(actor) }
+    }
+
+    /// Loads a snapshot saved by [`CaseDoc::save`], taking `actor` for any
+    /// local edits. Snapshots are local data, but are still loaded inside
+    /// `catch_unwind`: a corrupt file must give an error, not a crash.
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, DocError> {
+        let doc = catch_unwind(|| AutoCommit::load(bytes)).map_err(|_| DocError::Panicked)?;
+        let doc = doc.map_err(am("load"))?.with_actor(actor);
+        Ok(Self { doc })
+    }
+
+    /// The whole document, compressed.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The current heads, sorted.
+    pub fn heads(&mut self) -> Vec<Hash> {
+        let mut h: Vec<Hash> = self.doc.get_heads().iter().map(hash_bytes).collect();
+        h.sort_unstable();
+        h
+    }
+
+    fn commit(&mut self, author: &Author, op: &str, at: Timestamp) -> Option<Hash> {
+        let opts = CommitOptions::default().with_message(author.message(op)).with_time(at.0);
+        self.doc.commit_with(opts).map(|h| h.0)
+    }
+
+    /// Applies a field edit as one change. Returns `None` if nothing changed.
+    pub fn edit(&mut self, edit: &FieldEdit, author: &Author, at: Timestamp) -> Result<Option<Hash>, DocError> {
+        let r = self.edit_ops(edit);
+        if let Err(e) = r {
+            self.doc.rollback();
+            return Err(e);
+        }
+        Ok(self.commit(author, &edit.summary(), at))
+    }
+
+    fn edit_ops(&mut self, edit: &FieldEdit) -> Result<(), DocError> {
+        let d = &mut self.doc;
+        if let Some(t) = &edit.title {
+            d.put(ROOT, "title", t.as_str()).map_err(am("put"))?;
+        }
+        if let Some(text) = &edit.description {
+            let obj = obj_at(d, &ROOT, "description")?;
+            d.update_text(&obj, text).map_err(am("update text"))?;
+        }
+        if let Some(c) = edit.category {
+            d.put(ROOT, "category", c.code()).map_err(am("put"))?;
+        }
+        if let Some(r) = edit.risk {
+            d.put(ROOT, "risk", r.code()).map_err(am("put"))?;
+        }
+        if let Some(g) = edit.grid {
+            d.put(ROOT, "grid", i64::from(g)).map_err(am("put"))?;
+        }
+        if !edit.add_parties.is_empty() {
+            let list = obj_at(d, &ROOT, "parties")?;
+            for p in &edit.add_parties {
+                let n = d.length(&list);
+                put_party(d, &list, n, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a lifecycle event as one change.
+    pub fn push_event(&mut self, event: &NewEvent, author: &Author, at: Timestamp) -> Result<Hash, DocError> {
+        match self.event_ops(event, at) {
+            Ok(()) => self.commit(author, event.kind().code(), at).ok_or(DocError::Malformed("empty change")),
+            Err(e) => {
+                self.doc.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn event_ops(&mut self, event: &NewEvent, at: Timestamp) -> Result<(), DocError> {
+        let d = &mut self.doc;
+        let events = obj_at(d, &ROOT, "events")?;
+        let n = d.length(&events);
+        let ev = d.insert_object(&events, n, ObjType::Map).map_err(am("insert"))?;
+        d.put(&ev, "kind", event.kind().code()).map_err(am("put"))?;
+        d.put(&ev, "at", at.0).map_err(am("put"))?;
+        let mut put = |k: &str, v: &str| d.put(&ev, k, v).map_err(am("put"));
+        match event {
+            NewEvent::Note(t) | NewEvent::Settle(t) | NewEvent::Fail(t) => put("text", t)?,
+            NewEvent::Assign(to) => put("to", to)?,
+            NewEvent::Escalate { to, reason } => {
+                put("to", to.code())?;
+                put("text", reason)?;
+            }
+            NewEvent::AcceptEscalation { level } => put("level", level.code())?,
+            NewEvent::Confirm { court, reference } => {
+                put("court", court)?;
+                if let Some(r) = reference {
+                    put("ref", r)?;
+                }
+            }
+            NewEvent::FollowUp { outcome, note } => {
+                put("outcome", outcome.code())?;
+                if let Some(n) = note {
+                    put("text", n)?;
+                }
+            }
+            NewEvent::Archive => {}
+        }
+        if let NewEvent::Assign(to) = event {
+            d.put(ROOT, "responsible", to.as_str()).map_err(am("put"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the document holds the change with this hash.
+    pub fn has_change(&mut self, hash: &Hash) -> bool {
+        self.doc.get_change_by_hash(&ChangeHash(*hash)).is_some()
+    }
+
+    /// The raw bytes of a change in this document.
+    pub fn change_bytes(&mut self, hash: &Hash) -> Option<Vec<u8>> {
+        self.doc.get_change_by_hash(&ChangeHash(*hash)).map(|c| c.raw_bytes().to_vec())
+    }
+
+    /// Every change of the document the holder of `heads` lacks.
+    pub fn changes_after(&mut self, heads: &[Hash]) -> Vec<(Hash, Vec<u8>)> {
+        let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+        self.doc.get_changes(&heads).into_iter().map(|c| (c.hash().0, c.raw_bytes().to_vec())).collect()
+    }
+
+    /// Applies peer changes that are known to have all their dependencies.
+    ///
+    /// On `Err(DocError::Panicked)` the document is in an unknown state and
+    /// the caller must drop it.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), DocError> {
+        let doc = &mut self.doc;
+        match catch_unwind(AssertUnwindSafe(|| doc.apply_changes(changes))) {
+            Ok(r) => r.map_err(am("apply changes")),
+            Err(_) => Err(DocError::Panicked),
+        }
+    }
+
+    /// Reads the case, deriving status, level and deadline.
+    pub fn read(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
+        let mut events = self.events()?;
+        let d = &self.doc;
+        if get_i64(d, &ROOT, "schema") != Some(SCHEMA_VERSION) {
+            return Err(DocError::Malformed("unknown schema version"));
+        }
+        let id = get_str(d, &ROOT, "id")
+            .and_then(|s| s.parse::<CaseId>().ok())
+            .ok_or(DocError::Malformed("missing case id"))?;
+        let parties_obj = obj_at(d, &ROOT, "parties")?;
+        let mut parties = Vec::new();
+        for i in 0..d.length(&parties_obj) {
+            if let Ok(Some((Value::Object(ObjType::Map), p))) = d.get(&parties_obj, i) {
+                parties.push(PartyView {
+                    name: get_str(d, &p, "name").unwrap_or_default(),
+                    id_number: get_str(d, &p, "id_number"),
+                    phone: get_str(d, &p, "phone"),
+                });
+            }
+        }
+        let description = d.text(obj_at(d, &ROOT, "description")?).map_err(am("text"))?;
+        events.sort_by(|a, b| (a.at, &a.actor, a.counter).cmp(&(b.at, &b.actor, b.counter)));
+        let recorded_at = Timestamp(get_i64(d, &ROOT, "recorded_at").unwrap_or(0));
+        let mut state = CaseState {
+            id,
+            number: get_str(d, &ROOT, "number").unwrap_or_default(),
+            category: get_str(d, &ROOT, "category").and_then(|s| Category::parse(&s).ok()).unwrap_or(Category::Other),
+            title: get_str(d, &ROOT, "title").unwrap_or_default(),
+            description,
+            parties,
+            county: get_str(d, &ROOT, "county").unwrap_or_default(),
+            township: get_str(d, &ROOT, "township").unwrap_or_default(),
+            village: get_str(d, &ROOT, "village").unwrap_or_default(),
+            grid: get_i64(d, &ROOT, "grid").and_then(|g| u32::try_from(g).ok()),
+            risk: get_str(d, &ROOT, "risk").and_then(|s| Risk::parse(&s).ok()).unwrap_or(Risk::Medium),
+            responsible: get_str(d, &ROOT, "responsible"),
+            recorded_by: get_str(d, &ROOT, "recorded_by").unwrap_or_default(),
+            recorded_at,
+            status: Status::Recorded,
+            level: Level::Village,
+            escalated_to: None,
+            deadline: None,
+            confirmed: false,
+            follow_ups: 0,
+            updated_at: recorded_at,
+            events: Vec::new(),
+        };
+        derive(&mut state, &events, policy);
+        state.updated_at = self.doc.get_changes_meta(&[]).iter().map(|c| Timestamp(c.timestamp)).max().unwrap_or(recorded_at);
+        state.events = events;
+        Ok(state)
+    }
+
+    fn events(&mut self) -> Result<Vec<EventView>, DocError> {
+        let list = obj_at(&self.doc, &ROOT, "events")?;
+        let mut out = Vec::new();
+        for i in 0..self.doc.length(&list) {
+            let Ok(Some((Value::Object(ObjType::Map), ev))) = self.doc.get(&list, i) else { continue };
+            let d = &self.doc;
+            let Some(kind) = get_str(d, &ev, "kind").and_then(|k| EventKind::parse(&k).ok()) else { continue };
+            let (actor, counter) = match &ev {
+                ObjId::Id(counter, actor, _) => (actor.to_bytes().to_vec(), *counter),
+                ObjId::Root => (Vec::new(), 0),
+            };
+            let to = match kind {
+                EventKind::EscalationAccepted | EventKind::Recorded => get_str(d, &ev, "level"),
+                _ => get_str(d, &ev, "to"),
+            };
+            let text = get_str(d, &ev, "text");
+            let (author, device, _) = self.provenance(&ev);
+            let d = &self.doc;
+            out.push(EventView {
+                kind,
+                at: Timestamp(get_i64(d, &ev, "at").unwrap_or(0)),
+                author,
+                device,
+                text,
+                to,
+                court: get_str(d, &ev, "court"),
+                reference: get_str(d, &ev, "ref"),
+                actor,
+                counter,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Who wrote the operation `id`, on which device, and when.
+    fn provenance(&mut self, id: &ObjId) -> (Option<Author>, Option<String>, Option<Timestamp>) {
+        let device = match id {
+            ObjId::Id(_, actor, _) => device_of(actor).map(|d| d.to_string()),
+            ObjId::Root => None,
+        };
+        let Some(hash) = self.doc.hash_for_opid(id) else { return (None, device, None) };
+        let Some(meta) = self.doc.get_change_meta_by_hash(&hash) else { return (None, device, None) };
+        let author = meta.message.as_deref().and_then(Author::from_message).map(|(_, a)| a);
+        (author, device, Some(Timestamp(meta.timestamp)))
+    }
+
+    /// Every register that holds concurrent values, with each value's author.
+    pub fn conflicts(&mut self) -> Vec<FieldConflict> {
+        let mut out = Vec::new();
+        for field in REGISTER_FIELDS {
+            self.conflict_at(&ROOT, field, field.to_string(), &mut out);
+        }
+        if let Ok(parties) = obj_at(&self.doc, &ROOT, "parties") {
+            for i in 0..self.doc.length(&parties) {
+                if let Ok(Some((_, p))) = self.doc.get(&parties, i) {
+                    for key in ["name", "id_number", "phone"] {
+                        self.conflict_at(&p, key, format!("parties[{i}].{key}"), &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn conflict_at(&mut self, obj: &ObjId, key: &str, field: String, out: &mut Vec<FieldConflict>) {
+        let Ok(all) = self.doc.get_all(obj, key) else { return };
+        if all.len() < 2 {
+            return;
+        }
+        let all: Vec<(String, ObjId)> = all.into_iter().map(|(v, id)| (value_text(&v), id)).collect();
+        let mut values = Vec::new();
+        // get_all lists values in op order; the winner Automerge shows is the last.
+        for (value, id) in all.into_iter().rev() {
+            let (author, device, at) = self.provenance(&id);
+            values.push(ConflictValue { value, author, device, at });
+        }
+        out.push(FieldConflict { field, values });
+    }
+
+    /// Every change, oldest first by (time, hash), with who made it.
+    pub fn history(&mut self) -> Vec<HistoryEntry> {
+        let mut out: Vec<HistoryEntry> = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| {
+                let parsed = m.message.as_deref().and_then(Author::from_message);
+                let (op, author) = match parsed {
+                    Some((op, a)) => (op, Some(a)),
+                    None => (m.message.as_deref().unwrap_or("").to_owned(), None),
+                };
+                HistoryEntry {
+                    at: Timestamp(m.timestamp),
+                    op,
+                    author,
+                    device: device_of(&m.actor).map(|d| d.to_string()),
+                    hash: m.hash.to_string(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.at, &a.hash).cmp(&(b.at, &b.hash)));
+        out
+    }
+}
+
+/// Parses a peer's change, refusing what Automerge 0.12 mishandles.
+///
+/// Only plain change chunks (type 1) are accepted: compressed chunks
+/// (type 2) inflate without a cap inside Automerge. Changes with extra bytes
+/// (an author footer) are refused too: a forged footer panics Automerge and
+/// fq never writes one.
+pub fn parse_change(bytes: &[u8]) -> Result<Change, DocError> {
+    if bytes.len() > MAX_CHANGE_BYTES {
+        return Err(DocError::BadChange(format!("{} bytes is over the {MAX_CHANGE_BYTES} byte limit", bytes.len())));
+    }
+    // magic (4) + checksum (4) + chunk type (1)
+    match bytes.get(8) {
+        Some(1) => {}
+        Some(2) => return Err(DocError::BadChange("compressed changes are not accepted".into())),
+        _ => return Err(DocError::BadChange("not a change chunk".into())),
+    }
+    let owned = bytes.to_vec();
+    let change = catch_unwind(move || Change::from_bytes(owned))
+        .map_err(|_| DocError::BadChange("automerge panicked while parsing".into()))?
+        .map_err(|e| DocError::BadChange(e.to_string()))?;
+    if !change.extra_bytes().is_empty() {
+        return Err(DocError::BadChange("change carries extra bytes".into()));
+    }
+    Ok(change)
+}
+
+/// The hash and dependencies of a parsed change.
+pub fn change_key(change: &Change) -> (Hash, Vec<Hash>) {
+    (change.hash().0, change.deps().iter().map(hash_bytes).collect())
+}
+
+/// Device time and author device of a parsed change.
+pub fn change_origin(change: &Change) -> (Timestamp, Option<DeviceId>) {
+    (Timestamp(change.timestamp()), device_of(change.actor_id()))
+}
+
+fn put_party(d: &mut AutoCommit, list: &ObjId, index: usize, p: &Party) -> Result<(), DocError> {
+    let obj = d.insert_object(list, index, ObjType::Map).map_err(am("insert"))?;
+    d.put(&obj, "name", p.name.as_str()).map_err(am("put"))?;
+    if let Some(id) = &p.id_number {
+        d.put(&obj, "id_number", id.as_str()).map_err(am("put"))?;
+    }
+    if let Some(ph) = &p.phone {
+        d.put(&obj, "phone", ph.as_str()).map_err(am("put"))?;
+    }
+    Ok(())
+}
+
+fn obj_at(d: &AutoCommit, obj: &ObjId, key: &str) -> Result<ObjId, DocError> {
+    match d.get(obj, key) {
+        Ok(Some((Value::Object(_), id))) => Ok(id),
+        _ => Err(DocError::Malformed("a container of the case is missing")),
+    }
+}
+
+fn get_str(d: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+    match d.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => s.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn get_i64(d: &AutoCommit, obj: &ObjId, key: &str) -> Option<i64> {
+    match d.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => s.as_i64(),
+        _ => None,
+    }
+}
+
+fn value_text(v: &Value<'_>) -> String {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => s.to_string(),
+            ScalarValue::Null => String::new(),
+            other => other.to_string(),
+        },
+        Value::Object(t) => format!("<{t}>"),
+    }
+}
+
+/// Derives status, level, deadline and counters from ordered events.
+fn derive(state: &mut CaseState, events: &[EventView], policy: &DeadlinePolicy) {
+    let level_of = |e: &EventView| e.to.as_deref().and_then(|s| Level::parse(s).ok());
+    let mut since = state.recorded_at;
+    for e in events {
+        match e.kind {
+            EventKind::Recorded => {
+                if let Some(l) = level_of(e) {
+                    state.level = l;
+                }
+                since = e.at;
+            }
+            EventKind::Note | EventKind::Assigned => {
+                if state.status == Status::Recorded {
+                    state.status = Status::Mediating;
+                }
+            }
+            EventKind::Escalated => {
+                state.escalated_to = level_of(e).or(state.level.up());
+                state.status = Status::Escalated;
+            }
+            EventKind::EscalationAccepted => {
+                if let Some(to) = state.escalated_to.take().or(level_of(e)) {
+                    state.level = to;
+                }
+                state.status = Status::Mediating;
+                since = e.at;
+            }
+            EventKind::Settled => {
+                state.status = Status::Settled;
+                state.escalated_to = None;
+            }
+            EventKind::Failed => {
+                state.status = Status::Failed;
+                state.escalated_to = None;
+            }
+            EventKind::Confirmed => state.confirmed = true,
+            EventKind::FollowUp => state.follow_ups += 1,
+            EventKind::Relapsed => {
+                state.follow_ups += 1;
+                state.status = Status::Mediating;
+                state.confirmed = false;
+                since = e.at;
+            }
+            EventKind::Archived => state.status = Status::Archived,
+        }
+    }
+    state.deadline = state.status.is_open().then(|| since.plus_days(policy.days(state.level)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn author(name: &str) -> Author {
+        Author { name: name.into(), role: Role::Mediator }
+    }
+
+    fn new_doc(device: u8) -> CaseDoc {
+        let village = AdminCode::parse("532924101201").unwrap();
+        let dev = DeviceId::from_bytes([device; 8]);
+        let number = CaseNumber::new(&village, 2026, dev, 1);
+        let parties = [Party::parse("李四,532924198001011230,13800000000").unwrap()];
+        let new = NewCaseDoc {
+            id: CaseId::random(),
+            number: &number,
+            village: &village,
+            grid: Some(3),
+            category: Category::Neighbor,
+            title: "宅基地滴水纠纷",
+            description: "屋檐滴水落到邻居院内",
+            parties: &parties,
+            risk: Risk::Low,
+            level: Level::Village,
+        };
+        CaseDoc::create(&new, &author("张三"), actor_for(dev, [1; 8]), Timestamp(1_000)).unwrap()
+    }
+
+    #[test]
+    fn create_reads_back() {
+        let mut d = new_doc(1);
+        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        assert_eq!(s.title, "宅基地滴水纠纷");
+        assert_eq!(s.status, Status::Recorded);
+        assert_eq!(s.township, "532924101");
+        assert_eq!(s.parties[0].phone.as_deref(), Some("13800000000"));
+        assert_eq!(s.deadline, Some(Timestamp(1_000).plus_days(15)));
+        assert_eq!(d.history().len(), 1);
+    }
+
+    #[test]
+    fn lifecycle_derives_status_and_level() {
+        let mut d = new_doc(1);
+        let a = author("张三");
+        d.push_event(&NewEvent::Note("first".into()), &a, Timestamp(2_000)).unwrap();
+        d.push_event(&NewEvent::Escalate { to: Level::Township, reason: "r".into() }, &a, Timestamp(3_000)).unwrap();
+        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        assert_eq!((s.status, s.level), (Status::Escalated, Level::Village));
+        d.push_event(&NewEvent::AcceptEscalation { level: Level::Township }, &a, Timestamp(4_000)).unwrap();
+        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        assert_eq!((s.status, s.level), (Status::Mediating, Level::Township));
+        assert_eq!(s.deadline, Some(Timestamp(4_000).plus_days(30)));
+        d.push_event(&NewEvent::Settle("agreed".into()), &a, Timestamp(5_000)).unwrap();
+        let r = NewEvent::FollowUp { outcome: Outcome::Relapsed, note: None };
+        d.push_event(&r, &a, Timestamp(6_000)).unwrap();
+        assert_eq!(d.read(&DeadlinePolicy::default()).unwrap().status, Status::Mediating);
+    }
+
+    #[test]
+    fn concurrent_title_edits_are_listed_with_authors() {
+        let mut a = new_doc(1);
+        let bytes = a.save();
+        let mut b = CaseDoc::load(&bytes, actor_for(DeviceId::from_bytes([2; 8]), [2; 8])).unwrap();
+        let edit = |t: &str| FieldEdit { title: Some(t.into()), ..Default::default() };
+        a.edit(&edit("甲"), &author("张三"), Timestamp(2_000)).unwrap();
+        b.edit(&edit("乙"), &author("李娜"), Timestamp(2_001)).unwrap();
+        let from_b: Vec<Change> = b.changes_after(&a.heads()[..0]).into_iter().map(|(_, c)| parse_change(&c).unwrap()).collect();
+        a.apply(from_b).unwrap();
+        let c = a.conflicts();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "title");
+        let mut names: Vec<_> = c[0].values.iter().map(|v| v.author.as_ref().unwrap().name.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["张三", "李娜"]);
+    }
+
+    #[test]
+    fn parse_change_refuses_non_change_chunks() {
+        assert!(parse_change(b"garbage").is_err());
+        assert!(parse_change(&[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2, 0]).is_err());
+        assert!(parse_change(&vec![0; MAX_CHANGE_BYTES + 1]).is_err());
+    }
+}

@@ -1,0 +1,984 @@
+//! The façade a device, a server or a test works through.
+//!
+//! Every operation is one SQLite transaction: it loads the case document,
+//! makes one Automerge change, saves the snapshot, re-projects the row and
+//! appends the change to the log, then commits. If anything fails, nothing
+//! is written and the cached document is dropped.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use automerge::ActorId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::case::{
+    AdminCode, AdminLevel, CaseId, CaseNumber, Category, InputError, Level, MAX_PARTIES, MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS, Outcome, Party, ReplicaId, Risk, Role, Status, check_text,
+};
+use crate::clock::{Clock, Timestamp};
+use crate::doc::{
+    self, Author, CaseDoc, CaseState, DeadlinePolicy, DocError, FieldConflict, FieldEdit, Hash, HistoryEntry,
+    NewCaseDoc, NewEvent,
+};
+use crate::store::{AuditEntry, CaseRow, ListFilter, OpenMode, PendingChange, Store, StoreError, Tx};
+
+/// How many case documents a ledger keeps loaded (about 20 KiB each).
+const DOC_CACHE_CASES: usize = 256;
+
+/// What kind of replica a ledger is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// A field device used by one person.
+    Device,
+    /// A township server.
+    Township,
+    /// The county server.
+    County,
+}
+
+impl Tier {
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Tier::Device => "device",
+            Tier::Township => "township",
+            Tier::County => "county",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Tier> {
+        [Tier::Device, Tier::Township, Tier::County].into_iter().find(|t| t.code() == s)
+    }
+}
+
+/// Who a replica belongs to and what it may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// This replica's id; kept for the life of the file.
+    pub replica: ReplicaId,
+    /// Device, township server or county server.
+    pub tier: Tier,
+    /// The person (for a device) or the server's name.
+    pub name: String,
+    /// The person's role.
+    pub role: Role,
+    /// The division this replica covers.
+    pub scope: AdminCode,
+    /// The grid, for a grid worker.
+    pub grid: Option<u32>,
+}
+
+/// What `init` needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Device or server.
+    pub tier: Tier,
+    /// The person or server name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+    /// Their division.
+    pub scope: AdminCode,
+    /// Their grid.
+    pub grid: Option<u32>,
+}
+
+/// Knobs for opening a ledger.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerOptions {
+    /// Seed for actor ids and case ids. `None` draws from the OS; the
+    /// simulator sets it so runs replay exactly.
+    pub seed: Option<u64>,
+}
+
+/// Why a ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The user or a peer gave invalid input.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// No ledger has been set up at this place.
+    #[error("no ledger here; run `fq init` first")]
+    NotInitialized,
+    /// `init` on a ledger that already exists.
+    #[error("a ledger already exists here for {name} ({scope})")]
+    AlreadyInitialized {
+        /// Its owner.
+        name: String,
+        /// Its scope.
+        scope: String,
+    },
+    /// No case matches the reference.
+    #[error("no case matches {reference:?}")]
+    CaseNotFound {
+        /// What was given.
+        reference: String,
+    },
+    /// Several cases match the reference.
+    #[error("{reference:?} matches several cases: {}", candidates.join(", "))]
+    AmbiguousCase {
+        /// What was given.
+        reference: String,
+        /// The matching case numbers.
+        candidates: Vec<String>,
+    },
+    /// The case or division is outside what this replica's owner may touch.
+    #[error("{what} {code} is outside your area {scope}")]
+    OutOfScope {
+        /// What was out of scope.
+        what: &'static str,
+        /// Its code.
+        code: String,
+        /// The allowed scope.
+        scope: String,
+    },
+    /// The action does not fit the case's current state.
+    #[error("cannot {action} case {number}: it is {status}")]
+    Transition {
+        /// What was tried.
+        action: &'static str,
+        /// The case.
+        number: String,
+        /// Its current status (or a short reason).
+        status: String,
+    },
+    /// The role may not do this.
+    #[error("a {role} cannot {action}")]
+    Role {
+        /// The role.
+        role: Role,
+        /// What was tried.
+        action: &'static str,
+    },
+    /// The ledger was opened read-only.
+    #[error("the ledger is open read-only")]
+    ReadOnly,
+    /// The SQLite file failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The case document failed.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
+
+impl LedgerError {
+    /// Whether the error is the user's to fix (bad input or usage): exit code 2.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, LedgerError::Store(_) | LedgerError::Doc(_))
+    }
+}
+
+/// What a new case starts with.
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    /// Category.
+    pub category: Category,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Parties.
+    pub parties: Vec<Party>,
+    /// Risk.
+    pub risk: Risk,
+    /// Village; defaults to the ledger's own village.
+    pub village: Option<AdminCode>,
+    /// Grid; defaults to the ledger owner's grid.
+    pub grid: Option<u32>,
+}
+
+/// A case as `show` presents it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseView {
+    /// Everything the document says.
+    #[serde(flatten)]
+    pub state: CaseState,
+    /// Fields holding concurrent values.
+    pub conflicts: Vec<FieldConflict>,
+    /// Every change, if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryEntry>>,
+}
+
+/// A change leaving this ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingChange {
+    /// Position in this ledger's log.
+    pub log_seq: i64,
+    /// The case.
+    pub case: CaseId,
+    /// Change hash.
+    pub hash: Hash,
+    /// Raw change bytes.
+    pub bytes: Vec<u8>,
+    /// Where this ledger got it (`None`: written here).
+    pub received_from: Option<ReplicaId>,
+    /// The authoring device's signature, if one travelled with it.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// A change arriving from another ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingChange {
+    /// The case it claims to belong to.
+    pub case: CaseId,
+    /// Raw change bytes.
+    pub bytes: Vec<u8>,
+    /// The authoring device's signature, kept and relayed unchanged.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// A change refused on arrival.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The case it claimed.
+    pub case: CaseId,
+    /// Why.
+    pub reason: String,
+}
+
+/// What [`Ledger::apply_changes`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    /// Changes newly applied.
+    pub applied: usize,
+    /// Changes already held.
+    pub duplicates: usize,
+    /// Changes kept until their dependencies arrive.
+    pub pending: usize,
+    /// Changes refused, with reasons (also written to the audit).
+    pub refused: Vec<Refusal>,
+}
+
+/// A replica's case ledger.
+#[derive(Debug)]
+pub struct Ledger {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    identity: Identity,
+    actor: ActorId,
+    rng: ChaCha8Rng,
+    policy: DeadlinePolicy,
+    read_only: bool,
+    cache: BTreeMap<CaseId, (CaseDoc, u64)>,
+    tick: u64,
+}
+
+const META_REPLICA: &str = "replica_id";
+const META_TIER: &str = "tier";
+const META_NAME: &str = "name";
+const META_ROLE: &str = "role";
+const META_SCOPE: &str = "scope";
+const META_GRID: &str = "grid";
+const META_CREATED: &str = "created_at";
+
+impl Ledger {
+    /// Creates a new ledger file at `path` for the given owner.
+    pub fn init(path: &Path, init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+        let store = Store::open(path, OpenMode::Create)?;
+        Self::init_store(store, init, clock, opts)
+    }
+
+    /// Creates a new ledger in memory (tests, simulator).
+    pub fn init_in_memory(init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+        Self::init_store(Store::open_in_memory()?, init, clock, opts)
+    }
+
+    fn init_store(mut store: Store, init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+        if let Some(existing) = read_identity(&store)? {
+            return Err(LedgerError::AlreadyInitialized { name: existing.name, scope: existing.scope.to_string() });
+        }
+        let name = check_text("name", &init.name, 50)?;
+        let expected = match init.tier {
+            Tier::Device => init.role.scope_level(),
+            Tier::Township => AdminLevel::Township,
+            Tier::County => AdminLevel::County,
+        };
+        if init.scope.level() != expected {
+            return Err(InputError::AdminCode {
+                input: init.scope.to_string(),
+                reason: match expected {
+                    AdminLevel::Village => "this role works in one village: give a 12-digit village code",
+                    AdminLevel::Township => "this role works in a township: give a 9-digit township code",
+                    AdminLevel::County => "this role works for the county: give a 6-digit county code",
+                },
+            }
+            .into());
+        }
+        let mut rng = seeded(opts.seed);
+        let replica = ReplicaId::from_bytes(rng.random());
+        let tx = store.transaction()?;
+        tx.set_meta(META_REPLICA, &replica.to_string())?;
+        tx.set_meta(META_TIER, init.tier.code())?;
+        tx.set_meta(META_NAME, &name)?;
+        tx.set_meta(META_ROLE, init.role.code())?;
+        tx.set_meta(META_SCOPE, init.scope.as_str())?;
+        if let Some(g) = init.grid {
+            tx.set_meta(META_GRID, &g.to_string())?;
+        }
+        tx.set_meta(META_CREATED, &clock.now().0.to_string())?;
+        tx.commit()?;
+        Self::from_store(store, clock, Some(rng), false)
+    }
+
+    /// Opens an existing ledger file. Each open writes under a fresh actor id.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::NotInitialized);
+        }
+        let store = Store::open(path, OpenMode::ReadWrite)?;
+        Self::from_store(store, clock, Some(seeded(opts.seed)), false)
+    }
+
+    /// Opens an existing ledger file for reading only (safe beside a running server).
+    pub fn open_read_only(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::NotInitialized);
+        }
+        let store = Store::open(path, OpenMode::ReadOnly)?;
+        Self::from_store(store, clock, None, true)
+    }
+
+    fn from_store(store: Store, clock: Arc<dyn Clock>, rng: Option<ChaCha8Rng>, read_only: bool) -> Result<Self, LedgerError> {
+        let identity = read_identity(&store)?.ok_or(LedgerError::NotInitialized)?;
+        let mut rng = rng.unwrap_or_else(|| seeded(Some(0)));
+        let actor = doc::actor_for(identity.replica.device(), rng.random());
+        Ok(Self {
+            store,
+            clock,
+            identity,
+            actor,
+            rng,
+            policy: DeadlinePolicy::default(),
+            read_only,
+            cache: BTreeMap::new(),
+            tick: 0,
+        })
+    }
+
+    /// Who this ledger belongs to.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The deadline policy in force.
+    pub fn policy(&self) -> &DeadlinePolicy {
+        &self.policy
+    }
+
+    /// The ledger's clock reading now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn author(&self) -> Author {
+        Author { name: self.identity.name.clone(), role: self.identity.role }
+    }
+
+    fn check_writable(&self) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn check_scope(&self, what: &'static str, code: &str) -> Result<(), LedgerError> {
+        let inside = AdminCode::parse(code).map(|c| self.identity.scope.contains(&c)).unwrap_or(false);
+        if inside {
+            Ok(())
+        } else {
+            Err(LedgerError::OutOfScope { what, code: code.to_owned(), scope: self.identity.scope.to_string() })
+        }
+    }
+
+    /// Records a new case.
+    pub fn create_case(&mut self, new: NewCase) -> Result<CaseState, LedgerError> {
+        self.check_writable()?;
+        let title = check_text("title", &new.title, MAX_TITLE_CHARS)?;
+        let description = match new.description.trim() {
+            "" => String::new(),
+            d => check_text("description", d, MAX_TEXT_CHARS)?,
+        };
+        if new.parties.len() > MAX_PARTIES {
+            return Err(InputError::Text { what: "parties", reason: "too many parties" }.into());
+        }
+        let village = match (new.village, self.identity.scope.level()) {
+            (Some(v), _) => v,
+            (None, AdminLevel::Village) => self.identity.scope.clone(),
+            (None, _) => {
+                return Err(InputError::AdminCode {
+                    input: self.identity.scope.to_string(),
+                    reason: "your area is not a village: say which village the case is in (--village)",
+                }
+                .into());
+            }
+        };
+        if village.level() != AdminLevel::Village {
+            return Err(InputError::AdminCode { input: village.to_string(), reason: "a case belongs to a 12-digit village code" }.into());
+        }
+        self.check_scope("village", village.as_str())?;
+        let grid = new.grid.or(self.identity.grid);
+        let now = self.clock.now();
+        let id = CaseId::from_bytes(self.rng.random());
+        let author = self.author();
+        let tx = self.store.transaction()?;
+        let year = now.year_cst();
+        let seq_key = format!("case_seq/{year}");
+        let seq = tx.meta(&seq_key)?.and_then(|s| s.parse::<u32>().ok()).unwrap_or(0) + 1;
+        tx.set_meta(&seq_key, &seq.to_string())?;
+        let number = CaseNumber::new(&village, year, self.identity.replica.device(), seq);
+        let level = match self.identity.role.level() {
+            Level::Village => Level::Village,
+            other => other,
+        };
+        let fresh = NewCaseDoc {
+            id,
+            number: &number,
+            village: &village,
+            grid,
+            category: new.category,
+            title: &title,
+            description: &description,
+            parties: &new.parties,
+            risk: new.risk,
+            level,
+        };
+        let mut doc = CaseDoc::create(&fresh, &author, self.actor.clone(), now)?;
+        let state = doc.read(&self.policy)?;
+        let hashes = doc.heads();
+        let rowid = put_doc(&tx, &mut doc, &state)?;
+        for h in &hashes {
+            tx.log_change(rowid, h, None, None)?;
+        }
+        tx.commit()?;
+        self.cache_put(id, doc);
+        Ok(state)
+    }
+
+    /// Finds a case by number, id, or a unique prefix of either.
+    pub fn resolve(&self, reference: &str) -> Result<CaseId, LedgerError> {
+        let r = reference.trim();
+        if r.is_empty() {
+            return Err(InputError::CaseRef { input: reference.to_owned() }.into());
+        }
+        if let Ok(id) = r.parse::<CaseId>() {
+            if self.store.case_row(id)?.is_some() {
+                return Ok(id);
+            }
+        }
+        let found = self.store.find(r, 11)?;
+        match found.as_slice() {
+            [] => Err(LedgerError::CaseNotFound { reference: r.to_owned() }),
+            [one] => Ok(one.id),
+            many => {
+                if let Some(exact) = many.iter().find(|c| c.number == r.to_ascii_lowercase()) {
+                    return Ok(exact.id);
+                }
+                Err(LedgerError::AmbiguousCase {
+                    reference: r.to_owned(),
+                    candidates: many.iter().take(10).map(|c| c.number.clone()).collect(),
+                })
+            }
+        }
+    }
+
+    /// Lists cases; reads only projected rows.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<CaseRow>, LedgerError> {
+        Ok(self.store.list(filter)?)
+    }
+
+    /// A case with its conflicts and, if asked, its full history.
+    pub fn show(&mut self, case: CaseId, history: bool) -> Result<CaseView, LedgerError> {
+        let policy = self.policy;
+        let doc = self.doc(case)?;
+        let state = doc.read(&policy)?;
+        let conflicts = doc.conflicts();
+        let history = history.then(|| doc.history());
+        Ok(CaseView { state, conflicts, history })
+    }
+
+    /// Fields of a case that hold concurrent values, with every value's author.
+    pub fn conflicts(&mut self, case: CaseId) -> Result<Vec<FieldConflict>, LedgerError> {
+        Ok(self.doc(case)?.conflicts())
+    }
+
+    /// Edits plain fields of a case.
+    pub fn edit(&mut self, case: CaseId, edit: FieldEdit) -> Result<CaseState, LedgerError> {
+        let mut edit = edit;
+        if let Some(t) = &edit.title {
+            edit.title = Some(check_text("title", t, MAX_TITLE_CHARS)?);
+        }
+        if let Some(d) = &edit.description {
+            edit.description = Some(check_text("description", d, MAX_TEXT_CHARS)?);
+        }
+        if edit.is_empty() {
+            return Err(InputError::Text { what: "edit", reason: "nothing to change was given" }.into());
+        }
+        self.modify(case, |state, doc, author, now| {
+            if state.status == Status::Archived {
+                return Err(transition("edit", state));
+            }
+            if state.parties.len() + edit.add_parties.len() > MAX_PARTIES {
+                return Err(InputError::Text { what: "parties", reason: "too many parties" }.into());
+            }
+            Ok(doc.edit(&edit, author, now)?)
+        })
+    }
+
+    /// Adds a mediation session note.
+    pub fn add_note(&mut self, case: CaseId, text: &str) -> Result<CaseState, LedgerError> {
+        let text = check_text("note", text, MAX_TEXT_CHARS)?;
+        self.event(case, "add a note to", NewEvent::Note(text), |s| s.status != Status::Archived)
+    }
+
+    /// Names the responsible person (包保责任人).
+    pub fn assign(&mut self, case: CaseId, to: &str) -> Result<CaseState, LedgerError> {
+        let to = check_text("assignee", to, 50)?;
+        self.event(case, "assign", NewEvent::Assign(to), |s| s.status != Status::Archived)
+    }
+
+    /// Sends a case up one level.
+    pub fn escalate(&mut self, case: CaseId, reason: &str) -> Result<CaseState, LedgerError> {
+        let reason = check_text("reason", reason, MAX_TEXT_CHARS)?;
+        self.check_writable()?;
+        let policy = self.policy;
+        let state = self.doc(case)?.read(&policy)?;
+        let Some(to) = state.level.up() else {
+            return Err(LedgerError::Transition {
+                action: "escalate",
+                number: state.number,
+                status: "already at the county, the top level (矛盾不上交)".into(),
+            });
+        };
+        self.event(case, "escalate", NewEvent::Escalate { to, reason }, |s| {
+            matches!(s.status, Status::Recorded | Status::Mediating | Status::Failed)
+        })
+    }
+
+    /// The upper level takes an escalated case.
+    pub fn accept_escalation(&mut self, case: CaseId) -> Result<CaseState, LedgerError> {
+        let level = self.identity.role.level();
+        if level == Level::Village {
+            return Err(LedgerError::Role { role: self.identity.role, action: "accept an escalation" });
+        }
+        self.event(case, "accept", NewEvent::AcceptEscalation { level }, |s| {
+            s.status == Status::Escalated && s.escalated_to == Some(level)
+        })
+    }
+
+    /// Records a settlement with its agreement.
+    pub fn settle(&mut self, case: CaseId, agreement: &str) -> Result<CaseState, LedgerError> {
+        let agreement = check_text("agreement", agreement, MAX_TEXT_CHARS)?;
+        self.event(case, "settle", NewEvent::Settle(agreement), |s| s.status.is_open())
+    }
+
+    /// Records that mediation failed.
+    pub fn fail(&mut self, case: CaseId, reason: &str) -> Result<CaseState, LedgerError> {
+        let reason = check_text("reason", reason, MAX_TEXT_CHARS)?;
+        self.event(case, "fail", NewEvent::Fail(reason), |s| s.status.is_open())
+    }
+
+    /// Records judicial confirmation of the agreement by a court.
+    pub fn confirm(&mut self, case: CaseId, court: &str, reference: Option<&str>) -> Result<CaseState, LedgerError> {
+        let court = check_text("court", court, 100)?;
+        let reference = reference.map(|r| check_text("reference", r, 100)).transpose()?;
+        self.event(case, "confirm", NewEvent::Confirm { court, reference }, |s| s.status == Status::Settled)
+    }
+
+    /// Records a follow-up visit; a relapse reopens the case.
+    pub fn follow_up(&mut self, case: CaseId, outcome: Outcome, note: Option<&str>) -> Result<CaseState, LedgerError> {
+        let note = note.map(|n| check_text("note", n, MAX_TEXT_CHARS)).transpose()?;
+        self.event(case, "follow up", NewEvent::FollowUp { outcome, note }, |s| s.status == Status::Settled)
+    }
+
+    /// Archives a closed case.
+    pub fn archive(&mut self, case: CaseId) -> Result<CaseState, LedgerError> {
+        self.event(case, "archive", NewEvent::Archive, |s| matches!(s.status, Status::Settled | Status::Failed))
+    }
+
+    fn event(
+        &mut self,
+        case: CaseId,
+        action: &'static str,
+        event: NewEvent,
+        allowed: impl FnOnce(&CaseState) -> bool,
+    ) -> Result<CaseState, LedgerError> {
+        self.modify(case, |state, doc, author, now| {
+            if !allowed(state) {
+                return Err(transition(action, state));
+            }
+            Ok(Some(doc.push_event(&event, author, now)?))
+        })
+    }
+
+    /// Runs one local change on a case in one transaction.
+    fn modify(
+        &mut self,
+        case: CaseId,
+        op: impl FnOnce(&CaseState, &mut CaseDoc, &Author, Timestamp) -> Result<Option<Hash>, LedgerError>,
+    ) -> Result<CaseState, LedgerError> {
+        self.check_writable()?;
+        let policy = self.policy;
+        let now = self.clock.now();
+        let author = self.author();
+        let mut doc = self.take_doc(case)?;
+        let before = doc.read(&policy)?;
+        if let Err(e) = self.check_scope("case village", &before.village) {
+            self.cache_put(case, doc);
+            return Err(e);
+        }
+        let result = (|| {
+            let Some(hash) = op(&before, &mut doc, &author, now)? else {
+                return Ok(before.clone());
+            };
+            let tx = self.store.transaction()?;
+            let state = doc.read(&policy)?;
+            let rowid = put_doc(&tx, &mut doc, &state)?;
+            tx.log_change(rowid, &hash, None, None)?;
+            tx.commit()?;
+            Ok(state)
+        })();
+        // Only a document whose change was committed goes back in the cache;
+        // otherwise it holds an unsaved change and must be reloaded.
+        if result.is_ok() {
+            self.cache_put(case, doc);
+        }
+        result
+    }
+
+    fn doc(&mut self, case: CaseId) -> Result<&mut CaseDoc, LedgerError> {
+        let doc = self.take_doc(case)?;
+        self.cache_put(case, doc);
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self.cache.get_mut(&case).ok_or(LedgerError::CaseNotFound { reference: case.to_string() })?;
+        entry.1 = tick;
+        Ok(&mut entry.0)
+    }
+
+    fn take_doc(&mut self, case: CaseId) -> Result<CaseDoc, LedgerError> {
+        if let Some((doc, _)) = self.cache.remove(&case) {
+            return Ok(doc);
+        }
+        let bytes = self.store.snapshot(case)?.ok_or(LedgerError::CaseNotFound { reference: case.to_string() })?;
+        Ok(CaseDoc::load(&bytes, self.actor.clone())?)
+    }
+
+    fn cache_put(&mut self, case: CaseId, doc: CaseDoc) {
+        self.tick += 1;
+        if self.cache.len() >= DOC_CACHE_CASES {
+            if let Some(oldest) = self.cache.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                self.cache.remove(&oldest);
+            }
+        }
+        self.cache.insert(case, (doc, self.tick));
+    }
+
+    /// Up to `limit` changes after log position `after`, oldest first, with
+    /// their bytes read back from the case documents.
+    pub fn changes_since(&mut self, after: i64, limit: u32) -> Result<Vec<OutgoingChange>, LedgerError> {
+        let entries = self.store.log_after(after, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let doc = self.doc(e.case)?;
+            let bytes = doc.change_bytes(&e.hash).ok_or(StoreError::BadValue { what: "change missing from its document" })?;
+            out.push(OutgoingChange {
+                log_seq: e.log_seq,
+                case: e.case,
+                hash: e.hash,
+                bytes,
+                received_from: e.received_from,
+                signature: e.signature,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The highest position in this ledger's change log.
+    pub fn log_head(&self) -> Result<i64, LedgerError> {
+        Ok(self.store.log_head()?)
+    }
+
+    /// Applies changes from another replica in one transaction.
+    ///
+    /// Duplicates are ignored, changes whose dependencies are missing are
+    /// kept until they arrive, and malformed or mismatched changes are
+    /// refused and written to the audit. Nothing is reported applied unless
+    /// it is committed.
+    pub fn apply_changes(&mut self, from: Option<ReplicaId>, changes: Vec<IncomingChange>) -> Result<ApplyReport, LedgerError> {
+        self.check_writable()?;
+        let now = self.clock.now();
+        let peer = from.map(|f| f.to_string());
+        let mut by_case: BTreeMap<CaseId, Vec<IncomingChange>> = BTreeMap::new();
+        for c in changes {
+            by_case.entry(c.case).or_default().push(c);
+        }
+        let mut report = ApplyReport::default();
+        let mut touched = Vec::new();
+        let tx = self.store.transaction()?;
+        for (case, incoming) in by_case {
+            let cached = self.cache.remove(&case).map(|(d, _)| d);
+            let outcome = apply_case(&tx, &self.actor, &self.policy, case, cached, incoming, from, now, peer.as_deref(), &mut report);
+            match outcome {
+                Ok(Some(doc)) => touched.push((case, doc)),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        for (case, doc) in touched {
+            self.cache_put(case, doc);
+        }
+        Ok(report)
+    }
+
+    /// The newest audit records, newest first.
+    pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, LedgerError> {
+        Ok(self.store.audit(limit)?)
+    }
+
+    /// Counts of cases, changes, pending changes and audit records.
+    pub fn counts(&self) -> Result<[i64; 4], LedgerError> {
+        Ok(self.store.counts()?)
+    }
+
+    /// Runs SQLite's integrity check.
+    pub fn integrity_check(&self) -> Result<(), LedgerError> {
+        Ok(self.store.integrity_check()?)
+    }
+
+    /// Every case in full, for export. Loads documents one at a time.
+    pub fn export(&mut self, filter: &ListFilter, mut each: impl FnMut(&CaseRow, CaseState)) -> Result<usize, LedgerError> {
+        let rows = self.store.list(filter)?;
+        let policy = self.policy;
+        for row in &rows {
+            let bytes = self.store.snapshot(row.id)?.ok_or(StoreError::BadValue { what: "missing snapshot" })?;
+            let state = CaseDoc::load(&bytes, self.actor.clone())?.read(&policy)?;
+            each(row, state);
+        }
+        Ok(rows.len())
+    }
+}
+
+fn transition(action: &'static str, state: &CaseState) -> LedgerError {
+    LedgerError::Transition { action, number: state.number.clone(), status: state.status.code().to_owned() }
+}
+
+fn seeded(seed: Option<u64>) -> ChaCha8Rng {
+    match seed {
+        Some(s) => ChaCha8Rng::seed_from_u64(s),
+        None => {
+            let mut s = [0u8; 32];
+            // getrandom only fails on exotic platforms; fall back to the clock there.
+            if getrandom::fill(&mut s).is_err() {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                s[..16].copy_from_slice(&t.to_le_bytes());
+            }
+            ChaCha8Rng::from_seed(s)
+        }
+    }
+}
+
+fn read_identity(store: &Store) -> Result<Option<Identity>, LedgerError> {
+    let Some(replica) = store.meta(META_REPLICA)? else { return Ok(None) };
+    let bad = |what| LedgerError::Store(StoreError::BadValue { what });
+    let get = |k: &str, what| store.meta(k).map_err(LedgerError::from).and_then(|v| v.ok_or_else(|| bad(what)));
+    Ok(Some(Identity {
+        replica: replica.parse().map_err(|_| bad("replica id"))?,
+        tier: Tier::parse(&get(META_TIER, "tier")?).ok_or_else(|| bad("tier"))?,
+        name: get(META_NAME, "name")?,
+        role: Role::parse(&get(META_ROLE, "role")?).map_err(|_| bad("role"))?,
+        scope: AdminCode::parse(&get(META_SCOPE, "scope")?).map_err(|_| bad("scope"))?,
+        grid: store.meta(META_GRID)?.and_then(|g| g.parse().ok()),
+    }))
+}
+
+/// The projected row of a case state.
+fn project(state: &CaseState, conflicts: usize) -> CaseRow {
+    CaseRow {
+        id: state.id,
+        number: state.number.clone(),
+        county: state.county.clone(),
+        township: state.township.clone(),
+        village: state.village.clone(),
+        grid: state.grid,
+        level: state.level,
+        status: state.status,
+        category: state.category,
+        risk: state.risk,
+        deadline: state.deadline,
+        recorded_at: state.recorded_at,
+        updated_at: state.updated_at,
+        title: state.title.clone(),
+        responsible: state.responsible.clone(),
+        conflicts: u32::try_from(conflicts).unwrap_or(u32::MAX),
+    }
+}
+
+/// Saves a document and its projected row; returns the case's row id.
+fn put_doc(tx: &Tx<'_>, doc: &mut CaseDoc, state: &CaseState) -> Result<i64, LedgerError> {
+    let conflicts = doc.conflicts().len();
+    let snapshot = doc.save();
+    let heads = doc.heads();
+    Ok(tx.put_case(&project(state, conflicts), &snapshot, &heads)?)
+}
+
+struct Candidate {
+    hash: Hash,
+    deps: Vec<Hash>,
+    change: automerge::Change,
+    bytes: Vec<u8>,
+    signature: Option<Vec<u8>>,
+    received_from: Option<ReplicaId>,
+    from_pending: bool,
+}
+
+/// Applies one case's incoming changes inside the batch transaction.
+/// Returns the updated document, or `None` if nothing was applied.
+#[allow(clippy::too_many_arguments)]
+fn apply_case(
+    tx: &Tx<'_>,
+    actor: &ActorId,
+    policy: &DeadlinePolicy,
+    case: CaseId,
+    cached: Option<CaseDoc>,
+    incoming: Vec<IncomingChange>,
+    from: Option<ReplicaId>,
+    now: Timestamp,
+    peer: Option<&str>,
+    report: &mut ApplyReport,
+) -> Result<Option<CaseDoc>, LedgerError> {
+    let refuse = |report: &mut ApplyReport, reason: String| -> Result<(), LedgerError> {
+        tx.audit(now, "refused", Some(case), peer, &reason)?;
+        report.refused.push(Refusal { case, reason });
+        Ok(())
+    };
+    let snapshot = if cached.is_some() { None } else { tx.snapshot(case)? };
+    let mut doc = match (cached, snapshot) {
+        (Some(d), _) => Some(d),
+        (None, Some(bytes)) => Some(CaseDoc::load(&bytes, actor.clone())?),
+        (None, None) => None,
+    };
+    let mut candidates = Vec::new();
+    for c in incoming {
+        match doc::parse_change(&c.bytes) {
+            Ok(change) => {
+                let (hash, deps) = doc::change_key(&change);
+                if doc.as_mut().is_some_and(|d| d.has_change(&hash)) || candidates.iter().any(|k: &Candidate| k.hash == hash) {
+                    report.duplicates += 1;
+                    continue;
+                }
+                candidates.push(Candidate {
+                    hash,
+                    deps,
+                    change,
+                    bytes: c.bytes,
+                    signature: c.signature,
+                    received_from: from,
+                    from_pending: false,
+                });
+            }
+            Err(e) => refuse(report, e.to_string())?,
+        }
+    }
+    for p in tx.pending_for(case)? {
+        if candidates.iter().any(|k| k.hash == p.hash) {
+            // Resent while waiting: it was counted as a duplicate-to-be above.
+            continue;
+        }
+        if let Ok(change) = doc::parse_change(&p.bytes) {
+            let (hash, deps) = doc::change_key(&change);
+            candidates.push(Candidate {
+                hash,
+                deps,
+                change,
+                bytes: p.bytes,
+                signature: p.signature,
+                received_from: p.received_from,
+                from_pending: true,
+            });
+        }
+    }
+    // Order the changes whose dependencies are present, in dependency order.
+    let mut ready: Vec<Candidate> = Vec::new();
+    let mut waiting = candidates;
+    loop {
+        let before = waiting.len();
+        let mut still = Vec::new();
+        for c in waiting {
+            let no_doc_yet = doc.is_none() && ready.is_empty();
+            let dep_ok = |h: &Hash| ready.iter().any(|r| &r.hash == h) || doc.as_mut().is_some_and(|d| d.has_change(h));
+            let ok = if no_doc_yet { c.deps.is_empty() } else { c.deps.iter().all(dep_ok) };
+            if ok { ready.push(c) } else { still.push(c) }
+        }
+        waiting = still;
+        if waiting.len() == before || waiting.is_empty() {
+            break;
+        }
+    }
+    for c in &waiting {
+        if !c.from_pending {
+            let p = PendingChange {
+                hash: c.hash,
+                case,
+                bytes: c.bytes.clone(),
+                received_from: c.received_from,
+                signature: c.signature.clone(),
+            };
+            if tx.put_pending(&p, now)? {
+                report.pending += 1;
+            } else {
+                report.duplicates += 1;
+            }
+        }
+    }
+    if ready.is_empty() {
+        return Ok(doc);
+    }
+    let had_doc = doc.is_some();
+    let conflicts_before = doc.as_mut().map_or(0, |d| d.conflicts().len());
+    let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(actor.clone()));
+    let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
+    let applied = target.apply(changes).and_then(|_| target.read(policy));
+    let state = match applied {
+        Ok(state) if state.id == case => state,
+        Ok(_) | Err(_) => {
+            let reason = match applied {
+                Ok(_) => "the change belongs to another case".to_owned(),
+                Err(e) => format!("cannot apply: {e}"),
+            };
+            for c in &ready {
+                if c.from_pending {
+                    tx.remove_pending(&c.hash)?;
+                }
+            }
+            tx.audit(now, "quarantined", Some(case), peer, &format!("{} changes: {reason}", ready.len()))?;
+            report.refused.push(Refusal { case, reason });
+            // The document may be half-changed: reload it from the last commit.
+            let reloaded = match tx.snapshot(case)? {
+                Some(bytes) if had_doc => Some(CaseDoc::load(&bytes, actor.clone())?),
+                _ => None,
+            };
+            return Ok(reloaded);
+        }
+    };
+    let rowid = put_doc(tx, &mut target, &state)?;
+    for c in &ready {
+        tx.log_change(rowid, &c.hash, c.received_from, c.signature.as_deref())?;
+        if c.from_pending {
+            tx.remove_pending(&c.hash)?;
+        }
+        report.applied += 1;
+    }
+    let conflicts: Vec<String> = target.conflicts().into_iter().map(|c| c.field).collect();
+    if conflicts.len() > conflicts_before {
+        let detail = format!("case {}: concurrent edits now disagree on {}", state.number, conflicts.join(", "));
+        tx.audit(now, "conflict", Some(case), peer, &detail)?;
+    }
+    Ok(Some(target))
+}

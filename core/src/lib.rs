@@ -1,0 +1,7 @@
+//! fq core
+#![warn(missing_docs)]
+pub mod case;
+pub mod clock;
+pub mod doc;
+pub mod ledger;
+pub mod store;
