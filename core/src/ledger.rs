@@ -93,7 +93,11 @@ pub struct LedgerOptions {
     /// Seed for actor ids and case ids. `None` draws from the OS; the
     /// simulator sets it so runs replay exactly.
     pub seed: Option<u64>,
+    /// How hard each commit waits for the disk.
+    pub durability: Durability,
 }
+
+pub use crate::store::Durability;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +269,7 @@ pub struct Ledger {
     rng: ChaCha8Rng,
     policy: DeadlinePolicy,
     read_only: bool,
+    operator: Author,
     cache: BTreeMap<CaseId, (CaseDoc, u64)>,
     tick: u64,
 }
@@ -280,7 +285,7 @@ const META_CREATED: &str = "created_at";
 impl Ledger {
     /// Creates a new ledger file at `path` for the given owner.
     pub fn init(path: &Path, init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
-        let store = Store::open(path, OpenMode::Create)?;
+        let store = Store::open(path, OpenMode::Create, opts.durability)?;
         Self::init_store(store, init, clock, opts)
     }
 
@@ -331,7 +336,7 @@ impl Ledger {
         if !path.exists() {
             return Err(LedgerError::NotInitialized);
         }
-        let store = Store::open(path, OpenMode::ReadWrite)?;
+        let store = Store::open(path, OpenMode::ReadWrite, opts.durability)?;
         Self::from_store(store, clock, Some(seeded(opts.seed)), false)
     }
 
@@ -340,7 +345,7 @@ impl Ledger {
         if !path.exists() {
             return Err(LedgerError::NotInitialized);
         }
-        let store = Store::open(path, OpenMode::ReadOnly)?;
+        let store = Store::open(path, OpenMode::ReadOnly, Durability::Full)?;
         Self::from_store(store, clock, None, true)
     }
 
@@ -348,7 +353,9 @@ impl Ledger {
         let identity = read_identity(&store)?.ok_or(LedgerError::NotInitialized)?;
         let mut rng = rng.unwrap_or_else(|| seeded(Some(0)));
         let actor = doc::actor_for(identity.replica.device(), rng.random());
+        let operator = Author { name: identity.name.clone(), role: identity.role };
         Ok(Self {
+            operator,
             store,
             clock,
             identity,
@@ -377,7 +384,19 @@ impl Ledger {
     }
 
     fn author(&self) -> Author {
-        Author { name: self.identity.name.clone(), role: self.identity.role }
+        self.operator.clone()
+    }
+
+    /// Changes who is using this replica from now on (phones are shared in
+    /// villages). Later changes are authored under this name and role.
+    ///
+    /// The name and role are what the change records; they grant nothing:
+    /// the replica's scope still bounds every edit, and peers authorize a
+    /// change by the certificate of the device that signed it.
+    pub fn set_operator(&mut self, name: &str, role: Role) -> Result<(), LedgerError> {
+        let name = check_text("name", name, 50)?;
+        self.operator = Author { name, role };
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<(), LedgerError> {
@@ -432,10 +451,7 @@ impl Ledger {
         let seq = tx.meta(&seq_key)?.and_then(|s| s.parse::<u32>().ok()).unwrap_or(0) + 1;
         tx.set_meta(&seq_key, &seq.to_string())?;
         let number = CaseNumber::new(&village, year, self.identity.replica.device(), seq);
-        let level = match self.identity.role.level() {
-            Level::Village => Level::Village,
-            other => other,
-        };
+        let level = self.operator.role.level();
         let fresh = NewCaseDoc {
             id,
             number: &number,
@@ -502,6 +518,11 @@ impl Ledger {
         Ok(CaseView { state, conflicts, history })
     }
 
+    /// The heads of a case document, sorted.
+    pub fn heads(&mut self, case: CaseId) -> Result<Vec<Hash>, LedgerError> {
+        Ok(self.doc(case)?.heads())
+    }
+
     /// Fields of a case that hold concurrent values, with every value's author.
     pub fn conflicts(&mut self, case: CaseId) -> Result<Vec<FieldConflict>, LedgerError> {
         Ok(self.doc(case)?.conflicts())
@@ -562,9 +583,9 @@ impl Ledger {
 
     /// The upper level takes an escalated case.
     pub fn accept_escalation(&mut self, case: CaseId) -> Result<CaseState, LedgerError> {
-        let level = self.identity.role.level();
+        let level = self.operator.role.level();
         if level == Level::Village {
-            return Err(LedgerError::Role { role: self.identity.role, action: "accept an escalation" });
+            return Err(LedgerError::Role { role: self.operator.role, action: "accept an escalation" });
         }
         self.event(case, "accept", NewEvent::AcceptEscalation { level }, |s| {
             s.status == Status::Escalated && s.escalated_to == Some(level)
@@ -864,12 +885,29 @@ fn apply_case(
         (None, Some(bytes)) => Some(CaseDoc::load(&bytes, actor.clone())?),
         (None, None) => None,
     };
+    // Changes already waiting for this case come first, so a resent one is
+    // recognised as a duplicate and leaves the pending table when applied.
     let mut candidates = Vec::new();
+    for p in tx.pending_for(case)? {
+        if let Ok(change) = doc::parse_change(&p.bytes) {
+            let (hash, deps) = doc::change_key(&change);
+            candidates.push(Candidate {
+                hash,
+                deps,
+                change,
+                bytes: p.bytes,
+                signature: p.signature,
+                received_from: p.received_from,
+                from_pending: true,
+            });
+        }
+    }
     for c in incoming {
         match doc::parse_change(&c.bytes) {
             Ok(change) => {
                 let (hash, deps) = doc::change_key(&change);
-                if doc.as_mut().is_some_and(|d| d.has_change(&hash)) || candidates.iter().any(|k: &Candidate| k.hash == hash) {
+                let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
+                if known || candidates.iter().any(|k: &Candidate| k.hash == hash) {
                     report.duplicates += 1;
                     continue;
                 }
@@ -884,24 +922,6 @@ fn apply_case(
                 });
             }
             Err(e) => refuse(report, e.to_string())?,
-        }
-    }
-    for p in tx.pending_for(case)? {
-        if candidates.iter().any(|k| k.hash == p.hash) {
-            // Resent while waiting: it was counted as a duplicate-to-be above.
-            continue;
-        }
-        if let Ok(change) = doc::parse_change(&p.bytes) {
-            let (hash, deps) = doc::change_key(&change);
-            candidates.push(Candidate {
-                hash,
-                deps,
-                change,
-                bytes: p.bytes,
-                signature: p.signature,
-                received_from: p.received_from,
-                from_pending: true,
-            });
         }
     }
     // Order the changes whose dependencies are present, in dependency order.
@@ -930,11 +950,8 @@ fn apply_case(
                 received_from: c.received_from,
                 signature: c.signature.clone(),
             };
-            if tx.put_pending(&p, now)? {
-                report.pending += 1;
-            } else {
-                report.duplicates += 1;
-            }
+            tx.put_pending(&p, now)?;
+            report.pending += 1;
         }
     }
     if ready.is_empty() {

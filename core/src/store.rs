@@ -188,6 +188,18 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives a power cut. Use wherever an
+    /// acknowledgement depends on it: devices and servers.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives the process crashing but maybe
+    /// not a power cut. For building benchmark fixtures and scratch replicas.
+    Relaxed,
+}
+
 /// A replica's SQLite file.
 #[derive(Debug)]
 pub struct Store {
@@ -223,22 +235,22 @@ const MIGRATIONS: &[&str] = &[
 
 impl Store {
     /// Opens (and for [`OpenMode::Create`], creates and migrates) a store file.
-    pub fn open(path: &Path, mode: OpenMode) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
         let flags = match mode {
             OpenMode::Create => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
             OpenMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
             OpenMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sq("open"))?;
-        Self::setup(conn, mode)
+        Self::setup(conn, mode, durability)
     }
 
     /// A store in memory, for tests and the simulator.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(sq("open"))?, OpenMode::Create)
+        Self::setup(Connection::open_in_memory().map_err(sq("open"))?, OpenMode::Create, Durability::Full)
     }
 
-    fn setup(conn: Connection, mode: OpenMode) -> Result<Self, StoreError> {
+    fn setup(conn: Connection, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sq("set busy timeout"))?;
         let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
         if version > SCHEMA_VERSION {
@@ -247,7 +259,11 @@ impl Store {
         if mode != OpenMode::ReadOnly {
             // WAL lets readers (fq beside a running server) work during writes.
             conn.pragma_update(None, "journal_mode", "WAL").map_err(sq("enable WAL"))?;
-            conn.pragma_update(None, "synchronous", "FULL").map_err(sq("set synchronous"))?;
+            let sync = match durability {
+                Durability::Full => "FULL",
+                Durability::Relaxed => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", sync).map_err(sq("set synchronous"))?;
         }
         let mut store = Self { conn };
         if version < SCHEMA_VERSION {
@@ -712,10 +728,10 @@ mod tests {
     fn open_rejects_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.db");
-        drop(Store::open(&p, OpenMode::Create).unwrap());
+        drop(Store::open(&p, OpenMode::Create, Durability::Full).unwrap());
         let c = Connection::open(&p).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        assert!(matches!(Store::open(&p, OpenMode::ReadWrite), Err(StoreError::NewerSchema { found: 99 })));
+        assert!(matches!(Store::open(&p, OpenMode::ReadWrite, Durability::Full), Err(StoreError::NewerSchema { found: 99 })));
     }
 }

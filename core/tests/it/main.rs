@@ -1,0 +1,5 @@
+//! Integration tests of fq-core through its public API, on real SQLite files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ledger;
+mod merge;
