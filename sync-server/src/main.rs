@@ -1,0 +1,222 @@
+//! `fq-server`: the township and county server of the fq case ledger, and the county CA tool.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 bad usage or bad input.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fq_sync_server::ca::{
+    AdminCode, CA_CERT_FILE, CertificateAuthority, InitError, IssueError, OpenError, ReplicaId, RevokeError, Role,
+};
+use serde_json::json;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fq-server: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// Township and county sync server for the fq case ledger.
+#[derive(Debug, Parser)]
+#[command(name = "fq-server", version)]
+struct Cli {
+    /// Print what was done as one JSON object instead of a sentence.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the county's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the county CA (key, certificate, empty ledger and revocation list).
+    Init(InitArgs),
+    /// Issue a certificate bundle for a device or server.
+    Issue(IssueArgs),
+    /// Revoke every certificate issued to an id.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Directory for the CA (created if missing; must not already hold a CA).
+    #[arg(long, value_name = "CA_DIR")]
+    dir: PathBuf,
+    /// The county's 6-digit administrative code, e.g. 532924.
+    #[arg(long)]
+    county: AdminCode,
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "CA_DIR")]
+    ca: PathBuf,
+    /// Replica id of the holder (device or server), e.g. d07.
+    #[arg(long)]
+    id: ReplicaId,
+    /// county | township | mediator | grid-worker | township-officer | county-admin
+    #[arg(long)]
+    role: Role,
+    /// Administrative code the role applies to: 6 digits for county roles, 9 for township
+    /// roles, 12 for mediators and grid workers.
+    #[arg(long)]
+    scope: AdminCode,
+    /// Bundle file to write (mode 0600; must not exist).
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "CA_DIR")]
+    ca: PathBuf,
+    /// Replica id whose certificates are revoked.
+    #[arg(long)]
+    id: ReplicaId,
+}
+
+/// Input the CLI itself refuses (as opposed to the library's errors, which classify
+/// themselves with `is_bad_input`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let now = SystemTime::now();
+    match cli.command {
+        Command::Ca(CaCommand::Init(args)) => ca_init(&args, now, cli.json),
+        Command::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, cli.json),
+        Command::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, cli.json),
+    }
+}
+
+fn ca_init(args: &InitArgs, now: SystemTime, json: bool) -> anyhow::Result<()> {
+    let ca = CertificateAuthority::init(&args.dir, &args.county, now)
+        .with_context(|| format!("cannot create ca in {}", args.dir.display()))?;
+    let list = ca.revocations().context("cannot read the new revocation list")?;
+    report(
+        json,
+        &json!({
+            "command": "ca init",
+            "dir": args.dir,
+            "county": ca.county(),
+            "ca_certificate": args.dir.join(CA_CERT_FILE),
+            "revocation_version": list.version(),
+        }),
+        &format!("created ca for county {} in {}", ca.county(), args.dir.display()),
+    )
+}
+
+fn ca_issue(args: &IssueArgs, now: SystemTime, json: bool) -> anyhow::Result<()> {
+    if args.out.exists() {
+        return Err(BadInput(format!("{} already exists; refusing to overwrite a bundle", args.out.display())).into());
+    }
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|p| !p.is_dir()) {
+        return Err(BadInput(format!("directory of {} does not exist", args.out.display())).into());
+    }
+    let ca = open_ca(&args.ca)?;
+    let bundle = ca
+        .issue(&args.id, args.role, &args.scope, now)
+        .with_context(|| format!("cannot issue a certificate for {}", args.id))?;
+    bundle.save(&args.out).with_context(|| format!("certificate {} was recorded but not saved", bundle.serial()))?;
+    report(
+        json,
+        &json!({
+            "command": "ca issue",
+            "id": bundle.id(),
+            "role": bundle.role(),
+            "scope": bundle.scope(),
+            "county": bundle.county(),
+            "serial": bundle.serial(),
+            "bundle": args.out,
+            "revocation_version": bundle.revocations().version(),
+        }),
+        &format!(
+            "issued {} certificate for {} over {} (serial {}) to {}",
+            bundle.role(),
+            bundle.id(),
+            bundle.scope(),
+            bundle.serial(),
+            args.out.display()
+        ),
+    )
+}
+
+fn ca_revoke(args: &RevokeArgs, now: SystemTime, json: bool) -> anyhow::Result<()> {
+    let ca = open_ca(&args.ca)?;
+    let revocation = ca.revoke(&args.id, now).with_context(|| format!("cannot revoke {}", args.id))?;
+    let version = revocation.list.version();
+    let human = if revocation.newly_revoked.is_empty() {
+        format!("{} was already revoked; revocation list stays at version {version}", args.id)
+    } else {
+        let serials: Vec<String> = revocation.newly_revoked.iter().map(ToString::to_string).collect();
+        format!(
+            "revoked {} certificate(s) of {} ({}); revocation list is now version {version}",
+            serials.len(),
+            args.id,
+            serials.join(", ")
+        )
+    };
+    report(
+        json,
+        &json!({
+            "command": "ca revoke",
+            "id": args.id,
+            "revoked": revocation.newly_revoked,
+            "changed": !revocation.newly_revoked.is_empty(),
+            "revocation_version": version,
+        }),
+        &human,
+    )
+}
+
+fn open_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
+    CertificateAuthority::open(dir).with_context(|| format!("ca directory {}", dir.display()))
+}
+
+fn report(json: bool, value: &serde_json::Value, human: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, value).context("cannot write json output")?;
+        writeln!(out).context("cannot write output")?;
+    } else {
+        writeln!(out, "{human}").context("cannot write output")?;
+    }
+    out.flush().context("cannot write output")
+}
+
+/// 2 when the operator's input was at fault, 1 for any other failure.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|cause| {
+        cause.is::<BadInput>()
+            || cause.downcast_ref::<OpenError>().is_some_and(OpenError::is_bad_input)
+            || cause.downcast_ref::<InitError>().is_some_and(InitError::is_bad_input)
+            || cause.downcast_ref::<IssueError>().is_some_and(IssueError::is_bad_input)
+            || cause.downcast_ref::<RevokeError>().is_some_and(RevokeError::is_bad_input)
+    });
+    if bad_input { 2 } else { 1 }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}

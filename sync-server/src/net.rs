@@ -1,0 +1,584 @@
+//! QUIC endpoints with mutual TLS: the only module that names quinn.
+//!
+//! Both sides present a certificate from the county CA and trust nothing else. A server hands
+//! out a connection only through [`Handshake::authenticate`], which reads the peer's
+//! [`PeerIdentity`] and checks its serial against the revocation list in force; a client gets
+//! one only through [`ClientEndpoint::connect`], which checks that the peer is a county or
+//! township server above the client's own scope.
+//!
+//! Transport settings are tuned for 2G links (see the constants and DESIGN.md §8): quinn's
+//! defaults assume a fast link and an unbounded connection receive window.
+
+use std::any::Any;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+
+use crate::ca::{
+    AdminCode, Bundle, CaCertificate, IdentityError, PeerIdentity, ReplicaId, RevocationError, RevocationHandle, Role,
+    SERVER_NAME, Serial,
+};
+
+pub use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+
+/// ALPN protocol id of the fq sync protocol, version 1. Both sides require it.
+pub const ALPN: &[u8] = b"fq-sync/1";
+
+/// Keep-alive interval. Mobile carriers' NAT drops idle UDP mappings after 30 s or more; a
+/// PING every 15 s (about 50 bytes) keeps the path open while a session waits for the ledger.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Idle timeout. 2G links stall for tens of seconds (cell handover, GPRS suspended during a
+/// voice call); quinn's default of 30 s would kill sessions that would have recovered.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Receive window of one stream, in bytes. Bounds what one sync session can buffer in the
+/// server (quinn's default is 1.25 MB a stream); a 256 KiB change still streams through it.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 256 * 1024;
+/// Receive window of a whole connection, in bytes. quinn's default is unbounded; a county
+/// server holds thousands of device connections, so each may buffer at most this much.
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// Send window of a connection, in bytes: unacknowledged data we keep in memory. At 2G rates
+/// (a few KB/s) 2 MiB is minutes of data, more than any congestion window will allow.
+pub const SEND_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
+/// Bidirectional streams a peer may have open at once. A child runs one sync session at a time
+/// (one stream each) plus a retry after its watchdog fires; 4 leaves room and bounds state.
+pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 4;
+/// Unidirectional streams a peer may open: none, the protocol does not use them.
+pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
+/// RTT assumed before the first measurement. 2G/EDGE round trips are 300-1000 ms; quinn's
+/// default of 333 ms would retransmit the first handshake flight needlessly on such a link.
+pub const INITIAL_RTT: Duration = Duration::from_millis(600);
+/// TLS sessions a server remembers for resumption (and 0-RTT), about 1 KiB each. A client
+/// stores two tickets per server, so this covers a few thousand devices.
+pub const SERVER_SESSION_CACHE_ENTRIES: usize = 8192;
+
+/// Transport settings that deployments (and tests) may change; everything else is fixed by the
+/// constants above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetConfig {
+    /// How often to send a keep-alive when the connection is otherwise idle.
+    pub keep_alive_interval: Duration,
+    /// How long a connection may go without hearing from the peer before it is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self { keep_alive_interval: KEEP_ALIVE_INTERVAL, idle_timeout: IDLE_TIMEOUT }
+    }
+}
+
+/// Application error codes sent when a connection is closed on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// Normal end of a connection.
+    Done,
+    /// The peer's certificate is revoked.
+    Revoked,
+    /// The peer's certificate does not name a valid fq identity.
+    BadIdentity,
+    /// The peer is not the kind of peer expected (e.g. a device where a server was dialled,
+    /// or a server outside our scope).
+    WrongPeer,
+    /// The peer did not negotiate [`ALPN`].
+    WrongProtocol,
+}
+
+impl CloseCode {
+    const ALL: [CloseCode; 5] =
+        [CloseCode::Done, CloseCode::Revoked, CloseCode::BadIdentity, CloseCode::WrongPeer, CloseCode::WrongProtocol];
+
+    /// The code on the wire. Trust failures use 0x1xx; the sync protocol has its own range.
+    pub fn code(self) -> VarInt {
+        VarInt::from_u32(match self {
+            Self::Done => 0,
+            Self::Revoked => 0x101,
+            Self::BadIdentity => 0x102,
+            Self::WrongPeer => 0x103,
+            Self::WrongProtocol => 0x104,
+        })
+    }
+
+    /// The close code for a wire code, if it is one of ours.
+    pub fn from_code(code: VarInt) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The reason text sent with the code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Revoked => "certificate revoked",
+            Self::BadIdentity => "certificate names no valid fq identity",
+            Self::WrongPeer => "unexpected peer",
+            Self::WrongProtocol => "alpn fq-sync/1 required",
+        }
+    }
+
+    /// Closes `connection` with this code and its reason.
+    pub fn close(self, connection: &Connection) {
+        connection.close(self.code(), self.reason().as_bytes());
+    }
+}
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// A server endpoint needs a county or township certificate.
+    #[error("role {0} cannot run a server (county or township required)")]
+    NotAServer(Role),
+    /// The revocation handle trusts another CA than the bundle.
+    #[error("revocation list ca (county {handle}) differs from the bundle ca (county {bundle})")]
+    CaMismatch {
+        /// County of the handle's CA.
+        handle: AdminCode,
+        /// County of the bundle's CA.
+        bundle: AdminCode,
+    },
+    /// The keep-alive interval is not shorter than the idle timeout, or the timeout is too long.
+    #[error("keep-alive {keep_alive:?} must be shorter than idle timeout {idle_timeout:?}")]
+    Timeouts {
+        /// Keep-alive interval asked for.
+        keep_alive: Duration,
+        /// Idle timeout asked for.
+        idle_timeout: Duration,
+    },
+    /// rustls refused the certificate, key or protocol settings.
+    #[error("tls configuration failed")]
+    Tls(#[source] rustls::Error),
+    /// The client certificate verifier could not be built.
+    #[error("client certificate verifier failed: {0}")]
+    Verifier(String),
+    /// The crypto provider lacks the cipher suite QUIC needs for its first packets.
+    #[error("quic crypto configuration failed: {0}")]
+    Quic(String),
+    /// The bundle's revocation list is not valid for its CA.
+    #[error("bundle revocation list is invalid")]
+    Revocations(#[source] RevocationError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind udp {addr}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why an incoming connection was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The QUIC or TLS handshake failed (no client certificate, unknown CA, timeout...).
+    #[error("handshake failed")]
+    Handshake(#[source] ConnectionError),
+    /// The handshake completed without a peer certificate (never expected with our verifier).
+    #[error("peer presented no certificate")]
+    NoCertificate,
+    /// The handshake did not select [`ALPN`].
+    #[error("peer did not negotiate alpn fq-sync/1")]
+    WrongProtocol,
+    /// The certificate chains to the CA but names no valid fq identity.
+    #[error("peer certificate names no valid identity")]
+    Identity(#[source] IdentityError),
+    /// The certificate's serial is in the revocation list in force.
+    #[error("certificate {serial} of {id} is revoked")]
+    Revoked {
+        /// The peer's replica id.
+        id: ReplicaId,
+        /// The revoked serial.
+        serial: Serial,
+    },
+    /// The certificate's scope lies outside the server's county.
+    #[error("peer scope {scope} is outside county {county}")]
+    OutsideCounty {
+        /// The peer's scope.
+        scope: AdminCode,
+        /// The server's county.
+        county: AdminCode,
+    },
+}
+
+/// Why an outgoing connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The connection could not be started (bad address, endpoint closed).
+    #[error("cannot start connection to {addr}")]
+    Start {
+        /// Server address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The QUIC or TLS handshake failed, or the server closed the connection.
+    #[error("handshake with {addr} failed")]
+    Handshake {
+        /// Server address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: ConnectionError,
+    },
+    /// The server presented no certificate.
+    #[error("server presented no certificate")]
+    NoCertificate,
+    /// The handshake did not select [`ALPN`].
+    #[error("server did not negotiate alpn fq-sync/1")]
+    WrongProtocol,
+    /// The server certificate names no valid fq identity.
+    #[error("server certificate names no valid identity")]
+    Identity(#[source] IdentityError),
+    /// The peer is not a county or township server.
+    #[error("peer {id} has role {role}, not a county or township server")]
+    NotAServer {
+        /// The peer's id.
+        id: ReplicaId,
+        /// The peer's role.
+        role: Role,
+    },
+    /// The server's scope does not contain ours: it is not our parent.
+    #[error("server {id} serves {server_scope}, which does not contain our scope {own_scope}")]
+    OutOfScope {
+        /// The server's id.
+        id: ReplicaId,
+        /// The server's scope.
+        server_scope: AdminCode,
+        /// Our scope.
+        own_scope: AdminCode,
+    },
+    /// The server's certificate is in our revocation list.
+    #[error("server certificate {serial} of {id} is revoked")]
+    Revoked {
+        /// The server's id.
+        id: ReplicaId,
+        /// The revoked serial.
+        serial: Serial,
+    },
+}
+
+/// A server's QUIC endpoint. Yields [`Handshake`]s; a connection is reachable only through
+/// [`Handshake::authenticate`], so no caller can skip the revocation check.
+#[derive(Debug)]
+pub struct ServerEndpoint {
+    endpoint: quinn::Endpoint,
+    revocations: RevocationHandle,
+}
+
+/// Binds a server endpoint on `bind` with the server's `bundle` (role county or township).
+/// Clients must present a certificate from the bundle's CA; `revocations` is consulted on every
+/// accepted connection and may be updated while the server runs.
+pub fn server_endpoint(
+    bind: SocketAddr,
+    bundle: &Bundle,
+    revocations: RevocationHandle,
+    net: &NetConfig,
+) -> Result<ServerEndpoint, EndpointError> {
+    if !bundle.role().is_server() {
+        return Err(EndpointError::NotAServer(bundle.role()));
+    }
+    if revocations.ca() != bundle.ca() {
+        return Err(EndpointError::CaMismatch {
+            handle: revocations.ca().county().clone(),
+            bundle: bundle.county().clone(),
+        });
+    }
+    let provider = provider();
+    let roots = Arc::new(root_store(bundle.ca())?);
+    // Default builder: a client certificate is required; none means the handshake fails.
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(EndpointError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![bundle.certificate_der().clone()], bundle.private_key_der())
+        .map_err(EndpointError::Tls)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Stateful resumption (rustls allows 0-RTT only with it). Early data is safe here even
+    // though it can be replayed: `Handshake::authenticate` returns the connection only after the
+    // full handshake, so nothing reads 0-RTT stream data before the client's Finished proved it
+    // live, and the identity check below runs first.
+    tls.session_storage = ServerSessionMemoryCache::new(SERVER_SESSION_CACHE_ENTRIES);
+    tls.max_early_data_size = u32::MAX;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport(net)?));
+    let endpoint =
+        quinn::Endpoint::server(config, bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    Ok(ServerEndpoint { endpoint, revocations })
+}
+
+impl ServerEndpoint {
+    /// The address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The next connection attempt, or `None` once the endpoint is closed. Authenticate each one
+    /// in its own task: a handshake over 2G takes seconds.
+    pub async fn accept(&self) -> Option<Handshake> {
+        let incoming = self.endpoint.accept().await?;
+        Some(Handshake { incoming, revocations: self.revocations.clone() })
+    }
+
+    /// The revocation list handle; install newer lists through it.
+    pub fn revocations(&self) -> &RevocationHandle {
+        &self.revocations
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(CloseCode::Done.code(), CloseCode::Done.reason().as_bytes());
+    }
+
+    /// Waits until every connection has finished closing.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// A connection attempt a server has received but not yet authenticated.
+#[derive(Debug)]
+pub struct Handshake {
+    incoming: quinn::Incoming,
+    revocations: RevocationHandle,
+}
+
+impl Handshake {
+    /// The peer's address (not yet validated).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.incoming.remote_address()
+    }
+
+    /// Completes the handshake, reads the client's identity and refuses the connection (closing
+    /// it with a [`CloseCode`]) if its certificate is revoked or names no valid identity.
+    pub async fn authenticate(self) -> Result<(Connection, PeerIdentity), AcceptError> {
+        let connecting = self.incoming.accept().map_err(AcceptError::Handshake)?;
+        // Wait for the full handshake, even when the client sent 0-RTT data: that data stays in
+        // quinn's buffers until the checks below have passed.
+        let connection = connecting.await.map_err(AcceptError::Handshake)?;
+        match check_client(&connection, &self.revocations) {
+            Ok(peer) => Ok((connection, peer)),
+            Err((code, err)) => {
+                code.close(&connection);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The checks every accepted connection goes through.
+///
+/// The revocation check is deliberately here, after the handshake, and not in the TLS client
+/// certificate verifier: a resumed TLS 1.3 session (and its 0-RTT data) skips certificate
+/// verification entirely, because the server restores the client's certificate from the
+/// session ticket. A device revoked after its session was established could otherwise come back
+/// with a ticket for as long as the server remembers the session. Checking the restored
+/// certificate here covers full, resumed and 0-RTT handshakes alike, and reads the list in
+/// force at this moment, so a list installed a second ago already applies.
+fn check_client(
+    connection: &Connection,
+    revocations: &RevocationHandle,
+) -> Result<PeerIdentity, (CloseCode, AcceptError)> {
+    if !negotiated_alpn(connection) {
+        return Err((CloseCode::WrongProtocol, AcceptError::WrongProtocol));
+    }
+    let der = peer_certificate(connection).ok_or((CloseCode::BadIdentity, AcceptError::NoCertificate))?;
+    let peer = PeerIdentity::from_der(der.as_ref()).map_err(|e| (CloseCode::BadIdentity, AcceptError::Identity(e)))?;
+    if revocations.is_revoked(&peer.serial) {
+        return Err((CloseCode::Revoked, AcceptError::Revoked { id: peer.id, serial: peer.serial }));
+    }
+    let county = revocations.ca().county();
+    if !county.contains(&peer.scope) {
+        return Err((CloseCode::WrongPeer, AcceptError::OutsideCounty { scope: peer.scope, county: county.clone() }));
+    }
+    Ok(peer)
+}
+
+/// A device's (or a township server's) QUIC endpoint for dialling its parent.
+#[derive(Debug)]
+pub struct ClientEndpoint {
+    endpoint: quinn::Endpoint,
+    own: PeerIdentity,
+    revocations: RevocationHandle,
+}
+
+/// Binds a client endpoint on `bind` (use port 0) presenting `bundle`'s certificate. Servers
+/// are verified against the bundle's CA and checked against the bundle's revocation list.
+/// TLS sessions are remembered in memory (rustls' default cache) so that reconnections resume.
+pub fn client_endpoint(bind: SocketAddr, bundle: &Bundle, net: &NetConfig) -> Result<ClientEndpoint, EndpointError> {
+    let revocations =
+        RevocationHandle::new(bundle.ca().clone(), bundle.revocations().clone()).map_err(EndpointError::Revocations)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(EndpointError::Tls)?
+        .with_root_certificates(root_store(bundle.ca())?)
+        .with_client_auth_cert(vec![bundle.certificate_der().clone()], bundle.private_key_der())
+        .map_err(EndpointError::Tls)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = true;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport(net)?));
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(ClientEndpoint { endpoint, own: bundle.identity().clone(), revocations })
+}
+
+impl ClientEndpoint {
+    /// Connects to the server at `addr` (server name [`SERVER_NAME`]) and checks that it is a
+    /// county or township server whose scope contains ours and whose certificate is not revoked.
+    /// Resumes an earlier TLS session with that server when one is remembered.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<(Connection, PeerIdentity), ConnectError> {
+        let connecting =
+            self.endpoint.connect(addr, SERVER_NAME).map_err(|source| ConnectError::Start { addr, source })?;
+        let connection = connecting.await.map_err(|source| ConnectError::Handshake { addr, source })?;
+        match self.check_server(&connection) {
+            Ok(server) => Ok((connection, server)),
+            Err((code, err)) => {
+                code.close(&connection);
+                Err(err)
+            }
+        }
+    }
+
+    fn check_server(&self, connection: &Connection) -> Result<PeerIdentity, (CloseCode, ConnectError)> {
+        if !negotiated_alpn(connection) {
+            return Err((CloseCode::WrongProtocol, ConnectError::WrongProtocol));
+        }
+        let der = peer_certificate(connection).ok_or((CloseCode::BadIdentity, ConnectError::NoCertificate))?;
+        let server =
+            PeerIdentity::from_der(der.as_ref()).map_err(|e| (CloseCode::BadIdentity, ConnectError::Identity(e)))?;
+        // Same reason as on the server: a resumed session restores the server's certificate
+        // without verifying it again.
+        if self.revocations.is_revoked(&server.serial) {
+            return Err((CloseCode::Revoked, ConnectError::Revoked { id: server.id, serial: server.serial }));
+        }
+        if !server.role.is_server() {
+            return Err((CloseCode::WrongPeer, ConnectError::NotAServer { id: server.id, role: server.role }));
+        }
+        // The child always dials its parent, whose division contains the child's.
+        if !server.scope.contains(&self.own.scope) {
+            return Err((
+                CloseCode::WrongPeer,
+                ConnectError::OutOfScope {
+                    id: server.id,
+                    server_scope: server.scope,
+                    own_scope: self.own.scope.clone(),
+                },
+            ));
+        }
+        Ok(server)
+    }
+
+    /// The revocation list used to check servers; install newer lists through it.
+    pub fn revocations(&self) -> &RevocationHandle {
+        &self.revocations
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The underlying quinn endpoint, for callers that need quinn directly (0-RTT, statistics).
+    /// Connections made through it skip the server checks of [`ClientEndpoint::connect`].
+    pub fn quinn_endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Closes every connection of this endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(CloseCode::Done.code(), CloseCode::Done.reason().as_bytes());
+    }
+
+    /// Waits until every connection has finished closing (so the server has seen the close).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// The ring provider, the only one this workspace builds.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store holding only the county CA.
+fn root_store(ca: &CaCertificate) -> Result<RootCertStore, EndpointError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).map_err(EndpointError::Tls)?;
+    Ok(roots)
+}
+
+fn transport(net: &NetConfig) -> Result<quinn::TransportConfig, EndpointError> {
+    let timeouts = || EndpointError::Timeouts { keep_alive: net.keep_alive_interval, idle_timeout: net.idle_timeout };
+    if net.keep_alive_interval >= net.idle_timeout {
+        return Err(timeouts());
+    }
+    let idle = quinn::IdleTimeout::try_from(net.idle_timeout).map_err(|_| timeouts())?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(net.keep_alive_interval))
+        .max_idle_timeout(Some(idle))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES))
+        .send_window(SEND_WINDOW_BYTES)
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
+        .initial_rtt(INITIAL_RTT)
+        // The protocol does not use unreliable datagrams; refuse them.
+        .datagram_receive_buffer_size(None);
+    Ok(transport)
+}
+
+/// The peer's leaf certificate. For rustls sessions quinn's `peer_identity` is a
+/// `Vec<CertificateDer>`, leaf first; it is also set on resumed sessions (restored from the
+/// ticket).
+fn peer_certificate(connection: &Connection) -> Option<CertificateDer<'static>> {
+    let identity: Box<dyn Any> = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+fn negotiated_alpn(connection: &Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|protocol| protocol == ALPN)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn close_code_round_trips_and_is_unique() {
+        for code in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(code.code()), Some(code));
+        }
+        assert_eq!(CloseCode::from_code(VarInt::from_u32(0x1ff)), None);
+    }
+
+    #[test]
+    fn transport_rejects_keep_alive_not_shorter_than_idle_timeout() {
+        let mut net = NetConfig::default();
+        assert!(transport(&net).is_ok());
+        net.keep_alive_interval = net.idle_timeout;
+        assert!(matches!(transport(&net), Err(EndpointError::Timeouts { .. })));
+    }
+}
