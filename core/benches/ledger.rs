@@ -5,6 +5,8 @@
 //! timings it prints the build rate and the database size per case, the
 //! figures the issue asks for.
 
+#![allow(clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +43,7 @@ fn new_case(i: usize) -> NewCase {
             Party::parse("李四,532924198001011230,13800000000").expect("valid party"),
             Party::parse("王五,17012345678").expect("valid party"),
         ],
-        risk: if i % 20 == 0 { Risk::High } else { Risk::Low },
+        risk: if i.is_multiple_of(20) { Risk::High } else { Risk::Low },
         village: Some(AdminCode::parse(&format!("532924101{:03}", 201 + i % 9)).expect("valid village")),
         grid: Some(u32::try_from(i % 7).unwrap_or(0) + 1),
     }
@@ -53,18 +55,37 @@ fn new_case(i: usize) -> NewCase {
 fn edit(l: &mut Ledger, id: CaseId, i: usize, k: usize) {
     if std::env::var("FQ_BENCH_TEXT").as_deref() == Ok("short") {
         let r = match k % 4 {
-            0 => l.edit(id, FieldEdit { risk: Some(if k % 8 == 0 { Risk::Medium } else { Risk::Low }), ..Default::default() }),
-            1 => l.assign(id, if k % 2 == 0 { "杨调解" } else { "李网格" }),
+            0 => l.edit(
+                id,
+                FieldEdit {
+                    risk: Some(if k.is_multiple_of(8) { Risk::Medium } else { Risk::Low }),
+                    ..Default::default()
+                },
+            ),
+            1 => l.assign(id, if k.is_multiple_of(2) { "杨调解" } else { "李网格" }),
             _ => l.add_note(id, &format!("第{k}次回访")),
         };
         r.expect("edit succeeds");
         return;
     }
     let r = match k % 10 {
-        0 => l.edit(id, FieldEdit { title: Some(format!("第{i}号宅基地滴水纠纷（第{k}次修改）")), ..Default::default() }),
-        3 => l.edit(id, FieldEdit { risk: Some(if k % 4 == 0 { Risk::Medium } else { Risk::Low }), ..Default::default() }),
+        0 => l.edit(
+            id,
+            FieldEdit {
+                title: Some(format!("第{i}号宅基地滴水纠纷（第{k}次修改）")), ..Default::default()
+            },
+        ),
+        3 => l.edit(
+            id,
+            FieldEdit { risk: Some(if k.is_multiple_of(4) { Risk::Medium } else { Risk::Low }), ..Default::default() },
+        ),
         5 => l.assign(id, "杨调解"),
-        7 => l.edit(id, FieldEdit { description: Some(format!("补充情况：第{k}次走访，双方情绪平稳。")), ..Default::default() }),
+        7 => l.edit(
+            id,
+            FieldEdit {
+                description: Some(format!("补充情况：第{k}次走访，双方情绪平稳。")), ..Default::default()
+            },
+        ),
         _ => l.add_note(id, &format!("第{k}次调解：双方到场，说明诉求，约定下周再谈。")),
     };
     r.expect("edit succeeds");
@@ -115,7 +136,9 @@ fn benches(c: &mut Criterion) {
 
     let clock: Arc<ManualClock> = Arc::new(ManualClock::new(T0.plus_days(10)));
     let mut g = c.benchmark_group("ledger_10k");
-    g.bench_function("open", |b| b.iter(|| Ledger::open(&path, clock.clone(), LedgerOptions::default()).expect("open")));
+    g.bench_function("open", |b| {
+        b.iter(|| Ledger::open(&path, clock.clone(), LedgerOptions::default()).expect("open"))
+    });
 
     let reader = Ledger::open_read_only(&path, clock.clone()).expect("open");
     let filter = ListFilter {

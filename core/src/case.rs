@@ -122,9 +122,7 @@ impl fmt::Display for CaseId {
 impl FromStr for CaseId {
     type Err = InputError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s.trim())
-            .map(Self)
-            .map_err(|_| InputError::CaseRef { input: s.to_owned() })
+        uuid::Uuid::parse_str(s.trim()).map(Self).map_err(|_| InputError::CaseRef { input: s.to_owned() })
     }
 }
 

@@ -28,8 +28,7 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, R
 use serde::Serialize;
 
 use crate::case::{
-    AdminCode, CaseId, CaseNumber, Category, DeviceId, EventKind, Level, Outcome, Party, Risk, Role,
-    Status,
+    AdminCode, CaseId, CaseNumber, Category, DeviceId, EventKind, Level, Outcome, Party, Risk, Role, Status,
 };
 use crate::clock::Timestamp;
 
@@ -51,8 +50,8 @@ pub enum DocError {
     Automerge {
         /// What was being done.
         op: &'static str,
-        /// The underlying error.
-        source: automerge::AutomergeError,
+        /// The underlying error (boxed: it is large and rare).
+        source: Box<automerge::AutomergeError>,
     },
     /// A change from a peer could not be parsed.
     #[error("malformed change: {0}")]
@@ -66,7 +65,7 @@ pub enum DocError {
 }
 
 fn am(op: &'static str) -> impl FnOnce(automerge::AutomergeError) -> DocError {
-    move |source| DocError::Automerge { op, source }
+    move |source| DocError::Automerge { op, source: Box::new(source) }
 }
 
 /// Who made a change: recorded in every change's message.
@@ -643,7 +642,8 @@ impl CaseDoc {
             events: Vec::new(),
         };
         derive(&mut state, &events, policy);
-        state.updated_at = self.doc.get_changes_meta(&[]).iter().map(|c| Timestamp(c.timestamp)).max().unwrap_or(recorded_at);
+        state.updated_at =
+            self.doc.get_changes_meta(&[]).iter().map(|c| Timestamp(c.timestamp)).max().unwrap_or(recorded_at);
         state.events = events;
         Ok(state)
     }
@@ -950,7 +950,8 @@ mod tests {
         let edit = |t: &str| FieldEdit { title: Some(t.into()), ..Default::default() };
         a.edit(&edit("甲"), &author("张三"), Timestamp(2_000)).unwrap();
         b.edit(&edit("乙"), &author("李娜"), Timestamp(2_001)).unwrap();
-        let from_b: Vec<Change> = b.changes_after(&a.heads()[..0]).into_iter().map(|(_, c)| parse_change(&c).unwrap()).collect();
+        let from_b: Vec<Change> =
+            b.changes_after(&a.heads()[..0]).into_iter().map(|(_, c)| parse_change(&c).unwrap()).collect();
         a.apply(from_b).unwrap();
         let c = a.conflicts();
         assert_eq!(c.len(), 1);

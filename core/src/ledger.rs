@@ -284,7 +284,12 @@ const META_CREATED: &str = "created_at";
 
 impl Ledger {
     /// Creates a new ledger file at `path` for the given owner.
-    pub fn init(path: &Path, init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+    pub fn init(
+        path: &Path,
+        init: InitOptions,
+        clock: Arc<dyn Clock>,
+        opts: LedgerOptions,
+    ) -> Result<Self, LedgerError> {
         let store = Store::open(path, OpenMode::Create, opts.durability)?;
         Self::init_store(store, init, clock, opts)
     }
@@ -294,7 +299,12 @@ impl Ledger {
         Self::init_store(Store::open_in_memory()?, init, clock, opts)
     }
 
-    fn init_store(mut store: Store, init: InitOptions, clock: Arc<dyn Clock>, opts: LedgerOptions) -> Result<Self, LedgerError> {
+    fn init_store(
+        mut store: Store,
+        init: InitOptions,
+        clock: Arc<dyn Clock>,
+        opts: LedgerOptions,
+    ) -> Result<Self, LedgerError> {
         if let Some(existing) = read_identity(&store)? {
             return Err(LedgerError::AlreadyInitialized { name: existing.name, scope: existing.scope.to_string() });
         }
@@ -349,7 +359,12 @@ impl Ledger {
         Self::from_store(store, clock, None, true)
     }
 
-    fn from_store(store: Store, clock: Arc<dyn Clock>, rng: Option<ChaCha8Rng>, read_only: bool) -> Result<Self, LedgerError> {
+    fn from_store(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        rng: Option<ChaCha8Rng>,
+        read_only: bool,
+    ) -> Result<Self, LedgerError> {
         let identity = read_identity(&store)?.ok_or(LedgerError::NotInitialized)?;
         let mut rng = rng.unwrap_or_else(|| seeded(Some(0)));
         let actor = doc::actor_for(identity.replica.device(), rng.random());
@@ -438,7 +453,11 @@ impl Ledger {
             }
         };
         if village.level() != AdminLevel::Village {
-            return Err(InputError::AdminCode { input: village.to_string(), reason: "a case belongs to a 12-digit village code" }.into());
+            return Err(InputError::AdminCode {
+                input: village.to_string(),
+                reason: "a case belongs to a 12-digit village code",
+            }
+            .into());
         }
         self.check_scope("village", village.as_str())?;
         let grid = new.grid.or(self.identity.grid);
@@ -482,10 +501,10 @@ impl Ledger {
         if r.is_empty() {
             return Err(InputError::CaseRef { input: reference.to_owned() }.into());
         }
-        if let Ok(id) = r.parse::<CaseId>() {
-            if self.store.case_row(id)?.is_some() {
-                return Ok(id);
-            }
+        if let Ok(id) = r.parse::<CaseId>()
+            && self.store.case_row(id)?.is_some()
+        {
+            return Ok(id);
         }
         let found = self.store.find(r, 11)?;
         match found.as_slice() {
@@ -692,10 +711,10 @@ impl Ledger {
 
     fn cache_put(&mut self, case: CaseId, doc: CaseDoc) {
         self.tick += 1;
-        if self.cache.len() >= DOC_CACHE_CASES {
-            if let Some(oldest) = self.cache.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                self.cache.remove(&oldest);
-            }
+        if self.cache.len() >= DOC_CACHE_CASES
+            && let Some(oldest) = self.cache.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+        {
+            self.cache.remove(&oldest);
         }
         self.cache.insert(case, (doc, self.tick));
     }
@@ -707,7 +726,8 @@ impl Ledger {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let doc = self.doc(e.case)?;
-            let bytes = doc.change_bytes(&e.hash).ok_or(StoreError::BadValue { what: "change missing from its document" })?;
+            let bytes =
+                doc.change_bytes(&e.hash).ok_or(StoreError::BadValue { what: "change missing from its document" })?;
             out.push(OutgoingChange {
                 log_seq: e.log_seq,
                 case: e.case,
@@ -731,7 +751,11 @@ impl Ledger {
     /// kept until they arrive, and malformed or mismatched changes are
     /// refused and written to the audit. Nothing is reported applied unless
     /// it is committed.
-    pub fn apply_changes(&mut self, from: Option<ReplicaId>, changes: Vec<IncomingChange>) -> Result<ApplyReport, LedgerError> {
+    pub fn apply_changes(
+        &mut self,
+        from: Option<ReplicaId>,
+        changes: Vec<IncomingChange>,
+    ) -> Result<ApplyReport, LedgerError> {
         self.check_writable()?;
         let now = self.clock.now();
         let peer = from.map(|f| f.to_string());
@@ -744,7 +768,18 @@ impl Ledger {
         let tx = self.store.transaction()?;
         for (case, incoming) in by_case {
             let cached = self.cache.remove(&case).map(|(d, _)| d);
-            let outcome = apply_case(&tx, &self.actor, &self.policy, case, cached, incoming, from, now, peer.as_deref(), &mut report);
+            let outcome = apply_case(
+                &tx,
+                &self.actor,
+                &self.policy,
+                case,
+                cached,
+                incoming,
+                from,
+                now,
+                peer.as_deref(),
+                &mut report,
+            );
             match outcome {
                 Ok(Some(doc)) => touched.push((case, doc)),
                 Ok(None) => {}
@@ -774,7 +809,11 @@ impl Ledger {
     }
 
     /// Every case in full, for export. Loads documents one at a time.
-    pub fn export(&mut self, filter: &ListFilter, mut each: impl FnMut(&CaseRow, CaseState)) -> Result<usize, LedgerError> {
+    pub fn export(
+        &mut self,
+        filter: &ListFilter,
+        mut each: impl FnMut(&CaseRow, CaseState),
+    ) -> Result<usize, LedgerError> {
         let rows = self.store.list(filter)?;
         let policy = self.policy;
         for row in &rows {
@@ -797,7 +836,10 @@ fn seeded(seed: Option<u64>) -> ChaCha8Rng {
             let mut s = [0u8; 32];
             // getrandom only fails on exotic platforms; fall back to the clock there.
             if getrandom::fill(&mut s).is_err() {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
                 s[..16].copy_from_slice(&t.to_le_bytes());
             }
             ChaCha8Rng::from_seed(s)

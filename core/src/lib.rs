@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 pub mod case;
 pub mod clock;
+pub mod county;
 pub mod doc;
 pub mod ledger;
+pub mod sample;
 pub mod store;

@@ -252,7 +252,8 @@ impl Store {
 
     fn setup(conn: Connection, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sq("set busy timeout"))?;
-        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
+        let version: i32 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found: version });
         }
@@ -291,10 +292,7 @@ impl Store {
 
     /// Starts the single write transaction of one ledger operation.
     pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sq("begin"))?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sq("begin"))?;
         Ok(Tx { tx })
     }
 
@@ -358,8 +356,7 @@ impl Store {
             ))
             .map_err(sq("prepare find"))?;
         let hex_prefix: String = lower.chars().filter(|c| *c != '-').collect();
-        let rows =
-            stmt.query_map(params![lower, hex_prefix, limit], read_case_row).map_err(sq("find case"))?;
+        let rows = stmt.query_map(params![lower, hex_prefix, limit], read_case_row).map_err(sq("find case"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(sq("find case"))
     }
 
@@ -390,7 +387,13 @@ impl Store {
             .map_err(sq("prepare log"))?;
         let rows = stmt
             .query_map(params![after, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Option<Vec<u8>>>(3)?, r.get(4)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get(4)?,
+                ))
             })
             .map_err(sq("read log"))?;
         let mut out = Vec::new();
@@ -440,14 +443,22 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (seq, at, kind, case, peer, detail) = row.map_err(sq("read audit"))?;
-            out.push(AuditEntry { seq, at: Timestamp(at), kind, case: case.map(|c| case_id(&c)).transpose()?, peer, detail });
+            out.push(AuditEntry {
+                seq,
+                at: Timestamp(at),
+                kind,
+                case: case.map(|c| case_id(&c)).transpose()?,
+                peer,
+                detail,
+            });
         }
         Ok(out)
     }
 
     /// Runs SQLite's integrity check; `Ok(())` if the file is sound.
     pub fn integrity_check(&self) -> Result<(), StoreError> {
-        let r: String = self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sq("integrity check"))?;
+        let r: String =
+            self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sq("integrity check"))?;
         if r == "ok" { Ok(()) } else { Err(StoreError::Corrupt) }
     }
 }
@@ -524,7 +535,9 @@ impl Tx<'_> {
     /// Writes a setting.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.tx
-            .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
             .map_err(sq("prepare meta"))?
             .execute([key, value])
             .map_err(sq("write meta"))?;
@@ -656,7 +669,14 @@ impl Tx<'_> {
     }
 
     /// Writes an audit record.
-    pub fn audit(&self, at: Timestamp, kind: &str, case: Option<CaseId>, peer: Option<&str>, detail: &str) -> Result<(), StoreError> {
+    pub fn audit(
+        &self,
+        at: Timestamp,
+        kind: &str,
+        case: Option<CaseId>,
+        peer: Option<&str>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached("INSERT INTO audit(at, kind, case_id, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
             .map_err(sq("prepare audit"))?
@@ -713,7 +733,11 @@ mod tests {
         assert_eq!(s.list(&f).unwrap().len(), 1);
         let f = ListFilter { within: Some(AdminCode::parse("532924102").unwrap()), ..Default::default() };
         assert!(s.list(&f).unwrap().is_empty());
-        let f = ListFilter { within: Some(AdminCode::parse("532924101").unwrap()), status: Some(Status::Settled), ..Default::default() };
+        let f = ListFilter {
+            within: Some(AdminCode::parse("532924101").unwrap()),
+            status: Some(Status::Settled),
+            ..Default::default()
+        };
         assert_eq!(s.list(&f).unwrap().len(), 1);
         assert_eq!(s.find("532924101201-2026-abcd-0002", 5).unwrap().len(), 1);
         assert_eq!(s.find("0202", 5).unwrap().len(), 1);
@@ -737,6 +761,9 @@ mod tests {
         let c = Connection::open(&p).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        assert!(matches!(Store::open(&p, OpenMode::ReadWrite, Durability::Full), Err(StoreError::NewerSchema { found: 99 })));
+        assert!(matches!(
+            Store::open(&p, OpenMode::ReadWrite, Durability::Full),
+            Err(StoreError::NewerSchema { found: 99 })
+        ));
     }
 }

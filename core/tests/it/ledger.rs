@@ -31,7 +31,13 @@ fn ledger_lifecycle_survives_reopen() {
     let clock = ManualClock::new(T0);
     let c: Arc<ManualClock> = Arc::new(clock.clone());
     let id = {
-        let mut l = Ledger::init(&path, init(Role::Mediator, "532924101201", "张三", &clock), c.clone(), LedgerOptions::default()).unwrap();
+        let mut l = Ledger::init(
+            &path,
+            init(Role::Mediator, "532924101201", "张三", &clock),
+            c.clone(),
+            LedgerOptions::default(),
+        )
+        .unwrap();
         let s = l.create_case(new_case("宅基地滴水纠纷")).unwrap();
         assert!(s.number.starts_with("532924101201-"));
         clock.advance_ms(60_000);
@@ -64,7 +70,12 @@ fn ledger_lifecycle_survives_reopen() {
 #[test]
 fn ledger_refuses_bad_transitions_and_writes_nothing() {
     let clock = ManualClock::new(T0);
-    let mut l = Ledger::init_in_memory(init(Role::Mediator, "532924101201", "张三", &clock), Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+    let mut l = Ledger::init_in_memory(
+        init(Role::Mediator, "532924101201", "张三", &clock),
+        Arc::new(clock.clone()),
+        LedgerOptions::default(),
+    )
+    .unwrap();
     let s = l.create_case(new_case("拖欠工资")).unwrap();
     let before = l.counts().unwrap();
     assert!(matches!(l.archive(s.id), Err(LedgerError::Transition { .. })));
@@ -81,7 +92,12 @@ fn ledger_refuses_bad_transitions_and_writes_nothing() {
 #[test]
 fn ledger_lists_with_filters() {
     let clock = ManualClock::new(T0);
-    let mut l = Ledger::init_in_memory(init(Role::Mediator, "532924101201", "张三", &clock), Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+    let mut l = Ledger::init_in_memory(
+        init(Role::Mediator, "532924101201", "张三", &clock),
+        Arc::new(clock.clone()),
+        LedgerOptions::default(),
+    )
+    .unwrap();
     let a = l.create_case(new_case("宅基地滴水纠纷")).unwrap();
     let mut high = new_case("持刀威胁");
     high.risk = Risk::High;
@@ -101,7 +117,10 @@ fn ledger_lists_with_filters() {
     assert_eq!(overdue[0].id, b.id);
     let f = ListFilter { search: Some("滴水".into()), ..Default::default() };
     assert_eq!(l.list(&f).unwrap().len(), 1);
-    assert_eq!(l.resolve(&a.number[..a.number.len() - 1]).map_err(|e| e.to_string()).err().map(|e| e.contains("several")), Some(true));
+    assert_eq!(
+        l.resolve(&a.number[..a.number.len() - 1]).map_err(|e| e.to_string()).err().map(|e| e.contains("several")),
+        Some(true)
+    );
     assert_eq!(l.resolve(&a.number).unwrap(), a.id);
     assert_eq!(l.resolve(&a.id.to_string()[..8]).unwrap(), a.id);
     assert!(matches!(l.resolve("532924101201-2026-ffff-9999"), Err(LedgerError::CaseNotFound { .. })));
@@ -111,11 +130,26 @@ fn ledger_lists_with_filters() {
 fn escalation_is_accepted_by_the_township_and_stops_at_the_county() {
     let clock = ManualClock::new(T0);
     let c = Arc::new(clock.clone());
-    let mut village = Ledger::init_in_memory(init(Role::Mediator, "532924101201", "张三", &clock), c.clone(), LedgerOptions::default()).unwrap();
-    let mut township = Ledger::init_in_memory(init(Role::TownshipOfficer, "532924101", "赵乡", &clock), c.clone(), LedgerOptions::default()).unwrap();
+    let mut village = Ledger::init_in_memory(
+        init(Role::Mediator, "532924101201", "张三", &clock),
+        c.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    let mut township = Ledger::init_in_memory(
+        init(Role::TownshipOfficer, "532924101", "赵乡", &clock),
+        c.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
     let s = village.create_case(new_case("水渠纠纷")).unwrap();
     village.escalate(s.id, "涉及两村").unwrap();
-    township.apply_changes(Some(village.identity().replica), village.changes_since(0, 1000).unwrap().into_iter().map(out_to_in).collect()).unwrap();
+    township
+        .apply_changes(
+            Some(village.identity().replica),
+            village.changes_since(0, 1000).unwrap().into_iter().map(out_to_in).collect(),
+        )
+        .unwrap();
     let st = township.accept_escalation(s.id).unwrap();
     assert_eq!((st.status, st.level), (Status::Mediating, fq_core::case::Level::Township));
     township.escalate(s.id, "需县级协调").unwrap();

@@ -16,8 +16,14 @@ fn exchange(from: &mut Ledger, to: &mut Ledger) -> fq_core::ledger::ApplyReport 
 
 fn pair(clock: &ManualClock) -> (Ledger, Ledger) {
     let c = Arc::new(clock.clone());
-    let a = Ledger::init_in_memory(init(Role::GridWorker, "532924101201", "张三", clock), c.clone(), LedgerOptions::default()).unwrap();
-    let b = Ledger::init_in_memory(init(Role::Mediator, "532924101201", "李娜", clock), c, LedgerOptions::default()).unwrap();
+    let a = Ledger::init_in_memory(
+        init(Role::GridWorker, "532924101201", "张三", clock),
+        c.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    let b = Ledger::init_in_memory(init(Role::Mediator, "532924101201", "李娜", clock), c, LedgerOptions::default())
+        .unwrap();
     (a, b)
 }
 
@@ -44,7 +50,10 @@ fn merge_shows_both_values_of_a_concurrent_edit() {
         seen.sort();
         assert_eq!(
             seen,
-            [("宅基地滴水及排水沟纠纷".to_owned(), "张三".to_owned()), ("相邻屋檐滴水纠纷".to_owned(), "李娜".to_owned())]
+            [
+                ("宅基地滴水及排水沟纠纷".to_owned(), "张三".to_owned()),
+                ("相邻屋檐滴水纠纷".to_owned(), "李娜".to_owned())
+            ]
         );
         assert!(c.values.iter().all(|v| v.device.is_some() && v.at.is_some()));
         assert_eq!(v.state.title, c.values[0].value, "the shown value is listed first");
@@ -103,7 +112,10 @@ fn workload(ops: &[(u8, u8, u8)]) -> (Vec<IncomingChange>, usize) {
     let c = Arc::new(clock.clone());
     let mut ls: Vec<Ledger> = ["甲", "乙", "丙"]
         .iter()
-        .map(|n| Ledger::init_in_memory(init(Role::Mediator, "532924101201", n, &clock), c.clone(), LedgerOptions::default()).unwrap())
+        .map(|n| {
+            Ledger::init_in_memory(init(Role::Mediator, "532924101201", n, &clock), c.clone(), LedgerOptions::default())
+                .unwrap()
+        })
         .collect();
     let first = ls[0].create_case(new_case("初始案件")).unwrap();
     let mut cases = vec![first.id];
@@ -115,13 +127,23 @@ fn workload(ops: &[(u8, u8, u8)]) -> (Vec<IncomingChange>, usize) {
         let known = l.resolve(&case.to_string()).is_ok();
         match (what % 6, known) {
             (0, _) => cases.push(l.create_case(new_case(&format!("案件{arg}"))).unwrap().id),
-            (1, true) => drop(l.edit(case, FieldEdit { title: Some(format!("标题{who}-{arg}")), ..Default::default() })),
+            (1, true) => {
+                drop(l.edit(case, FieldEdit { title: Some(format!("标题{who}-{arg}")), ..Default::default() }))
+            }
             (2, true) => drop(l.add_note(case, &format!("记录{arg}"))),
-            (3, true) => drop(l.edit(case, FieldEdit { description: Some(format!("描述{arg}")), ..Default::default() })),
+            (3, true) => {
+                drop(l.edit(case, FieldEdit { description: Some(format!("描述{arg}")), ..Default::default() }))
+            }
             (4, true) => drop(l.settle(case, "和解")),
             (5, _) => {
                 let j = (i + 1 + usize::from(arg % 2)) % 3;
-                let (x, y) = if i < j { let (p, q) = ls.split_at_mut(j); (&mut p[i], &mut q[0]) } else { let (p, q) = ls.split_at_mut(i); (&mut q[0], &mut p[j]) };
+                let (x, y) = if i < j {
+                    let (p, q) = ls.split_at_mut(j);
+                    (&mut p[i], &mut q[0])
+                } else {
+                    let (p, q) = ls.split_at_mut(i);
+                    (&mut q[0], &mut p[j])
+                };
                 exchange(x, y);
             }
             _ => {}
@@ -137,9 +159,18 @@ fn workload(ops: &[(u8, u8, u8)]) -> (Vec<IncomingChange>, usize) {
     (all, unique.len())
 }
 
-fn replay(changes: &[IncomingChange], order: &[usize], chunk: usize) -> (Vec<serde_json::Value>, Vec<fq_core::store::CaseRow>) {
+fn replay(
+    changes: &[IncomingChange],
+    order: &[usize],
+    chunk: usize,
+) -> (Vec<serde_json::Value>, Vec<fq_core::store::CaseRow>) {
     let clock = ManualClock::new(T0);
-    let mut l = Ledger::init_in_memory(init(Role::CountyAdmin, "532924", "县", &clock), Arc::new(clock), LedgerOptions::default()).unwrap();
+    let mut l = Ledger::init_in_memory(
+        init(Role::CountyAdmin, "532924", "县", &clock),
+        Arc::new(clock),
+        LedgerOptions::default(),
+    )
+    .unwrap();
     let ordered: Vec<IncomingChange> = order.iter().map(|&i| changes[i % changes.len()].clone()).collect();
     for batch in ordered.chunks(chunk.max(1)) {
         let r = l.apply_changes(None, batch.to_vec()).unwrap();
