@@ -16,8 +16,9 @@
 //!   `fq1|{op}|{role}|{name}` naming what was done and by whom. The authoring
 //!   device is the first 8 bytes of the change's actor id.
 //! - Status and level are never stored: they are derived from the event list
-//!   ordered by (event time, actor, op counter), so concurrent lifecycle
-//!   events all survive and every replica derives the same result.
+//!   in its list order, which respects causality (an event appended after
+//!   seeing another comes after it, whatever the device clocks say) and
+//!   orders concurrent appends the same way on every replica.
 //! - Peer bytes are applied inside `catch_unwind` (Automerge 0.12 panics on some
 //!   malformed input); after a panic the document must be dropped and reloaded.
 
@@ -310,10 +311,6 @@ pub struct EventView {
     /// Court reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    #[serde(skip)]
-    actor: Vec<u8>,
-    #[serde(skip)]
-    counter: u64,
 }
 
 /// One of several values a field holds after concurrent edits.
@@ -399,7 +396,7 @@ pub struct CaseState {
     pub follow_ups: u32,
     /// The latest change time.
     pub updated_at: Timestamp,
-    /// Lifecycle events in derivation order.
+    /// Lifecycle events in derivation (list) order.
     pub events: Vec<EventView>,
 }
 
@@ -615,7 +612,9 @@ impl CaseDoc {
             }
         }
         let description = d.text(obj_at(d, &ROOT, "description")?).map_err(am("text"))?;
-        events.sort_by(|a, b| (a.at, &a.actor, a.counter).cmp(&(b.at, &b.actor, b.counter)));
+        // List order, not device time: an event appended after seeing another
+        // sorts after it whatever the clocks say, and concurrent appends are
+        // ordered by Automerge the same way on every replica.
         let recorded_at = Timestamp(get_i64(d, &ROOT, "recorded_at").unwrap_or(0));
         let mut state = CaseState {
             id,
@@ -655,10 +654,6 @@ impl CaseDoc {
             let Ok(Some((Value::Object(ObjType::Map), ev))) = self.doc.get(&list, i) else { continue };
             let d = &self.doc;
             let Some(kind) = get_str(d, &ev, "kind").and_then(|k| EventKind::parse(&k).ok()) else { continue };
-            let (actor, counter) = match &ev {
-                ObjId::Id(counter, actor, _) => (actor.to_bytes().to_vec(), *counter),
-                ObjId::Root => (Vec::new(), 0),
-            };
             let to = match kind {
                 EventKind::EscalationAccepted | EventKind::Recorded => get_str(d, &ev, "level"),
                 _ => get_str(d, &ev, "to"),
@@ -675,8 +670,6 @@ impl CaseDoc {
                 to,
                 court: get_str(d, &ev, "court"),
                 reference: get_str(d, &ev, "ref"),
-                actor,
-                counter,
             });
         }
         Ok(out)
