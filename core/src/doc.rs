@@ -592,7 +592,7 @@ impl CaseDoc {
 
     /// Reads the case, deriving status, level and deadline.
     pub fn read(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
-        let mut events = self.events()?;
+        let events = self.events()?;
         let d = &self.doc;
         if get_i64(d, &ROOT, "schema") != Some(SCHEMA_VERSION) {
             return Err(DocError::Malformed("unknown schema version"));
