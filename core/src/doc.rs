@@ -838,7 +838,9 @@ fn derive(state: &mut CaseState, events: &[EventView], policy: &DeadlinePolicy) 
                 }
                 since = e.at;
             }
-            EventKind::Note | EventKind::Assigned => {
+            // Naming a responsible person is not yet mediating.
+            EventKind::Assigned => {}
+            EventKind::Note => {
                 if state.status == Status::Recorded {
                     state.status = Status::Mediating;
                 }

@@ -39,10 +39,12 @@ use crate::case::{
     AdminCode, Category, IdNumber, InputError, Level, MAX_PARTIES, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party,
     Risk, Role, Status, check_text,
 };
-use crate::clock::Timestamp;
+use crate::clock::{ManualClock, Timestamp};
 use crate::county::{
     County, Person, Township, Village, ZH_NUMBERS, fictional_phone, index, person_name, person_name_in, pick,
 };
+use crate::doc::{CaseState, FieldEdit};
+use crate::ledger::{Ledger, LedgerError, NewCase};
 
 /// The seed the committed sample fixture was generated from.
 pub const BINCHUAN_SAMPLES_SEED: u64 = 20_261_101;
@@ -1577,6 +1579,50 @@ fn province_abbreviation(code: &str) -> &'static str {
         "64" => "宁",
         "65" => "新",
         _ => "",
+    }
+}
+
+impl SampleCase {
+    /// Replays this case through the ledger's real API: the recording and
+    /// every step, each as its author at its time.
+    ///
+    /// `clock` must be the ledger's clock; it is moved to each step's time.
+    /// The ledger's scope must cover the case's village (a county or
+    /// township replica, or a device of that village). Its operator is left
+    /// as the last step's author.
+    pub fn replay(&self, ledger: &mut Ledger, clock: &ManualClock) -> Result<CaseState, LedgerError> {
+        clock.set(self.recorded_at);
+        ledger.set_operator(&self.recorder, self.recorder_role)?;
+        let mut state = ledger.create_case(NewCase {
+            category: self.category,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            parties: self.parties.clone(),
+            risk: self.risk,
+            village: Some(self.village.clone()),
+            grid: self.grid,
+        })?;
+        let id = state.id;
+        for step in &self.steps {
+            clock.set(step.at);
+            ledger.set_operator(&step.by, step.role)?;
+            state = match &step.action {
+                SampleAction::Note(t) => ledger.add_note(id, t)?,
+                SampleAction::Assign(to) => ledger.assign(id, to)?,
+                SampleAction::EditTitle(t) => {
+                    ledger.edit(id, FieldEdit { title: Some(t.clone()), ..Default::default() })?
+                }
+                SampleAction::EditRisk(r) => ledger.edit(id, FieldEdit { risk: Some(*r), ..Default::default() })?,
+                SampleAction::Escalate(reason) => ledger.escalate(id, reason)?,
+                SampleAction::AcceptEscalation => ledger.accept_escalation(id)?,
+                SampleAction::Settle(a) => ledger.settle(id, a)?,
+                SampleAction::Fail(r) => ledger.fail(id, r)?,
+                SampleAction::Confirm { court, reference } => ledger.confirm(id, court, reference.as_deref())?,
+                SampleAction::FollowUp { outcome, note } => ledger.follow_up(id, *outcome, note.as_deref())?,
+                SampleAction::Archive => ledger.archive(id)?,
+            };
+        }
+        Ok(state)
     }
 }
 

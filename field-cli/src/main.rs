@@ -1,1 +1,46 @@
-fn main() {}
+//! `fq`: the field and admin command line of the Fengqiao case ledger.
+//!
+//! # Layout
+//! - `cli`: the raw command line (clap).
+//! - `request`: raw arguments turned into validated values before any ledger
+//!   is opened, so bad input writes nothing.
+//! - `command`: runs a request against the ledger.
+//! - `render`: what people see (sentences, tables, case cards) and `--json`.
+//! - `export`: JSON and CSV exports.
+//! - `lang`: the user's language and the labels of the interface.
+//! - `message`: every error in words a village cadre can act on, and its exit code.
+//! - `demo`: the guided demo.
+//!
+//! Exit codes: 0 ok (also when the reader of our output goes away), 1 failure,
+//! 2 bad usage or bad input.
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+mod cli;
+mod command;
+mod demo;
+mod export;
+mod lang;
+mod message;
+mod render;
+mod request;
+
+fn main() {
+    std::process::exit(run())
+}
+
+fn run() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match cli::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return message::report_usage(&e, &args),
+    };
+    let lang = cli.lang.unwrap_or_else(lang::Lang::from_env);
+    let json = cli.json;
+    match command::execute(cli, lang) {
+        Ok(()) => 0,
+        Err(e) => message::report(&e, lang, json),
+    }
+}

@@ -163,3 +163,27 @@ fn escalation_is_accepted_by_the_township_and_stops_at_the_county() {
 pub fn out_to_in(o: fq_core::ledger::OutgoingChange) -> fq_core::ledger::IncomingChange {
     fq_core::ledger::IncomingChange { case: o.case, bytes: o.bytes, signature: o.signature }
 }
+
+/// Every committed sample case replays through the real ledger API and ends
+/// in the status and level its script says.
+#[test]
+fn sample_cases_replay_to_their_final_states() {
+    let clock = ManualClock::new(T0);
+    let opts = InitOptions {
+        tier: Tier::County,
+        name: "宾川县矛盾纠纷调处中心".into(),
+        role: Role::CountyAdmin,
+        scope: AdminCode::parse("532924").unwrap(),
+        grid: None,
+    };
+    let mut l = Ledger::init_in_memory(opts, Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+    let samples = fq_core::sample::binchuan_samples();
+    assert_eq!(samples.len(), 240);
+    for s in &samples {
+        let expected = s.final_state().unwrap();
+        let got = s.replay(&mut l, &clock).unwrap_or_else(|e| panic!("{}: {e}", s.title));
+        assert_eq!((got.status, got.level), (expected.status, expected.level), "{}", s.title);
+        assert_eq!((got.title.as_str(), got.risk), (expected.title.as_str(), expected.risk));
+    }
+    assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 240);
+}

@@ -380,7 +380,8 @@ fn peer_identity_reports_missing_or_malformed_uri() {
 
 #[test]
 fn bundle_file_matches_its_json_schema() {
-    let schema: serde_json::Value = serde_json::from_str(include_str!("../../../schemas/bundle.v1.schema.json")).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../schemas/bundle.v1.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let county = County::new();
     county.issue("d07", "mediator", "532924101201");

@@ -1,0 +1,213 @@
+//! `fq export`: every case as JSON or CSV, for the county's spreadsheets and
+//! for backups.
+//!
+//! An export leaves the device, so ID numbers are masked unless `--unmasked`
+//! is given; the CSV carries party names only. A file given with `--out` is
+//! written to a temporary file beside it and renamed into place, so a crash or
+//! a full disk never leaves half an export under the real name. CSV files get
+//! a UTF-8 byte order mark so Excel and WPS show Chinese correctly; CSV on
+//! standard output has none, for pipes.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use fq_core::clock::Timestamp;
+use fq_core::doc::CaseState;
+use fq_core::ledger::Ledger;
+use fq_core::store::{CaseRow, ListFilter};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::ExportFormat;
+use crate::lang::Lang;
+use crate::render::{self, cst, mask_id};
+
+/// The CSV columns, in order.
+pub(crate) const CSV_HEADER: [&str; 15] = [
+    "number",
+    "village",
+    "grid",
+    "category",
+    "category_zh",
+    "title",
+    "status",
+    "level",
+    "risk",
+    "recorded_at",
+    "updated_at",
+    "deadline",
+    "responsible",
+    "parties",
+    "conflicts",
+];
+
+/// Makes Excel read a CSV file as UTF-8.
+const UTF8_BOM: &[u8] = "\u{feff}".as_bytes();
+
+/// One case in a JSON export: the case state and its number of conflicting fields.
+#[derive(Debug, Serialize)]
+struct ExportCase {
+    #[serde(flatten)]
+    state: CaseState,
+    conflicts: u32,
+}
+
+/// What an export did.
+#[derive(Debug)]
+pub(crate) struct Exported {
+    pub count: usize,
+    pub out: Option<PathBuf>,
+}
+
+/// Writes every case in `format` to `out` (a file) or standard output.
+pub(crate) fn run(
+    ledger: &mut Ledger,
+    format: ExportFormat,
+    out: Option<&Path>,
+    unmasked: bool,
+) -> anyhow::Result<Exported> {
+    let Some(path) = out else {
+        let stdout = io::stdout();
+        let mut sink = BufWriter::new(stdout.lock());
+        let count = write(ledger, format, unmasked, &mut sink)?;
+        sink.flush()?;
+        return Ok(Exported { count, out: None });
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let count = {
+        let mut sink = BufWriter::new(tmp.as_file_mut());
+        if format == ExportFormat::Csv {
+            sink.write_all(UTF8_BOM)?;
+        }
+        let count = write(ledger, format, unmasked, &mut sink)?;
+        sink.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        count
+    };
+    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Exported { count, out: Some(path.to_path_buf()) })
+}
+
+fn write(ledger: &mut Ledger, format: ExportFormat, unmasked: bool, sink: &mut dyn Write) -> anyhow::Result<usize> {
+    // The ledger hands cases over one at a time through a callback that cannot
+    // fail: keep the first write error and skip the rest.
+    let mut failed: Option<anyhow::Error> = None;
+    let count = match format {
+        ExportFormat::Json => {
+            let head = json!({ "exported_at": ledger.now(), "scope": ledger.identity().scope, "masked": !unmasked });
+            let head = serde_json::to_string(&head)?;
+            // Open the object and leave it open for the case array.
+            let head = head.strip_suffix('}').unwrap_or(&head);
+            write!(sink, "{head},\"cases\":[")?;
+            let mut first = true;
+            let count = ledger.export(&ListFilter::default(), |row, state| {
+                if failed.is_some() {
+                    return;
+                }
+                let case = ExportCase { state: masked(state, unmasked), conflicts: row.conflicts };
+                let r = (|| -> anyhow::Result<()> {
+                    if !first {
+                        sink.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *sink, &case).map_err(io::Error::from)?;
+                    Ok(())
+                })();
+                first = false;
+                failed = r.err();
+            })?;
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
+            writeln!(sink, "],\"count\":{count}}}")?;
+            count
+        }
+        ExportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(&mut *sink);
+            csv.write_record(CSV_HEADER).map_err(io::Error::from)?;
+            let count = ledger.export(&ListFilter::default(), |row, state| {
+                if failed.is_none() {
+                    failed = csv.write_record(csv_row(row, &state)).err().map(|e| io::Error::from(e).into());
+                }
+            })?;
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
+            csv.flush()?;
+
+            count
+        }
+    };
+    Ok(count)
+}
+
+fn masked(mut state: CaseState, unmasked: bool) -> CaseState {
+    if !unmasked {
+        for p in &mut state.parties {
+            p.id_number = p.id_number.as_deref().map(mask_id);
+        }
+    }
+    state
+}
+
+/// A time for spreadsheets: RFC 3339 in China time, e.g. `2026-11-21T13:04:00+08:00`.
+fn sheet_time(t: Timestamp) -> String {
+    cst(t).map_or_else(|| t.0.to_string(), |d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, false))
+}
+
+fn csv_row(row: &CaseRow, state: &CaseState) -> [String; 15] {
+    let parties: Vec<&str> = state.parties.iter().map(|p| p.name.as_str()).collect();
+    [
+        row.number.clone(),
+        row.village.clone(),
+        row.grid.map(|g| g.to_string()).unwrap_or_default(),
+        row.category.code().to_owned(),
+        row.category.zh().to_owned(),
+        row.title.clone(),
+        row.status.code().to_owned(),
+        row.level.code().to_owned(),
+        row.risk.code().to_owned(),
+        sheet_time(row.recorded_at),
+        sheet_time(row.updated_at),
+        row.deadline.map(sheet_time).unwrap_or_default(),
+        row.responsible.clone().unwrap_or_default(),
+        parties.join(";"),
+        row.conflicts.to_string(),
+    ]
+}
+
+/// The line printed after an export to a file.
+pub(crate) fn receipt(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    format: ExportFormat,
+    done: &Exported,
+    unmasked: bool,
+) -> anyhow::Result<()> {
+    let Some(path) = &done.out else { return Ok(()) };
+    let format_code = match format {
+        ExportFormat::Json => "json",
+        ExportFormat::Csv => "csv",
+    };
+    if json {
+        let value = json!({ "ok": true, "format": format_code, "count": done.count, "out": path.to_string_lossy(), "masked": !unmasked });
+        return render::json_line(out, &value);
+    }
+    let note = match (lang, unmasked) {
+        (Lang::Zh, false) => "身份证号已隐藏中间部分",
+        (Lang::Zh, true) => "含完整身份证号，请妥善保管",
+        (Lang::En, false) => "ID numbers masked",
+        (Lang::En, true) => "full ID numbers included: keep the file safe",
+    };
+    match lang {
+        Lang::Zh => writeln!(out, "已导出 {} 件案件到 {}（{note}）", done.count, path.display())?,
+        Lang::En => writeln!(out, "Exported {} cases to {} ({note})", done.count, path.display())?,
+    }
+    Ok(())
+}

@@ -1,0 +1,699 @@
+//! Every error in words a village cadre can act on, with its exit code.
+//!
+//! This is the one place that turns errors into text: each `InputError` and
+//! `LedgerError` variant gets a message in Chinese and English that names the
+//! problem (quoting the offending input) and says what to do, a stable
+//! kebab-case `kind` for `--json`, and an exit code (2: the user can fix it,
+//! 1: something failed). Core `reason` strings are fixed English phrases; they
+//! are translated here, and an unknown one is shown as it is.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+
+use fq_core::case::{Category, EventKind, InputError, Level, Outcome, Risk, Role, Status};
+use fq_core::ledger::LedgerError;
+use fq_core::store::StoreError;
+use serde::Serialize;
+
+use crate::lang::{Lang, choices};
+use crate::request::ArgError;
+
+/// Exit code of a failure that is not the user's to fix.
+pub(crate) const EXIT_FAILURE: i32 = 1;
+/// Exit code of bad usage or bad input.
+pub(crate) const EXIT_USAGE: i32 = 2;
+
+/// The stable code of a problem, printed as `kind` with `--json`. The list
+/// is `schemas/error.v1.schema.json`'s enum (a test keeps them equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Kind {
+    Usage,
+    Failure,
+    NoDataDir,
+    InvalidNumber,
+    NotInitialized,
+    AlreadyInitialized,
+    CaseNotFound,
+    AmbiguousCase,
+    OutOfScope,
+    InvalidTransition,
+    RoleNotAllowed,
+    ReadOnly,
+    DamagedCase,
+    NewerLedger,
+    DiskFull,
+    DamagedLedger,
+    StorageFailure,
+    InvalidDivisionCode,
+    InvalidIdNumber,
+    InvalidPhone,
+    UnknownCategory,
+    UnknownValue,
+    InvalidParty,
+    InvalidText,
+    InvalidCaseReference,
+    InvalidInput,
+}
+
+impl Kind {
+    /// Every kind.
+    #[cfg(test)]
+    const ALL: &[Kind] = &[
+        Kind::Usage,
+        Kind::Failure,
+        Kind::NoDataDir,
+        Kind::InvalidNumber,
+        Kind::NotInitialized,
+        Kind::AlreadyInitialized,
+        Kind::CaseNotFound,
+        Kind::AmbiguousCase,
+        Kind::OutOfScope,
+        Kind::InvalidTransition,
+        Kind::RoleNotAllowed,
+        Kind::ReadOnly,
+        Kind::DamagedCase,
+        Kind::NewerLedger,
+        Kind::DiskFull,
+        Kind::DamagedLedger,
+        Kind::StorageFailure,
+        Kind::InvalidDivisionCode,
+        Kind::InvalidIdNumber,
+        Kind::InvalidPhone,
+        Kind::UnknownCategory,
+        Kind::UnknownValue,
+        Kind::InvalidParty,
+        Kind::InvalidText,
+        Kind::InvalidCaseReference,
+        Kind::InvalidInput,
+    ];
+}
+
+/// An error as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Problem {
+    /// What kind of problem.
+    pub kind: Kind,
+    /// The text in the user's language.
+    pub message: String,
+    /// The process exit code.
+    #[serde(skip)]
+    pub exit: i32,
+}
+
+impl Problem {
+    fn user(kind: Kind, message: String) -> Self {
+        Self { kind, message, exit: EXIT_USAGE }
+    }
+
+    fn failure(kind: Kind, message: String) -> Self {
+        Self { kind, message, exit: EXIT_FAILURE }
+    }
+}
+
+/// Prints an error of a command and returns the exit code. A broken pipe (the
+/// reader went away, as with `fq case list | head`) is not an error: exit 0.
+pub(crate) fn report(err: &anyhow::Error, lang: Lang, json: bool) -> i32 {
+    if is_broken_pipe(err) {
+        return 0;
+    }
+    let problem = describe(err, lang);
+    print(&problem, json);
+    problem.exit
+}
+
+/// Prints a clap error (usage, or `--help`/`--version`) and returns the exit
+/// code: 0 for help and version, 2 for every usage error.
+pub(crate) fn report_usage(err: &clap::Error, args: &[OsString]) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = err.print();
+        return 0;
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let lang = Lang::from_args(args);
+    if json {
+        // clap's own first paragraph, on one line: "the following required
+        // arguments were not provided: --category <CODE>".
+        let rendered = err.to_string();
+        let first = rendered.split("\n\n").next().unwrap_or_default();
+        let first = first.trim().strip_prefix("error:").unwrap_or(first);
+        let detail = first.split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = match lang {
+            Lang::Zh => format!("命令写法不对：{detail}。请运行 fq --help 查看用法。"),
+            Lang::En => format!("the command is not written correctly: {detail}. Run fq --help to see how to use it."),
+        };
+        print(&Problem::user(Kind::Usage, message), true);
+    } else {
+        if lang == Lang::Zh {
+            let _ = writeln!(io::stderr(), "命令写法不对（用法见 fq --help）：");
+        }
+        let _ = err.print();
+    }
+    EXIT_USAGE
+}
+
+fn print(problem: &Problem, json: bool) {
+    let mut err = io::stderr().lock();
+    // Nothing more can be done if standard error itself is gone.
+    let _ = if json {
+        let value = serde_json::json!({ "error": problem });
+        writeln!(err, "{value}")
+    } else {
+        writeln!(err, "{}", problem.message)
+    };
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// The problem behind an error: the first error in its chain that `fq` has
+/// words for, else a generic failure showing the whole chain.
+pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<LedgerError>() {
+            return ledger(e, lang, err);
+        }
+        if let Some(e) = cause.downcast_ref::<InputError>() {
+            return input(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<ArgError>() {
+            return arg(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store(e, lang, err);
+        }
+    }
+    let message = match lang {
+        Lang::Zh => format!("操作失败：{err:#}"),
+        Lang::En => format!("the operation failed: {err:#}"),
+    };
+    Problem::failure(Kind::Failure, message)
+}
+
+/// The words for a ledger error; `whole` is the full chain, shown for failures.
+pub(crate) fn ledger(e: &LedgerError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    let exit = if e.is_user_error() { EXIT_USAGE } else { EXIT_FAILURE };
+    let (kind, message) = match e {
+        LedgerError::Input(i) => return input(i, lang),
+        LedgerError::NotInitialized => (
+            Kind::NotInitialized,
+            if zh {
+                "这里还没有台账：请先运行 fq init 建立台账（例如 fq init --village 12位村代码 --name 姓名 --role mediator），\
+                 或用 --data-dir 指向已有的台账目录。"
+                    .to_owned()
+            } else {
+                "there is no ledger here yet: run fq init first (e.g. fq init --village <12-digit village code> \
+                 --name <name> --role mediator), or point --data-dir at an existing ledger."
+                    .to_owned()
+            },
+        ),
+        LedgerError::AlreadyInitialized { name, scope } => (
+            Kind::AlreadyInitialized,
+            if zh {
+                format!(
+                    "这里已经有台账了（使用人：{name}，区划：{scope}），不能重复建立。要另建台账，请用 --data-dir 指定另一个目录。"
+                )
+            } else {
+                format!(
+                    "a ledger already exists here (for {name}, area {scope}); it cannot be set up twice. \
+                     To make another one, give a different --data-dir."
+                )
+            },
+        ),
+        LedgerError::CaseNotFound { reference } => (
+            Kind::CaseNotFound,
+            if zh {
+                format!("找不到案件“{reference}”：请核对案件编号，或运行 fq case list 查看已有的案件。")
+            } else {
+                format!("no case matches \"{reference}\": check the case number, or run fq case list to see the cases.")
+            },
+        ),
+        LedgerError::AmbiguousCase { reference, candidates } => (
+            Kind::AmbiguousCase,
+            if zh {
+                format!("“{reference}”对应多件案件：{}。请多写几位编号。", candidates.join("、"))
+            } else {
+                format!("\"{reference}\" matches several cases: {}. Type more of the number.", candidates.join(", "))
+            },
+        ),
+        LedgerError::OutOfScope { what, code, scope } => (
+            Kind::OutOfScope,
+            if zh {
+                let what = match *what {
+                    "village" => "村",
+                    "case village" => "案件所在村",
+                    _ => "区划",
+                };
+                format!(
+                    "{what}“{code}”不在您负责的区域（{scope}）内，不能在本机登记或修改。请交给该村的网格员或调解员，或上报乡镇。"
+                )
+            } else {
+                format!(
+                    "{what} {code} is outside your area ({scope}); it cannot be recorded or changed on this device. \
+                     Hand it to that village's grid worker or mediator, or escalate it to the township."
+                )
+            },
+        ),
+        LedgerError::Transition { action, number, status } => {
+            (Kind::InvalidTransition, transition(lang, action, number, status))
+        }
+        LedgerError::Role { role, action } => (
+            Kind::RoleNotAllowed,
+            match (*action, zh) {
+                ("accept an escalation", true) => {
+                    format!("{}不能接收上报的案件：上报的案件由乡镇或县级人员接收。", role.zh())
+                }
+                ("accept an escalation", false) => format!(
+                    "a {} cannot accept an escalated case: township or county staff accept escalations.",
+                    role.en().to_lowercase()
+                ),
+                (other, true) => format!("{}不能执行此操作（{other}）。", role.zh()),
+                (other, false) => format!("a {} cannot {other}.", role.en().to_lowercase()),
+            },
+        ),
+        LedgerError::ReadOnly => (
+            Kind::ReadOnly,
+            lang.pick("台账以只读方式打开，不能修改。", "the ledger is open read-only and cannot be changed.")
+                .to_owned(),
+        ),
+        LedgerError::Store(s) => return store(s, lang, whole),
+        LedgerError::Doc(_) => (Kind::DamagedCase, damaged_case(lang, whole)),
+        other => (
+            Kind::Failure,
+            if zh {
+                format!("操作失败：{other}（{whole:#}）")
+            } else {
+                format!("the operation failed: {whole:#}")
+            },
+        ),
+    };
+    Problem { kind, message, exit }
+}
+
+fn damaged_case(lang: Lang, whole: &anyhow::Error) -> String {
+    match lang {
+        Lang::Zh => format!("案件数据读写出错，可能已损坏：{whole:#}。请把这条信息报给县综治中心。"),
+        Lang::En => format!(
+            "a case document could not be read or written and may be damaged: {whole:#}. Report this to the county centre."
+        ),
+    }
+}
+
+fn store(e: &StoreError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    match e {
+        StoreError::NewerSchema { found } => Problem::failure(
+            Kind::NewerLedger,
+            if zh {
+                format!("台账文件是新版 fq 写的（格式版本 {found}），本机的 fq 太旧，请先升级 fq。")
+            } else {
+                format!("the ledger file was written by a newer fq (format {found}); upgrade fq on this device first.")
+            },
+        ),
+        StoreError::DiskFull => Problem::failure(
+            Kind::DiskFull,
+            lang.pick(
+                "存储空间已满，没有保存：请清理手机或电脑的存储空间后再试。",
+                "the disk is full and nothing was saved: free some space and try again.",
+            )
+            .to_owned(),
+        ),
+        StoreError::Corrupt => Problem::failure(
+            Kind::DamagedLedger,
+            lang.pick(
+                "台账文件已损坏或不是 fq 台账：请不要再写入，联系县综治中心从上级服务器恢复。",
+                "the ledger file is damaged or is not an fq ledger: stop writing to it and ask the county centre to restore it from the server.",
+            )
+            .to_owned(),
+        ),
+        _ => Problem::failure(
+            Kind::StorageFailure,
+            if zh {
+                format!("读写台账文件失败：{whole:#}。如果另一个程序正在使用台账，请稍后再试。")
+            } else {
+                format!("reading or writing the ledger file failed: {whole:#}. If another program is using the ledger, try again later.")
+            },
+        ),
+    }
+}
+
+fn arg(e: &ArgError, lang: Lang) -> Problem {
+    match e {
+        ArgError::Number { what, input } => {
+            let what = match (*what, lang) {
+                ("grid", Lang::Zh) => "网格编号",
+                ("limit", Lang::Zh) => "数量",
+                (_, Lang::Zh) => "数字",
+                (w, Lang::En) => w,
+            };
+            Problem::user(
+                Kind::InvalidNumber,
+                match lang {
+                    Lang::Zh => format!("{what}“{input}”不对：请填写一个整数，例如 3。"),
+                    Lang::En => format!("{what} \"{input}\" is not valid: give a whole number, e.g. 3."),
+                },
+            )
+        }
+        ArgError::NoDataDir => Problem::user(
+            Kind::NoDataDir,
+            lang.pick(
+                "找不到存放台账的目录：请用 --data-dir 指定目录，或设置环境变量 FQ_DATA_DIR。",
+                "cannot find a directory for the ledger: give --data-dir or set FQ_DATA_DIR.",
+            )
+            .to_owned(),
+        ),
+    }
+}
+
+/// The words for bad input.
+pub(crate) fn input(e: &InputError, lang: Lang) -> Problem {
+    let zh = lang == Lang::Zh;
+    let (kind, message) = match e {
+        InputError::AdminCode { input, reason } => (
+            Kind::InvalidDivisionCode,
+            if zh {
+                format!(
+                    "行政区划代码“{input}”不正确：{}。区划代码是6位（县）、9位（乡镇）或12位（村/社区）数字，请核对后重新输入。",
+                    code_reason_zh(reason)
+                )
+            } else {
+                format!(
+                    "division code \"{input}\" is not valid: {reason}. A division code has 6 (county), 9 (township) \
+                     or 12 (village/community) digits; please check it and enter it again."
+                )
+            },
+        ),
+        InputError::IdNumber { input, reason } => (
+            Kind::InvalidIdNumber,
+            if zh {
+                format!("身份证号码“{input}”不正确：{}，请核对后重新输入。", id_reason_zh(reason))
+            } else {
+                format!(
+                    "ID number \"{input}\" is not valid: {}; please check it and enter it again.",
+                    id_reason_en(reason)
+                )
+            },
+        ),
+        InputError::Phone { input } => (
+            Kind::InvalidPhone,
+            if zh {
+                format!("电话号码“{input}”不正确：应为5到20位数字（可以以 + 开头），请核对后重新输入。")
+            } else {
+                format!(
+                    "phone number \"{input}\" is not valid: it must have 5 to 20 digits (an optional leading +); please check it and enter it again."
+                )
+            },
+        ),
+        InputError::Category { input } => (
+            Kind::UnknownCategory,
+            if zh {
+                format!(
+                    "没有“{input}”这个纠纷类别。可以填写的类别（代码或中文名都可以）：{}。",
+                    choices(lang, Category::ALL)
+                )
+            } else {
+                format!(
+                    "unknown category \"{input}\". Use one of these codes (or labels): {}.",
+                    choices(lang, Category::ALL)
+                )
+            },
+        ),
+        InputError::Vocabulary { what, input } => (Kind::UnknownValue, vocabulary(lang, what, input)),
+        InputError::Party { input, reason } => (
+            Kind::InvalidParty,
+            if zh {
+                format!(
+                    "当事人“{input}”写法不对：{}。格式是“姓名,身份证号,电话”，身份证号和电话可以不填，例如 --party \"李四,532924198001011230,13800000000\"。",
+                    party_reason_zh(reason)
+                )
+            } else {
+                format!(
+                    "party \"{input}\" is not written correctly: {reason}. Write \"NAME,ID_NUMBER,PHONE\"; the ID number \
+                     and phone may be left out, e.g. --party \"Li Si,532924198001011230,13800000000\"."
+                )
+            },
+        ),
+        InputError::Text { what, reason } => (Kind::InvalidText, text(lang, what, reason)),
+        InputError::CaseRef { input } => (
+            Kind::InvalidCaseReference,
+            if zh {
+                format!("案件编号“{input}”不对：请填写案件编号（如 532924101201-2026-d07a-0001）或它的开头几位。")
+            } else {
+                format!(
+                    "case reference \"{input}\" is not valid: give a case number (e.g. 532924101201-2026-d07a-0001) or its first characters."
+                )
+            },
+        ),
+        other => (
+            Kind::InvalidInput,
+            if zh {
+                format!("输入不正确：{other}。请核对后重新输入。")
+            } else {
+                format!("invalid input: {other}; please check it and enter it again.")
+            },
+        ),
+    };
+    Problem::user(kind, message)
+}
+
+fn code_reason_zh(reason: &str) -> &str {
+    match reason {
+        "it is empty" => "没有填写",
+        "it must contain only digits" => "只能包含数字",
+        "it must have 6 (county), 9 (township) or 12 (village) digits" => "位数不对",
+        "the first two digits are not a province" => "前两位不是省份代码",
+        "the county part (digits 5-6) is 00" => "县的部分（第5-6位）是00",
+        "the township part (digits 7-9) is 000" => "乡镇的部分（第7-9位）是000",
+        "the village part (digits 10-12) is 000" => "村的部分（第10-12位）是000",
+        "this role works in one village: give a 12-digit village code" => {
+            "这个角色在一个村工作，请填写12位的村（社区）代码"
+        }
+        "this role works in a township: give a 9-digit township code" => "这个角色在乡镇工作，请填写9位的乡镇代码",
+        "this role works for the county: give a 6-digit county code" => "这个角色在县里工作，请填写6位的县代码",
+        "your area is not a village: say which village the case is in (--village)" => {
+            "您的区域不是一个村，请用 --village 写明案件所在的村（12位代码）"
+        }
+        "a case belongs to a 12-digit village code" => "案件要登记到一个村，请填写12位的村（社区）代码",
+        other => other,
+    }
+}
+
+fn id_reason_zh(reason: &str) -> &str {
+    match reason {
+        "it must have 18 characters" => "应为18位",
+        "the first 17 characters must be digits" => "前17位必须是数字",
+        "the last character does not match the checksum" => "最后一位校验码不对",
+        "the birth date inside it is not a real date" => "其中的出生日期不是真实的日期",
+        other => other,
+    }
+}
+
+fn id_reason_en(reason: &str) -> &str {
+    match reason {
+        "the last character does not match the checksum" => "the check digit at the end does not match",
+        other => other,
+    }
+}
+
+fn party_reason_zh(reason: &str) -> &str {
+    match reason {
+        "use at most NAME,ID_NUMBER,PHONE" => "最多只能写姓名、身份证号、电话三项",
+        "the name is empty or too long" => "姓名没有填写或太长（最多50个字）",
+        "two ID numbers given" => "写了两个身份证号",
+        "two phone numbers given" => "写了两个电话号码",
+        other => other,
+    }
+}
+
+fn vocabulary(lang: Lang, what: &str, input: &str) -> String {
+    let (zh_what, valid) = match what {
+        "risk" => ("风险等级", choices(lang, Risk::ALL)),
+        "level" => ("办理级别", choices(lang, Level::ALL)),
+        "status" => ("案件状态", choices(lang, Status::ALL)),
+        "event kind" => ("事件类型", choices(lang, EventKind::ALL)),
+        "role" => ("角色", choices(lang, Role::ALL)),
+        "outcome" => ("回访结果", choices(lang, Outcome::ALL)),
+        "replica id" => ("副本编号", String::new()),
+        "device id" => ("设备编号", String::new()),
+        _ => ("值", String::new()),
+    };
+    match (lang, valid.is_empty()) {
+        (Lang::Zh, false) => format!("{zh_what}“{input}”不对。可以填写：{valid}。"),
+        (Lang::Zh, true) => format!("{zh_what}“{input}”不对，请核对后重新输入。"),
+        (Lang::En, false) => format!("unknown {what} \"{input}\". Use one of: {valid}."),
+        (Lang::En, true) => format!("invalid {what} \"{input}\"; please check it and enter it again."),
+    }
+}
+
+fn text(lang: Lang, what: &str, reason: &str) -> String {
+    let zh_what = match what {
+        "title" => "标题",
+        "description" => "案情描述",
+        "note" => "记录内容",
+        "assignee" => "责任人姓名",
+        "reason" => "理由",
+        "agreement" => "调解协议内容",
+        "court" => "法院名称",
+        "reference" => "文书编号",
+        "name" => "姓名",
+        "party name" => "当事人姓名",
+        "parties" => "当事人",
+        "edit" => "修改内容",
+        _ => "内容",
+    };
+    match (lang, reason) {
+        (Lang::Zh, "it is empty") => format!("{zh_what}不能为空，请填写后重新输入。"),
+        (Lang::Zh, "it is too long") => format!("{zh_what}太长了，请精简后重新输入。"),
+        (Lang::Zh, "too many parties") => "当事人太多了（一件案件最多64人），请核对。".to_owned(),
+        (Lang::Zh, "nothing to change was given") => {
+            "没有要修改的内容：请用 --title、--description、--category、--risk、--grid 或 --add-party 写明要改什么。"
+                .to_owned()
+        }
+        (Lang::Zh, other) => format!("{zh_what}不正确：{other}。"),
+        (Lang::En, "it is empty") => format!("the {what} is empty; please fill it in."),
+        (Lang::En, "it is too long") => format!("the {what} is too long; please shorten it."),
+        (Lang::En, "too many parties") => "too many parties (at most 64 on one case); please check.".to_owned(),
+        (Lang::En, "nothing to change was given") => {
+            "nothing to change was given: say what to change with --title, --description, --category, --risk, \
+             --grid or --add-party."
+                .to_owned()
+        }
+        (Lang::En, other) => format!("invalid {what}: {other}."),
+    }
+}
+
+/// "Cannot settle case X: it is 已归档" with what to do about it.
+fn transition(lang: Lang, action: &str, number: &str, status: &str) -> String {
+    let zh = lang == Lang::Zh;
+    let status_words = match Status::parse(status) {
+        Ok(s) => lang.label(s).to_owned(),
+        Err(_) if status.starts_with("already at the county") => lang
+            .pick("已在县级办理，不能再往上报（矛盾不上交）", "already handled by the county, the top level")
+            .to_owned(),
+        Err(_) => status.to_owned(),
+    };
+    let (zh_action, hint_zh, hint_en) = match action {
+        "add a note to" => ("添加调解记录", "已归档的案件不能再修改", "an archived case cannot be changed"),
+        "assign" => ("指派责任人", "已归档的案件不能再修改", "an archived case cannot be changed"),
+        "edit" => ("修改", "已归档的案件不能再修改", "an archived case cannot be changed"),
+        "escalate" => (
+            "上报",
+            "只有已受理、调解中或调解失败的案件才能上报",
+            "only a recorded, mediating or failed case can be escalated",
+        ),
+        "accept" => (
+            "接收",
+            "只有上报到您这一级、正在等待接收的案件才能接收",
+            "only a case escalated to your level and waiting there can be accepted",
+        ),
+        "settle" => (
+            "登记调解成功",
+            "只有正在办理的案件（已受理、调解中、已上报）才能登记调解成功",
+            "only an open case (recorded, mediating, escalated) can be settled",
+        ),
+        "fail" => (
+            "登记调解失败",
+            "只有正在办理的案件（已受理、调解中、已上报）才能登记调解失败",
+            "only an open case (recorded, mediating, escalated) can be marked failed",
+        ),
+        "confirm" => (
+            "登记司法确认",
+            "只有调解成功的案件才能登记司法确认",
+            "only a settled case can get a judicial confirmation",
+        ),
+        "follow up" => ("登记回访", "只有调解成功的案件才能回访", "only a settled case can be followed up"),
+        "archive" => ("归档", "只有调解成功或调解失败的案件才能归档", "only a settled or failed case can be archived"),
+        _ => ("办理", "请先运行 fq case show 查看案件情况", "run fq case show to see where the case stands"),
+    };
+    if zh {
+        format!("案件 {number} 现在的状态是“{status_words}”，不能{zh_action}：{hint_zh}。")
+    } else {
+        format!("cannot {action} case {number}: it is {status_words}; {hint_en}.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fq_core::case::{AdminCode, IdNumber, Party};
+
+    fn zh_en(e: InputError) -> (Problem, Problem) {
+        (input(&e, Lang::Zh), input(&e, Lang::En))
+    }
+
+    #[test]
+    fn input_bad_checksum_names_number_and_fix() {
+        let (zh, en) = zh_en(IdNumber::parse("532924198001011231").unwrap_err());
+        assert_eq!(zh.message, "身份证号码“532924198001011231”不正确：最后一位校验码不对，请核对后重新输入。");
+        assert_eq!(
+            en.message,
+            "ID number \"532924198001011231\" is not valid: the check digit at the end does not match; please check it and enter it again."
+        );
+        assert_eq!((zh.kind, zh.exit), (Kind::InvalidIdNumber, EXIT_USAGE));
+    }
+
+    #[test]
+    fn input_every_core_reason_is_translated() {
+        let codes = ["", "53292", "53292a", "002924", "532900", "532924000", "532924101000"];
+        for c in codes {
+            let e = AdminCode::parse(c).unwrap_err();
+            let InputError::AdminCode { reason, .. } = &e else { panic!("{e}") };
+            assert_ne!(code_reason_zh(reason), *reason, "untranslated: {reason}");
+        }
+        for id in ["1", "53292419800101123a", "532924198001011231", "532924198013011238"] {
+            let e = IdNumber::parse(id).unwrap_err();
+            let InputError::IdNumber { reason, .. } = &e else { panic!("{e}") };
+            assert_ne!(id_reason_zh(reason), *reason, "untranslated: {reason}");
+        }
+        for p in [",1", "a,b,c,d", "a,13800000000,13900000000"] {
+            let e = Party::parse(p).unwrap_err();
+            let InputError::Party { reason, .. } = &e else { panic!("{e}") };
+            assert_ne!(party_reason_zh(reason), *reason, "untranslated: {reason}");
+        }
+    }
+
+    #[test]
+    fn input_unknown_category_lists_every_label() {
+        let (zh, _) = zh_en(Category::parse("ufo").unwrap_err());
+        assert!(zh.message.contains("“ufo”"));
+        for c in Category::ALL {
+            assert!(zh.message.contains(c.zh()), "{} missing", c.zh());
+        }
+    }
+
+    #[test]
+    fn transition_says_current_status_in_words() {
+        let zh = transition(Lang::Zh, "archive", "n-1", "mediating");
+        assert!(zh.contains("调解中") && zh.contains("不能归档"), "{zh}");
+        let en = transition(Lang::En, "follow up", "n-1", "recorded");
+        assert!(en.contains("it is Recorded"), "{en}");
+    }
+
+    #[test]
+    fn describe_finds_ledger_error_under_context() {
+        let err = anyhow::Error::from(LedgerError::NotInitialized).context("opening /x/ledger.db");
+        let p = describe(&err, Lang::Zh);
+        assert_eq!((p.kind, p.exit), (Kind::NotInitialized, EXIT_USAGE));
+        assert!(p.message.contains("先运行 fq init"));
+    }
+
+    #[test]
+    fn kind_list_matches_error_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/error.v1.schema.json")))
+                .unwrap();
+        let listed = &schema["properties"]["error"]["properties"]["kind"]["enum"];
+        let ours = serde_json::to_value(Kind::ALL).unwrap();
+        assert_eq!(listed, &ours);
+    }
+
+    #[test]
+    fn report_broken_pipe_exits_zero() {
+        let err = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing the list");
+        assert_eq!(report(&err, Lang::En, false), 0);
+    }
+}

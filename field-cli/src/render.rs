@@ -1,0 +1,505 @@
+//! What `fq` prints: plain sentences, tables and case cards for people, and
+//! stable snake_case JSON for programs (`--json`, shapes in `schemas/`).
+//!
+//! Times are shown to people in China Standard Time (UTC+8, no daylight
+//! saving), the time every user and report works in; JSON keeps the core's
+//! milliseconds since the epoch.
+//!
+//! Personal data: people see ID numbers masked unless they ask with
+//! `--unmasked`. JSON of `case show` and of write commands carries them in
+//! full: it is read by programs on the owner's own device, which already holds
+//! the unmasked ledger. Exports, which leave the device, mask them (see `export`).
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset};
+use comfy_table::{ContentArrangement, Table, presets};
+use fq_core::case::{EventKind, IdNumber, Level, Outcome, Risk};
+use fq_core::clock::Timestamp;
+use fq_core::doc::{Author, CaseState, EventView, FieldConflict, HistoryEntry, PartyView};
+use fq_core::ledger::{CaseView, Identity};
+use fq_core::store::{AuditEntry, CaseRow};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::lang::Lang;
+use crate::request::Action;
+
+/// China Standard Time, in seconds east of UTC.
+const CST_OFFSET_SECS: i32 = 8 * 3600;
+
+/// A time as a China Standard Time date-time.
+pub(crate) fn cst(t: Timestamp) -> Option<DateTime<FixedOffset>> {
+    let offset = FixedOffset::east_opt(CST_OFFSET_SECS)?;
+    t.to_utc().map(|u| u.with_timezone(&offset))
+}
+
+/// `2026-11-21` in China time.
+pub(crate) fn date(t: Timestamp) -> String {
+    cst(t).map_or_else(|| t.0.to_string(), |d| d.format("%Y-%m-%d").to_string())
+}
+
+/// `2026-11-21 13:04` in China time.
+pub(crate) fn minute(t: Timestamp) -> String {
+    cst(t).map_or_else(|| t.0.to_string(), |d| d.format("%Y-%m-%d %H:%M").to_string())
+}
+
+/// An ID number with its middle hidden. Numbers that do not parse (written by
+/// an older or foreign replica) are hidden the same way, never shown in full.
+pub(crate) fn mask_id(id: &str) -> String {
+    if let Ok(n) = IdNumber::parse(id) {
+        return n.masked();
+    }
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len());
+    }
+    let (head, rest) = chars.split_at(4);
+    let (middle, tail) = rest.split_at(rest.len() - 4);
+    format!("{}{}{}", head.iter().collect::<String>(), "*".repeat(middle.len()), tail.iter().collect::<String>())
+}
+
+/// Writes one value as a line of compact JSON.
+pub(crate) fn json_line(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<()> {
+    // Through io::Error, so a closed pipe is recognised as one.
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// After `fq init`.
+pub(crate) fn initialized(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    id: &Identity,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, &json!({ "ok": true, "identity": id, "data_dir": dir.to_string_lossy() }));
+    }
+    let role = lang.label(id.role);
+    match lang {
+        Lang::Zh => writeln!(out, "已建立台账：{}（{role}），区划 {}，保存在 {}", id.name, id.scope, dir.display())?,
+        Lang::En => writeln!(out, "Ledger set up for {} ({role}), area {}, in {}", id.name, id.scope, dir.display())?,
+    }
+    Ok(())
+}
+
+/// What a write command did, for its confirmation line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Written<'a> {
+    Recorded,
+    Edited,
+    Acted(&'a Action),
+}
+
+/// The one-line confirmation of a write command (or `{"ok":true,"case":..}`).
+pub(crate) fn written(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    what: Written<'_>,
+    s: &CaseState,
+) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, &json!({ "ok": true, "case": s }));
+    }
+    let n = &s.number;
+    let status = lang.label(s.status);
+    let level = lang.label(s.level);
+    let line = match (lang, what) {
+        (Lang::Zh, Written::Recorded) => format!("已记录案件 {n}「{}」，状态：{status}", s.title),
+        (Lang::En, Written::Recorded) => format!("Recorded case {n} \"{}\", status: {status}", s.title),
+        (Lang::Zh, Written::Edited) => format!("已修改案件 {n}「{}」", s.title),
+        (Lang::En, Written::Edited) => format!("Edited case {n} \"{}\"", s.title),
+        (lang, Written::Acted(action)) => {
+            let done = acted(lang, action, s);
+            match lang {
+                Lang::Zh => format!("{done}，当前状态：{status}（{level}）"),
+                Lang::En => format!("{done}; status now: {status} ({level})"),
+            }
+        }
+    };
+    writeln!(out, "{line}")?;
+    if matches!(what, Written::Recorded) && s.risk == Risk::High {
+        let hint = match lang {
+            Lang::Zh => format!("⚠ 高风险案件：请立即上报乡镇（fq case escalate {n} --reason ...）"),
+            Lang::En => format!("⚠ High risk: escalate it to the township at once (fq case escalate {n} --reason ...)"),
+        };
+        writeln!(out, "{hint}")?;
+    }
+    Ok(())
+}
+
+fn acted(lang: Lang, action: &Action, s: &CaseState) -> String {
+    let n = &s.number;
+    let (zh, en) = match action {
+        Action::Note(_) => (format!("已为案件 {n} 添加调解记录"), format!("Added a note to case {n}")),
+        Action::Assign(to) => (format!("已将案件 {n} 指派给 {to}"), format!("Assigned case {n} to {to}")),
+        Action::Escalate(_) => {
+            let (to_zh, to_en) = s.escalated_to.map_or(("", ""), |l| (l.zh(), l.en()));
+            (format!("已将案件 {n} 上报到{to_zh}"), format!("Escalated case {n} to {to_en}"))
+        }
+        Action::Accept => (format!("已接收案件 {n}"), format!("Accepted case {n}")),
+        Action::Settle(_) => (format!("案件 {n} 已登记调解成功"), format!("Recorded the settlement of case {n}")),
+        Action::Fail(_) => (format!("案件 {n} 已登记调解失败"), format!("Recorded that mediation failed on case {n}")),
+        Action::Confirm { court, .. } => (
+            format!("案件 {n} 已登记司法确认（{court}）"),
+            format!("Recorded judicial confirmation of case {n} ({court})"),
+        ),
+        Action::FollowUp { outcome: Outcome::Relapsed, .. } => (
+            format!("已为案件 {n} 登记回访（反弹），案件重新进入调解"),
+            format!("Recorded a follow-up of case {n} (relapsed); the case is reopened"),
+        ),
+        Action::FollowUp { outcome, .. } => (
+            format!("已为案件 {n} 登记回访（{}）", outcome.zh()),
+            format!("Recorded a follow-up of case {n} ({})", outcome.en().to_lowercase()),
+        ),
+        Action::Archive => (format!("案件 {n} 已归档"), format!("Archived case {n}")),
+    };
+    match lang {
+        Lang::Zh => zh,
+        Lang::En => en,
+    }
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+/// `case list`: a table, or `{"cases":[..],"count":n}`.
+pub(crate) fn case_list(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    rows: &[CaseRow],
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, &json!({ "cases": rows, "count": rows.len() }));
+    }
+    if rows.is_empty() {
+        writeln!(out, "{}", lang.pick("没有符合条件的案件。", "No cases match."))?;
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(match lang {
+        Lang::Zh => ["编号", "标题", "类别", "状态", "级别", "风险", "期限", "责任人"],
+        Lang::En => ["Number", "Title", "Category", "Status", "Level", "Risk", "Deadline", "Responsible"],
+    });
+    for r in rows {
+        let mut title = r.title.clone();
+        if r.conflicts > 0 {
+            title = format!("⚠ {title}");
+        }
+        t.add_row([
+            r.number.clone(),
+            title,
+            lang.label(r.category).to_owned(),
+            lang.label(r.status).to_owned(),
+            lang.label(r.level).to_owned(),
+            lang.label(r.risk).to_owned(),
+            deadline(lang, r.deadline, r.status.is_open(), now),
+            r.responsible.clone().unwrap_or_default(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    let overdue = rows.iter().filter(|r| is_overdue(r.deadline, r.status.is_open(), now)).count();
+    match lang {
+        Lang::Zh => writeln!(out, "共 {} 件，其中已超期 {overdue} 件。", rows.len())?,
+        Lang::En => writeln!(out, "{} cases, {overdue} overdue.", rows.len())?,
+    }
+    Ok(())
+}
+
+fn is_overdue(deadline: Option<Timestamp>, open: bool, now: Timestamp) -> bool {
+    open && deadline.is_some_and(|d| d < now)
+}
+
+fn deadline(lang: Lang, deadline: Option<Timestamp>, open: bool, now: Timestamp) -> String {
+    match deadline {
+        None => String::new(),
+        Some(d) if is_overdue(Some(d), open, now) => format!("{} {}", date(d), lang.pick("已超期", "overdue")),
+        Some(d) => date(d),
+    }
+}
+
+fn author(lang: Lang, a: Option<&Author>) -> String {
+    match a {
+        Some(a) => match lang {
+            Lang::Zh => format!("{}（{}）", a.name, lang.label(a.role)),
+            Lang::En => format!("{} ({})", a.name, lang.label(a.role)),
+        },
+        None => lang.pick("（未知）", "(unknown)").to_owned(),
+    }
+}
+
+/// `case show`: a readable card, or the `CaseView` as JSON.
+pub(crate) fn case_card(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    view: &CaseView,
+    unmasked: bool,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, view);
+    }
+    let s = &view.state;
+    let zh = lang == Lang::Zh;
+    let rule = "─".repeat(48);
+    match lang {
+        Lang::Zh => writeln!(out, "案件 {}「{}」", s.number, s.title)?,
+        Lang::En => writeln!(out, "Case {} \"{}\"", s.number, s.title)?,
+    }
+    writeln!(out, "{rule}")?;
+    if !view.conflicts.is_empty() {
+        conflicts(out, lang, &view.conflicts, unmasked)?;
+        writeln!(out, "{rule}")?;
+    }
+    let field = |zh_label: &str, en_label: &str| if zh { format!("{zh_label}：") } else { format!("{en_label}: ") };
+    let section = |zh_label: &str, en_label: &str| if zh { format!("{zh_label}：") } else { format!("{en_label}:") };
+    let escalated = s.escalated_to.map(|l| match lang {
+        Lang::Zh => format!("（等待{}接收）", lang.label(l)),
+        Lang::En => format!(" (waiting for the {} level)", lang.label(l).to_lowercase()),
+    });
+    writeln!(out, "{}{}{}", field("状态", "Status"), lang.label(s.status), escalated.unwrap_or_default())?;
+    writeln!(out, "{}{}", field("级别", "Level"), lang.label(s.level))?;
+    writeln!(out, "{}{}", field("类别", "Category"), lang.label(s.category))?;
+    writeln!(out, "{}{}", field("风险", "Risk"), lang.label(s.risk))?;
+    let grid = s.grid.map(|g| if zh { format!("，第 {g} 网格") } else { format!(", grid {g}") }).unwrap_or_default();
+    writeln!(out, "{}{}{grid}", field("所在村", "Village"), s.village)?;
+    if let Some(r) = &s.responsible {
+        writeln!(out, "{}{r}", field("责任人", "Responsible"))?;
+    }
+    writeln!(out, "{}{}{}{}", field("登记", "Recorded"), s.recorded_by, lang.pick("，", ", "), minute(s.recorded_at))?;
+    if let Some(d) = s.deadline {
+        writeln!(out, "{}{}", field("办结期限", "Deadline"), deadline(lang, Some(d), s.status.is_open(), now))?;
+    }
+    if s.confirmed {
+        writeln!(out, "{}", lang.pick("已经司法确认", "Judicially confirmed"))?;
+    }
+    if s.follow_ups > 0 {
+        writeln!(out, "{}{}", field("回访次数", "Follow-ups"), s.follow_ups)?;
+    }
+    writeln!(out, "{}", section("当事人", "Parties"))?;
+    if s.parties.is_empty() {
+        writeln!(out, "  {}", lang.pick("（无）", "(none)"))?;
+    }
+    for (i, p) in s.parties.iter().enumerate() {
+        writeln!(out, "  {}. {}", i + 1, party(lang, p, unmasked))?;
+    }
+    if !s.description.is_empty() {
+        writeln!(out, "{}", section("案情", "Description"))?;
+        for line in s.description.lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    writeln!(out, "{}", section("办理经过", "Events"))?;
+    for e in &s.events {
+        writeln!(out, "  {}  {}  {}", minute(e.at), event(lang, e), author(lang, e.author.as_ref()))?;
+    }
+    if let Some(history) = &view.history {
+        writeln!(out, "{}", section("修改记录", "History"))?;
+        for h in history {
+            writeln!(out, "  {}", history_line(lang, h))?;
+        }
+    }
+    Ok(())
+}
+
+fn party(lang: Lang, p: &PartyView, unmasked: bool) -> String {
+    let mut line = p.name.clone();
+    if let Some(id) = &p.id_number {
+        let shown = if unmasked { id.clone() } else { mask_id(id) };
+        line.push_str(&format!("  {}{shown}", lang.pick("身份证 ", "ID ")));
+    }
+    if let Some(phone) = &p.phone {
+        line.push_str(&format!("  {}{phone}", lang.pick("电话 ", "phone ")));
+    }
+    line
+}
+
+/// Concurrent edits, every value with its author, device and time. Printed
+/// near the top of the card: a cadre must see them before trusting a field.
+fn conflicts(out: &mut dyn Write, lang: Lang, all: &[FieldConflict], unmasked: bool) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        lang.pick(
+            "⚠ 并发修改：下面的内容在不同设备上被同时改过，现在显示的是第1个值。请核实后用 fq case edit 填写正确的值。",
+            "⚠ Concurrent edits: these fields were changed on different devices at the same time; the first value is shown. \
+             Check with the people involved and set the right value with fq case edit.",
+        )
+    )?;
+    for c in all {
+        writeln!(out, "  {}", field_name(lang, &c.field))?;
+        for (i, v) in c.values.iter().enumerate() {
+            let device = v.device.as_deref().unwrap_or("?");
+            let at = v.at.map(minute).unwrap_or_default();
+            let value = if c.field.ends_with("id_number") && !unmasked { mask_id(&v.value) } else { v.value.clone() };
+            let shown = if i == 0 { lang.pick("  ← 当前显示", "  ← shown") } else { "" };
+            let dev = lang.pick("设备", "device");
+            writeln!(out, "    {}. 「{value}」 {} {dev} {device} {at}{shown}", i + 1, author(lang, v.author.as_ref()))?;
+        }
+    }
+    Ok(())
+}
+
+fn field_name(lang: Lang, field: &str) -> String {
+    let zh = match field {
+        "title" => "标题",
+        "category" => "类别",
+        "risk" => "风险",
+        "grid" => "网格",
+        "responsible" => "责任人",
+        f if f.starts_with("parties[") => {
+            let part = match f.rsplit('.').next() {
+                Some("name") => "姓名",
+                Some("id_number") => "身份证号",
+                Some("phone") => "电话",
+                _ => "",
+            };
+            let index: String = f.chars().skip_while(|c| *c != '[').skip(1).take_while(|c| *c != ']').collect();
+            let n = index.parse::<usize>().map_or(0, |i| i + 1);
+            return match lang {
+                Lang::Zh => format!("第{n}个当事人的{part} ({field})"),
+                Lang::En => field.to_owned(),
+            };
+        }
+        _ => "",
+    };
+    match lang {
+        Lang::Zh if !zh.is_empty() => format!("{zh} ({field})"),
+        _ => field.to_owned(),
+    }
+}
+
+fn level_label(lang: Lang, code: Option<&str>) -> String {
+    code.and_then(|c| Level::parse(c).ok()).map_or_else(String::new, |l| lang.label(l).to_owned())
+}
+
+fn event(lang: Lang, e: &EventView) -> String {
+    let label = lang.label(e.kind);
+    let sep = lang.pick("：", ": ");
+    let text = e.text.as_deref().map(|t| format!("{sep}{t}")).unwrap_or_default();
+    match e.kind {
+        EventKind::Recorded | EventKind::EscalationAccepted => {
+            let level = level_label(lang, e.to.as_deref());
+            if level.is_empty() { label.to_owned() } else { format!("{label}{}", lang.paren(&level)) }
+        }
+        EventKind::Escalated => {
+            let level = level_label(lang, e.to.as_deref());
+            match lang {
+                Lang::Zh => format!("上报到{level}{text}"),
+                Lang::En => format!("Escalated to {level}{text}"),
+            }
+        }
+        EventKind::Assigned => format!("{label}{sep}{}", e.to.as_deref().unwrap_or("")),
+        EventKind::Confirmed => {
+            let court = e.court.as_deref().unwrap_or("");
+            let reference = e.reference.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+            format!("{label}{sep}{court}{reference}")
+        }
+        EventKind::FollowUp => format!("{label}{}{text}", lang.paren(lang.label(Outcome::Honoured))),
+        EventKind::Relapsed => {
+            format!("{}{}{text}", lang.label(EventKind::FollowUp), lang.paren(lang.label(Outcome::Relapsed)))
+        }
+        _ => format!("{label}{text}"),
+    }
+}
+
+/// A change's op (`create`, `note`, `edit:title,risk`) in words.
+fn op_words(lang: Lang, op: &str) -> String {
+    if op == "create" {
+        return lang.pick("登记案件", "recorded the case").to_owned();
+    }
+    if let Some(fields) = op.strip_prefix("edit:") {
+        let names: Vec<String> = fields.split(',').map(|f| field_name(lang, f)).collect();
+        return format!("{}{}", lang.pick("修改：", "edited: "), names.join(lang.list_sep()));
+    }
+    match EventKind::parse(op) {
+        Ok(k) => lang.label(k).to_owned(),
+        Err(_) => op.to_owned(),
+    }
+}
+
+fn history_line(lang: Lang, h: &HistoryEntry) -> String {
+    let device = h.device.as_deref().unwrap_or("?");
+    let dev = lang.pick("设备", "device");
+    format!("{}  {}  {}  {dev} {device}", minute(h.at), op_words(lang, &h.op), author(lang, h.author.as_ref()))
+}
+
+/// `audit`: a table, or `{"entries":[..],"count":n}`.
+pub(crate) fn audit(out: &mut dyn Write, lang: Lang, json: bool, entries: &[AuditEntry]) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, &json!({ "entries": entries, "count": entries.len() }));
+    }
+    if entries.is_empty() {
+        writeln!(
+            out,
+            "{}",
+            lang.pick(
+                "没有审计记录：没有被拒收的修改，也没有并发冲突。",
+                "No audit records: nothing refused, no conflicts."
+            )
+        )?;
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(match lang {
+        Lang::Zh => ["时间", "类型", "案件", "来源", "详情"],
+        Lang::En => ["Time", "Kind", "Case", "From", "Detail"],
+    });
+    for e in entries {
+        let kind = match (lang, e.kind.as_str()) {
+            (Lang::Zh, "refused") => "拒收",
+            (Lang::Zh, "quarantined") => "隔离",
+            (Lang::Zh, "conflict") => "并发修改",
+            (Lang::Zh, "merged") => "合并",
+            (_, other) => other,
+        };
+        t.add_row([
+            minute(e.at),
+            kind.to_owned(),
+            e.case.map(|c| c.to_string()).unwrap_or_default(),
+            e.peer.clone().unwrap_or_default(),
+            e.detail.clone(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_id_hides_the_middle_of_any_text() {
+        assert_eq!(mask_id("532924198001011230"), "5329**********1230");
+        assert_eq!(mask_id("12345678901"), "1234***8901");
+        assert_eq!(mask_id("1234"), "****");
+    }
+
+    #[test]
+    fn date_is_in_china_time() {
+        // 2026-01-01T20:00Z is already the 2nd in Beijing.
+        let t =
+            Timestamp(chrono::DateTime::parse_from_rfc3339("2026-01-01T20:00:00Z").map_or(0, |d| d.timestamp_millis()));
+        assert_eq!(date(t), "2026-01-02");
+        assert_eq!(minute(t), "2026-01-02 04:00");
+    }
+
+    #[test]
+    fn op_words_translates_edits() {
+        assert_eq!(op_words(Lang::Zh, "edit:title,risk"), "修改：标题 (title)、风险 (risk)");
+        assert_eq!(op_words(Lang::Zh, "note"), "调解记录");
+        assert_eq!(op_words(Lang::En, "create"), "recorded the case");
+    }
+}

@@ -1,0 +1,234 @@
+//! Raw arguments turned into validated values before any ledger is opened.
+//!
+//! Every value is parsed here with the core's forgiving parsers, so bad input
+//! is refused before anything is opened or written: a wrong ID checksum on
+//! `case new` creates no case, a wrong code on `init` leaves no file behind.
+//! The ledger checks again what only it can check (scope, transitions).
+
+use std::path::PathBuf;
+
+use fq_core::case::{
+    AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, Role, Status,
+    check_text,
+};
+use fq_core::doc::FieldEdit;
+use fq_core::ledger::{InitOptions, NewCase, Tier};
+
+use crate::cli::{CaseCommand, Cli, Command, ExportFormat};
+
+/// The longest person name the ledger keeps, in characters (as in the core).
+const MAX_NAME_CHARS: usize = 50;
+/// The longest court name or court reference, in characters (as in the core).
+const MAX_COURT_CHARS: usize = 100;
+/// Audit records shown when `--limit` is not given.
+const DEFAULT_AUDIT_LIMIT: u32 = 50;
+
+/// Input the core has no words for: numbers typed by the user, and where the
+/// ledger lives.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ArgError {
+    /// A whole number (grid, limit) that does not parse.
+    #[error("invalid {what} {input:?}: expected a whole number")]
+    Number {
+        /// Which argument.
+        what: &'static str,
+        /// What was given.
+        input: String,
+    },
+    /// No `--data-dir`, no `FQ_DATA_DIR` and no home directory.
+    #[error("no data directory: give --data-dir or set FQ_DATA_DIR")]
+    NoDataDir,
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The directory holding `ledger.db`, if given (`--data-dir`, `FQ_DATA_DIR`).
+    data_dir: Option<PathBuf>,
+    /// Print `--json` instead of text.
+    pub json: bool,
+}
+
+impl Settings {
+    /// The directory holding `ledger.db`: the one given, else `default_dir`
+    /// (the platform's data directory).
+    pub(crate) fn data_dir(&self, default_dir: impl FnOnce() -> Option<PathBuf>) -> Result<PathBuf, ArgError> {
+        self.data_dir.clone().or_else(default_dir).ok_or(ArgError::NoDataDir)
+    }
+}
+
+/// What the user asked for, fully validated.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Init(InitOptions),
+    New(NewCase),
+    List { filter: Filter },
+    Show { case: String, history: bool, unmasked: bool },
+    Edit { case: String, edit: FieldEdit },
+    Act { case: String, action: Action },
+    Export { format: ExportFormat, out: Option<PathBuf>, unmasked: bool },
+    Audit { limit: u32 },
+    Demo,
+}
+
+/// `case list` filters; `overdue` becomes a time when the ledger is open.
+#[derive(Debug, Default)]
+pub(crate) struct Filter {
+    pub status: Option<Status>,
+    pub level: Option<Level>,
+    pub category: Option<Category>,
+    pub within: Option<AdminCode>,
+    pub risk: Option<Risk>,
+    pub overdue: bool,
+    pub search: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// A lifecycle step on one case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Note(String),
+    Assign(String),
+    Escalate(String),
+    Accept,
+    Settle(String),
+    Fail(String),
+    Confirm { court: String, reference: Option<String> },
+    FollowUp { outcome: Outcome, note: Option<String> },
+    Archive,
+}
+
+/// Validates the raw command line.
+pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
+    let request = match cli.command {
+        Command::Init(a) => Request::Init(InitOptions {
+            tier: Tier::Device,
+            name: check_text("name", &a.name, MAX_NAME_CHARS)?,
+            role: Role::parse(&a.role)?,
+            scope: AdminCode::parse(&a.village)?,
+            grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
+        }),
+        Command::Case(c) => case(c)?,
+        Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
+        Command::Audit(a) => Request::Audit {
+            limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?.unwrap_or(DEFAULT_AUDIT_LIMIT),
+        },
+        Command::Demo => Request::Demo,
+    };
+    let data_dir = cli.data_dir.filter(|d| !d.as_os_str().is_empty());
+    Ok((Settings { data_dir, json: cli.json }, request))
+}
+
+fn case(command: CaseCommand) -> anyhow::Result<Request> {
+    Ok(match command {
+        CaseCommand::New(a) => Request::New(NewCase {
+            category: Category::parse(&a.category)?,
+            title: check_text("title", &a.title, MAX_TITLE_CHARS)?,
+            description: match a.description.as_deref().map(str::trim) {
+                None | Some("") => String::new(),
+                Some(d) => check_text("description", d, MAX_TEXT_CHARS)?,
+            },
+            parties: parties(&a.party)?,
+            risk: a.risk.as_deref().map(Risk::parse).transpose()?.unwrap_or(Risk::Low),
+            village: a.village.as_deref().map(AdminCode::parse).transpose()?,
+            grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
+        }),
+        CaseCommand::List(a) => Request::List {
+            filter: Filter {
+                status: a.status.as_deref().map(Status::parse).transpose()?,
+                level: a.level.as_deref().map(Level::parse).transpose()?,
+                category: a.category.as_deref().map(Category::parse).transpose()?,
+                within: a.village.as_deref().map(AdminCode::parse).transpose()?,
+                risk: a.risk.as_deref().map(Risk::parse).transpose()?,
+                overdue: a.overdue,
+                search: a.search.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+                limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?,
+            },
+        },
+        CaseCommand::Show(a) => {
+            Request::Show { case: reference(&a.case.case)?, history: a.history, unmasked: a.unmasked }
+        }
+        CaseCommand::Edit(a) => Request::Edit {
+            case: reference(&a.case.case)?,
+            edit: FieldEdit {
+                title: a.title.as_deref().map(|t| check_text("title", t, MAX_TITLE_CHARS)).transpose()?,
+                description: a
+                    .description
+                    .as_deref()
+                    .map(|d| check_text("description", d, MAX_TEXT_CHARS))
+                    .transpose()?,
+                category: a.category.as_deref().map(Category::parse).transpose()?,
+                risk: a.risk.as_deref().map(Risk::parse).transpose()?,
+                grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
+                add_parties: parties(&a.add_party)?,
+            },
+        },
+        CaseCommand::Note(a) => act(&a.case.case, Action::Note(text("note", &a.text)?))?,
+        CaseCommand::Assign(a) => act(&a.case.case, Action::Assign(check_text("assignee", &a.to, MAX_NAME_CHARS)?))?,
+        CaseCommand::Escalate(a) => act(&a.case.case, Action::Escalate(text("reason", &a.reason)?))?,
+        CaseCommand::Accept(a) => act(&a.case, Action::Accept)?,
+        CaseCommand::Settle(a) => act(&a.case.case, Action::Settle(text("agreement", &a.agreement)?))?,
+        CaseCommand::Fail(a) => act(&a.case.case, Action::Fail(text("reason", &a.reason)?))?,
+        CaseCommand::Confirm(a) => act(
+            &a.case.case,
+            Action::Confirm {
+                court: check_text("court", &a.court, MAX_COURT_CHARS)?,
+                reference: a.reference.as_deref().map(|r| check_text("reference", r, MAX_COURT_CHARS)).transpose()?,
+            },
+        )?,
+        CaseCommand::Followup(a) => act(
+            &a.case.case,
+            Action::FollowUp {
+                outcome: Outcome::parse(&a.outcome)?,
+                note: a.note.as_deref().map(|n| text("note", n)).transpose()?,
+            },
+        )?,
+        CaseCommand::Archive(a) => act(&a.case, Action::Archive)?,
+    })
+}
+
+fn act(case: &str, action: Action) -> Result<Request, InputError> {
+    Ok(Request::Act { case: reference(case)?, action })
+}
+
+fn text(what: &'static str, input: &str) -> Result<String, InputError> {
+    check_text(what, input, MAX_TEXT_CHARS)
+}
+
+fn reference(input: &str) -> Result<String, InputError> {
+    match input.trim() {
+        "" => Err(InputError::CaseRef { input: input.to_owned() }),
+        r => Ok(r.to_owned()),
+    }
+}
+
+fn parties(inputs: &[String]) -> Result<Vec<Party>, InputError> {
+    inputs.iter().map(|p| Party::parse(p)).collect()
+}
+
+/// A whole number as a cadre may type it: full-width digits and spaces allowed.
+fn number(what: &'static str, input: &str) -> Result<u32, ArgError> {
+    let digits: String = input
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| match c {
+            '０'..='９' => char::from_digit(c as u32 - '０' as u32, 10).unwrap_or(c),
+            other => other,
+        })
+        .collect();
+    digits.parse().map_err(|_| ArgError::Number { what, input: input.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn number_accepts_full_width_digits() {
+        assert_eq!(number("grid", "１２").unwrap(), 12);
+        assert_eq!(number("grid", " 3 ").unwrap(), 3);
+        assert!(matches!(number("grid", "三"), Err(ArgError::Number { what: "grid", .. })));
+        assert!(number("limit", "-1").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of `fq`: each drives the built binary on a temporary data
+//! directory and reads its `--json` output, as a script or the app would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conflict;
+mod crash;
+mod export;
+mod harness;
+mod input;
+mod language;
+mod lifecycle;
+mod schema;
