@@ -160,6 +160,16 @@ fn sheet_time(t: Timestamp) -> String {
     cst(t).map_or_else(|| t.0.to_string(), |d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, false))
 }
 
+/// Free text as a spreadsheet cell: text a person typed that starts like a
+/// formula (`=`, `+`, `-`, `@`, tab, CR) gets a leading `'` so Excel and WPS
+/// show it instead of running it (CSV injection).
+fn sheet_text(text: &str) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text.to_owned(),
+    }
+}
+
 fn csv_row(row: &CaseRow, state: &CaseState) -> [String; 15] {
     let parties: Vec<&str> = state.parties.iter().map(|p| p.name.as_str()).collect();
     [
@@ -168,15 +178,15 @@ fn csv_row(row: &CaseRow, state: &CaseState) -> [String; 15] {
         row.grid.map(|g| g.to_string()).unwrap_or_default(),
         row.category.code().to_owned(),
         row.category.zh().to_owned(),
-        row.title.clone(),
+        sheet_text(&row.title),
         row.status.code().to_owned(),
         row.level.code().to_owned(),
         row.risk.code().to_owned(),
         sheet_time(row.recorded_at),
         sheet_time(row.updated_at),
         row.deadline.map(sheet_time).unwrap_or_default(),
-        row.responsible.clone().unwrap_or_default(),
-        parties.join(";"),
+        sheet_text(row.responsible.as_deref().unwrap_or_default()),
+        sheet_text(&parties.join(";")),
         row.conflicts.to_string(),
     ]
 }
@@ -210,4 +220,17 @@ pub(crate) fn receipt(
         Lang::En => writeln!(out, "Exported {} cases to {} ({note})", done.count, path.display())?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sheet_text;
+
+    #[test]
+    fn sheet_text_defuses_formulas() {
+        assert_eq!(sheet_text("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(sheet_text("-1+2"), "'-1+2");
+        assert_eq!(sheet_text("宅基地纠纷"), "宅基地纠纷");
+        assert_eq!(sheet_text(""), "");
+    }
 }
