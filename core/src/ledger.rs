@@ -24,6 +24,11 @@ use crate::doc::{
     NewCaseDoc, NewEvent,
 };
 use crate::store::{AuditEntry, CaseRow, ListFilter, OpenMode, PendingChange, Store, StoreError, Tx};
+use crate::trust::{self, GrantRole};
+
+mod replica;
+
+pub use replica::{OutgoingBatch, PeerInfo, heads_digest};
 
 /// How many case documents a ledger keeps loaded (about 20 KiB each).
 const DOC_CACHE_CASES: usize = 256;
@@ -222,8 +227,12 @@ pub struct OutgoingChange {
     pub bytes: Vec<u8>,
     /// Where this ledger got it (`None`: written here).
     pub received_from: Option<ReplicaId>,
+    /// The authoring device's public key, if the change came signed.
+    pub signer: Option<[u8; 32]>,
     /// The authoring device's signature, if one travelled with it.
     pub signature: Option<Vec<u8>>,
+    /// The case's village.
+    pub village: String,
 }
 
 /// A change arriving from another ledger.
@@ -233,8 +242,61 @@ pub struct IncomingChange {
     pub case: CaseId,
     /// Raw change bytes.
     pub bytes: Vec<u8>,
+    /// The authoring device's public key.
+    pub signer: Option<[u8; 32]>,
     /// The authoring device's signature, kept and relayed unchanged.
     pub signature: Option<Vec<u8>>,
+}
+
+impl From<OutgoingChange> for IncomingChange {
+    /// What one ledger sends is what the other receives, provenance intact.
+    fn from(c: OutgoingChange) -> Self {
+        IncomingChange { case: c.case, bytes: c.bytes, signer: c.signer, signature: c.signature }
+    }
+}
+
+/// How strictly [`Ledger::apply_changes`] admits changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Accept well-formed changes without signatures: two ledgers of one
+    /// owner, tests, imports.
+    Open,
+    /// Sync: every change must be signed by a device whose grant this ledger
+    /// holds, and the case's village must lie inside that grant's scope.
+    Signed,
+}
+
+/// Why a change was refused on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The bytes are not an acceptable Automerge change.
+    Malformed,
+    /// No signature, or one that does not verify.
+    BadSignature,
+    /// Signed by a key with no known grant.
+    UnknownSigner,
+    /// The case lies outside the author's scope.
+    OutOfScope,
+    /// The author's role may not write changes (servers only relay).
+    Role,
+    /// Automerge refused or panicked on it, or it names another case.
+    Quarantined,
+}
+
+impl RefuseReason {
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::BadSignature => "bad-signature",
+            RefuseReason::UnknownSigner => "unknown-signer",
+            RefuseReason::OutOfScope => "out-of-scope",
+            RefuseReason::Role => "role",
+            RefuseReason::Quarantined => "quarantined",
+        }
+    }
 }
 
 /// A change refused on arrival.
@@ -242,8 +304,13 @@ pub struct IncomingChange {
 pub struct Refusal {
     /// The case it claimed.
     pub case: CaseId,
-    /// Why.
-    pub reason: String,
+    /// Its hash, if it parsed.
+    #[serde(skip)]
+    pub hash: Option<Hash>,
+    /// Why, as a code.
+    pub reason: RefuseReason,
+    /// Why, in words.
+    pub detail: String,
 }
 
 /// What [`Ledger::apply_changes`] did.
@@ -488,7 +555,7 @@ impl Ledger {
         let hashes = doc.heads();
         let rowid = put_doc(&tx, &mut doc, &state)?;
         for h in &hashes {
-            tx.log_change(rowid, h, None, None)?;
+            tx.log_change(rowid, h, None, None, None)?;
         }
         tx.commit()?;
         self.cache_put(id, doc);
@@ -679,7 +746,7 @@ impl Ledger {
             let tx = self.store.transaction()?;
             let state = doc.read(&policy)?;
             let rowid = put_doc(&tx, &mut doc, &state)?;
-            tx.log_change(rowid, &hash, None, None)?;
+            tx.log_change(rowid, &hash, None, None, None)?;
             tx.commit()?;
             Ok(state)
         })();
@@ -734,7 +801,9 @@ impl Ledger {
                 hash: e.hash,
                 bytes,
                 received_from: e.received_from,
+                signer: e.signer,
                 signature: e.signature,
+                village: e.village,
             });
         }
         Ok(out)
@@ -756,6 +825,19 @@ impl Ledger {
         from: Option<ReplicaId>,
         changes: Vec<IncomingChange>,
     ) -> Result<ApplyReport, LedgerError> {
+        self.apply_with(from, changes, Admission::Open, |_| Ok(()))
+    }
+
+    /// [`Ledger::apply_changes`] with an admission policy, running `also`
+    /// inside the same transaction before it commits (sync records the
+    /// peer's log position there, so position and changes commit together).
+    pub(crate) fn apply_with(
+        &mut self,
+        from: Option<ReplicaId>,
+        changes: Vec<IncomingChange>,
+        admission: Admission,
+        also: impl FnOnce(&Tx<'_>) -> Result<(), LedgerError>,
+    ) -> Result<ApplyReport, LedgerError> {
         self.check_writable()?;
         let now = self.clock.now();
         let peer = from.map(|f| f.to_string());
@@ -766,26 +848,18 @@ impl Ledger {
         let mut report = ApplyReport::default();
         let mut touched = Vec::new();
         let tx = self.store.transaction()?;
+        let cx =
+            ApplyCtx { tx: &tx, admission, actor: &self.actor, policy: &self.policy, from, now, peer: peer.as_deref() };
         for (case, incoming) in by_case {
             let cached = self.cache.remove(&case).map(|(d, _)| d);
-            let outcome = apply_case(
-                &tx,
-                &self.actor,
-                &self.policy,
-                case,
-                cached,
-                incoming,
-                from,
-                now,
-                peer.as_deref(),
-                &mut report,
-            );
+            let outcome = apply_case(&cx, case, cached, incoming, &mut report);
             match outcome {
                 Ok(Some(doc)) => touched.push((case, doc)),
                 Ok(None) => {}
                 Err(e) => return Err(e),
             }
         }
+        also(&tx)?;
         tx.commit()?;
         for (case, doc) in touched {
             self.cache_put(case, doc);
@@ -896,40 +970,91 @@ struct Candidate {
     deps: Vec<Hash>,
     change: automerge::Change,
     bytes: Vec<u8>,
+    signer: Option<[u8; 32]>,
     signature: Option<Vec<u8>>,
     received_from: Option<ReplicaId>,
     from_pending: bool,
+    /// The author's scope, from its grant (signed admission only).
+    scope: Option<AdminCode>,
+}
+
+/// Everything [`apply_case`] needs besides the case's changes.
+struct ApplyCtx<'a, 't> {
+    tx: &'a Tx<'t>,
+    admission: Admission,
+    actor: &'a ActorId,
+    policy: &'a DeadlinePolicy,
+    from: Option<ReplicaId>,
+    now: Timestamp,
+    peer: Option<&'a str>,
+}
+
+impl ApplyCtx<'_, '_> {
+    fn refuse(
+        &self,
+        report: &mut ApplyReport,
+        case: CaseId,
+        hash: Option<Hash>,
+        reason: RefuseReason,
+        detail: String,
+    ) -> Result<(), LedgerError> {
+        let kind = if reason == RefuseReason::Quarantined { "quarantined" } else { "refused" };
+        let hex = hash.map(|h| h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+        let text = match hex {
+            Some(h) => format!("change {h}: {} ({detail})", reason.code()),
+            None => format!("{} ({detail})", reason.code()),
+        };
+        self.tx.audit(self.now, kind, Some(case), self.peer, &text)?;
+        report.refused.push(Refusal { case, hash, reason, detail });
+        Ok(())
+    }
+
+    /// Checks signature, grant and role; returns the author's scope.
+    fn admit(&self, c: &Candidate) -> Result<Option<AdminCode>, (RefuseReason, String)> {
+        if self.admission == Admission::Open {
+            return Ok(None);
+        }
+        let (Some(signer), Some(signature)) = (&c.signer, &c.signature) else {
+            return Err((RefuseReason::BadSignature, "the change is not signed".into()));
+        };
+        let grant = match self.tx.grant(signer) {
+            Ok(Some(g)) => g,
+            Ok(None) => return Err((RefuseReason::UnknownSigner, "no grant for the signing key".into())),
+            Err(e) => return Err((RefuseReason::UnknownSigner, e.to_string())),
+        };
+        let sig: &[u8; 64] = signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| (RefuseReason::BadSignature, "signature is not 64 bytes".into()))?;
+        trust::verify_change(signer, &c.hash, sig).map_err(|e| (RefuseReason::BadSignature, e.to_string()))?;
+        let role = GrantRole::parse(&grant.role).map_err(|e| (RefuseReason::Role, e.to_string()))?;
+        if role.is_server() {
+            return Err((RefuseReason::Role, format!("{} is a server; servers relay but never write", grant.subject)));
+        }
+        let scope = AdminCode::parse(&grant.scope).map_err(|e| (RefuseReason::UnknownSigner, e.to_string()))?;
+        Ok(Some(scope))
+    }
 }
 
 /// Applies one case's incoming changes inside the batch transaction.
-/// Returns the updated document, or `None` if nothing was applied.
-#[allow(clippy::too_many_arguments)]
+/// Returns the updated document, or `None` if there is none yet.
 fn apply_case(
-    tx: &Tx<'_>,
-    actor: &ActorId,
-    policy: &DeadlinePolicy,
+    cx: &ApplyCtx<'_, '_>,
     case: CaseId,
     cached: Option<CaseDoc>,
     incoming: Vec<IncomingChange>,
-    from: Option<ReplicaId>,
-    now: Timestamp,
-    peer: Option<&str>,
     report: &mut ApplyReport,
 ) -> Result<Option<CaseDoc>, LedgerError> {
-    let refuse = |report: &mut ApplyReport, reason: String| -> Result<(), LedgerError> {
-        tx.audit(now, "refused", Some(case), peer, &reason)?;
-        report.refused.push(Refusal { case, reason });
-        Ok(())
-    };
+    let tx = cx.tx;
     let snapshot = if cached.is_some() { None } else { tx.snapshot(case)? };
     let mut doc = match (cached, snapshot) {
         (Some(d), _) => Some(d),
-        (None, Some(bytes)) => Some(CaseDoc::load(&bytes, actor.clone())?),
+        (None, Some(bytes)) => Some(CaseDoc::load(&bytes, cx.actor.clone())?),
         (None, None) => None,
     };
     // Changes already waiting for this case come first, so a resent one is
     // recognised as a duplicate and leaves the pending table when applied.
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     for p in tx.pending_for(case)? {
         if let Ok(change) = doc::parse_change(&p.bytes) {
             let (hash, deps) = doc::change_key(&change);
@@ -938,37 +1063,59 @@ fn apply_case(
                 deps,
                 change,
                 bytes: p.bytes,
+                signer: p.signer,
                 signature: p.signature,
                 received_from: p.received_from,
                 from_pending: true,
+                scope: None,
             });
         }
     }
     for c in incoming {
-        match doc::parse_change(&c.bytes) {
-            Ok(change) => {
-                let (hash, deps) = doc::change_key(&change);
-                let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
-                if known || candidates.iter().any(|k: &Candidate| k.hash == hash) {
-                    report.duplicates += 1;
-                    continue;
-                }
-                candidates.push(Candidate {
-                    hash,
-                    deps,
-                    change,
-                    bytes: c.bytes,
-                    signature: c.signature,
-                    received_from: from,
-                    from_pending: false,
-                });
+        let change = match doc::parse_change(&c.bytes) {
+            Ok(change) => change,
+            Err(e) => {
+                cx.refuse(report, case, None, RefuseReason::Malformed, e.to_string())?;
+                continue;
             }
-            Err(e) => refuse(report, e.to_string())?,
+        };
+        let (hash, deps) = doc::change_key(&change);
+        let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
+        if known || candidates.iter().any(|k| k.hash == hash) {
+            report.duplicates += 1;
+            continue;
+        }
+        candidates.push(Candidate {
+            hash,
+            deps,
+            change,
+            bytes: c.bytes,
+            signer: c.signer,
+            signature: c.signature,
+            received_from: cx.from,
+            from_pending: false,
+            scope: None,
+        });
+    }
+    // Signatures and grants.
+    let mut admitted = Vec::with_capacity(candidates.len());
+    for mut c in candidates {
+        match cx.admit(&c) {
+            Ok(scope) => {
+                c.scope = scope;
+                admitted.push(c);
+            }
+            Err((reason, detail)) => {
+                if c.from_pending {
+                    tx.remove_pending(&c.hash)?;
+                }
+                cx.refuse(report, case, Some(c.hash), reason, detail)?;
+            }
         }
     }
     // Order the changes whose dependencies are present, in dependency order.
     let mut ready: Vec<Candidate> = Vec::new();
-    let mut waiting = candidates;
+    let mut waiting = admitted;
     loop {
         let before = waiting.len();
         let mut still = Vec::new();
@@ -990,9 +1137,10 @@ fn apply_case(
                 case,
                 bytes: c.bytes.clone(),
                 received_from: c.received_from,
+                signer: c.signer,
                 signature: c.signature.clone(),
             };
-            tx.put_pending(&p, now)?;
+            tx.put_pending(&p, cx.now)?;
             report.pending += 1;
         }
     }
@@ -1001,34 +1149,46 @@ fn apply_case(
     }
     let had_doc = doc.is_some();
     let conflicts_before = doc.as_mut().map_or(0, |d| d.conflicts().len());
-    let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(actor.clone()));
+    let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(cx.actor.clone()));
+    let before_village = if had_doc { target.read(cx.policy).ok().map(|s| s.village) } else { None };
     let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
-    let applied = target.apply(changes).and_then(|_| target.read(policy));
-    let state = match applied {
-        Ok(state) if state.id == case => state,
-        Ok(_) | Err(_) => {
-            let reason = match applied {
-                Ok(_) => "the change belongs to another case".to_owned(),
-                Err(e) => format!("cannot apply: {e}"),
-            };
-            for c in &ready {
-                if c.from_pending {
-                    tx.remove_pending(&c.hash)?;
-                }
-            }
-            tx.audit(now, "quarantined", Some(case), peer, &format!("{} changes: {reason}", ready.len()))?;
-            report.refused.push(Refusal { case, reason });
-            // The document may be half-changed: reload it from the last commit.
-            let reloaded = match tx.snapshot(case)? {
-                Some(bytes) if had_doc => Some(CaseDoc::load(&bytes, actor.clone())?),
-                _ => None,
-            };
-            return Ok(reloaded);
+    let applied = target.apply(changes).and_then(|_| target.read(cx.policy));
+    let problem = match &applied {
+        Ok(state) if state.id != case => {
+            Some((RefuseReason::Quarantined, "the change belongs to another case".to_owned()))
         }
+        Ok(state) if before_village.as_ref().is_some_and(|v| v != &state.village) => {
+            Some((RefuseReason::Quarantined, "the change moves the case to another village".to_owned()))
+        }
+        Ok(state) => {
+            ready.iter().find(|c| c.scope.as_ref().is_some_and(|scope| !within(scope, &state.village))).map(|c| {
+                let scope = c.scope.as_ref().map(ToString::to_string).unwrap_or_default();
+                (RefuseReason::OutOfScope, format!("village {} is outside the author's area {scope}", state.village))
+            })
+        }
+        Err(e) => Some((RefuseReason::Quarantined, format!("cannot apply: {e}"))),
     };
+    if let Some((reason, detail)) = problem {
+        // Refuse the whole group: the document may be half-changed, so it is
+        // reloaded from the last commit. Authors of the same case share its
+        // village, so one bad author rarely travels with good ones; those are
+        // reported too and will be accepted when resent alone.
+        for c in &ready {
+            if c.from_pending {
+                tx.remove_pending(&c.hash)?;
+            }
+            cx.refuse(report, case, Some(c.hash), reason, detail.clone())?;
+        }
+        let reloaded = match tx.snapshot(case)? {
+            Some(bytes) if had_doc => Some(CaseDoc::load(&bytes, cx.actor.clone())?),
+            _ => None,
+        };
+        return Ok(reloaded);
+    }
+    let state = applied?;
     let rowid = put_doc(tx, &mut target, &state)?;
     for c in &ready {
-        tx.log_change(rowid, &c.hash, c.received_from, c.signature.as_deref())?;
+        tx.log_change(rowid, &c.hash, c.received_from, c.signer.as_ref(), c.signature.as_deref())?;
         if c.from_pending {
             tx.remove_pending(&c.hash)?;
         }
@@ -1037,7 +1197,11 @@ fn apply_case(
     let conflicts: Vec<String> = target.conflicts().into_iter().map(|c| c.field).collect();
     if conflicts.len() > conflicts_before {
         let detail = format!("case {}: concurrent edits now disagree on {}", state.number, conflicts.join(", "));
-        tx.audit(now, "conflict", Some(case), peer, &detail)?;
+        tx.audit(cx.now, "conflict", Some(case), cx.peer, &detail)?;
     }
     Ok(Some(target))
+}
+
+fn within(scope: &AdminCode, village: &str) -> bool {
+    AdminCode::parse(village).is_ok_and(|v| scope.contains(&v))
 }

@@ -7,3 +7,5 @@ pub mod doc;
 pub mod ledger;
 pub mod sample;
 pub mod store;
+pub mod sync;
+pub mod trust;

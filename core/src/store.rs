@@ -27,7 +27,7 @@ use crate::clock::Timestamp;
 use crate::doc::Hash;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How long a writer waits for another process holding the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,8 +152,12 @@ pub struct LogEntry {
     pub hash: Hash,
     /// The replica it came from; `None` if written here.
     pub received_from: Option<ReplicaId>,
+    /// Public key of the authoring device, if the change was signed.
+    pub signer: Option<[u8; 32]>,
     /// Signature of the authoring device, if one travelled with it.
     pub signature: Option<Vec<u8>>,
+    /// The case's village, for scope filtering.
+    pub village: String,
 }
 
 /// A change kept until its dependencies arrive.
@@ -167,8 +171,48 @@ pub struct PendingChange {
     pub bytes: Vec<u8>,
     /// Where it came from.
     pub received_from: Option<ReplicaId>,
+    /// Public key of the authoring device.
+    pub signer: Option<[u8; 32]>,
     /// Signature that travelled with it.
     pub signature: Option<Vec<u8>>,
+}
+
+/// A held change's hash with its signer and signature, if it has them.
+pub type Provenance = (Hash, Option<[u8; 32]>, Option<Vec<u8>>);
+
+/// What this replica knows of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerRow {
+    /// The peer's replica id.
+    pub replica: ReplicaId,
+    /// Its tier code.
+    pub tier: String,
+    /// Its scope.
+    pub scope: String,
+    /// How far this replica durably holds the peer's log.
+    pub their_seq: i64,
+    /// The hash of the peer's change at `their_seq` (all zero at 0).
+    #[serde(skip)]
+    pub their_hash: Hash,
+    /// How far the peer acknowledged this replica's log.
+    pub acked_seq: i64,
+    /// When they last synced (local clock).
+    pub last_sync: Option<Timestamp>,
+}
+
+/// A verified grant this replica has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    /// The grant's public key.
+    pub signer: [u8; 32],
+    /// The CA-signed grant bytes, relayed as they are.
+    pub bytes: Vec<u8>,
+    /// Certificate subject.
+    pub subject: String,
+    /// Role code.
+    pub role: String,
+    /// Scope code.
+    pub scope: String,
 }
 
 /// One audit record.
@@ -231,6 +275,17 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE audit (
         seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL,
         case_id BLOB, peer TEXT, detail TEXT NOT NULL);",
+    // 2: sync — who signed each change, peers' log positions, device grants
+    "ALTER TABLE changes ADD COLUMN signer BLOB;
+     ALTER TABLE pending ADD COLUMN signer BLOB;
+     CREATE INDEX changes_case ON changes(case_rowid);
+     CREATE TABLE peers (
+        replica BLOB PRIMARY KEY, tier TEXT NOT NULL, scope TEXT NOT NULL,
+        their_seq INTEGER NOT NULL DEFAULT 0, their_hash BLOB,
+        acked_seq INTEGER NOT NULL DEFAULT 0, last_sync INTEGER) WITHOUT ROWID;
+     CREATE TABLE grants (
+        signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
+        scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 impl Store {
@@ -380,34 +435,87 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT c.log_seq, k.id, c.hash, c.received_from, c.signature
+                "SELECT c.log_seq, k.id, c.hash, c.received_from, c.signer, c.signature, k.village
                  FROM changes c JOIN cases k ON k.rowid = c.case_rowid
                  WHERE c.log_seq > ?1 ORDER BY c.log_seq LIMIT ?2",
             )
             .map_err(sq("prepare log"))?;
-        let rows = stmt
-            .query_map(params![after, limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Option<Vec<u8>>>(3)?,
-                    r.get(4)?,
-                ))
-            })
+        let rows = stmt.query_map(params![after, limit], read_log_row).map_err(sq("read log"))?;
+        rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
+    }
+
+    /// The hash of the change at log position `seq`, if there is one.
+    pub fn log_entry(&self, seq: i64) -> Result<Option<Hash>, StoreError> {
+        let h: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM changes WHERE log_seq = ?1")
+            .map_err(sq("prepare log"))?
+            .query_row([seq], |r| r.get(0))
+            .optional()
             .map_err(sq("read log"))?;
+        h.map(|h| h.try_into().map_err(|_| StoreError::BadValue { what: "change hash" })).transpose()
+    }
+
+    /// Every change row of a case: hash, signer, signature.
+    pub fn case_changes(&self, case: CaseId) -> Result<Vec<Provenance>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.hash, c.signer, c.signature FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE k.id = ?1",
+            )
+            .map_err(sq("prepare case changes"))?;
+        let rows = stmt
+            .query_map([case.as_bytes()], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
+            })
+            .map_err(sq("read case changes"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (log_seq, case, hash, from, signature) = row.map_err(sq("read log"))?;
-            out.push(LogEntry {
-                log_seq,
-                case: case_id(&case)?,
-                hash: hash.try_into().map_err(|_| StoreError::BadValue { what: "change hash" })?,
-                received_from: from.map(|f| replica_id(&f)).transpose()?,
-                signature,
-            });
+            let (hash, signer, signature) = row.map_err(sq("read case changes"))?;
+            out.push((hash32(hash)?, signer.map(key32).transpose()?, signature));
         }
         Ok(out)
+    }
+
+    /// The heads of every case inside `within`, sorted by case id.
+    pub fn heads_within(&self, within: &AdminCode) -> Result<Vec<(CaseId, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, d.heads FROM cases c JOIN docs d ON d.case_rowid = c.rowid
+                 WHERE c.village LIKE ?1 ORDER BY c.id",
+            )
+            .map_err(sq("prepare digest"))?;
+        let rows = stmt
+            .query_map([format!("{within}%")], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(sq("read digest"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, heads) = row.map_err(sq("read digest"))?;
+            out.push((case_id(&id)?, heads));
+        }
+        Ok(out)
+    }
+
+    /// What this replica knows of a peer.
+    pub fn peer(&self, replica: ReplicaId) -> Result<Option<PeerRow>, StoreError> {
+        peer_get(&self.conn, replica)
+    }
+
+    /// Every peer this replica has synced with.
+    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY replica"))
+            .map_err(sq("prepare peers"))?;
+        let rows = stmt.query_map([], read_peer_row).map_err(sq("read peers"))?;
+        rows.map(|r| r.map_err(sq("read peers")).and_then(|r| r)).collect()
+    }
+
+    /// A grant by its public key.
+    pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+        grant_get(&self.conn, signer)
     }
 
     /// The highest log position.
@@ -519,6 +627,81 @@ fn snapshot_get(conn: &Connection, case: CaseId) -> Result<Option<Vec<u8>>, Stor
         .map_err(sq("read snapshot"))
 }
 
+const PEER_COLUMNS: &str = "replica, tier, scope, their_seq, their_hash, acked_seq, last_sync";
+
+fn read_peer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PeerRow, StoreError>> {
+    let replica: Vec<u8> = r.get(0)?;
+    let hash: Option<Vec<u8>> = r.get(4)?;
+    let tier: String = r.get(1)?;
+    let scope: String = r.get(2)?;
+    let their_seq: i64 = r.get(3)?;
+    let acked_seq: i64 = r.get(5)?;
+    let last_sync: Option<i64> = r.get(6)?;
+    Ok((|| {
+        Ok(PeerRow {
+            replica: replica_id(&replica)?,
+            tier,
+            scope,
+            their_seq,
+            their_hash: hash.map(hash32).transpose()?.unwrap_or([0; 32]),
+            acked_seq,
+            last_sync: last_sync.map(Timestamp),
+        })
+    })())
+}
+
+fn peer_get(conn: &Connection, replica: ReplicaId) -> Result<Option<PeerRow>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers WHERE replica = ?1"))
+        .map_err(sq("prepare peer"))?
+        .query_row([replica.as_bytes()], read_peer_row)
+        .optional()
+        .map_err(sq("read peer"))?
+        .transpose()
+}
+
+fn grant_get(conn: &Connection, signer: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+    conn.prepare_cached("SELECT bytes, subject, role, scope FROM grants WHERE signer = ?1")
+        .map_err(sq("prepare grant"))?
+        .query_row([signer], |r| {
+            Ok(GrantRow { signer: *signer, bytes: r.get(0)?, subject: r.get(1)?, role: r.get(2)?, scope: r.get(3)? })
+        })
+        .optional()
+        .map_err(sq("read grant"))
+}
+
+type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String);
+
+fn read_log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRaw> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
+trait ParseLog {
+    fn parse(self) -> Result<LogEntry, StoreError>;
+}
+
+impl ParseLog for LogRaw {
+    fn parse(self) -> Result<LogEntry, StoreError> {
+        let (log_seq, case, hash, from, signer, signature, village) = self;
+        Ok(LogEntry {
+            log_seq,
+            case: case_id(&case)?,
+            hash: hash32(hash)?,
+            received_from: from.map(|f| replica_id(&f)).transpose()?,
+            signer: signer.map(key32).transpose()?,
+            signature,
+            village,
+        })
+    }
+}
+
+fn hash32(v: Vec<u8>) -> Result<Hash, StoreError> {
+    v.try_into().map_err(|_| StoreError::BadValue { what: "change hash" })
+}
+
+fn key32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| StoreError::BadValue { what: "public key" })
+}
+
 /// The write transaction of one ledger operation. Dropped without
 /// [`Tx::commit`], it rolls back and nothing is written.
 #[derive(Debug)]
@@ -602,12 +785,21 @@ impl Tx<'_> {
         case_rowid: i64,
         hash: &Hash,
         received_from: Option<ReplicaId>,
+        signer: Option<&[u8; 32]>,
         signature: Option<&[u8]>,
     ) -> Result<i64, StoreError> {
         self.tx
-            .prepare_cached("INSERT INTO changes(hash, case_rowid, received_from, signature) VALUES (?1, ?2, ?3, ?4)")
+            .prepare_cached(
+                "INSERT INTO changes(hash, case_rowid, received_from, signer, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
             .map_err(sq("prepare log"))?
-            .execute(params![hash, case_rowid, received_from.map(|r| r.as_bytes().to_vec()), signature])
+            .execute(params![
+                hash,
+                case_rowid,
+                received_from.map(|r| r.as_bytes().to_vec()),
+                signer.map(|s| s.to_vec()),
+                signature
+            ])
             .map_err(sq("append log"))?;
         Ok(self.tx.last_insert_rowid())
     }
@@ -617,8 +809,8 @@ impl Tx<'_> {
         let n = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO pending(hash, case_id, bytes, received_from, signature, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO pending(hash, case_id, bytes, received_from, signature, received_at, signer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(sq("prepare pending"))?
             .execute(params![
@@ -627,7 +819,8 @@ impl Tx<'_> {
                 p.bytes,
                 p.received_from.map(|r| r.as_bytes().to_vec()),
                 p.signature,
-                at.0
+                at.0,
+                p.signer.map(|s| s.to_vec())
             ])
             .map_err(sq("keep pending change"))?;
         Ok(n == 1)
@@ -637,21 +830,28 @@ impl Tx<'_> {
     pub fn pending_for(&self, case: CaseId) -> Result<Vec<PendingChange>, StoreError> {
         let mut stmt = self
             .tx
-            .prepare_cached("SELECT hash, bytes, received_from, signature FROM pending WHERE case_id = ?1")
+            .prepare_cached("SELECT hash, bytes, received_from, signature, signer FROM pending WHERE case_id = ?1")
             .map_err(sq("prepare pending"))?;
         let rows = stmt
             .query_map([case.as_bytes()], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get::<_, Option<Vec<u8>>>(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
             })
             .map_err(sq("read pending"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (hash, bytes, from, signature) = row.map_err(sq("read pending"))?;
+            let (hash, bytes, from, signature, signer) = row.map_err(sq("read pending"))?;
             out.push(PendingChange {
-                hash: hash.try_into().map_err(|_| StoreError::BadValue { what: "change hash" })?,
+                hash: hash32(hash)?,
                 case,
                 bytes,
                 received_from: from.map(|f| replica_id(&f)).transpose()?,
+                signer: signer.map(key32).transpose()?,
                 signature,
             });
         }
@@ -682,6 +882,63 @@ impl Tx<'_> {
             .map_err(sq("prepare audit"))?
             .execute(params![at.0, kind, case.map(|c| c.as_bytes().to_vec()), peer, detail])
             .map_err(sq("write audit"))?;
+        Ok(())
+    }
+
+    /// Records how far this replica holds a peer's log (and who the peer is).
+    pub fn set_peer_received(&self, peer: &PeerRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO peers(replica, tier, scope, their_seq, their_hash, acked_seq, last_sync)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(replica) DO UPDATE SET tier = excluded.tier, scope = excluded.scope,
+                   their_seq = excluded.their_seq, their_hash = excluded.their_hash,
+                   last_sync = excluded.last_sync",
+            )
+            .map_err(sq("prepare peer"))?
+            .execute(params![
+                peer.replica.as_bytes(),
+                peer.tier,
+                peer.scope,
+                peer.their_seq,
+                peer.their_hash,
+                peer.acked_seq,
+                peer.last_sync.map(|t| t.0)
+            ])
+            .map_err(sq("write peer"))?;
+        Ok(())
+    }
+
+    /// What this replica knows of a peer.
+    pub fn peer(&self, replica: ReplicaId) -> Result<Option<PeerRow>, StoreError> {
+        peer_get(&self.tx, replica)
+    }
+
+    /// Records that a peer acknowledged this replica's log up to `seq`.
+    pub fn set_peer_acked(&self, replica: ReplicaId, seq: i64, at: Timestamp) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE peers SET acked_seq = max(acked_seq, ?2), last_sync = ?3 WHERE replica = ?1")
+            .map_err(sq("prepare peer"))?
+            .execute(params![replica.as_bytes(), seq, at.0])
+            .map_err(sq("write peer"))?;
+        Ok(())
+    }
+
+    /// A grant by its public key.
+    pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+        grant_get(&self.tx, signer)
+    }
+
+    /// Keeps a verified grant (the first one for a key wins).
+    pub fn put_grant(&self, g: &GrantRow, at: Timestamp) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO grants(signer, bytes, subject, role, scope, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(sq("prepare grant"))?
+            .execute(params![g.signer, g.bytes, g.subject, g.role, g.scope, at.0])
+            .map_err(sq("write grant"))?;
         Ok(())
     }
 

@@ -292,11 +292,7 @@ fn story(dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
 
 /// Sends everything `from` holds to `to`; returns how many changes were new to `to`.
 fn exchange(from: &mut Ledger, to: &mut Ledger) -> Result<usize> {
-    let changes: Vec<IncomingChange> = from
-        .changes_since(0, u32::MAX)?
-        .into_iter()
-        .map(|c| IncomingChange { case: c.case, bytes: c.bytes, signature: c.signature })
-        .collect();
+    let changes: Vec<IncomingChange> = from.changes_since(0, u32::MAX)?.into_iter().map(IncomingChange::from).collect();
     let report = to.apply_changes(Some(from.identity().replica), changes)?;
     if !report.refused.is_empty() {
         bail!("{} changes were refused", report.refused.len());

@@ -14,6 +14,11 @@
 //! the holder's change envelopes. The CA writes the ledger line *before* it hands out a
 //! certificate, so every certificate in the field can be found and revoked by id.
 //!
+//! Beside each certificate the CA signs a [`SignedGrant`] (see [`fq_core::trust`]) for the
+//! same key, subject, role, scope and serial. Relays forward changes unchanged, so the county
+//! checks each one against its author's grant with Ed25519 alone; the core never parses X.509.
+//! Roles and division codes are the core's types, re-exported here.
+//!
 //! The CA is an offline tool run by one operator; two `issue`/`revoke` runs at the same time on
 //! the same directory are not supported.
 
@@ -29,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
+use fq_core::trust::Grant;
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -38,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use bundle::{BUNDLE_FORMAT, Bundle, BundleError, MAX_BUNDLE_BYTES};
-pub use identity::{
-    AdminCode, AdminLevel, CaCertificate, IdentityError, ParseError, PeerIdentity, ReplicaId, Role, Serial,
-};
+pub use fq_core::case::{AdminCode, AdminLevel};
+pub use fq_core::trust::{GrantError, GrantRole, SignedGrant};
+pub use identity::{CaCertificate, IdentityError, ParseError, PeerIdentity, Serial, SubjectId};
 pub use revocation::{
     MAX_REVOCATION_LIST_BYTES, MAX_REVOKED_SERIALS, REVOCATION_FORMAT, RevocationError, RevocationHandle,
     RevocationList, RevocationUpdate,
@@ -157,24 +163,10 @@ pub enum IssueError {
     /// The CA directory could not be opened.
     #[error("cannot open ca")]
     Open(#[source] OpenError),
-    /// The role does not fit the length of the scope.
-    #[error("role {role} needs a {needs} scope ({digits} digits), got {scope}", digits = needs.digits())]
-    RoleScopeMismatch {
-        /// Role requested.
-        role: Role,
-        /// Scope requested.
-        scope: AdminCode,
-        /// Level the role needs.
-        needs: AdminLevel,
-    },
-    /// The scope lies outside the CA's county.
-    #[error("scope {scope} is outside county {county}")]
-    OutsideCounty {
-        /// Scope requested.
-        scope: AdminCode,
-        /// The CA's county.
-        county: AdminCode,
-    },
+    /// The scope does not fit the role ([`GrantError::RoleScopeMismatch`]) or lies outside
+    /// the CA's county ([`GrantError::OutsideCounty`]).
+    #[error(transparent)]
+    Scope(GrantError),
     /// Key or certificate generation failed.
     #[error("certificate generation failed")]
     Generate(#[source] rcgen::Error),
@@ -190,6 +182,9 @@ pub enum IssueError {
         #[source]
         source: io::Error,
     },
+    /// The grant for the new certificate could not be signed (a bug in the CA).
+    #[error("grant could not be issued")]
+    Grant(#[source] GrantError),
     /// The issued certificate did not make a valid bundle (a bug in the CA).
     #[error("issued bundle is invalid")]
     Bundle(#[source] BundleError),
@@ -200,7 +195,7 @@ impl IssueError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             Self::Open(e) => e.is_bad_input(),
-            Self::RoleScopeMismatch { .. } | Self::OutsideCounty { .. } => true,
+            Self::Scope(_) => true,
             _ => false,
         }
     }
@@ -215,7 +210,7 @@ pub enum RevokeError {
     Open(#[source] OpenError),
     /// The ledger has no certificate for this id.
     #[error("no certificate was issued to {0}")]
-    UnknownId(ReplicaId),
+    UnknownId(SubjectId),
     /// The new list could not be written.
     #[error("revocation list could not be saved")]
     Save(#[source] RevocationError),
@@ -238,10 +233,10 @@ impl RevokeError {
 pub struct IssuedCertificate {
     /// The certificate's serial.
     pub serial: Serial,
-    /// Holder's replica id.
-    pub id: ReplicaId,
+    /// Holder's subject id.
+    pub id: SubjectId,
     /// Holder's role.
-    pub role: Role,
+    pub role: GrantRole,
     /// Holder's scope.
     pub scope: AdminCode,
     /// When it was issued (seconds since the Unix epoch).
@@ -404,16 +399,19 @@ impl CertificateAuthority {
         Ok(out)
     }
 
-    /// Issues a certificate for `id` with `role` over `scope` and returns the holder's bundle
-    /// (not yet saved). The scope must fit the role and lie inside the county. The serial is
-    /// recorded in the ledger before the bundle is returned.
-    pub fn issue(&self, id: &ReplicaId, role: Role, scope: &AdminCode, now: SystemTime) -> Result<Bundle, IssueError> {
-        if role.scope_level() != scope.level() {
-            return Err(IssueError::RoleScopeMismatch { role, scope: scope.clone(), needs: role.scope_level() });
-        }
-        if !self.county().contains(scope) {
-            return Err(IssueError::OutsideCounty { scope: scope.clone(), county: self.county().clone() });
-        }
+    /// Issues a certificate and a grant for `id` with `role` over `scope` and returns the
+    /// holder's bundle (not yet saved). The scope must fit the role and lie inside the county.
+    /// The serial is recorded in the ledger before the bundle is returned.
+    pub fn issue(
+        &self,
+        id: &SubjectId,
+        role: GrantRole,
+        scope: &AdminCode,
+        now: SystemTime,
+    ) -> Result<Bundle, IssueError> {
+        // The grant's own rules, checked before anything is generated: the certificate may only
+        // say what a grant may say.
+        role.check_scope(self.county(), scope).map_err(IssueError::Scope)?;
         let revocations = self.revocations().map_err(IssueError::Open)?;
 
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(IssueError::Generate)?;
@@ -433,7 +431,7 @@ impl CertificateAuthority {
             params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.use_authority_key_identifier_extension = true;
-        let serial = Serial::random().map_err(IssueError::Random)?;
+        let (grant_serial, serial) = identity::random_serial().map_err(IssueError::Random)?;
         params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
         let start = OffsetDateTime::from(now);
         params.not_before = start - CLOCK_SKEW_ALLOWANCE;
@@ -441,6 +439,18 @@ impl CertificateAuthority {
 
         let issuer = Issuer::from_ca_cert_der(self.certificate.der(), &self.key).map_err(IssueError::Generate)?;
         let cert = params.signed_by(&key, &issuer).map_err(IssueError::Generate)?;
+        let public_key: [u8; 32] =
+            key.public_key_raw().try_into().map_err(|_| IssueError::Grant(GrantError::PublicKey))?;
+        let grant = Grant {
+            county: self.county().clone(),
+            subject: id.as_str().to_owned(),
+            role,
+            scope: scope.clone(),
+            serial: grant_serial,
+            public_key,
+            issued_at: unix_millis(now),
+        };
+        let grant = SignedGrant::issue(grant, &self.signing_key).map_err(IssueError::Grant)?;
 
         let entry = IssuedCertificate {
             serial,
@@ -452,13 +462,13 @@ impl CertificateAuthority {
         };
         self.append_ledger(&entry)?;
 
-        Bundle::from_parts(cert.pem(), key.serialize_pem(), self.certificate.pem().to_owned(), revocations)
+        Bundle::from_parts(cert.pem(), key.serialize_pem(), self.certificate.pem().to_owned(), &grant, revocations)
             .map_err(IssueError::Bundle)
     }
 
     /// Revokes every certificate issued to `id`: signs and stores a new revocation list with
     /// the next version. If all of them were revoked already, nothing changes.
-    pub fn revoke(&self, id: &ReplicaId, now: SystemTime) -> Result<Revocation, RevokeError> {
+    pub fn revoke(&self, id: &SubjectId, now: SystemTime) -> Result<Revocation, RevokeError> {
         let serials: Vec<Serial> = self
             .issued()
             .map_err(RevokeError::Open)?
@@ -501,6 +511,10 @@ impl CertificateAuthority {
 
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn save_revocations(path: &Path, list: &RevocationList) -> Result<(), RevocationError> {

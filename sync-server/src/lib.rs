@@ -3,11 +3,12 @@
 //!
 //! # Layout
 //!
-//! - [`ca`]: the county's private CA. Issues Ed25519 certificates that name a replica's id,
-//!   role and scope (`urn:fq:{role}:{scope}:{id}`), keeps the ledger of issued serials, signs
-//!   versioned revocation lists, and reads and writes [`ca::Bundle`] files (a holder's
-//!   certificate, key, CA and revocation list). [`ca::PeerIdentity`] reads the identity back
-//!   from a peer's certificate.
+//! - [`ca`]: the county's private CA. Issues Ed25519 certificates that name a holder's subject
+//!   id, role and scope (`urn:fq:{role}:{scope}:{id}`) and, beside each, a CA-signed
+//!   [`fq_core::trust::SignedGrant`] saying the same for replicas that do not read X.509; keeps
+//!   the ledger of issued serials, signs versioned revocation lists, and reads and writes
+//!   [`ca::Bundle`] files (a holder's certificate, key, grant, CA and revocation list).
+//!   [`ca::PeerIdentity`] reads the identity back from a peer's certificate.
 //! - [`net`]: QUIC endpoints with mutual TLS (the only module that names quinn). Builds the
 //!   rustls and transport configurations (tuned for 2G), and hands out connections only after
 //!   the peer's identity was read and its serial checked against the revocation list in force.
@@ -18,15 +19,19 @@
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::SystemTime;
-//! use fq_sync_server::ca::{CertificateAuthority, PeerIdentity, Role};
+//! use fq_core::trust::SignedGrant;
+//! use fq_sync_server::ca::{CertificateAuthority, GrantRole, PeerIdentity};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let ca = CertificateAuthority::init(&dir.path().join("ca"), &"532924".parse()?, SystemTime::now())?;
 //! let id = "d07".parse()?;
-//! let bundle = ca.issue(&id, Role::Mediator, &"532924101201".parse()?, SystemTime::now())?;
+//! let bundle = ca.issue(&id, GrantRole::Mediator, &"532924101201".parse()?, SystemTime::now())?;
 //! let peer = PeerIdentity::from_der(bundle.certificate_der())?;
 //! assert_eq!(peer.uri(), "urn:fq:mediator:532924101201:d07");
 //! assert_eq!(peer.public_key, bundle.signing_key().verifying_key());
+//! // The grant says the same, checked with the CA's Ed25519 key alone.
+//! let grant = SignedGrant::decode(&bundle.grant().bytes, &bundle.ca_verifying_key())?;
+//! assert_eq!(grant.grant.public_key, peer.public_key.to_bytes());
 //! # Ok(()) }
 //! ```
 //!
@@ -38,6 +43,8 @@
 //!   newer one.
 //! - The CA records a certificate in its ledger before handing it out, so every certificate in
 //!   the field can be revoked by id.
+//! - A bundle that loads carries a grant signed by its CA for exactly its certificate's key,
+//!   subject, role, scope and serial.
 #![warn(missing_docs)]
 
 pub mod ca;

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fq_sync_server::ca::{
-    AdminCode, CA_CERT_FILE, CertificateAuthority, InitError, IssueError, OpenError, ReplicaId, RevokeError, Role,
+    AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, InitError, IssueError, OpenError, RevokeError, SubjectId,
 };
 use serde_json::json;
 
@@ -68,12 +68,12 @@ struct IssueArgs {
     /// The CA directory.
     #[arg(long, value_name = "CA_DIR")]
     ca: PathBuf,
-    /// Replica id of the holder (device or server), e.g. d07.
+    /// Subject id of the holder (device or server), e.g. d07: 1-64 of A-Z a-z 0-9 . _ -
     #[arg(long)]
-    id: ReplicaId,
+    id: SubjectId,
     /// county | township | mediator | grid-worker | township-officer | county-admin
-    #[arg(long)]
-    role: Role,
+    #[arg(long, value_parser = parse_role)]
+    role: GrantRole,
     /// Administrative code the role applies to: 6 digits for county roles, 9 for township
     /// roles, 12 for mediators and grid workers.
     #[arg(long)]
@@ -88,9 +88,9 @@ struct RevokeArgs {
     /// The CA directory.
     #[arg(long, value_name = "CA_DIR")]
     ca: PathBuf,
-    /// Replica id whose certificates are revoked.
+    /// Subject id whose certificates are revoked.
     #[arg(long)]
-    id: ReplicaId,
+    id: SubjectId,
 }
 
 /// Input the CLI itself refuses (as opposed to the library's errors, which classify
@@ -98,6 +98,14 @@ struct RevokeArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct BadInput(String);
+
+/// Parses `--role`, naming every valid role when the value is not one.
+fn parse_role(text: &str) -> Result<GrantRole, String> {
+    GrantRole::parse(text).map_err(|err| {
+        let codes: Vec<&str> = GrantRole::ALL.iter().map(|role| role.code()).collect();
+        format!("{err}: expected {}", codes.join(", "))
+    })
+}
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();

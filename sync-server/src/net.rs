@@ -22,8 +22,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 
 use crate::ca::{
-    AdminCode, Bundle, CaCertificate, IdentityError, PeerIdentity, ReplicaId, RevocationError, RevocationHandle, Role,
-    SERVER_NAME, Serial,
+    AdminCode, Bundle, CaCertificate, GrantRole, IdentityError, PeerIdentity, RevocationError, RevocationHandle,
+    SERVER_NAME, Serial, SubjectId,
 };
 
 pub use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
@@ -135,7 +135,7 @@ impl CloseCode {
 pub enum EndpointError {
     /// A server endpoint needs a county or township certificate.
     #[error("role {0} cannot run a server (county or township required)")]
-    NotAServer(Role),
+    NotAServer(GrantRole),
     /// The revocation handle trusts another CA than the bundle.
     #[error("revocation list ca (county {handle}) differs from the bundle ca (county {bundle})")]
     CaMismatch {
@@ -194,8 +194,8 @@ pub enum AcceptError {
     /// The certificate's serial is in the revocation list in force.
     #[error("certificate {serial} of {id} is revoked")]
     Revoked {
-        /// The peer's replica id.
-        id: ReplicaId,
+        /// The peer's subject id.
+        id: SubjectId,
         /// The revoked serial.
         serial: Serial,
     },
@@ -244,15 +244,15 @@ pub enum ConnectError {
     #[error("peer {id} has role {role}, not a county or township server")]
     NotAServer {
         /// The peer's id.
-        id: ReplicaId,
+        id: SubjectId,
         /// The peer's role.
-        role: Role,
+        role: GrantRole,
     },
     /// The server's scope does not contain ours: it is not our parent.
     #[error("server {id} serves {server_scope}, which does not contain our scope {own_scope}")]
     OutOfScope {
         /// The server's id.
-        id: ReplicaId,
+        id: SubjectId,
         /// The server's scope.
         server_scope: AdminCode,
         /// Our scope.
@@ -262,7 +262,7 @@ pub enum ConnectError {
     #[error("server certificate {serial} of {id} is revoked")]
     Revoked {
         /// The server's id.
-        id: ReplicaId,
+        id: SubjectId,
         /// The revoked serial.
         serial: Serial,
     },

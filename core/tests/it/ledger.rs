@@ -161,7 +161,7 @@ fn escalation_is_accepted_by_the_township_and_stops_at_the_county() {
 }
 
 pub fn out_to_in(o: fq_core::ledger::OutgoingChange) -> fq_core::ledger::IncomingChange {
-    fq_core::ledger::IncomingChange { case: o.case, bytes: o.bytes, signature: o.signature }
+    o.into()
 }
 
 /// Every committed sample case replays through the real ledger API and ends

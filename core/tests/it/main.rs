@@ -3,3 +3,4 @@
 
 mod ledger;
 mod merge;
+mod wire;

@@ -72,13 +72,18 @@ fn apply_refuses_garbage_and_keeps_the_rest() {
     let (mut a, mut b) = pair(&clock);
     let s = a.create_case(new_case("债务纠纷")).unwrap();
     let mut changes: Vec<IncomingChange> = a.changes_since(0, 100).unwrap().into_iter().map(out_to_in).collect();
-    changes.push(IncomingChange { case: s.id, bytes: b"not a change".to_vec(), signature: None });
+    changes.push(IncomingChange { case: s.id, bytes: b"not a change".to_vec(), signer: None, signature: None });
     let mut flipped = changes[0].bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 0xff;
-    changes.push(IncomingChange { case: s.id, bytes: flipped, signature: None });
+    changes.push(IncomingChange { case: s.id, bytes: flipped, signer: None, signature: None });
     // A real change filed under the wrong case id.
-    changes.push(IncomingChange { case: CaseId::random(), bytes: changes[0].bytes.clone(), signature: None });
+    changes.push(IncomingChange {
+        case: CaseId::random(),
+        bytes: changes[0].bytes.clone(),
+        signer: None,
+        signature: None,
+    });
     let r = b.apply_changes(None, changes).unwrap();
     assert_eq!(r.applied, 1);
     assert_eq!(r.refused.len(), 3, "{:?}", r.refused);

@@ -21,11 +21,7 @@ fn person(name: &str) -> InitOptions {
 }
 
 fn changes(from: &mut Ledger) -> Vec<IncomingChange> {
-    from.changes_since(0, 1_000)
-        .unwrap()
-        .into_iter()
-        .map(|c| IncomingChange { case: c.case, bytes: c.bytes, signature: c.signature })
-        .collect()
+    from.changes_since(0, 1_000).unwrap().into_iter().map(IncomingChange::from).collect()
 }
 
 /// Two devices edit the title of the CLI's case while apart, then the

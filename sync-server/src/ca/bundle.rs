@@ -1,27 +1,32 @@
 //! A bundle: everything a device or server needs to prove who it is and to check its peers,
-//! in one JSON file (`schemas/bundle.v1.schema.json`).
+//! in one JSON file (`schemas/bundle.v1.schema.json`, which describes format 2).
 //!
 //! A bundle is checked whole when it is loaded: the certificate must be signed by the bundled
-//! CA, name the same id, role and scope as the bundle, and match the private key; the
-//! revocation list must be signed by the CA. A bundle that loads is consistent.
+//! CA, name the same id, role and scope as the bundle, and match the private key; the grant
+//! must be signed by the CA key and say what the certificate says (key, subject, role, scope,
+//! serial, county); the revocation list must be signed by the CA. A bundle that loads is
+//! consistent.
+//!
+//! Format 2 added the grant. A format 1 bundle cannot be upgraded where it is loaded (only the
+//! CA can sign a grant), so it is refused with a message asking for a new bundle.
 
 use std::fmt;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use fq_core::case::AdminCode;
+use fq_core::trust::{GrantError, GrantRole, MAX_GRANT_BYTES, SignedGrant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-use super::identity::{
-    AdminCode, CaCertificate, IdentityError, PeerIdentity, ReplicaId, Role, Serial, cert_der_from_pem,
-};
+use super::identity::{CaCertificate, IdentityError, PeerIdentity, Serial, SubjectId, cert_der_from_pem};
 use super::revocation::{RevocationError, RevocationList, RevocationUpdate};
 use super::write_secret_file;
 
-/// Version of the bundle's JSON layout.
-pub const BUNDLE_FORMAT: u32 = 1;
+/// Version of the bundle's JSON layout. 2: a CA-signed grant beside the certificate.
+pub const BUNDLE_FORMAT: u32 = 2;
 /// Largest bundle file read: a revocation list at its limit plus three PEM blocks.
 pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -52,13 +57,22 @@ pub enum BundleError {
     /// The bundle's layout version is not one this build reads.
     #[error("bundle format {0} is not supported (expected {BUNDLE_FORMAT})")]
     Format(u32),
+    /// A format 1 bundle: it has no grant, so its holder's changes could not be verified.
+    #[error("bundle format {0} has no grant and is no longer read; issue a new bundle with `fq-server ca issue`")]
+    Outdated(u32),
+    /// The `grant` field is not hex.
+    #[error("bundle grant is not hex")]
+    GrantEncoding,
+    /// The grant is not a valid grant signed by the bundled CA.
+    #[error("bundle grant is invalid")]
+    Grant(#[source] GrantError),
     /// The bundle's own certificate cannot be read as an fq identity.
     #[error("bundle certificate is invalid")]
     Certificate(#[source] IdentityError),
     /// The bundled CA certificate cannot be read.
     #[error("bundle ca certificate is invalid")]
     CaCertificate(#[source] IdentityError),
-    /// A field of the bundle disagrees with the certificate or the CA.
+    /// A field of the bundle, or of its grant, disagrees with the certificate or the CA.
     #[error("bundle {field} is {bundle} but its certificate says {certificate}")]
     Mismatch {
         /// Which field.
@@ -87,22 +101,32 @@ pub enum BundleError {
 #[serde(deny_unknown_fields)]
 struct BundleFile {
     format: u32,
-    id: ReplicaId,
-    role: Role,
+    id: SubjectId,
+    role: GrantRole,
     scope: AdminCode,
     county: AdminCode,
     serial: Serial,
+    /// The signed grant ([`SignedGrant::bytes`]), lowercase hex.
+    grant: String,
     certificate_pem: String,
     private_key_pem: String,
     ca_certificate_pem: String,
     revocations: RevocationList,
 }
 
-/// A device's or server's credentials: its certificate and private key, the county CA, and
-/// the revocation list it last saw.
+/// Just the layout version, read before the rest so that an old bundle gets a clear message
+/// instead of a complaint about a missing field.
+#[derive(Deserialize)]
+struct FormatProbe {
+    format: u32,
+}
+
+/// A device's or server's credentials: its certificate and private key, the grant issued with
+/// them, the county CA, and the revocation list it last saw.
 pub struct Bundle {
     file: BundleFile,
     identity: PeerIdentity,
+    grant: SignedGrant,
     ca: CaCertificate,
     certificate: CertificateDer<'static>,
     private_key: PrivatePkcs8KeyDer<'static>,
@@ -114,6 +138,7 @@ impl Clone for Bundle {
         Self {
             file: self.file.clone(),
             identity: self.identity.clone(),
+            grant: self.grant.clone(),
             ca: self.ca.clone(),
             certificate: self.certificate.clone(),
             private_key: self.private_key.clone_key(),
@@ -139,6 +164,7 @@ impl Bundle {
         certificate_pem: String,
         private_key_pem: String,
         ca_certificate_pem: String,
+        grant: &SignedGrant,
         revocations: RevocationList,
     ) -> Result<Self, BundleError> {
         let der = cert_der_from_pem(&certificate_pem).map_err(BundleError::Certificate)?;
@@ -151,6 +177,7 @@ impl Bundle {
             scope: identity.scope.clone(),
             county: ca.county().clone(),
             serial: identity.serial.clone(),
+            grant: hex::encode(&grant.bytes),
             certificate_pem,
             private_key_pem,
             ca_certificate_pem,
@@ -174,6 +201,12 @@ impl Bundle {
     pub fn from_json(bytes: &[u8]) -> Result<Self, BundleError> {
         if bytes.len() as u64 > MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge(bytes.len() as u64));
+        }
+        let probe: FormatProbe = serde_json::from_slice(bytes).map_err(BundleError::Decode)?;
+        match probe.format {
+            BUNDLE_FORMAT => {}
+            1 => return Err(BundleError::Outdated(1)),
+            other => return Err(BundleError::Format(other)),
         }
         let file: BundleFile = serde_json::from_slice(bytes).map_err(BundleError::Decode)?;
         Self::check(file)
@@ -226,8 +259,9 @@ impl Bundle {
         if signing_key.verifying_key() != identity.public_key {
             return Err(BundleError::KeyMismatch);
         }
+        let grant = check_grant(&file.grant, &ca, &identity)?;
         file.revocations.verify(&ca).map_err(BundleError::Revocations)?;
-        Ok(Self { file, identity, ca, certificate, private_key, signing_key })
+        Ok(Self { file, identity, grant, ca, certificate, private_key, signing_key })
     }
 
     /// The holder's identity, as its certificate states it.
@@ -235,13 +269,13 @@ impl Bundle {
         &self.identity
     }
 
-    /// The holder's replica id.
-    pub fn id(&self) -> &ReplicaId {
+    /// The holder's subject id.
+    pub fn id(&self) -> &SubjectId {
         &self.identity.id
     }
 
     /// The holder's role.
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> GrantRole {
         self.identity.role
     }
 
@@ -280,6 +314,19 @@ impl Bundle {
         &self.ca
     }
 
+    /// The county CA's Ed25519 key: what [`SignedGrant::decode`] needs to check grants from
+    /// this county.
+    pub fn ca_verifying_key(&self) -> VerifyingKey {
+        *self.ca.verifying_key()
+    }
+
+    /// The grant issued with the certificate: the holder's key, subject, role, scope and
+    /// serial, signed by the CA for replicas that do not read X.509. Checked on load against
+    /// the CA key and the certificate.
+    pub fn grant(&self) -> &SignedGrant {
+        &self.grant
+    }
+
     /// The revocation list the bundle carries (checked against the CA on load).
     pub fn revocations(&self) -> &RevocationList {
         &self.file.revocations
@@ -312,6 +359,26 @@ impl Bundle {
     pub fn public_key_bytes(&self) -> [u8; 32] {
         self.identity.public_key.to_bytes()
     }
+}
+
+/// Decodes the bundle's grant, checks the CA signed it, and that it says what the certificate
+/// says: a grant from another bundle, even from the same CA, is refused.
+fn check_grant(hex_text: &str, ca: &CaCertificate, identity: &PeerIdentity) -> Result<SignedGrant, BundleError> {
+    // Bounded before decoding: the bundle may be megabytes (its revocation list), a grant not.
+    if hex_text.len() > 2 * MAX_GRANT_BYTES {
+        return Err(BundleError::Grant(GrantError::TooLarge(hex_text.len() / 2)));
+    }
+    let bytes = hex::decode(hex_text).map_err(|_| BundleError::GrantEncoding)?;
+    let signed = SignedGrant::decode(&bytes, ca.verifying_key()).map_err(BundleError::Grant)?;
+    let grant = &signed.grant;
+    mismatch("grant public key", &hex::encode(grant.public_key), &hex::encode(identity.public_key.to_bytes()))?;
+    mismatch("grant subject", &grant.subject.as_str(), &identity.id.as_str())?;
+    mismatch("grant role", &grant.role, &identity.role)?;
+    mismatch("grant scope", &grant.scope, &identity.scope)?;
+    let certificate_serial = identity.serial.to_grant_serial().map_or_else(|| identity.serial.to_string(), hex::encode);
+    mismatch("grant serial", &hex::encode(grant.serial), &certificate_serial)?;
+    mismatch("grant county", &grant.county, ca.county())?;
+    Ok(signed)
 }
 
 fn mismatch<T: PartialEq + fmt::Display>(field: &'static str, bundle: &T, certificate: &T) -> Result<(), BundleError> {

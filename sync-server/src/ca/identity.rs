@@ -1,15 +1,21 @@
-//! Who a certificate speaks for: replica id, role, scope and serial, and how they are written
+//! Who a certificate speaks for: subject id, role, scope and serial, and how they are written
 //! into (and read back from) an X.509 certificate.
 //!
 //! A certificate names its holder in one SAN URI, `urn:fq:{role}:{scope}:{id}`, and repeats the
 //! id as its common name. The URI is the source of truth: it is what the CA validated when it
 //! signed, and what [`PeerIdentity::from_der`] reads on every accepted connection.
+//!
+//! Roles, division codes and the rules tying them together are the core's
+//! ([`fq_core::trust::GrantRole`], [`fq_core::case::AdminCode`]): the certificate and the
+//! [`fq_core::trust::Grant`] issued beside it must agree, so they share one definition.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use ed25519_dalek::VerifyingKey;
+use fq_core::case::{AdminCode, AdminLevel};
+use fq_core::trust::{GrantError, GrantRole, check_subject};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -19,203 +25,60 @@ use x509_parser::oid_registry::OID_SIG_ED25519;
 
 /// Prefix shared by every identity URI this CA writes.
 const URN_PREFIX: &str = "urn:fq:";
-/// Longest replica id accepted: it travels in every envelope, keep it short.
-const MAX_REPLICA_ID_BYTES: usize = 64;
 /// RFC 5280 §4.1.2.2: serial numbers are at most 20 octets.
 const MAX_SERIAL_BYTES: usize = 20;
 
-/// Why an identifier, role or scope given by a user or a peer was refused.
+/// Why an identifier given by a user or a peer was refused. (Roles and division codes are
+/// parsed by the core and fail with [`fq_core::case::InputError`].)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    /// The replica id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
-    #[error("invalid replica id {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit")]
-    ReplicaId(String),
-    /// The role is not one of the known roles.
-    #[error("unknown role {0:?}: expected county, township, mediator, grid-worker, township-officer or county-admin")]
-    Role(String),
-    /// The administrative code is not 6, 9 or 12 ASCII digits.
-    #[error("invalid administrative code {0:?}: expected 6, 9 or 12 digits")]
-    AdminCode(String),
+    /// The subject id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    #[error(transparent)]
+    Subject(GrantError),
     /// The serial number is not lowercase or uppercase hex of 1 to 20 bytes.
     #[error("invalid certificate serial {0:?}: expected 1-20 bytes of hex")]
     Serial(String),
 }
 
-/// A replica's id (device or server), as named in its certificate. `[A-Za-z0-9._-]{1,64}`,
-/// starting with a letter or digit; never contains `:` (the URN separator).
+/// The subject of a certificate (a device or server), as named in its common name and URI, and
+/// in the grant issued with it. Not the core's UUID [`fq_core::case::ReplicaId`]: this is the
+/// name the CA operator chose. `[A-Za-z0-9._-]{1,64}`, starting with a letter or digit (the
+/// core's [`check_subject`]); never contains `:` (the URN separator).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReplicaId(String);
+pub struct SubjectId(String);
 
-impl ReplicaId {
+impl SubjectId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-impl FromStr for ReplicaId {
+impl FromStr for SubjectId {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let first_ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
-        let all_ok = s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if first_ok && all_ok && s.len() <= MAX_REPLICA_ID_BYTES {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(ParseError::ReplicaId(s.to_owned()))
-        }
+        check_subject(s).map_err(ParseError::Subject)?;
+        Ok(Self(s.to_owned()))
     }
 }
 
-impl fmt::Display for ReplicaId {
+impl fmt::Display for SubjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// Level of an administrative division, told by the length of its code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AdminLevel {
-    /// 6 digits, e.g. `532924`.
-    County,
-    /// 9 digits, e.g. `532924101`.
-    Township,
-    /// 12 digits, e.g. `532924101201`.
-    Village,
-}
-
-impl AdminLevel {
-    /// Number of digits of a code at this level.
-    pub fn digits(self) -> usize {
-        match self {
-            Self::County => 6,
-            Self::Township => 9,
-            Self::Village => 12,
-        }
+/// Parses a division code as the CA writes it: already in the core's canonical form. The
+/// core's parser forgives what people type (spaces, dashes, full-width digits); a certificate
+/// carries exactly what the CA validated, so anything else there is refused.
+pub(crate) fn canonical_code(text: &str) -> Result<AdminCode, String> {
+    let code = AdminCode::parse(text).map_err(|e| e.to_string())?;
+    if code.as_str() != text {
+        return Err(format!("division code {text:?} is not in canonical form"));
     }
-}
-
-impl fmt::Display for AdminLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::County => "county",
-            Self::Township => "township",
-            Self::Village => "village",
-        })
-    }
-}
-
-/// An administrative division code (county, township or village): 6, 9 or 12 ASCII digits.
-/// A code contains another when it is a prefix of it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AdminCode(String);
-
-impl AdminCode {
-    /// The code as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// County, township or village, by length.
-    pub fn level(&self) -> AdminLevel {
-        match self.0.len() {
-            6 => AdminLevel::County,
-            9 => AdminLevel::Township,
-            _ => AdminLevel::Village,
-        }
-    }
-
-    /// True if `other` is this division or lies inside it.
-    pub fn contains(&self, other: &AdminCode) -> bool {
-        other.0.starts_with(&self.0)
-    }
-
-    /// The county (first 6 digits) this division belongs to.
-    pub fn county(&self) -> AdminCode {
-        Self(self.0[..6].to_owned())
-    }
-}
-
-impl FromStr for AdminCode {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if matches!(s.len(), 6 | 9 | 12) && s.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(ParseError::AdminCode(s.to_owned()))
-        }
-    }
-}
-
-impl fmt::Display for AdminCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a certificate holder may do; each role belongs to one administrative level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// The county server (runs the CA). Scope: a county.
-    County,
-    /// A township server. Scope: a township.
-    Township,
-    /// A village mediator's device. Scope: a village.
-    Mediator,
-    /// A grid worker's device. Scope: a village.
-    GridWorker,
-    /// A township officer's device. Scope: a township.
-    TownshipOfficer,
-    /// A county administrator's device. Scope: a county.
-    CountyAdmin,
-}
-
-impl Role {
-    /// Every role, in a stable order.
-    pub const ALL: [Role; 6] =
-        [Role::County, Role::Township, Role::Mediator, Role::GridWorker, Role::TownshipOfficer, Role::CountyAdmin];
-
-    /// The name used in certificates, bundles and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::County => "county",
-            Self::Township => "township",
-            Self::Mediator => "mediator",
-            Self::GridWorker => "grid-worker",
-            Self::TownshipOfficer => "township-officer",
-            Self::CountyAdmin => "county-admin",
-        }
-    }
-
-    /// The administrative level this role's scope must have.
-    pub fn scope_level(self) -> AdminLevel {
-        match self {
-            Self::County | Self::CountyAdmin => AdminLevel::County,
-            Self::Township | Self::TownshipOfficer => AdminLevel::Township,
-            Self::Mediator | Self::GridWorker => AdminLevel::Village,
-        }
-    }
-
-    /// True for the tiers that run `fq-server` (and so accept connections).
-    pub fn is_server(self) -> bool {
-        matches!(self, Self::County | Self::Township)
-    }
-}
-
-impl FromStr for Role {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| ParseError::Role(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    Ok(code)
 }
 
 /// A certificate serial number, as the unsigned big-endian bytes of the DER integer with leading
@@ -229,13 +92,16 @@ impl Serial {
     /// integers are signed, the serial must be positive) and the byte is never zero (so the
     /// encoding keeps 16 bytes): about 126 bits of randomness.
     pub fn random() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)?;
-        bytes[0] &= 0x7f;
-        if bytes[0] == 0 {
-            bytes[0] = 1;
-        }
-        Ok(Self(bytes.to_vec()))
+        random_serial().map(|(_, serial)| serial)
+    }
+
+    /// The serial as the 16-byte big-endian number a grant carries (left-padded with zeros);
+    /// `None` if it is longer than 16 bytes (never for serials this CA issues).
+    pub fn to_grant_serial(&self) -> Option<[u8; 16]> {
+        let pad = 16usize.checked_sub(self.0.len())?;
+        let mut out = [0u8; 16];
+        out[pad..].copy_from_slice(&self.0);
+        Some(out)
     }
 
     /// A serial from the content bytes of a DER INTEGER (as `x509-parser`'s `raw_serial`).
@@ -269,6 +135,18 @@ impl fmt::Display for Serial {
     }
 }
 
+/// A fresh random serial (see [`Serial::random`]) and the same serial as a grant carries it.
+pub(crate) fn random_serial() -> Result<([u8; 16], Serial), getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 1;
+    }
+    // The first byte is not zero, so the bytes are already the normalized serial.
+    Ok((bytes, Serial(bytes.to_vec())))
+}
+
 macro_rules! serde_as_string {
     ($($ty:ty),*) => {$(
         impl Serialize for $ty {
@@ -286,7 +164,7 @@ macro_rules! serde_as_string {
     )*};
 }
 
-serde_as_string!(ReplicaId, AdminCode, Role, Serial);
+serde_as_string!(SubjectId, Serial);
 
 /// Why a certificate could not be read as an fq identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -315,23 +193,16 @@ pub enum IdentityError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The role in the URI does not fit the length of its scope.
-    #[error("role {role} needs a {needs} scope, got {scope}")]
-    RoleScopeMismatch {
-        /// Role named in the certificate.
-        role: Role,
-        /// Scope named in the certificate.
-        scope: AdminCode,
-        /// Level the role needs.
-        needs: AdminLevel,
-    },
+    /// The role in the URI does not fit its scope ([`GrantError::RoleScopeMismatch`]).
+    #[error("certificate names a role its scope does not fit")]
+    Scope(#[source] GrantError),
     /// The common name differs from the id in the URI.
     #[error("certificate common name {cn:?} differs from its id {id}")]
     CommonNameMismatch {
         /// Common name found (empty if none).
         cn: String,
         /// Id from the URI.
-        id: ReplicaId,
+        id: SubjectId,
     },
     /// The key is not Ed25519.
     #[error("certificate key is not ed25519 ({algorithm})")]
@@ -351,10 +222,10 @@ pub enum IdentityError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerIdentity {
-    /// Replica id (the certificate's common name and the id in its URI).
-    pub id: ReplicaId,
+    /// Subject id (the certificate's common name and the id in its URI).
+    pub id: SubjectId,
     /// Role granted by the CA.
-    pub role: Role,
+    pub role: GrantRole,
     /// Administrative division the role applies to.
     pub scope: AdminCode,
     /// Certificate serial, the key into the revocation list.
@@ -468,7 +339,7 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// Builds `urn:fq:{role}:{scope}:{id}`.
-pub(crate) fn identity_uri(role: Role, scope: &AdminCode, id: &ReplicaId) -> String {
+pub(crate) fn identity_uri(role: GrantRole, scope: &AdminCode, id: &SubjectId) -> String {
     format!("{URN_PREFIX}{role}:{scope}:{id}")
 }
 
@@ -484,7 +355,7 @@ pub(crate) fn ca_county(cert: &X509Certificate<'_>) -> Result<AdminCode, Identit
         .strip_prefix(URN_PREFIX)
         .and_then(|rest| rest.strip_prefix("ca:"))
         .ok_or_else(|| IdentityError::NotCa(format!("uri {uri:?} names no county")))?;
-    let county: AdminCode = county.parse().map_err(|e: ParseError| IdentityError::NotCa(e.to_string()))?;
+    let county = canonical_code(county).map_err(IdentityError::NotCa)?;
     if county.level() != AdminLevel::County {
         return Err(IdentityError::NotCa(format!("{county} is not a county code")));
     }
@@ -523,19 +394,19 @@ fn single_fq_uri(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
     }
 }
 
-fn parse_identity_uri(uri: &str) -> Result<(Role, AdminCode, ReplicaId), IdentityError> {
+fn parse_identity_uri(uri: &str) -> Result<(GrantRole, AdminCode, SubjectId), IdentityError> {
     let malformed = |reason: String| IdentityError::MalformedUri { uri: uri.to_owned(), reason };
     let rest = uri.strip_prefix(URN_PREFIX).ok_or_else(|| malformed("missing urn:fq: prefix".to_owned()))?;
     let parts: Vec<&str> = rest.split(':').collect();
     let [role, scope, id] = parts.as_slice() else {
         return Err(malformed(format!("expected 3 parts after urn:fq:, got {}", parts.len())));
     };
-    let role: Role = role.parse().map_err(|e: ParseError| malformed(e.to_string()))?;
-    let scope: AdminCode = scope.parse().map_err(|e: ParseError| malformed(e.to_string()))?;
-    let id: ReplicaId = id.parse().map_err(|e: ParseError| malformed(e.to_string()))?;
-    if role.scope_level() != scope.level() {
-        return Err(IdentityError::RoleScopeMismatch { needs: role.scope_level(), role, scope });
-    }
+    let role = GrantRole::parse(role).map_err(|e| malformed(e.to_string()))?;
+    let scope = canonical_code(scope).map_err(malformed)?;
+    let id: SubjectId = id.parse().map_err(|e: ParseError| malformed(e.to_string()))?;
+    // The scope's own county always contains it: only the role's level can be wrong here.
+    // Whether the scope lies in the CA's county is checked where the CA is known.
+    role.check_scope(&scope.county(), &scope).map_err(IdentityError::Scope)?;
     Ok((role, scope, id))
 }
 
@@ -545,32 +416,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_code_rejects_wrong_lengths_and_non_digits() {
-        for bad in ["", "53292", "5329241", "53292410a", "５３２９２４", "5329241012013"] {
-            assert!(bad.parse::<AdminCode>().is_err(), "{bad:?} accepted");
-        }
-        let village: AdminCode = "532924101201".parse().unwrap();
-        assert_eq!(village.level(), AdminLevel::Village);
-        assert_eq!(village.county().as_str(), "532924");
-        assert!(village.county().contains(&village));
-        assert!(!village.contains(&village.county()));
-    }
-
-    #[test]
-    fn replica_id_rejects_separators_and_empty() {
+    fn subject_id_rejects_separators_and_empty() {
         let long = "x".repeat(65);
         for bad in ["", ":x", "a:b", "-lead", "a b", "é", long.as_str()] {
-            assert!(bad.parse::<ReplicaId>().is_err(), "{bad:?} accepted");
+            assert!(bad.parse::<SubjectId>().is_err(), "{bad:?} accepted");
         }
-        assert!("d07.phone_2-b".parse::<ReplicaId>().is_ok());
+        assert!("d07.phone_2-b".parse::<SubjectId>().is_ok());
+        assert!("x".repeat(64).parse::<SubjectId>().is_ok());
     }
 
     #[test]
-    fn role_round_trips_through_text() {
-        for role in Role::ALL {
-            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+    fn canonical_code_refuses_what_only_people_may_type() {
+        assert_eq!(canonical_code("532924101201").unwrap().as_str(), "532924101201");
+        for bad in ["５３２９２４", "532924 101", "532924-101", "53292", "532900"] {
+            assert!(canonical_code(bad).is_err(), "{bad:?} accepted");
         }
-        assert!("admin".parse::<Role>().is_err());
     }
 
     #[test]
@@ -584,6 +444,10 @@ mod tests {
         let r = Serial::random().unwrap();
         assert_eq!(r.as_bytes().len(), 16);
         assert!(r.as_bytes()[0] & 0x80 == 0);
+        assert_eq!(r.to_grant_serial().unwrap(), <[u8; 16]>::try_from(r.as_bytes()).unwrap());
+        assert_eq!(a.to_grant_serial().unwrap()[13..], [0, 0x80, 1]);
+        assert_eq!(a.to_grant_serial().unwrap()[..13], [0; 13]);
+        assert!(Serial::from_der_integer(&[1; 17]).unwrap().to_grant_serial().is_none());
     }
 
     #[test]
@@ -592,10 +456,16 @@ mod tests {
         assert!(matches!(parse_identity_uri("urn:fq:boss:532924101201:d07"), Err(IdentityError::MalformedUri { .. })));
         assert!(matches!(
             parse_identity_uri("urn:fq:mediator:532924101:d07"),
-            Err(IdentityError::RoleScopeMismatch { .. })
+            Err(IdentityError::Scope(GrantError::RoleScopeMismatch { .. }))
+        ));
+        assert!(matches!(
+            parse_identity_uri("urn:fq:mediator:532924 101201:d07"),
+            Err(IdentityError::MalformedUri { .. })
         ));
         let (role, scope, id) = parse_identity_uri("urn:fq:grid-worker:532924101201:d07").unwrap();
-        assert_eq!(role, Role::GridWorker);
+        assert_eq!(role, GrantRole::GridWorker);
         assert_eq!(identity_uri(role, &scope, &id), "urn:fq:grid-worker:532924101201:d07");
+        let (server, ..) = parse_identity_uri("urn:fq:township:532924101:tw-1").unwrap();
+        assert_eq!(server, GrantRole::TownshipServer);
     }
 }

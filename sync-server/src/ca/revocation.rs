@@ -12,9 +12,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, Signer, SigningKey};
+use fq_core::case::AdminCode;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::identity::{AdminCode, CaCertificate, Serial};
+use super::identity::{CaCertificate, Serial};
 
 /// Version of the JSON layout of a revocation list.
 pub const REVOCATION_FORMAT: u32 = 1;

@@ -1,12 +1,14 @@
 //! The county CA: init, issue, revoke through the real binary; identities read back from
-//! certificates; bundles and revocation lists refused when not genuine.
+//! certificates; grants checked against their certificates; bundles, grants and revocation
+//! lists refused when not genuine.
 
 use std::os::unix::fs::PermissionsExt;
 
 use ed25519_dalek::{Signer, Verifier};
+use fq_core::trust::{GrantError, GrantRole, SignedGrant, sign_change, verify_change};
 use fq_sync_server::ca::{
     BundleError, CA_KEY_FILE, CaCertificate, IdentityError, PeerIdentity, RevocationError, RevocationHandle,
-    RevocationList, RevocationUpdate, Role,
+    RevocationList, RevocationUpdate,
 };
 use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ED25519, SanType};
@@ -54,7 +56,7 @@ fn issue_round_trips_identity_through_certificate() {
 
         let peer = PeerIdentity::from_der(bundle.certificate_der().as_ref()).unwrap();
         assert_eq!(peer.id.as_str(), id);
-        assert_eq!(peer.role, role.parse::<Role>().unwrap());
+        assert_eq!(peer.role, GrantRole::parse(role).unwrap());
         assert_eq!(peer.scope.as_str(), scope);
         assert_eq!(peer.serial.to_string(), printed["serial"].as_str().unwrap());
         assert_eq!(peer.serial.as_bytes().len(), 16);
@@ -119,9 +121,10 @@ fn issue_refuses_bad_scope_text_and_scope_outside_county_with_exit_2() {
         ("mediator", "532925101201", "scope 532925101201 is outside county 532924"),
         ("township", "532925101", "scope 532925101 is outside county 532924"),
         ("county-admin", "532925", "scope 532925 is outside county 532924"),
-        ("mediator", "53292410120", "invalid administrative code \"53292410120\""),
-        ("mediator", "53292410120x", "invalid administrative code"),
-        ("boss", "532924101201", "unknown role \"boss\""),
+        ("mediator", "53292410120", "invalid division code \"53292410120\": it must have 6 (county), 9"),
+        ("mediator", "53292410120x", "invalid division code \"53292410120x\": it must contain only digits"),
+        ("township", "532900101", "the county part (digits 5-6) is 00"),
+        ("boss", "532924101201", "unknown role \"boss\": expected grid-worker, mediator, township-officer"),
     ];
     for (role, scope, message) in cases {
         let out = fq_server(&[
@@ -323,8 +326,8 @@ fn bundle_load_rejects_edited_or_mismatched_bundles() {
     assert!(matches!(load(&wrong_ca), Err(BundleError::NotSignedByCa)));
 
     let mut future = json(&d07);
-    future["format"] = 2.into();
-    assert!(matches!(load(&future), Err(BundleError::Format(2))));
+    future["format"] = 3.into();
+    assert!(matches!(load(&future), Err(BundleError::Format(3))));
 
     // Saving and loading keeps everything.
     let path = county.bundle_path("copy");
@@ -333,6 +336,132 @@ fn bundle_load_rejects_edited_or_mismatched_bundles() {
     let again = fq_sync_server::ca::Bundle::load(&path).unwrap();
     assert_eq!(again.identity(), d07.identity());
     assert_eq!(again.to_json().unwrap(), d07.to_json().unwrap());
+}
+
+#[test]
+fn bundle_grant_decodes_with_ca_key_and_matches_certificate() {
+    let county = County::new();
+    let before = std::time::SystemTime::now();
+    let cases = [
+        ("d07", "grid-worker", "532924101201"),
+        ("m.101201", "mediator", "532924101201"),
+        ("officer-3", "township-officer", "532924102"),
+        ("admin", "county-admin", "532924"),
+        ("tw-101", "township", "532924101"),
+        ("county-1", "county", "532924"),
+    ];
+    for (id, role, scope) in cases {
+        let bundle = county.issue(id, role, scope);
+        let ca_key = bundle.ca_verifying_key();
+        assert_eq!(&ca_key, bundle.ca().verifying_key());
+        let decoded = SignedGrant::decode(&bundle.grant().bytes, &ca_key).unwrap();
+        assert_eq!(&decoded, bundle.grant());
+        let grant = &decoded.grant;
+        let peer = bundle.identity();
+        assert_eq!(grant.public_key, peer.public_key.to_bytes());
+        assert_eq!(grant.subject, id);
+        assert_eq!(grant.role, peer.role);
+        assert_eq!(grant.role.code(), role);
+        assert_eq!(grant.role.is_server(), matches!(role, "township" | "county"));
+        assert_eq!(grant.scope.as_str(), scope);
+        assert_eq!(grant.county.as_str(), "532924");
+        assert_eq!(grant.serial.as_slice(), peer.serial.as_bytes());
+        let issued = std::time::UNIX_EPOCH + std::time::Duration::from_millis(grant.issued_at as u64);
+        assert!(issued >= before - std::time::Duration::from_secs(1), "{id} issued_at {}", grant.issued_at);
+        assert!(issued <= std::time::SystemTime::now());
+
+        // What the device signs with its bundle key verifies against its grant alone.
+        let hash = [7u8; 32];
+        let signature = sign_change(bundle.signing_key(), &hash);
+        verify_change(&grant.public_key, &hash, &signature).unwrap();
+    }
+    // Another county's CA key does not vouch for this county's grants.
+    let other = County::with_code("532925").issue("d07", "mediator", "532925101201");
+    let ours = county.issue("d08", "mediator", "532924101201");
+    assert_eq!(SignedGrant::decode(&ours.grant().bytes, &other.ca_verifying_key()), Err(GrantError::BadSignature));
+}
+
+#[test]
+fn bundle_load_rejects_grant_of_another_device() {
+    let county = County::new();
+    let d07 = county.issue("d07", "mediator", "532924101201");
+    let d08 = county.issue("d08", "mediator", "532924101201");
+    // Same id, same role and scope, a second certificate: only key and serial differ.
+    let d07_again = county.issue_as("d07-again", "d07", "mediator", "532924101201");
+    let foreign = County::new().issue("d07", "mediator", "532924101201");
+    let json = |b: &fq_sync_server::ca::Bundle| -> serde_json::Value {
+        serde_json::from_slice(&b.to_json().unwrap()).unwrap()
+    };
+    let with_grant = |grant: serde_json::Value| {
+        let mut v = json(&d07);
+        v["grant"] = grant;
+        fq_sync_server::ca::Bundle::from_json(v.to_string().as_bytes())
+    };
+
+    let err = with_grant(json(&d08)["grant"].clone()).unwrap_err();
+    assert!(matches!(err, BundleError::Mismatch { field: "grant public key", .. }), "got {err:?}");
+    let err = with_grant(json(&d07_again)["grant"].clone()).unwrap_err();
+    assert!(matches!(err, BundleError::Mismatch { field: "grant public key", .. }), "got {err:?}");
+    let err = with_grant(json(&foreign)["grant"].clone()).unwrap_err();
+    assert!(matches!(err, BundleError::Grant(GrantError::BadSignature)), "got {err:?}");
+    assert!(err.to_string().contains("grant"), "{err}");
+
+    // Altered by one bit, cut short, not hex, or missing.
+    let mut bytes = d07.grant().bytes.clone();
+    bytes[10] ^= 1;
+    assert!(matches!(with_grant(hex::encode(&bytes).into()), Err(BundleError::Grant(_))));
+    let short = &d07.grant().bytes[..d07.grant().bytes.len() - 1];
+    assert!(matches!(with_grant(hex::encode(short).into()), Err(BundleError::Grant(_))));
+    assert!(matches!(with_grant("zz".into()), Err(BundleError::GrantEncoding)));
+    let huge = "00".repeat(fq_core::trust::MAX_GRANT_BYTES + 1);
+    assert!(matches!(with_grant(huge.into()), Err(BundleError::Grant(GrantError::TooLarge(_)))));
+    let mut missing = json(&d07);
+    missing.as_object_mut().unwrap().remove("grant");
+    assert!(matches!(
+        fq_sync_server::ca::Bundle::from_json(missing.to_string().as_bytes()),
+        Err(BundleError::Decode(_))
+    ));
+
+    with_grant(json(&d07)["grant"].clone()).unwrap();
+}
+
+#[test]
+fn bundle_load_refuses_format_1_with_reissue_hint() {
+    let county = County::new();
+    let d07 = county.issue("d07", "mediator", "532924101201");
+    let mut old: serde_json::Value = serde_json::from_slice(&d07.to_json().unwrap()).unwrap();
+    old["format"] = 1.into();
+    old.as_object_mut().unwrap().remove("grant");
+    let path = county.bundle_path("old");
+    std::fs::write(&path, old.to_string()).unwrap();
+    let err = fq_sync_server::ca::Bundle::load(&path).unwrap_err();
+    assert!(matches!(err, BundleError::Outdated(1)), "got {err:?}");
+    assert!(err.to_string().contains("fq-server ca issue"), "{err}");
+}
+
+#[test]
+fn issue_refuses_invalid_subject_id_with_exit_2() {
+    let county = County::new();
+    for id in ["a:b", ".x", ""] {
+        let out_path = county.bundle_path("bad-id");
+        let out = fq_server(&[
+            "ca",
+            "issue",
+            "--ca",
+            county.ca_str(),
+            "--id",
+            id,
+            "--role",
+            "mediator",
+            "--scope",
+            "532924101201",
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{id:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid subject"), "{}", stderr(&out));
+        assert!(!out_path.exists());
+    }
 }
 
 /// Signs a certificate with a fresh key and returns its DER; `sans` are URIs unless they
@@ -400,5 +529,14 @@ fn bundle_file_matches_its_json_schema() {
         let mut bad = bundle.clone();
         bad["unexpected"] = true.into();
         assert!(!validator.is_valid(&bad));
+        let mut bad = bundle.clone();
+        bad.as_object_mut().unwrap().remove("grant");
+        assert!(!validator.is_valid(&bad), "grant is required");
+        let mut bad = bundle.clone();
+        bad["grant"] = "ABCD".into();
+        assert!(!validator.is_valid(&bad), "grant is lowercase hex");
+        let mut bad = bundle.clone();
+        bad["format"] = 1.into();
+        assert!(!validator.is_valid(&bad), "the schema describes format 2");
     }
 }

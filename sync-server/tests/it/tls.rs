@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fq_sync_server::ca::{Bundle, CaCertificate, PeerIdentity, RevocationHandle, Role, SERVER_NAME};
+use fq_sync_server::ca::{Bundle, CaCertificate, GrantRole, PeerIdentity, RevocationHandle, SERVER_NAME};
 use fq_sync_server::net::{
     ALPN, AcceptError, CloseCode, ConnectError, Connection, ConnectionError, EndpointError, NetConfig, client_endpoint,
     server_endpoint,
@@ -146,7 +146,7 @@ async fn server_accepts_valid_device_and_echoes_stream() {
 
     let (connection, server_id) = within("connect", client.connect(server.addr)).await.unwrap();
     assert_eq!(server_id.id.as_str(), "tw-101");
-    assert_eq!(server_id.role, Role::Township);
+    assert_eq!(server_id.role, GrantRole::TownshipServer);
 
     let peer = server.next_result().await.unwrap();
     assert_eq!(&peer, device.identity());
@@ -316,7 +316,7 @@ async fn server_endpoint_refuses_device_bundle() {
     let device = county.issue("d07", "mediator", "532924101201");
     let handle = RevocationHandle::new(device.ca().clone(), county.revocations()).unwrap();
     let err = server_endpoint(localhost(), &device, handle, &net()).unwrap_err();
-    assert!(matches!(err, EndpointError::NotAServer(Role::Mediator)), "got {err:?}");
+    assert!(matches!(err, EndpointError::NotAServer(GrantRole::Mediator)), "got {err:?}");
 }
 
 /// The other side of the resumption proof above: `accepted` is not always true. Tickets are

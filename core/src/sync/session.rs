@@ -1,0 +1,741 @@
+//! One sync session with one peer, over one stream: sans-io, quinn-style.
+//!
+//! The caller owns the transport and the clock. It feeds received bytes to
+//! [`Session::handle_input`], sends whatever [`Session::poll_transmit`]
+//! returns, calls [`Session::handle_timeout`] when [`Session::poll_timeout`]
+//! says, and reads progress from [`Session::poll_event`]. The ledger is
+//! passed in on every call that needs it; the session holds no I/O.
+//!
+//! # Flow (see `docs/PROTOCOL.md`)
+//! 1. The child sends `Hello`; the parent answers with its own. Each says how
+//!    far it holds the other's log (`have`, with the hash at that position).
+//! 2. Each side checks the claim against its own log. If it matches, it
+//!    pushes its log after that position; if not (a restored backup, a
+//!    rebuilt server), it sends a `Digest` of its cases for the peer's scope,
+//!    the peer answers `Want` for the cases it lacks or differs on, and the
+//!    side pushes exactly those changes before resuming from its log head.
+//! 3. Pushes are bounded batches, at most [`SessionConfig::max_in_flight`]
+//!    unacknowledged. The receiver verifies, authorizes, applies and commits
+//!    each batch together with the new log position, then acks it. A resent
+//!    batch is a no-op: changes are keyed by hash.
+//! 4. A side with nothing more sends `Done`; when both have and nothing is in
+//!    flight the session reports [`Event::CaughtUp`]. It stays usable: call
+//!    [`Session::notify_local_changes`] when the log grows.
+//!
+//! Any decode error, out-of-turn message or unauthorized hello ends the
+//! session with an `Error` frame; the caller drops the stream and the next
+//! session starts from the saved positions.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ed25519_dalek::SigningKey;
+
+use super::wire::{
+    self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
+    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_REFUSALS, MAX_WANT_CASES, Message, PROTOCOL_VERSION, Refused,
+};
+use crate::case::{AdminCode, CaseId};
+use crate::clock::Timestamp;
+use crate::doc::Hash;
+use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, RefuseReason, Tier};
+use crate::trust::{self, SignedGrant};
+
+/// Which end of the link this session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The dialing side: a device, or a township server towards the county.
+    Child,
+    /// The accepting side.
+    Parent,
+}
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Most log rows read for one push.
+    pub max_batch_rows: u32,
+    /// About this many change bytes per push (under the frame limit).
+    pub max_batch_bytes: usize,
+    /// Most pushes awaiting an ack.
+    pub max_in_flight: usize,
+    /// An unacknowledged push older than this ends the session (the watchdog
+    /// of DESIGN.md §6: the caller reconnects and resends).
+    pub ack_timeout_ms: i64,
+    /// A peer that has not said hello by then is dropped.
+    pub hello_timeout_ms: i64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: 512,
+            max_batch_bytes: 512 * 1024,
+            max_in_flight: 2,
+            ack_timeout_ms: 20_000,
+            hello_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What this replica brings to a session besides its ledger.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The county CA's key: grants are verified against it.
+    pub ca: ed25519_dalek::VerifyingKey,
+    /// This replica's own grant and key; its own changes are signed with it.
+    pub own: Option<(SignedGrant, SigningKey)>,
+    /// The scope the peer's certificate allows: a hello claiming more is refused.
+    pub peer_scope_limit: Option<AdminCode>,
+}
+
+/// Why a session ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer sent bytes that do not decode.
+    #[error("bad frame from peer: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer sent a message out of turn.
+    #[error("unexpected {0} message")]
+    Unexpected(&'static str),
+    /// No common protocol version.
+    #[error("peer speaks protocol versions {min}..={max}, this build {PROTOCOL_VERSION}")]
+    Version {
+        /// The peer's oldest.
+        min: u8,
+        /// The peer's newest.
+        max: u8,
+    },
+    /// The peer's hello claims a scope its certificate does not allow.
+    #[error("peer claims scope {claimed}, its certificate allows {allowed}")]
+    Unauthorized {
+        /// What the hello said.
+        claimed: String,
+        /// What the certificate says.
+        allowed: String,
+    },
+    /// The peer ended the session.
+    #[error("peer ended the session: {code:?}: {text}")]
+    Peer {
+        /// Its code.
+        code: ErrorCode,
+        /// Its words.
+        text: String,
+    },
+    /// A push went unacknowledged too long.
+    #[error("no acknowledgement for {ms} ms")]
+    TimedOut {
+        /// How long it waited.
+        ms: i64,
+    },
+    /// The local ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A message could not be encoded (a bug: batches are sized to fit).
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] wire::EncodeError),
+}
+
+/// Something the caller may want to show or act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer said hello; its identity is now known.
+    Connected(PeerInfo),
+    /// A push from the peer was committed and acknowledged.
+    Received {
+        /// Changes applied.
+        applied: u32,
+        /// Changes already held.
+        duplicates: u32,
+        /// Changes waiting for dependencies.
+        pending: u32,
+        /// Changes refused here.
+        refused: u32,
+    },
+    /// The peer acknowledged one of our pushes.
+    Acked {
+        /// Changes in that push.
+        sent: u32,
+        /// Changes it refused, with reasons.
+        refused: Vec<Refused>,
+    },
+    /// Positions were lost on one side; recovery by digest ran.
+    Recovered {
+        /// Changes sent because the peer lacked them.
+        sent: u32,
+    },
+    /// Both sides have sent everything and nothing is in flight.
+    CaughtUp,
+}
+
+/// Running totals of a session, for `fq sync`'s summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Changes sent in acknowledged pushes.
+    pub sent: u64,
+    /// Changes received and newly applied here.
+    pub received: u64,
+    /// Changes received that were already held.
+    pub duplicates: u64,
+    /// Our changes the peer refused.
+    pub refused_by_peer: u64,
+    /// Peer changes refused here.
+    pub refused_here: u64,
+    /// Bytes of frames sent.
+    pub bytes_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the peer's hello.
+    Hello,
+    /// Exchanging pushes.
+    Streaming,
+    /// Ended; nothing more is sent or accepted.
+    Closed,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    batch: u64,
+    sent_at: Timestamp,
+    changes: u32,
+}
+
+/// A sync session with one peer.
+#[derive(Debug)]
+pub struct Session {
+    side: Side,
+    cfg: SessionConfig,
+    creds: Credentials,
+    state: State,
+    decoder: FrameDecoder,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    started: Timestamp,
+    peer: Option<PeerInfo>,
+    // Our log, going to the peer.
+    next_seq: i64,
+    in_flight: VecDeque<InFlight>,
+    next_batch: u64,
+    log_exhausted: bool,
+    sent_done: bool,
+    grants_sent: BTreeSet<[u8; 32]>,
+    /// Set while a digest we sent awaits the peer's `Want`: the log position
+    /// to resume from once the wanted changes are sent.
+    recovery_resume: Option<LogPosition>,
+    // The peer's log, coming to us.
+    peer_done: bool,
+    /// Digest parts received so far, while the peer recovers towards us.
+    digest_in: Vec<(CaseId, Hash)>,
+    caught_up_reported: bool,
+    stats: Stats,
+    error: Option<String>,
+}
+
+impl Session {
+    /// Starts a session. A child queues its hello at once; a parent waits
+    /// for the child's. `expected_peer` is the peer this replica last synced
+    /// with on this link, if any: its saved position goes into the hello.
+    pub fn new(
+        side: Side,
+        ledger: &Ledger,
+        creds: Credentials,
+        cfg: SessionConfig,
+        expected_peer: Option<crate::case::ReplicaId>,
+        now: Timestamp,
+    ) -> Result<Self, SessionError> {
+        let mut s = Self {
+            side,
+            cfg,
+            creds,
+            state: State::Hello,
+            decoder: FrameDecoder::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            started: now,
+            peer: None,
+            next_seq: 0,
+            in_flight: VecDeque::new(),
+            next_batch: 1,
+            log_exhausted: false,
+            sent_done: false,
+            grants_sent: BTreeSet::new(),
+            recovery_resume: None,
+            peer_done: false,
+            digest_in: Vec::new(),
+            caught_up_reported: false,
+            stats: Stats::default(),
+            error: None,
+        };
+        if side == Side::Child {
+            s.send_hello(ledger, expected_peer)?;
+        }
+        Ok(s)
+    }
+
+    /// The peer, once it has said hello.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether the session has ended (see [`Session::close_reason`]).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Why the session ended badly, if it did.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Whether everything has been exchanged and acknowledged both ways.
+    pub fn is_caught_up(&self) -> bool {
+        self.state == State::Streaming
+            && self.sent_done
+            && self.peer_done
+            && self.in_flight.is_empty()
+            && self.recovery_resume.is_none()
+    }
+
+    /// Feeds bytes received from the peer. Call whenever the stream yields
+    /// data; then drain [`Session::poll_transmit`] and [`Session::poll_event`].
+    pub fn handle_input(&mut self, ledger: &mut Ledger, bytes: &[u8], now: Timestamp) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        self.stats.bytes_in += bytes.len() as u64;
+        let r = (|| {
+            self.decoder.push(bytes)?;
+            while let Some(msg) = self.decoder.next()? {
+                self.handle_message(ledger, msg, now)?;
+                if self.state == State::Closed {
+                    break;
+                }
+            }
+            self.pump(ledger, now)
+        })();
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let f = self.transmit.pop_front()?;
+        self.stats.bytes_out += f.len() as u64;
+        Some(f)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.state {
+            State::Closed => None,
+            State::Hello => Some(Timestamp(self.started.0 + self.cfg.hello_timeout_ms)),
+            State::Streaming => self.in_flight.front().map(|f| Timestamp(f.sent_at.0 + self.cfg.ack_timeout_ms)),
+        }
+    }
+
+    /// Checks the watchdogs. An expired one ends the session.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), SessionError> {
+        if let Some(at) = self.poll_timeout()
+            && now >= at
+        {
+            let ms = match self.state {
+                State::Hello => self.cfg.hello_timeout_ms,
+                _ => self.cfg.ack_timeout_ms,
+            };
+            let e = SessionError::TimedOut { ms };
+            self.fail(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Tells the session the local log grew (an edit, or changes from another
+    /// peer): it resumes pushing.
+    pub fn notify_local_changes(&mut self, ledger: &mut Ledger, now: Timestamp) -> Result<(), SessionError> {
+        if self.state != State::Streaming {
+            return Ok(());
+        }
+        self.log_exhausted = false;
+        self.sent_done = false;
+        self.caught_up_reported = false;
+        let r = self.pump(ledger, now);
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    /// Ends the session, telling the peer why.
+    pub fn close(&mut self, code: ErrorCode, text: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        if let Ok(frame) = wire::encode(&Message::Error { code, text: wire::clip_text(text) }) {
+            self.transmit.push_back(frame);
+        }
+        self.state = State::Closed;
+    }
+
+    fn fail(&mut self, e: &SessionError) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.error = Some(e.to_string());
+        let code = match e {
+            SessionError::Decode(DecodeError::FrameTooLarge { .. }) => ErrorCode::TooLarge,
+            SessionError::Decode(_) | SessionError::Unexpected(_) => ErrorCode::BadFrame,
+            SessionError::Version { .. } => ErrorCode::UnsupportedVersion,
+            SessionError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            _ => ErrorCode::Internal,
+        };
+        match e {
+            // The peer already ended it; nothing to say.
+            SessionError::Peer { .. } => self.state = State::Closed,
+            _ => self.close(code, &e.to_string()),
+        }
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
+        self.transmit.push_back(wire::encode(msg)?);
+        Ok(())
+    }
+
+    fn send_hello(&mut self, ledger: &Ledger, peer: Option<crate::case::ReplicaId>) -> Result<(), SessionError> {
+        let me = ledger.identity();
+        let have = match peer {
+            Some(p) => ledger.peer(p)?.map_or(LogPosition::START, |r| LogPosition { seq: r.their_seq, hash: r.their_hash }),
+            None => LogPosition::START,
+        };
+        let hello = Message::Hello {
+            replica: me.replica,
+            tier: me.tier,
+            scope: me.scope.clone(),
+            log_head: ledger.log_head()?,
+            have,
+            min_version: wire::MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+        };
+        self.send(&hello)
+    }
+
+    fn handle_message(&mut self, ledger: &mut Ledger, msg: Message, now: Timestamp) -> Result<(), SessionError> {
+        match (self.state, msg) {
+            (_, Message::Error { code, text }) => {
+                self.error = Some(format!("peer: {text}"));
+                self.state = State::Closed;
+                Err(SessionError::Peer { code, text })
+            }
+            (State::Hello, Message::Hello { replica, tier, scope, have, min_version, max_version, .. }) => {
+                if wire::negotiate_version(min_version, max_version).is_none() {
+                    return Err(SessionError::Version { min: min_version, max: max_version });
+                }
+                if let Some(limit) = &self.creds.peer_scope_limit
+                    && !limit.contains(&scope)
+                {
+                    return Err(SessionError::Unauthorized { claimed: scope.to_string(), allowed: limit.to_string() });
+                }
+                // A child dials its parent: the parent must cover the child.
+                let me = ledger.identity();
+                let fits = match self.side {
+                    Side::Child => scope.contains(&me.scope) && tier != Tier::Device,
+                    Side::Parent => me.scope.contains(&scope),
+                };
+                if !fits {
+                    return Err(SessionError::Unauthorized {
+                        claimed: format!("{} {scope}", tier.code()),
+                        allowed: me.scope.to_string(),
+                    });
+                }
+                let peer = PeerInfo { replica, tier, scope };
+                if self.side == Side::Parent {
+                    self.send_hello(ledger, Some(replica))?;
+                }
+                self.state = State::Streaming;
+                self.events.push_back(Event::Connected(peer.clone()));
+                self.peer = Some(peer);
+                self.send_own_grant()?;
+                self.start_from(ledger, have)
+            }
+            (State::Streaming, Message::Grant { bytes }) => {
+                match SignedGrant::decode(&bytes, &self.creds.ca) {
+                    Ok(g) => {
+                        ledger.add_grant(&g)?;
+                    }
+                    // Changes signed by it will be refused as unknown signers
+                    // and reported back; the session goes on.
+                    Err(_) => {}
+                }
+                Ok(())
+            }
+            (State::Streaming, Message::Push { batch, upto, envelopes }) => self.receive_push(ledger, batch, upto, envelopes),
+            (State::Streaming, Message::Ack { batch, upto, refused, .. }) => self.receive_ack(ledger, batch, upto, refused),
+            (State::Streaming, Message::Digest { last, entries, .. }) => {
+                if self.digest_in.len() + entries.len() > 64 * MAX_DIGEST_ENTRIES {
+                    return Err(SessionError::Unexpected("oversized digest"));
+                }
+                self.digest_in.extend(entries);
+                if last {
+                    self.answer_digest(ledger)?;
+                }
+                Ok(())
+            }
+            (State::Streaming, Message::Want { cases }) => self.send_wanted(ledger, cases, now),
+            (State::Streaming, Message::Done { .. }) => {
+                self.peer_done = true;
+                Ok(())
+            }
+            (_, other) => Err(SessionError::Unexpected(other.name())),
+        }
+    }
+
+    fn send_own_grant(&mut self) -> Result<(), SessionError> {
+        if let Some((grant, _)) = &self.creds.own {
+            let key = grant.grant.public_key;
+            let bytes = grant.bytes.clone();
+            self.grants_sent.insert(key);
+            self.send(&Message::Grant { bytes })?;
+        }
+        Ok(())
+    }
+
+    /// Decides where our log resumes for this peer, given what it claims to hold.
+    fn start_from(&mut self, ledger: &mut Ledger, have: LogPosition) -> Result<(), SessionError> {
+        let ours = ledger.log_hash(have.seq)?;
+        if have.seq >= 0 && ours == Some(have.hash) {
+            self.next_seq = have.seq;
+            return Ok(());
+        }
+        // The peer's idea of our log does not match it: one side was restored
+        // or rebuilt. Send a digest of our cases in its scope; it will ask for
+        // what it lacks. Afterwards we resume from our current head.
+        let scope = self.peer_scope()?;
+        let head = ledger.log_head()?;
+        let resume = LogPosition { seq: head, hash: ledger.log_hash(head)?.unwrap_or([0; 32]) };
+        let digest = ledger.digest(&scope)?;
+        let parts = digest.chunks(MAX_DIGEST_ENTRIES).count().max(1);
+        if digest.is_empty() {
+            self.send(&Message::Digest { part: 0, last: true, entries: Vec::new() })?;
+        }
+        for (i, chunk) in digest.chunks(MAX_DIGEST_ENTRIES).enumerate() {
+            let part = u32::try_from(i).unwrap_or(u32::MAX);
+            self.send(&Message::Digest { part, last: i + 1 == parts, entries: chunk.to_vec() })?;
+        }
+        self.recovery_resume = Some(resume);
+        self.next_seq = head;
+        Ok(())
+    }
+
+    fn peer_scope(&self) -> Result<AdminCode, SessionError> {
+        self.peer.as_ref().map(|p| p.scope.clone()).ok_or(SessionError::Unexpected("message before hello"))
+    }
+
+    fn answer_digest(&mut self, ledger: &mut Ledger) -> Result<(), SessionError> {
+        let theirs: BTreeMap<CaseId, Hash> = std::mem::take(&mut self.digest_in).into_iter().collect();
+        let my_scope = ledger.identity().scope.clone();
+        let mine: BTreeMap<CaseId, Hash> = ledger.digest(&my_scope)?.into_iter().collect();
+        let mut want = Vec::new();
+        for (case, their_hash) in &theirs {
+            if mine.get(case) != Some(their_hash) {
+                let heads = if mine.contains_key(case) { ledger.heads(*case)? } else { Vec::new() };
+                want.push((*case, heads.into_iter().take(MAX_HEADS_PER_CASE).collect::<Vec<_>>()));
+            }
+        }
+        if want.is_empty() {
+            return self.send(&Message::Want { cases: Vec::new() });
+        }
+        for chunk in want.chunks(MAX_WANT_CASES) {
+            self.send(&Message::Want { cases: chunk.to_vec() })?;
+        }
+        Ok(())
+    }
+
+    fn send_wanted(&mut self, ledger: &mut Ledger, cases: Vec<(CaseId, Vec<Hash>)>, now: Timestamp) -> Result<(), SessionError> {
+        let Some(resume) = self.recovery_resume else {
+            return Err(SessionError::Unexpected("want"));
+        };
+        let mut sent = 0u32;
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for (case, heads) in cases {
+            for change in ledger.changes_missing(case, &heads)? {
+                if !batch.is_empty() && (bytes + change.bytes.len() > self.cfg.max_batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH) {
+                    sent += self.push_batch(ledger, std::mem::take(&mut batch), LogPosition { seq: -1, hash: [0; 32] }, now)?;
+                    bytes = 0;
+                }
+                bytes += change.bytes.len();
+                batch.push(change);
+            }
+        }
+        // The last recovery push carries the position we resume from: once
+        // it is committed the peer holds everything up to our head.
+        sent += self.push_batch(ledger, batch, resume, now)?;
+        self.recovery_resume = None;
+        self.events.push_back(Event::Recovered { sent });
+        Ok(())
+    }
+
+    /// Sends pushes while there is room in flight and log to read.
+    fn pump(&mut self, ledger: &mut Ledger, now: Timestamp) -> Result<(), SessionError> {
+        if self.state != State::Streaming || self.recovery_resume.is_some() {
+            return Ok(());
+        }
+        let scope = self.peer_scope()?;
+        let skip = self.peer.as_ref().map(|p| p.replica);
+        while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
+            let out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.cfg.max_batch_bytes)?;
+            self.log_exhausted = out.exhausted;
+            if out.upto == self.next_seq {
+                break;
+            }
+            self.next_seq = out.upto;
+            self.push_batch(ledger, out.changes, LogPosition { seq: out.upto, hash: out.upto_hash }, now)?;
+        }
+        if self.log_exhausted && self.in_flight.is_empty() && !self.sent_done {
+            self.sent_done = true;
+            let head = ledger.log_head()?;
+            self.send(&Message::Done { log_head: head })?;
+        }
+        if self.is_caught_up() && !self.caught_up_reported {
+            self.caught_up_reported = true;
+            self.events.push_back(Event::CaughtUp);
+        }
+        Ok(())
+    }
+
+    /// Signs our own changes, sends grants the peer may lack, then the push.
+    fn push_batch(
+        &mut self,
+        ledger: &mut Ledger,
+        changes: Vec<OutgoingChange>,
+        upto: LogPosition,
+        now: Timestamp,
+    ) -> Result<u32, SessionError> {
+        let mut envelopes = Vec::with_capacity(changes.len());
+        for c in changes {
+            let (signer, signature) = match (c.signer, c.signature.as_deref()) {
+                (Some(k), Some(sig)) => (Some(k), <[u8; 64]>::try_from(sig).ok()),
+                (None, _) if c.received_from.is_none() => match &self.creds.own {
+                    Some((grant, key)) => (Some(grant.grant.public_key), Some(trust::sign_change(key, &c.hash))),
+                    None => (None, None),
+                },
+                _ => (None, None),
+            };
+            if let Some(k) = signer
+                && !self.grants_sent.contains(&k)
+            {
+                if let Some(g) = ledger.grant(&k)? {
+                    self.send(&Message::Grant { bytes: g.bytes })?;
+                }
+                self.grants_sent.insert(k);
+            }
+            envelopes.push(Envelope { case: c.case, signer, signature, change: c.bytes });
+        }
+        let count = u32::try_from(envelopes.len()).unwrap_or(u32::MAX);
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let frame = wire::encode(&Message::Push { batch, upto, envelopes })?;
+        debug_assert!(frame.len() <= MAX_FRAME_BYTES + 4);
+        self.transmit.push_back(frame);
+        self.in_flight.push_back(InFlight { batch, sent_at: now, changes: count });
+        Ok(count)
+    }
+
+    fn receive_push(
+        &mut self,
+        ledger: &mut Ledger,
+        batch: u64,
+        upto: LogPosition,
+        envelopes: Vec<Envelope>,
+    ) -> Result<(), SessionError> {
+        let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("push")) };
+        let changes = envelopes
+            .into_iter()
+            .map(|e| IncomingChange {
+                case: e.case,
+                bytes: e.change,
+                signer: e.signer,
+                signature: e.signature.map(|s| s.to_vec()),
+            })
+            .collect();
+        let report = ledger.apply_from_peer(&peer, changes, upto.seq, upto.hash)?;
+        let refused: Vec<Refused> = report
+            .refused
+            .iter()
+            .take(MAX_REFUSALS)
+            .map(|r| Refused {
+                case: r.case,
+                hash: r.hash.unwrap_or([0; 32]),
+                reason: wire_reason(r.reason),
+                text: wire::clip_text(&r.detail),
+            })
+            .collect();
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        self.stats.received += report.applied as u64;
+        self.stats.duplicates += report.duplicates as u64;
+        self.stats.refused_here += report.refused.len() as u64;
+        self.events.push_back(Event::Received {
+            applied: n(report.applied),
+            duplicates: n(report.duplicates),
+            pending: n(report.pending),
+            refused: n(report.refused.len()),
+        });
+        self.send(&Message::Ack {
+            batch,
+            upto: upto.seq,
+            applied: n(report.applied),
+            duplicates: n(report.duplicates),
+            pending: n(report.pending),
+            refused,
+        })
+    }
+
+    fn receive_ack(
+        &mut self,
+        ledger: &mut Ledger,
+        batch: u64,
+        upto: i64,
+        refused: Vec<Refused>,
+    ) -> Result<(), SessionError> {
+        let Some(pos) = self.in_flight.iter().position(|f| f.batch == batch) else {
+            // An ack for a batch of an earlier session, or a duplicate: harmless.
+            return Ok(());
+        };
+        let Some(done) = self.in_flight.remove(pos) else { return Ok(()) };
+        if upto >= 0
+            && let Some(peer) = self.peer.clone()
+        {
+            ledger.record_ack(&peer, upto)?;
+        }
+        self.stats.sent += u64::from(done.changes);
+        self.stats.refused_by_peer += refused.len() as u64;
+        self.events.push_back(Event::Acked { sent: done.changes, refused });
+        Ok(())
+    }
+}
+
+fn wire_reason(r: RefuseReason) -> wire::RefuseReason {
+    match r {
+        RefuseReason::Malformed => wire::RefuseReason::Malformed,
+        RefuseReason::BadSignature => wire::RefuseReason::BadSignature,
+        RefuseReason::UnknownSigner => wire::RefuseReason::UnknownSigner,
+        RefuseReason::OutOfScope => wire::RefuseReason::OutOfScope,
+        RefuseReason::Role => wire::RefuseReason::Role,
+        RefuseReason::Quarantined => wire::RefuseReason::Quarantined,
+    }
+}

@@ -1,0 +1,1400 @@
+//! The binary wire format of the sync protocol: frames and the messages they carry.
+//!
+//! # Frame layout
+//! | bytes | field | notes |
+//! | --- | --- | --- |
+//! | 4 | payload length | `u32` big-endian, at most [`MAX_FRAME_BYTES`]; the prefix is not counted |
+//! | 1 | protocol version | [`PROTOCOL_VERSION`] |
+//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error |
+//! | rest | body | the message's fields in order, nothing after them |
+//!
+//! Integers are big-endian and fixed width. A string is `u16 length | UTF-8`, a byte string
+//! `u32 length | bytes`, a list `u32 count | items`. Identifiers are raw bytes of fixed width:
+//! case and replica ids 16, change hashes 32, ed25519 public keys 32, signatures 64.
+//! `docs/PROTOCOL.md` has a byte-level table for every message and the session flow.
+//!
+//! # Invariants
+//! - Peer input never panics and never allocates more than it has already sent: a length or a
+//!   count is checked against its limit *and* against the bytes that remain before any buffer
+//!   is sized from it, so a 20-byte frame claiming four million envelopes costs nothing.
+//! - [`FrameDecoder`] reads the length prefix first and refuses an oversize frame before it
+//!   buffers a byte of its body; it never holds more than one partial frame.
+//! - [`encode`] refuses to build any frame that [`decode`] would refuse, so a message that
+//!   encodes always round-trips.
+//! - After an error the byte stream is out of step: the decoder stays poisoned.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use crate::case::{AdminCode, CaseId, ReplicaId};
+use crate::doc::Hash;
+use crate::ledger::Tier;
+
+pub use crate::doc::MAX_CHANGE_BYTES;
+
+/// The protocol version this build speaks best.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
+
+/// Largest payload of one frame, in bytes (the 4-byte length prefix not counted).
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest opaque device grant, in bytes.
+pub const MAX_GRANT_BYTES: usize = 4 * 1024;
+/// Most envelopes in one push.
+pub const MAX_ENVELOPES_PER_PUSH: usize = 4096;
+/// Most (case, heads hash) entries in one digest part.
+pub const MAX_DIGEST_ENTRIES: usize = 16_384;
+/// Most cases in one want.
+pub const MAX_WANT_CASES: usize = 4096;
+/// Most heads listed for one case in a want.
+pub const MAX_HEADS_PER_CASE: usize = 64;
+/// Longest string (error and refusal text, scope), in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Most refusals in one ack.
+pub const MAX_REFUSALS: usize = 4096;
+
+/// Bytes of the length prefix in front of every payload.
+pub const PREFIX_BYTES: usize = 4;
+/// Bytes of a push payload before its first envelope (version, kind, batch, upto, count).
+///
+/// A push fits one frame when `PUSH_FIXED_BYTES + Σ envelope.wire_len() <= MAX_FRAME_BYTES`.
+pub const PUSH_FIXED_BYTES: usize = 1 + 1 + 8 + 8 + 4;
+
+const KIND_HELLO: u8 = 1;
+const KIND_GRANT: u8 = 2;
+const KIND_PUSH: u8 = 3;
+const KIND_ACK: u8 = 4;
+const KIND_DIGEST: u8 = 5;
+const KIND_WANT: u8 = 6;
+const KIND_DONE: u8 = 7;
+const KIND_ERROR: u8 = 8;
+
+const FLAG_SIGNER: u8 = 0b01;
+const FLAG_SIGNATURE: u8 = 0b10;
+
+// Smallest encoding of each list item: what a count is checked against before a `Vec` is sized.
+/// case 16, flags 1, change length 4.
+const MIN_ENVELOPE_BYTES: usize = 16 + 1 + 4;
+/// case 16, hash 32, reason 1, text length 2.
+const MIN_REFUSED_BYTES: usize = 16 + 32 + 1 + 2;
+/// case 16, hash 32.
+const DIGEST_ENTRY_BYTES: usize = 16 + 32;
+/// case 16, head count 4.
+const MIN_WANT_CASE_BYTES: usize = 16 + 4;
+const HASH_BYTES: usize = 32;
+
+/// Frames are reassembled in a buffer that is released, rather than kept, when it grew past
+/// this: a session that once received a 1 MiB frame should not hold 1 MiB for its lifetime.
+const RETAIN_BUFFER_BYTES: usize = 64 * 1024;
+
+const ZERO_HASH: Hash = [0; 32];
+
+/// A position in one replica's change log: its sequence number and the hash of the change there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    /// The `log_seq` (0: before the first change).
+    pub seq: i64,
+    /// The hash of the change at `seq`; all zero when `seq` is 0.
+    pub hash: Hash,
+}
+
+impl LogPosition {
+    /// The position before the first change.
+    pub const START: LogPosition = LogPosition { seq: 0, hash: ZERO_HASH };
+}
+
+/// One change in transit, with its provenance; relays forward it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The case the change claims to belong to.
+    pub case: CaseId,
+    /// The authoring device's ed25519 public key, if known.
+    pub signer: Option<[u8; 32]>,
+    /// The author's ed25519 signature over the change hash, if any.
+    pub signature: Option<[u8; 64]>,
+    /// The raw Automerge change, at most [`MAX_CHANGE_BYTES`].
+    pub change: Vec<u8>,
+}
+
+impl Envelope {
+    /// Bytes this envelope takes inside a push payload, to pack pushes under [`MAX_FRAME_BYTES`].
+    pub fn wire_len(&self) -> usize {
+        MIN_ENVELOPE_BYTES
+            + self.signer.map_or(0, |k| k.len())
+            + self.signature.map_or(0, |s| s.len())
+            + self.change.len()
+    }
+}
+
+/// Why a receiver refused one change of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// The bytes are not a valid change for that case (1).
+    Malformed,
+    /// The signature does not verify (2).
+    BadSignature,
+    /// The signer is not a known device (3).
+    UnknownSigner,
+    /// The case lies outside the sender's or the author's scope (4).
+    OutOfScope,
+    /// The author's role may not make this change (5).
+    Role,
+    /// The author's certificate is revoked (6).
+    Revoked,
+    /// The change was quarantined (it crashed the parser, or is held for review) (7).
+    Quarantined,
+    /// Any other reason, and every code this build does not know (255).
+    Other,
+}
+
+impl RefuseReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            RefuseReason::Malformed => 1,
+            RefuseReason::BadSignature => 2,
+            RefuseReason::UnknownSigner => 3,
+            RefuseReason::OutOfScope => 4,
+            RefuseReason::Role => 5,
+            RefuseReason::Revoked => 6,
+            RefuseReason::Quarantined => 7,
+            RefuseReason::Other => 255,
+        }
+    }
+
+    /// The reason a wire code names; unknown codes are [`RefuseReason::Other`].
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => RefuseReason::Malformed,
+            2 => RefuseReason::BadSignature,
+            3 => RefuseReason::UnknownSigner,
+            4 => RefuseReason::OutOfScope,
+            5 => RefuseReason::Role,
+            6 => RefuseReason::Revoked,
+            7 => RefuseReason::Quarantined,
+            _ => RefuseReason::Other,
+        }
+    }
+}
+
+/// One change of a push that the receiver will not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The case the change claimed.
+    pub case: CaseId,
+    /// The change's hash (all zero when the bytes were too broken to hash).
+    pub hash: Hash,
+    /// Why, for the machine.
+    pub reason: RefuseReason,
+    /// Why, for a person; at most [`MAX_TEXT_BYTES`] (see [`clip_text`]).
+    pub text: String,
+}
+
+/// Why a session is being ended, sent in [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A frame could not be decoded, or a message came out of turn (1).
+    BadFrame,
+    /// No common protocol version (2).
+    UnsupportedVersion,
+    /// The peer may not sync this scope, or its grant is refused (3).
+    Unauthorized,
+    /// Something exceeded a limit (4).
+    TooLarge,
+    /// The sender failed on its own side; retry later (5).
+    Internal,
+    /// The sender is shutting down; retry later (6).
+    ShuttingDown,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The wire code.
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::BadFrame => 1,
+            ErrorCode::UnsupportedVersion => 2,
+            ErrorCode::Unauthorized => 3,
+            ErrorCode::TooLarge => 4,
+            ErrorCode::Internal => 5,
+            ErrorCode::ShuttingDown => 6,
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The error a wire code names. `Other` holding a known code decodes as that code.
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            1 => ErrorCode::BadFrame,
+            2 => ErrorCode::UnsupportedVersion,
+            3 => ErrorCode::Unauthorized,
+            4 => ErrorCode::TooLarge,
+            5 => ErrorCode::Internal,
+            6 => ErrorCode::ShuttingDown,
+            other => ErrorCode::Other(other),
+        }
+    }
+}
+
+/// One message of the sync protocol. `docs/PROTOCOL.md` says when each is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First message of each side: who it is and where it stands.
+    Hello {
+        /// The sender's replica id.
+        replica: ReplicaId,
+        /// The sender's tier.
+        tier: Tier,
+        /// The division the sender holds (a device: its village; a server: its township or county).
+        scope: AdminCode,
+        /// The last position of the sender's own log (0: empty).
+        log_head: i64,
+        /// The last position of the *receiver's* log that the sender durably holds.
+        have: LogPosition,
+        /// The oldest protocol version the sender speaks (at least 1).
+        min_version: u8,
+        /// The newest protocol version the sender speaks (at least `min_version`).
+        max_version: u8,
+    },
+    /// An opaque, CA-signed device grant, at most [`MAX_GRANT_BYTES`].
+    Grant {
+        /// The grant's bytes.
+        bytes: Vec<u8>,
+    },
+    /// A batch of changes from the sender's log, oldest first.
+    Push {
+        /// The sender's batch number, echoed by the ack.
+        batch: u64,
+        /// The position of the sender's log this batch reaches, even when changes before it were
+        /// filtered out (out of the receiver's scope).
+        upto: i64,
+        /// The changes, at most [`MAX_ENVELOPES_PER_PUSH`].
+        envelopes: Vec<Envelope>,
+    },
+    /// The receiver committed a push.
+    Ack {
+        /// The acknowledged batch.
+        batch: u64,
+        /// Its `upto`: the sender may resume after this position.
+        upto: i64,
+        /// Changes applied now.
+        applied: u32,
+        /// Changes already held.
+        duplicates: u32,
+        /// Changes kept until their dependencies arrive.
+        pending: u32,
+        /// Changes refused, at most [`MAX_REFUSALS`].
+        refused: Vec<Refused>,
+    },
+    /// One part of a digest: case id → hash of its sorted heads, for recovery.
+    Digest {
+        /// The part number, from 0.
+        part: u32,
+        /// Whether this is the last part.
+        last: bool,
+        /// The entries, at most [`MAX_DIGEST_ENTRIES`].
+        entries: Vec<(CaseId, Hash)>,
+    },
+    /// The cases the receiver of a digest lacks or differs on, each with its own heads
+    /// (empty when it lacks the case).
+    Want {
+        /// The cases, at most [`MAX_WANT_CASES`], each with at most [`MAX_HEADS_PER_CASE`] heads.
+        cases: Vec<(CaseId, Vec<Hash>)>,
+    },
+    /// The sender has nothing more to send now.
+    Done {
+        /// The sender's log head.
+        log_head: i64,
+    },
+    /// The sender ends the session.
+    Error {
+        /// Why, for the machine.
+        code: ErrorCode,
+        /// Why, for a person; at most [`MAX_TEXT_BYTES`] (see [`clip_text`]).
+        text: String,
+    },
+}
+
+impl Message {
+    /// The message kind's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Grant { .. } => "grant",
+            Message::Push { .. } => "push",
+            Message::Ack { .. } => "ack",
+            Message::Digest { .. } => "digest",
+            Message::Want { .. } => "want",
+            Message::Done { .. } => "done",
+            Message::Error { .. } => "error",
+        }
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => KIND_HELLO,
+            Message::Grant { .. } => KIND_GRANT,
+            Message::Push { .. } => KIND_PUSH,
+            Message::Ack { .. } => KIND_ACK,
+            Message::Digest { .. } => KIND_DIGEST,
+            Message::Want { .. } => KIND_WANT,
+            Message::Done { .. } => KIND_DONE,
+            Message::Error { .. } => KIND_ERROR,
+        }
+    }
+}
+
+/// The highest protocol version both this build and a peer announcing `their_min..=their_max`
+/// speak, or `None` (the session then ends with [`ErrorCode::UnsupportedVersion`]).
+pub fn negotiate_version(their_min: u8, their_max: u8) -> Option<u8> {
+    let high = PROTOCOL_VERSION.min(their_max);
+    let low = MIN_PROTOCOL_VERSION.max(their_min);
+    (low <= high).then_some(high)
+}
+
+/// `text` cut at a character boundary to at most [`MAX_TEXT_BYTES`], so it always encodes.
+pub fn clip_text(text: &str) -> String {
+    let mut end = 0;
+    for (at, c) in text.char_indices() {
+        let next = at + c.len_utf8();
+        if next > MAX_TEXT_BYTES {
+            break;
+        }
+        end = next;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+/// Why a message could not be encoded. Nothing is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A list holds more items than its limit.
+    #[error("too many {what}: {count} > {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A string or byte string is longer than its limit.
+    #[error("{what} too long: {len} bytes > {max}")]
+    TooLong {
+        /// Which field.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload would exceed [`MAX_FRAME_BYTES`]; split the message (fewer envelopes,
+    /// refusals, entries or cases).
+    #[error("frame too large: at least {len} bytes > {MAX_FRAME_BYTES}")]
+    FrameTooLarge {
+        /// The payload length reached when the limit was crossed (a lower bound).
+        len: usize,
+    },
+    /// A field holds a value the protocol forbids (a negative log position, `min_version`
+    /// above `max_version`, a non-zero hash at position 0).
+    #[error("invalid {what}")]
+    BadValue {
+        /// Which field.
+        what: &'static str,
+    },
+}
+
+/// Why bytes from a peer could not be decoded. The session ends with [`ErrorCode::BadFrame`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload ended inside a field, or a count claims more items than the bytes left hold.
+    #[error("{what} truncated")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A length prefix exceeds [`MAX_FRAME_BYTES`]; the body was not read.
+    #[error("frame too large: {len} bytes > {MAX_FRAME_BYTES}")]
+    FrameTooLarge {
+        /// The announced payload length.
+        len: usize,
+    },
+    /// The payload's version byte is not one this build decodes.
+    #[error("unsupported protocol version {got}")]
+    UnsupportedVersion {
+        /// The version byte.
+        got: u8,
+    },
+    /// The kind byte names no message.
+    #[error("unknown message kind {kind}")]
+    UnknownKind {
+        /// The kind byte.
+        kind: u8,
+    },
+    /// A count exceeds its limit.
+    #[error("too many {what}: {count} > {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// The announced count.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A length exceeds its limit.
+    #[error("{what} too long: {len} bytes > {max}")]
+    TooLong {
+        /// Which field.
+        what: &'static str,
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A string is not valid UTF-8.
+    #[error("{what} is not valid utf-8")]
+    BadUtf8 {
+        /// Which field.
+        what: &'static str,
+    },
+    /// A field holds a value the protocol forbids (unknown tier, bad scope, reserved flag bits,
+    /// a negative log position, ...).
+    #[error("invalid {what}")]
+    BadValue {
+        /// Which field.
+        what: &'static str,
+    },
+    /// Bytes remain after the message's last field.
+    #[error("{len} trailing bytes after the message")]
+    TrailingBytes {
+        /// How many.
+        len: usize,
+    },
+    /// An earlier error left the stream out of step; this decoder will decode nothing more.
+    #[error("decoder poisoned by an earlier error")]
+    Poisoned,
+}
+
+/// Encodes `msg` as one whole frame, length prefix included.
+///
+/// Refuses (naming the limit) any frame that [`decode`] would refuse.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::new(msg.kind());
+    match msg {
+        Message::Hello { replica, tier, scope, log_head, have, min_version, max_version } => {
+            check_hello(*log_head, have, *min_version, *max_version).map_err(|what| EncodeError::BadValue { what })?;
+            w.put(replica.as_bytes())?;
+            w.u8(tier_code(*tier))?;
+            w.string("scope", scope.as_str(), MAX_TEXT_BYTES)?;
+            w.i64(*log_head)?;
+            w.i64(have.seq)?;
+            w.put(&have.hash)?;
+            w.u8(*min_version)?;
+            w.u8(*max_version)?;
+        }
+        Message::Grant { bytes } => w.bytes("grant", bytes, MAX_GRANT_BYTES)?,
+        Message::Push { batch, upto, envelopes } => {
+            check_position(*upto, "push upto").map_err(|what| EncodeError::BadValue { what })?;
+            w.u64(*batch)?;
+            w.i64(*upto)?;
+            w.count("envelopes", envelopes.len(), MAX_ENVELOPES_PER_PUSH)?;
+            for e in envelopes {
+                w.put(e.case.as_bytes())?;
+                let flags = if e.signer.is_some() { FLAG_SIGNER } else { 0 }
+                    | if e.signature.is_some() { FLAG_SIGNATURE } else { 0 };
+                w.u8(flags)?;
+                if let Some(key) = &e.signer {
+                    w.put(key)?;
+                }
+                if let Some(sig) = &e.signature {
+                    w.put(sig)?;
+                }
+                w.bytes("change", &e.change, MAX_CHANGE_BYTES)?;
+            }
+        }
+        Message::Ack { batch, upto, applied, duplicates, pending, refused } => {
+            check_position(*upto, "ack upto").map_err(|what| EncodeError::BadValue { what })?;
+            w.u64(*batch)?;
+            w.i64(*upto)?;
+            w.u32(*applied)?;
+            w.u32(*duplicates)?;
+            w.u32(*pending)?;
+            w.count("refusals", refused.len(), MAX_REFUSALS)?;
+            for r in refused {
+                w.put(r.case.as_bytes())?;
+                w.put(&r.hash)?;
+                w.u8(r.reason.code())?;
+                w.string("refusal text", &r.text, MAX_TEXT_BYTES)?;
+            }
+        }
+        Message::Digest { part, last, entries } => {
+            w.u32(*part)?;
+            w.u8(u8::from(*last))?;
+            w.count("digest entries", entries.len(), MAX_DIGEST_ENTRIES)?;
+            for (case, hash) in entries {
+                w.put(case.as_bytes())?;
+                w.put(hash)?;
+            }
+        }
+        Message::Want { cases } => {
+            w.count("wanted cases", cases.len(), MAX_WANT_CASES)?;
+            for (case, heads) in cases {
+                w.put(case.as_bytes())?;
+                w.count("heads", heads.len(), MAX_HEADS_PER_CASE)?;
+                for head in heads {
+                    w.put(head)?;
+                }
+            }
+        }
+        Message::Done { log_head } => {
+            check_position(*log_head, "log head").map_err(|what| EncodeError::BadValue { what })?;
+            w.i64(*log_head)?;
+        }
+        Message::Error { code, text } => {
+            w.u16(code.code())?;
+            w.string("error text", text, MAX_TEXT_BYTES)?;
+        }
+    }
+    Ok(w.finish())
+}
+
+/// Decodes one payload (a frame without its length prefix).
+///
+/// [`FrameDecoder`] calls this for each frame; fuzz tests call it directly.
+pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+    if payload.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError::FrameTooLarge { len: payload.len() });
+    }
+    let mut r = Reader { buf: payload };
+    let version = r.u8("version")?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion { got: version });
+    }
+    let kind = r.u8("kind")?;
+    let msg = match kind {
+        KIND_HELLO => decode_hello(&mut r)?,
+        KIND_GRANT => Message::Grant { bytes: r.bytes("grant", MAX_GRANT_BYTES)?.to_vec() },
+        KIND_PUSH => decode_push(&mut r)?,
+        KIND_ACK => decode_ack(&mut r)?,
+        KIND_DIGEST => {
+            let part = r.u32("digest part")?;
+            let last = match r.u8("digest last")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue { what: "digest last" }),
+            };
+            let count = r.count("digest entries", MAX_DIGEST_ENTRIES, DIGEST_ENTRY_BYTES)?;
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                entries.push((CaseId::from_bytes(r.array("case id")?), r.array("heads hash")?));
+            }
+            Message::Digest { part, last, entries }
+        }
+        KIND_WANT => {
+            let count = r.count("wanted cases", MAX_WANT_CASES, MIN_WANT_CASE_BYTES)?;
+            let mut cases = Vec::with_capacity(count);
+            for _ in 0..count {
+                let case = CaseId::from_bytes(r.array("case id")?);
+                let n = r.count("heads", MAX_HEADS_PER_CASE, HASH_BYTES)?;
+                let mut heads = Vec::with_capacity(n);
+                for _ in 0..n {
+                    heads.push(r.array("head")?);
+                }
+                cases.push((case, heads));
+            }
+            Message::Want { cases }
+        }
+        KIND_DONE => {
+            let log_head = r.i64("log head")?;
+            check_position(log_head, "log head").map_err(|what| DecodeError::BadValue { what })?;
+            Message::Done { log_head }
+        }
+        KIND_ERROR => {
+            let code = ErrorCode::from_code(r.u16("error code")?);
+            let text = r.string("error text", MAX_TEXT_BYTES)?.to_owned();
+            Message::Error { code, text }
+        }
+        kind => return Err(DecodeError::UnknownKind { kind }),
+    };
+    r.finish()?;
+    Ok(msg)
+}
+
+fn decode_hello(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let replica = ReplicaId::from_bytes(r.array("replica id")?);
+    let tier = tier_from_code(r.u8("tier")?).ok_or(DecodeError::BadValue { what: "tier" })?;
+    let raw = r.string("scope", MAX_TEXT_BYTES)?;
+    // Only the canonical digits: `AdminCode::parse` also accepts full-width digits and spaces,
+    // which would let one scope travel as many byte strings.
+    let scope = AdminCode::parse(raw)
+        .ok()
+        .filter(|code| code.as_str() == raw)
+        .ok_or(DecodeError::BadValue { what: "scope" })?;
+    let log_head = r.i64("log head")?;
+    let have = LogPosition { seq: r.i64("have seq")?, hash: r.array("have hash")? };
+    let min_version = r.u8("min version")?;
+    let max_version = r.u8("max version")?;
+    check_hello(log_head, &have, min_version, max_version).map_err(|what| DecodeError::BadValue { what })?;
+    Ok(Message::Hello { replica, tier, scope, log_head, have, min_version, max_version })
+}
+
+fn decode_push(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let batch = r.u64("push batch")?;
+    let upto = r.i64("push upto")?;
+    check_position(upto, "push upto").map_err(|what| DecodeError::BadValue { what })?;
+    let count = r.count("envelopes", MAX_ENVELOPES_PER_PUSH, MIN_ENVELOPE_BYTES)?;
+    let mut envelopes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let case = CaseId::from_bytes(r.array("case id")?);
+        let flags = r.u8("envelope flags")?;
+        if flags & !(FLAG_SIGNER | FLAG_SIGNATURE) != 0 {
+            return Err(DecodeError::BadValue { what: "envelope flags" });
+        }
+        let signer = if flags & FLAG_SIGNER != 0 { Some(r.array("signer")?) } else { None };
+        let signature = if flags & FLAG_SIGNATURE != 0 { Some(r.array("signature")?) } else { None };
+        let change = r.bytes("change", MAX_CHANGE_BYTES)?.to_vec();
+        envelopes.push(Envelope { case, signer, signature, change });
+    }
+    Ok(Message::Push { batch, upto, envelopes })
+}
+
+fn decode_ack(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let batch = r.u64("ack batch")?;
+    let upto = r.i64("ack upto")?;
+    check_position(upto, "ack upto").map_err(|what| DecodeError::BadValue { what })?;
+    let applied = r.u32("ack applied")?;
+    let duplicates = r.u32("ack duplicates")?;
+    let pending = r.u32("ack pending")?;
+    let count = r.count("refusals", MAX_REFUSALS, MIN_REFUSED_BYTES)?;
+    let mut refused = Vec::with_capacity(count);
+    for _ in 0..count {
+        let case = CaseId::from_bytes(r.array("case id")?);
+        let hash = r.array("change hash")?;
+        let reason = RefuseReason::from_code(r.u8("refusal reason")?);
+        let text = r.string("refusal text", MAX_TEXT_BYTES)?.to_owned();
+        refused.push(Refused { case, hash, reason, text });
+    }
+    Ok(Message::Ack { batch, upto, applied, duplicates, pending, refused })
+}
+
+fn check_position(seq: i64, what: &'static str) -> Result<(), &'static str> {
+    if seq < 0 { Err(what) } else { Ok(()) }
+}
+
+fn check_hello(log_head: i64, have: &LogPosition, min_version: u8, max_version: u8) -> Result<(), &'static str> {
+    check_position(log_head, "log head")?;
+    check_position(have.seq, "have seq")?;
+    if have.seq == 0 && have.hash != ZERO_HASH {
+        return Err("have hash");
+    }
+    if min_version == 0 || min_version > max_version {
+        return Err("version range");
+    }
+    Ok(())
+}
+
+fn tier_code(tier: Tier) -> u8 {
+    match tier {
+        Tier::Device => 0,
+        Tier::Township => 1,
+        Tier::County => 2,
+    }
+}
+
+fn tier_from_code(code: u8) -> Option<Tier> {
+    match code {
+        0 => Some(Tier::Device),
+        1 => Some(Tier::Township),
+        2 => Some(Tier::County),
+        _ => None,
+    }
+}
+
+/// Reassembles frames from a byte stream, in any chunking, and decodes them.
+///
+/// Call [`FrameDecoder::push`] with each chunk read from the stream, then
+/// [`FrameDecoder::next`] until it returns `Ok(None)`. Frames are decoded as soon as they are
+/// complete, so the decoder holds raw bytes of at most one partial frame (at most
+/// [`MAX_FRAME_BYTES`] + 4); decoded messages wait in a queue, so drain it after each push.
+///
+/// An error is reported once, in stream order: by `push` when no decoded message is waiting,
+/// otherwise by `next` after the messages that came before the bad frame. Every later call
+/// returns [`DecodeError::Poisoned`]: the stream is out of step and the session must end.
+#[derive(Default)]
+pub struct FrameDecoder {
+    prefix: [u8; PREFIX_BYTES],
+    prefix_len: usize,
+    /// The payload length of the frame being read, once its prefix is complete.
+    body_len: Option<usize>,
+    body: Vec<u8>,
+    ready: VecDeque<Message>,
+    /// An error not yet returned, held back until the messages before it are taken.
+    failed: Option<DecodeError>,
+    poisoned: bool,
+}
+
+impl fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDecoder")
+            .field("buffered", &self.buffered())
+            .field("body_len", &self.body_len)
+            .field("ready", &self.ready.len())
+            .field("failed", &self.failed)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl FrameDecoder {
+    /// An empty decoder at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next chunk of the stream. Fails only with the first error of the stream
+    /// (when no decoded message is waiting before it) or with [`DecodeError::Poisoned`].
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        if self.poisoned {
+            return Err(DecodeError::Poisoned);
+        }
+        let mut input = bytes;
+        // Input after a bad frame is meaningless: it is dropped while the error waits its turn.
+        while self.failed.is_none() && !input.is_empty() {
+            input = match self.body_len {
+                None => self.read_prefix(input),
+                Some(len) => self.read_body(input, len),
+            };
+        }
+        if self.ready.is_empty()
+            && let Some(err) = self.failed.take()
+        {
+            self.poisoned = true;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The next decoded message, `Ok(None)` when a whole frame has not arrived yet.
+    #[allow(clippy::should_implement_trait, reason = "an error is not the end of the stream")]
+    pub fn next(&mut self) -> Result<Option<Message>, DecodeError> {
+        if self.poisoned {
+            return Err(DecodeError::Poisoned);
+        }
+        if let Some(msg) = self.ready.pop_front() {
+            return Ok(Some(msg));
+        }
+        match self.failed.take() {
+            Some(err) => {
+                self.poisoned = true;
+                Err(err)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Raw bytes held of the frame being reassembled (never more than [`MAX_FRAME_BYTES`] + 4).
+    pub fn buffered(&self) -> usize {
+        self.prefix_len + self.body.len()
+    }
+
+    /// Whether an error has been returned and the decoder refuses all further input.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn read_prefix<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
+        let (take, rest) = split(input, PREFIX_BYTES.saturating_sub(self.prefix_len));
+        for &byte in take {
+            if let Some(slot) = self.prefix.get_mut(self.prefix_len) {
+                *slot = byte;
+                self.prefix_len += 1;
+            }
+        }
+        if self.prefix_len == PREFIX_BYTES {
+            self.prefix_len = 0;
+            let len = usize::try_from(u32::from_be_bytes(self.prefix)).unwrap_or(usize::MAX);
+            if len > MAX_FRAME_BYTES {
+                self.fail(DecodeError::FrameTooLarge { len });
+            } else if len == 0 {
+                self.complete(decode(&[]));
+            } else {
+                self.body_len = Some(len);
+            }
+        }
+        rest
+    }
+
+    fn read_body<'a>(&mut self, input: &'a [u8], len: usize) -> &'a [u8] {
+        if self.body.is_empty() && input.len() >= len {
+            // The whole frame is in this chunk: decode it in place, without copying.
+            let (frame, rest) = split(input, len);
+            self.body_len = None;
+            self.complete(decode(frame));
+            return rest;
+        }
+        let (take, rest) = split(input, len.saturating_sub(self.body.len()));
+        let needed = self.body.len() + take.len();
+        if needed > self.body.capacity() {
+            // Grow by doubling, but never past the announced length: the buffer is sized by
+            // bytes that arrived, not by what the prefix claims.
+            let target = needed.max(self.body.capacity().saturating_mul(2)).min(len);
+            self.body.reserve_exact(target.saturating_sub(self.body.len()));
+        }
+        self.body.extend_from_slice(take);
+        if self.body.len() >= len {
+            let result = decode(&self.body);
+            self.release_body();
+            self.complete(result);
+        }
+        rest
+    }
+
+    fn complete(&mut self, result: Result<Message, DecodeError>) {
+        match result {
+            Ok(msg) => self.ready.push_back(msg),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn fail(&mut self, err: DecodeError) {
+        self.failed = Some(err);
+        self.prefix_len = 0;
+        self.body = Vec::new();
+        self.body_len = None;
+    }
+
+    fn release_body(&mut self) {
+        self.body_len = None;
+        if self.body.capacity() > RETAIN_BUFFER_BYTES {
+            self.body = Vec::new();
+        } else {
+            self.body.clear();
+        }
+    }
+}
+
+/// `input` split after `n` bytes, or all of it and nothing when it is shorter.
+fn split(input: &[u8], n: usize) -> (&[u8], &[u8]) {
+    input.split_at_checked(n).unwrap_or((input, &[]))
+}
+
+/// Reads big-endian fields from a payload; every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.buf.split_at_checked(n).ok_or(DecodeError::Truncated { what })?;
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        <[u8; N]>::try_from(self.take(N, what)?).map_err(|_| DecodeError::Truncated { what })
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(u8::from_be_bytes(self.array(what)?))
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.array(what)?))
+    }
+
+    /// `u32 length | bytes`, the length checked against `max` before the bytes are taken.
+    fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = usize::try_from(self.u32(what)?).unwrap_or(usize::MAX);
+        if len > max {
+            return Err(DecodeError::TooLong { what, len, max });
+        }
+        self.take(len, what)
+    }
+
+    /// `u16 length | UTF-8`.
+    fn string(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
+        let len = usize::from(self.u16(what)?);
+        if len > max {
+            return Err(DecodeError::TooLong { what, len, max });
+        }
+        std::str::from_utf8(self.take(len, what)?).map_err(|_| DecodeError::BadUtf8 { what })
+    }
+
+    /// A `u32` item count, checked against its limit and against the bytes left, given the
+    /// smallest encoding of one item. The result is safe to pass to `Vec::with_capacity`: it is
+    /// at most `remaining / min_item_bytes`.
+    fn count(&mut self, what: &'static str, max: usize, min_item_bytes: usize) -> Result<usize, DecodeError> {
+        let count = usize::try_from(self.u32(what)?).unwrap_or(usize::MAX);
+        if count > max {
+            return Err(DecodeError::TooMany { what, count, max });
+        }
+        if count.saturating_mul(min_item_bytes) > self.buf.len() {
+            return Err(DecodeError::Truncated { what });
+        }
+        Ok(count)
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes { len: self.buf.len() }) }
+    }
+}
+
+/// Builds one frame; refuses to grow the payload past [`MAX_FRAME_BYTES`].
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(kind: u8) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0; PREFIX_BYTES]);
+        buf.push(PROTOCOL_VERSION);
+        buf.push(kind);
+        Self { buf }
+    }
+
+    /// Checked before copying, so an oversize push fails before it is built.
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let len = self.buf.len().saturating_sub(PREFIX_BYTES).saturating_add(bytes.len());
+        if len > MAX_FRAME_BYTES {
+            return Err(EncodeError::FrameTooLarge { len });
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
+        self.put(&[v])
+    }
+
+    fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
+        self.put(&v.to_be_bytes())
+    }
+
+    fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
+        self.put(&v.to_be_bytes())
+    }
+
+    fn u64(&mut self, v: u64) -> Result<(), EncodeError> {
+        self.put(&v.to_be_bytes())
+    }
+
+    fn i64(&mut self, v: i64) -> Result<(), EncodeError> {
+        self.put(&v.to_be_bytes())
+    }
+
+    fn bytes(&mut self, what: &'static str, bytes: &[u8], max: usize) -> Result<(), EncodeError> {
+        let too_long = EncodeError::TooLong { what, len: bytes.len(), max };
+        if bytes.len() > max {
+            return Err(too_long);
+        }
+        self.u32(u32::try_from(bytes.len()).map_err(|_| too_long)?)?;
+        self.put(bytes)
+    }
+
+    fn string(&mut self, what: &'static str, text: &str, max: usize) -> Result<(), EncodeError> {
+        let too_long = EncodeError::TooLong { what, len: text.len(), max };
+        if text.len() > max {
+            return Err(too_long);
+        }
+        self.u16(u16::try_from(text.len()).map_err(|_| too_long)?)?;
+        self.put(text.as_bytes())
+    }
+
+    fn count(&mut self, what: &'static str, count: usize, max: usize) -> Result<(), EncodeError> {
+        let too_many = EncodeError::TooMany { what, count, max };
+        if count > max {
+            return Err(too_many);
+        }
+        self.u32(u32::try_from(count).map_err(|_| too_many)?)
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        // `put` kept the payload within MAX_FRAME_BYTES, so the length fits a u32.
+        let len = u32::try_from(self.buf.len().saturating_sub(PREFIX_BYTES)).unwrap_or(u32::MAX);
+        if let Some(prefix) = self.buf.get_mut(..PREFIX_BYTES) {
+            prefix.copy_from_slice(&len.to_be_bytes());
+        }
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn scope() -> AdminCode {
+        AdminCode::parse("532924101201").unwrap()
+    }
+
+    fn case(n: u8) -> CaseId {
+        CaseId::from_bytes([n; 16])
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                replica: ReplicaId::from_bytes([7; 16]),
+                tier: Tier::Device,
+                scope: scope(),
+                log_head: 42,
+                have: LogPosition { seq: 17, hash: [3; 32] },
+                min_version: 1,
+                max_version: 1,
+            },
+            Message::Hello {
+                replica: ReplicaId::from_bytes([8; 16]),
+                tier: Tier::County,
+                scope: AdminCode::parse("532924").unwrap(),
+                log_head: 0,
+                have: LogPosition::START,
+                min_version: 1,
+                max_version: 9,
+            },
+            Message::Grant { bytes: vec![1, 2, 3, 4] },
+            Message::Push {
+                batch: 5,
+                upto: 99,
+                envelopes: vec![
+                    Envelope { case: case(1), signer: Some([4; 32]), signature: Some([5; 64]), change: vec![9; 100] },
+                    Envelope { case: case(2), signer: None, signature: Some([6; 64]), change: vec![] },
+                    Envelope { case: case(3), signer: Some([7; 32]), signature: None, change: vec![1] },
+                    Envelope { case: case(4), signer: None, signature: None, change: vec![2; 3] },
+                ],
+            },
+            Message::Push { batch: 6, upto: 120, envelopes: vec![] },
+            Message::Ack {
+                batch: 5,
+                upto: 99,
+                applied: 2,
+                duplicates: 1,
+                pending: 0,
+                refused: vec![Refused {
+                    case: case(4),
+                    hash: [8; 32],
+                    reason: RefuseReason::OutOfScope,
+                    text: "案件不在本村范围".into(),
+                }],
+            },
+            Message::Digest { part: 0, last: true, entries: vec![(case(1), [1; 32]), (case(2), [2; 32])] },
+            Message::Want { cases: vec![(case(1), vec![[1; 32], [2; 32]]), (case(9), vec![])] },
+            Message::Done { log_head: 1234 },
+            Message::Error { code: ErrorCode::Unauthorized, text: "scope not granted".into() },
+            Message::Error { code: ErrorCode::Other(999), text: String::new() },
+        ]
+    }
+
+    fn decode_stream(bytes: &[u8], chunk: usize) -> Result<Vec<Message>, DecodeError> {
+        let mut dec = FrameDecoder::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            dec.push(piece)?;
+            while let Some(msg) = dec.next()? {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn encode_round_trips_every_kind() {
+        for msg in samples() {
+            let bytes = encode(&msg).unwrap();
+            assert_eq!(decode_stream(&bytes, bytes.len()).unwrap(), vec![msg.clone()], "{}", msg.name());
+            assert_eq!(decode(&bytes[PREFIX_BYTES..]).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn decoder_reassembles_frames_fed_one_byte_at_a_time() {
+        let msgs = samples();
+        let stream: Vec<u8> = msgs.iter().flat_map(|m| encode(m).unwrap()).collect();
+        assert_eq!(decode_stream(&stream, 1).unwrap(), msgs);
+        assert_eq!(decode_stream(&stream, 7).unwrap(), msgs);
+    }
+
+    #[test]
+    fn decoder_returns_two_frames_of_one_push_in_order() {
+        let a = Message::Done { log_head: 1 };
+        let b = Message::Grant { bytes: vec![1; 10] };
+        let mut bytes = encode(&a).unwrap();
+        bytes.extend(encode(&b).unwrap());
+        let mut dec = FrameDecoder::new();
+        dec.push(&bytes).unwrap();
+        assert_eq!(dec.next().unwrap(), Some(a));
+        assert_eq!(dec.next().unwrap(), Some(b));
+        assert_eq!(dec.next().unwrap(), None);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn decoder_refuses_oversize_prefix_before_buffering() {
+        let mut dec = FrameDecoder::new();
+        let len = u32::try_from(MAX_FRAME_BYTES + 1).unwrap();
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 1000]);
+        // Three bytes are not yet a length.
+        dec.push(&bytes[..3]).unwrap();
+        assert_eq!(dec.buffered(), 3);
+        let err = dec.push(&bytes[3..]).unwrap_err();
+        assert_eq!(err, DecodeError::FrameTooLarge { len: MAX_FRAME_BYTES + 1 });
+        assert_eq!(dec.buffered(), 0);
+        assert_eq!(dec.push(&[1]), Err(DecodeError::Poisoned));
+        assert_eq!(dec.next(), Err(DecodeError::Poisoned));
+        assert!(dec.is_poisoned());
+    }
+
+    #[test]
+    fn decoder_accepts_a_frame_of_exactly_the_limit() {
+        // One change cannot fill a frame (MAX_CHANGE_BYTES is a quarter of it): use a run.
+        let change_len = 4000;
+        let per = MIN_ENVELOPE_BYTES + change_len;
+        let n = (MAX_FRAME_BYTES - PUSH_FIXED_BYTES) / per;
+        let rest = MAX_FRAME_BYTES - PUSH_FIXED_BYTES - n * per;
+        let mut envelopes: Vec<Envelope> = (0..n)
+            .map(|_| Envelope { case: case(1), signer: None, signature: None, change: vec![0; change_len] })
+            .collect();
+        envelopes.push(Envelope { case: case(2), signer: None, signature: None, change: vec![0; rest] });
+        let mut msg = Message::Push { batch: 1, upto: 1, envelopes };
+        assert!(matches!(encode(&msg), Err(EncodeError::FrameTooLarge { .. })));
+        if let Message::Push { envelopes, .. } = &mut msg {
+            let last = envelopes.pop().unwrap();
+            let first = envelopes.first_mut().unwrap();
+            assert_eq!(last.change.len(), rest);
+            first.change.extend(std::iter::repeat_n(0, rest));
+            assert_eq!(PUSH_FIXED_BYTES + envelopes.iter().map(Envelope::wire_len).sum::<usize>(), MAX_FRAME_BYTES);
+        }
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(bytes.len(), MAX_FRAME_BYTES + PREFIX_BYTES);
+        let mut dec = FrameDecoder::new();
+        for piece in bytes.chunks(65_536) {
+            dec.push(piece).unwrap();
+            assert!(dec.buffered() <= MAX_FRAME_BYTES + PREFIX_BYTES);
+        }
+        assert_eq!(dec.next().unwrap(), Some(msg));
+    }
+
+    #[test]
+    fn decode_fails_fast_on_a_huge_count_in_a_tiny_frame() {
+        let mut payload = vec![PROTOCOL_VERSION, KIND_PUSH];
+        payload.extend_from_slice(&1u64.to_be_bytes());
+        payload.extend_from_slice(&1i64.to_be_bytes());
+        payload.extend_from_slice(&4_000_000u32.to_be_bytes());
+        assert_eq!(
+            decode(&payload),
+            Err(DecodeError::TooMany { what: "envelopes", count: 4_000_000, max: MAX_ENVELOPES_PER_PUSH })
+        );
+        // Under the limit but more than the bytes left could hold.
+        let at = payload.len() - 4;
+        payload[at..].copy_from_slice(&4000u32.to_be_bytes());
+        payload.extend_from_slice(&[0; 20]);
+        assert_eq!(decode(&payload), Err(DecodeError::Truncated { what: "envelopes" }));
+
+        let mut want = vec![PROTOCOL_VERSION, KIND_WANT];
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(&[0; 16]);
+        want.extend_from_slice(&64u32.to_be_bytes());
+        assert_eq!(decode(&want), Err(DecodeError::Truncated { what: "heads" }));
+    }
+
+    #[test]
+    fn decode_refuses_long_fields_before_reading_them() {
+        let mut grant = vec![PROTOCOL_VERSION, KIND_GRANT];
+        grant.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(decode(&grant), Err(DecodeError::TooLong { what: "grant", .. })));
+        let mut err = vec![PROTOCOL_VERSION, KIND_ERROR, 0, 1];
+        err.extend_from_slice(&2000u16.to_be_bytes());
+        assert!(matches!(decode(&err), Err(DecodeError::TooLong { what: "error text", len: 2000, .. })));
+    }
+
+    #[test]
+    fn decode_refuses_trailing_bytes() {
+        let mut bytes = encode(&Message::Done { log_head: 3 }).unwrap();
+        bytes.push(0);
+        assert_eq!(decode(&bytes[PREFIX_BYTES..]), Err(DecodeError::TrailingBytes { len: 1 }));
+        let framed = frame(&bytes[PREFIX_BYTES..]);
+        assert_eq!(decode_stream(&framed, 3), Err(DecodeError::TrailingBytes { len: 1 }));
+    }
+
+    #[test]
+    fn decode_maps_unknown_reason_and_error_codes_to_other() {
+        let ack = Message::Ack {
+            batch: 1,
+            upto: 1,
+            applied: 0,
+            duplicates: 0,
+            pending: 0,
+            refused: vec![Refused { case: case(1), hash: [0; 32], reason: RefuseReason::Malformed, text: "x".into() }],
+        };
+        let mut bytes = encode(&ack).unwrap();
+        // The reason byte sits before the text (u16 length + 1 byte).
+        let at = bytes.len() - 4;
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 42;
+        let Message::Ack { refused, .. } = decode(&bytes[PREFIX_BYTES..]).unwrap() else { panic!("not an ack") };
+        assert_eq!(refused[0].reason, RefuseReason::Other);
+
+        let payload = [PROTOCOL_VERSION, KIND_ERROR, 0x12, 0x34, 0, 0];
+        assert_eq!(decode(&payload).unwrap(), Message::Error { code: ErrorCode::Other(0x1234), text: String::new() });
+        assert_eq!(ErrorCode::from_code(ErrorCode::Other(4).code()), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn decode_refuses_bad_versions_kinds_and_values() {
+        assert_eq!(decode(&[]), Err(DecodeError::Truncated { what: "version" }));
+        assert_eq!(decode(&[2, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 2 }));
+        assert_eq!(decode(&[PROTOCOL_VERSION, 0]), Err(DecodeError::UnknownKind { kind: 0 }));
+        assert_eq!(decode(&[PROTOCOL_VERSION, 9]), Err(DecodeError::UnknownKind { kind: 9 }));
+
+        let mut done = vec![PROTOCOL_VERSION, KIND_DONE];
+        done.extend_from_slice(&(-1i64).to_be_bytes());
+        assert_eq!(decode(&done), Err(DecodeError::BadValue { what: "log head" }));
+
+        let mut push = encode(&Message::Push {
+            batch: 1,
+            upto: 1,
+            envelopes: vec![Envelope { case: case(1), signer: None, signature: None, change: vec![] }],
+        })
+        .unwrap();
+        let flags = PREFIX_BYTES + PUSH_FIXED_BYTES + 16;
+        push[flags] = 0b100;
+        assert_eq!(decode(&push[PREFIX_BYTES..]), Err(DecodeError::BadValue { what: "envelope flags" }));
+
+        let digest = [PROTOCOL_VERSION, KIND_DIGEST, 0, 0, 0, 0, 2, 0, 0, 0, 0];
+        assert_eq!(decode(&digest), Err(DecodeError::BadValue { what: "digest last" }));
+
+        let mut error = vec![PROTOCOL_VERSION, KIND_ERROR, 0, 1, 0, 2, 0xff, 0xfe];
+        assert_eq!(decode(&error), Err(DecodeError::BadUtf8 { what: "error text" }));
+        error.truncate(7);
+        assert_eq!(decode(&error), Err(DecodeError::Truncated { what: "error text" }));
+    }
+
+    #[test]
+    fn hello_refuses_non_canonical_scope_and_bad_versions() {
+        let hello = samples().remove(0);
+        let bytes = encode(&hello).unwrap();
+        let payload = &bytes[PREFIX_BYTES..];
+        // version, kind, replica, tier, then the scope's u16 length and digits.
+        let scope_at = 2 + 16 + 1 + 2;
+        let mut spaced = payload[..scope_at - 2].to_vec();
+        spaced.extend_from_slice(&13u16.to_be_bytes());
+        spaced.extend_from_slice(b" 532924101201");
+        spaced.extend_from_slice(&payload[scope_at + 12..]);
+        assert_eq!(decode(&spaced), Err(DecodeError::BadValue { what: "scope" }));
+
+        let mut tier = payload.to_vec();
+        tier[18] = 3;
+        assert_eq!(decode(&tier), Err(DecodeError::BadValue { what: "tier" }));
+
+        let Message::Hello { replica, tier, scope, log_head, have, .. } = hello else { unreachable!() };
+        let hello = |have, min_version, max_version| Message::Hello {
+            replica,
+            tier,
+            scope: scope.clone(),
+            log_head,
+            have,
+            min_version,
+            max_version,
+        };
+        assert_eq!(encode(&hello(have, 2, 1)), Err(EncodeError::BadValue { what: "version range" }));
+        assert_eq!(encode(&hello(have, 0, 1)), Err(EncodeError::BadValue { what: "version range" }));
+        let mut raw = encode(&hello(have, 1, 1)).unwrap();
+        let min_at = raw.len() - 2;
+        raw[min_at] = 2;
+        assert_eq!(decode(&raw[PREFIX_BYTES..]), Err(DecodeError::BadValue { what: "version range" }));
+        let dirty_start = LogPosition { seq: 0, hash: [1; 32] };
+        assert_eq!(encode(&hello(dirty_start, 1, 1)), Err(EncodeError::BadValue { what: "have hash" }));
+    }
+
+    #[test]
+    fn encode_names_the_limit_it_refuses() {
+        let change = Envelope { case: case(1), signer: None, signature: None, change: vec![0; MAX_CHANGE_BYTES + 1] };
+        let push = Message::Push { batch: 1, upto: 1, envelopes: vec![change] };
+        assert_eq!(
+            encode(&push),
+            Err(EncodeError::TooLong { what: "change", len: MAX_CHANGE_BYTES + 1, max: MAX_CHANGE_BYTES })
+        );
+        let big = Envelope { case: case(1), signer: None, signature: None, change: vec![0; MAX_CHANGE_BYTES] };
+        let push = Message::Push { batch: 1, upto: 1, envelopes: vec![big; 4] };
+        assert!(matches!(encode(&push), Err(EncodeError::FrameTooLarge { .. })));
+        let grant = Message::Grant { bytes: vec![0; MAX_GRANT_BYTES + 1] };
+        assert!(matches!(encode(&grant), Err(EncodeError::TooLong { what: "grant", .. })));
+        let want = Message::Want { cases: vec![(case(1), vec![[0; 32]; MAX_HEADS_PER_CASE + 1])] };
+        assert!(matches!(encode(&want), Err(EncodeError::TooMany { what: "heads", .. })));
+        let digest = Message::Digest { part: 0, last: true, entries: vec![(case(1), [0; 32]); MAX_DIGEST_ENTRIES + 1] };
+        assert!(matches!(encode(&digest), Err(EncodeError::TooMany { what: "digest entries", .. })));
+        let text = "界".repeat(400);
+        let error = Message::Error { code: ErrorCode::Internal, text: text.clone() };
+        assert!(matches!(encode(&error), Err(EncodeError::TooLong { what: "error text", len: 1200, .. })));
+        let clipped = clip_text(&text);
+        assert_eq!(clipped.len(), 1023);
+        assert!(encode(&Message::Error { code: ErrorCode::Internal, text: clipped }).is_ok());
+        assert_eq!(clip_text("short"), "short");
+    }
+
+    #[test]
+    fn decoder_reports_an_error_after_the_messages_before_it() {
+        let good = encode(&Message::Done { log_head: 5 }).unwrap();
+        let mut stream = good.clone();
+        stream.extend_from_slice(&frame(&[PROTOCOL_VERSION, 77]));
+        stream.extend_from_slice(&good);
+        let mut dec = FrameDecoder::new();
+        dec.push(&stream).unwrap();
+        assert_eq!(dec.next().unwrap(), Some(Message::Done { log_head: 5 }));
+        assert_eq!(dec.next(), Err(DecodeError::UnknownKind { kind: 77 }));
+        assert_eq!(dec.next(), Err(DecodeError::Poisoned));
+        // A zero-length frame is an error too, not a silent no-op.
+        let mut dec = FrameDecoder::new();
+        assert_eq!(dec.push(&[0, 0, 0, 0]), Err(DecodeError::Truncated { what: "version" }));
+    }
+
+    #[test]
+    fn frame_layout_is_stable() {
+        let done = encode(&Message::Done { log_head: 0x0102 }).unwrap();
+        assert_eq!(done, [0, 0, 0, 10, 1, 7, 0, 0, 0, 0, 0, 0, 1, 2]);
+        let error = encode(&Message::Error { code: ErrorCode::ShuttingDown, text: "bye".into() }).unwrap();
+        assert_eq!(error, [0, 0, 0, 9, 1, 8, 0, 6, 0, 3, b'b', b'y', b'e']);
+        let envelope = Envelope { case: case(0xaa), signer: Some([1; 32]), signature: None, change: vec![0xcc] };
+        let push = encode(&Message::Push { batch: 2, upto: 3, envelopes: vec![envelope.clone()] }).unwrap();
+        let mut want = vec![0, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1];
+        want.extend_from_slice(&[0xaa; 16]);
+        want.push(0b01);
+        want.extend_from_slice(&[1; 32]);
+        want.extend_from_slice(&[0, 0, 0, 1, 0xcc]);
+        let len = u32::try_from(want.len() - PREFIX_BYTES).unwrap();
+        want[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(push, want);
+        assert_eq!(push.len(), PREFIX_BYTES + PUSH_FIXED_BYTES + envelope.wire_len());
+    }
+
+    #[test]
+    fn negotiate_version_picks_the_highest_common() {
+        assert_eq!(negotiate_version(1, 1), Some(1));
+        assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate_version(2, 5), None);
+        assert_eq!(negotiate_version(0, 0), None);
+    }
+}
