@@ -9,6 +9,7 @@ use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, Outgoin
 use crate::case::{AdminCode, CaseId, ReplicaId};
 use crate::doc::Hash;
 use crate::store::{GrantRow, PeerRow, StoreError};
+use crate::sync::wire::LogPosition;
 use crate::trust::SignedGrant;
 
 /// A bounded run of this ledger's log, for one peer.
@@ -100,6 +101,18 @@ impl Ledger {
         Ok(self.store.peer(replica)?)
     }
 
+    /// The parent this replica synced with last (a township or county
+    /// server), whose log position a child's hello carries.
+    pub fn upstream(&self) -> Result<Option<ReplicaId>, LedgerError> {
+        let peers = self.store.peers()?;
+        let mine = self.identity.scope.clone();
+        Ok(peers
+            .into_iter()
+            .filter(|p| p.tier != Tier::Device.code() && AdminCode::parse(&p.scope).is_ok_and(|s| s.contains(&mine)))
+            .max_by_key(|p| p.last_sync)
+            .map(|p| p.replica))
+    }
+
     /// Every peer this ledger has synced with.
     pub fn peers(&self) -> Result<Vec<PeerRow>, LedgerError> {
         Ok(self.store.peers()?)
@@ -107,14 +120,12 @@ impl Ledger {
 
     /// Applies a batch from a peer under signed admission and records, in the
     /// same transaction, that this ledger now holds the peer's log up to
-    /// `upto` (unless `upto` is negative: a recovery batch that moves no
-    /// position).
+    /// `upto` (`None`: a recovery batch, which moves no position).
     pub fn apply_from_peer(
         &mut self,
         peer: &PeerInfo,
         changes: Vec<IncomingChange>,
-        upto: i64,
-        upto_hash: Hash,
+        upto: Option<LogPosition>,
     ) -> Result<ApplyReport, LedgerError> {
         let now = self.clock.now();
         let known = self.store.peer(peer.replica)?;
@@ -122,8 +133,8 @@ impl Ledger {
             replica: peer.replica,
             tier: peer.tier.code().to_owned(),
             scope: peer.scope.to_string(),
-            their_seq: if upto >= 0 { upto } else { known.as_ref().map_or(0, |k| k.their_seq) },
-            their_hash: if upto >= 0 { upto_hash } else { known.as_ref().map_or([0; 32], |k| k.their_hash) },
+            their_seq: upto.map_or_else(|| known.as_ref().map_or(0, |k| k.their_seq), |p| p.seq),
+            their_hash: upto.map_or_else(|| known.as_ref().map_or([0; 32], |k| k.their_hash), |p| p.hash),
             acked_seq: known.as_ref().map_or(0, |k| k.acked_seq),
             last_sync: Some(now),
         };

@@ -419,7 +419,9 @@ impl Session {
     fn send_hello(&mut self, ledger: &Ledger, peer: Option<crate::case::ReplicaId>) -> Result<(), SessionError> {
         let me = ledger.identity();
         let have = match peer {
-            Some(p) => ledger.peer(p)?.map_or(LogPosition::START, |r| LogPosition { seq: r.their_seq, hash: r.their_hash }),
+            Some(p) => {
+                ledger.peer(p)?.map_or(LogPosition::START, |r| LogPosition { seq: r.their_seq, hash: r.their_hash })
+            }
             None => LogPosition::START,
         };
         let hello = Message::Hello {
@@ -473,18 +475,19 @@ impl Session {
                 self.start_from(ledger, have)
             }
             (State::Streaming, Message::Grant { bytes }) => {
-                match SignedGrant::decode(&bytes, &self.creds.ca) {
-                    Ok(g) => {
-                        ledger.add_grant(&g)?;
-                    }
-                    // Changes signed by it will be refused as unknown signers
-                    // and reported back; the session goes on.
-                    Err(_) => {}
+                // A grant that does not verify is ignored: changes signed by
+                // its key are refused as unknown signers and reported back.
+                if let Ok(g) = SignedGrant::decode(&bytes, &self.creds.ca) {
+                    ledger.add_grant(&g)?;
                 }
                 Ok(())
             }
-            (State::Streaming, Message::Push { batch, upto, envelopes }) => self.receive_push(ledger, batch, upto, envelopes),
-            (State::Streaming, Message::Ack { batch, upto, refused, .. }) => self.receive_ack(ledger, batch, upto, refused),
+            (State::Streaming, Message::Push { batch, upto, envelopes }) => {
+                self.receive_push(ledger, batch, upto, envelopes)
+            }
+            (State::Streaming, Message::Ack { batch, upto, refused, .. }) => {
+                self.receive_ack(ledger, batch, upto, refused)
+            }
             (State::Streaming, Message::Digest { last, entries, .. }) => {
                 if self.digest_in.len() + entries.len() > 64 * MAX_DIGEST_ENTRIES {
                     return Err(SessionError::Unexpected("oversized digest"));
@@ -565,7 +568,12 @@ impl Session {
         Ok(())
     }
 
-    fn send_wanted(&mut self, ledger: &mut Ledger, cases: Vec<(CaseId, Vec<Hash>)>, now: Timestamp) -> Result<(), SessionError> {
+    fn send_wanted(
+        &mut self,
+        ledger: &mut Ledger,
+        cases: Vec<(CaseId, Vec<Hash>)>,
+        now: Timestamp,
+    ) -> Result<(), SessionError> {
         let Some(resume) = self.recovery_resume else {
             return Err(SessionError::Unexpected("want"));
         };
@@ -574,8 +582,10 @@ impl Session {
         let mut bytes = 0usize;
         for (case, heads) in cases {
             for change in ledger.changes_missing(case, &heads)? {
-                if !batch.is_empty() && (bytes + change.bytes.len() > self.cfg.max_batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH) {
-                    sent += self.push_batch(ledger, std::mem::take(&mut batch), LogPosition { seq: -1, hash: [0; 32] }, now)?;
+                if !batch.is_empty()
+                    && (bytes + change.bytes.len() > self.cfg.max_batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH)
+                {
+                    sent += self.push_batch(ledger, std::mem::take(&mut batch), None, now)?;
                     bytes = 0;
                 }
                 bytes += change.bytes.len();
@@ -584,7 +594,7 @@ impl Session {
         }
         // The last recovery push carries the position we resume from: once
         // it is committed the peer holds everything up to our head.
-        sent += self.push_batch(ledger, batch, resume, now)?;
+        sent += self.push_batch(ledger, batch, Some(resume), now)?;
         self.recovery_resume = None;
         self.events.push_back(Event::Recovered { sent });
         Ok(())
@@ -598,13 +608,14 @@ impl Session {
         let scope = self.peer_scope()?;
         let skip = self.peer.as_ref().map(|p| p.replica);
         while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
-            let out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.cfg.max_batch_bytes)?;
+            let out =
+                ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.cfg.max_batch_bytes)?;
             self.log_exhausted = out.exhausted;
             if out.upto == self.next_seq {
                 break;
             }
             self.next_seq = out.upto;
-            self.push_batch(ledger, out.changes, LogPosition { seq: out.upto, hash: out.upto_hash }, now)?;
+            self.push_batch(ledger, out.changes, Some(LogPosition { seq: out.upto, hash: out.upto_hash }), now)?;
         }
         if self.log_exhausted && self.in_flight.is_empty() && !self.sent_done {
             self.sent_done = true;
@@ -623,7 +634,7 @@ impl Session {
         &mut self,
         ledger: &mut Ledger,
         changes: Vec<OutgoingChange>,
-        upto: LogPosition,
+        upto: Option<LogPosition>,
         now: Timestamp,
     ) -> Result<u32, SessionError> {
         let mut envelopes = Vec::with_capacity(changes.len());
@@ -660,7 +671,7 @@ impl Session {
         &mut self,
         ledger: &mut Ledger,
         batch: u64,
-        upto: LogPosition,
+        upto: Option<LogPosition>,
         envelopes: Vec<Envelope>,
     ) -> Result<(), SessionError> {
         let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("push")) };
@@ -673,7 +684,7 @@ impl Session {
                 signature: e.signature.map(|s| s.to_vec()),
             })
             .collect();
-        let report = ledger.apply_from_peer(&peer, changes, upto.seq, upto.hash)?;
+        let report = ledger.apply_from_peer(&peer, changes, upto)?;
         let refused: Vec<Refused> = report
             .refused
             .iter()
@@ -697,7 +708,7 @@ impl Session {
         });
         self.send(&Message::Ack {
             batch,
-            upto: upto.seq,
+            upto: upto.map_or(0, |p| p.seq),
             applied: n(report.applied),
             duplicates: n(report.duplicates),
             pending: n(report.pending),

@@ -56,10 +56,11 @@ pub const MAX_REFUSALS: usize = 4096;
 
 /// Bytes of the length prefix in front of every payload.
 pub const PREFIX_BYTES: usize = 4;
-/// Bytes of a push payload before its first envelope (version, kind, batch, upto, count).
+/// Bytes of a push payload before its first envelope, at most (version, kind, batch,
+/// upto flag, upto seq and hash, count).
 ///
 /// A push fits one frame when `PUSH_FIXED_BYTES + Σ envelope.wire_len() <= MAX_FRAME_BYTES`.
-pub const PUSH_FIXED_BYTES: usize = 1 + 1 + 8 + 8 + 4;
+pub const PUSH_FIXED_BYTES: usize = 1 + 1 + 8 + 1 + 8 + 32 + 4;
 
 const KIND_HELLO: u8 = 1;
 const KIND_GRANT: u8 = 2;
@@ -268,8 +269,9 @@ pub enum Message {
         /// The sender's batch number, echoed by the ack.
         batch: u64,
         /// The position of the sender's log this batch reaches, even when changes before it were
-        /// filtered out (out of the receiver's scope).
-        upto: i64,
+        /// filtered out (out of the receiver's scope), with the hash of the change there. `None`
+        /// for a recovery batch, which moves no position.
+        upto: Option<LogPosition>,
         /// The changes, at most [`MAX_ENVELOPES_PER_PUSH`].
         envelopes: Vec<Envelope>,
     },
@@ -498,9 +500,16 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
         }
         Message::Grant { bytes } => w.bytes("grant", bytes, MAX_GRANT_BYTES)?,
         Message::Push { batch, upto, envelopes } => {
-            check_position(*upto, "push upto").map_err(|what| EncodeError::BadValue { what })?;
             w.u64(*batch)?;
-            w.i64(*upto)?;
+            match upto {
+                None => w.u8(0)?,
+                Some(p) => {
+                    check_position(p.seq, "push upto").map_err(|what| EncodeError::BadValue { what })?;
+                    w.u8(1)?;
+                    w.i64(p.seq)?;
+                    w.put(&p.hash)?;
+                }
+            }
             w.count("envelopes", envelopes.len(), MAX_ENVELOPES_PER_PUSH)?;
             for e in envelopes {
                 w.put(e.case.as_bytes())?;
@@ -644,8 +653,15 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
 
 fn decode_push(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let batch = r.u64("push batch")?;
-    let upto = r.i64("push upto")?;
-    check_position(upto, "push upto").map_err(|what| DecodeError::BadValue { what })?;
+    let upto = match r.u8("push upto flag")? {
+        0 => None,
+        1 => {
+            let seq = r.i64("push upto")?;
+            check_position(seq, "push upto").map_err(|what| DecodeError::BadValue { what })?;
+            Some(LogPosition { seq, hash: r.array("push upto hash")? })
+        }
+        _ => return Err(DecodeError::BadValue { what: "push upto flag" }),
+    };
     let count = r.count("envelopes", MAX_ENVELOPES_PER_PUSH, MIN_ENVELOPE_BYTES)?;
     let mut envelopes = Vec::with_capacity(count);
     for _ in 0..count {
@@ -1071,7 +1087,7 @@ mod tests {
             Message::Grant { bytes: vec![1, 2, 3, 4] },
             Message::Push {
                 batch: 5,
-                upto: 99,
+                upto: None,
                 envelopes: vec![
                     Envelope { case: case(1), signer: Some([4; 32]), signature: Some([5; 64]), change: vec![9; 100] },
                     Envelope { case: case(2), signer: None, signature: Some([6; 64]), change: vec![] },
@@ -1079,7 +1095,7 @@ mod tests {
                     Envelope { case: case(4), signer: None, signature: None, change: vec![2; 3] },
                 ],
             },
-            Message::Push { batch: 6, upto: 120, envelopes: vec![] },
+            Message::Push { batch: 6, upto: Some(LogPosition { seq: 120, hash: [120; 32] }), envelopes: vec![] },
             Message::Ack {
                 batch: 5,
                 upto: 99,
@@ -1178,7 +1194,7 @@ mod tests {
             .map(|_| Envelope { case: case(1), signer: None, signature: None, change: vec![0; change_len] })
             .collect();
         envelopes.push(Envelope { case: case(2), signer: None, signature: None, change: vec![0; rest] });
-        let mut msg = Message::Push { batch: 1, upto: 1, envelopes };
+        let mut msg = Message::Push { batch: 1, upto: Some(LogPosition { seq: 1, hash: [1; 32] }), envelopes };
         assert!(matches!(encode(&msg), Err(EncodeError::FrameTooLarge { .. })));
         if let Message::Push { envelopes, .. } = &mut msg {
             let last = envelopes.pop().unwrap();
@@ -1275,7 +1291,7 @@ mod tests {
 
         let mut push = encode(&Message::Push {
             batch: 1,
-            upto: 1,
+            upto: Some(LogPosition { seq: 1, hash: [1; 32] }),
             envelopes: vec![Envelope { case: case(1), signer: None, signature: None, change: vec![] }],
         })
         .unwrap();
@@ -1332,13 +1348,15 @@ mod tests {
     #[test]
     fn encode_names_the_limit_it_refuses() {
         let change = Envelope { case: case(1), signer: None, signature: None, change: vec![0; MAX_CHANGE_BYTES + 1] };
-        let push = Message::Push { batch: 1, upto: 1, envelopes: vec![change] };
+        let push =
+            Message::Push { batch: 1, upto: Some(LogPosition { seq: 1, hash: [1; 32] }), envelopes: vec![change] };
         assert_eq!(
             encode(&push),
             Err(EncodeError::TooLong { what: "change", len: MAX_CHANGE_BYTES + 1, max: MAX_CHANGE_BYTES })
         );
         let big = Envelope { case: case(1), signer: None, signature: None, change: vec![0; MAX_CHANGE_BYTES] };
-        let push = Message::Push { batch: 1, upto: 1, envelopes: vec![big; 4] };
+        let push =
+            Message::Push { batch: 1, upto: Some(LogPosition { seq: 1, hash: [1; 32] }), envelopes: vec![big; 4] };
         assert!(matches!(encode(&push), Err(EncodeError::FrameTooLarge { .. })));
         let grant = Message::Grant { bytes: vec![0; MAX_GRANT_BYTES + 1] };
         assert!(matches!(encode(&grant), Err(EncodeError::TooLong { what: "grant", .. })));
@@ -1378,7 +1396,12 @@ mod tests {
         let error = encode(&Message::Error { code: ErrorCode::ShuttingDown, text: "bye".into() }).unwrap();
         assert_eq!(error, [0, 0, 0, 9, 1, 8, 0, 6, 0, 3, b'b', b'y', b'e']);
         let envelope = Envelope { case: case(0xaa), signer: Some([1; 32]), signature: None, change: vec![0xcc] };
-        let push = encode(&Message::Push { batch: 2, upto: 3, envelopes: vec![envelope.clone()] }).unwrap();
+        let push = encode(&Message::Push {
+            batch: 2,
+            upto: Some(LogPosition { seq: 3, hash: [3; 32] }),
+            envelopes: vec![envelope.clone()],
+        })
+        .unwrap();
         let mut want = vec![0, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1];
         want.extend_from_slice(&[0xaa; 16]);
         want.push(0b01);

@@ -3,4 +3,5 @@
 
 mod ledger;
 mod merge;
+mod sync;
 mod wire;

@@ -79,8 +79,12 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         prop::collection::vec(any::<u8>(), 0..256).prop_map(|bytes| Message::Grant { bytes }),
-        (any::<u64>(), 0..i64::MAX, prop::collection::vec(envelope(), 0..8))
-            .prop_map(|(batch, upto, envelopes)| Message::Push { batch, upto, envelopes }),
+        (any::<u64>(), prop::option::of((0..i64::MAX, any::<[u8; 32]>())), prop::collection::vec(envelope(), 0..8))
+            .prop_map(|(batch, upto, envelopes)| Message::Push {
+                batch,
+                upto: upto.map(|(seq, hash)| LogPosition { seq, hash }),
+                envelopes
+            }),
         (any::<u64>(), 0..i64::MAX, any::<u32>(), any::<u32>(), any::<u32>(), prop::collection::vec(refused(), 0..6))
             .prop_map(|(batch, upto, applied, duplicates, pending, refused)| Message::Ack {
                 batch,

@@ -1,0 +1,354 @@
+//! The sync session between real ledgers, in memory: frames are moved by
+//! hand, so every interleaving is under the test's control.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use fq_core::case::{AdminCode, Role};
+use fq_core::clock::{Clock, ManualClock, Timestamp};
+use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, Tier};
+use fq_core::store::ListFilter;
+use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, Side};
+use fq_core::trust::{Grant, GrantRole, SignedGrant};
+
+use crate::ledger::{T0, new_case};
+
+const COUNTY: &str = "532924";
+
+pub struct Node {
+    pub ledger: Ledger,
+    pub key: SigningKey,
+    pub grant: SignedGrant,
+}
+
+pub fn ca() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+pub fn node(clock: &ManualClock, seed: u8, subject: &str, role: GrantRole, scope: &str) -> Node {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let grant = SignedGrant::issue(
+        Grant {
+            county: AdminCode::parse(COUNTY).unwrap(),
+            subject: subject.into(),
+            role,
+            scope: AdminCode::parse(scope).unwrap(),
+            serial: [seed; 16],
+            public_key: key.verifying_key().to_bytes(),
+            issued_at: T0.0,
+        },
+        &ca(),
+    )
+    .unwrap();
+    let (tier, person) = match role {
+        GrantRole::TownshipServer => (Tier::Township, Role::TownshipOfficer),
+        GrantRole::CountyServer => (Tier::County, Role::CountyAdmin),
+        r => (Tier::Device, r.person_role().unwrap()),
+    };
+    let init =
+        InitOptions { tier, name: subject.into(), role: person, scope: AdminCode::parse(scope).unwrap(), grid: None };
+    let mut ledger = Ledger::init_in_memory(init, Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+    ledger.add_grant(&grant).unwrap();
+    Node { ledger, key, grant }
+}
+
+fn creds(n: &Node, peer_limit: Option<&str>) -> Credentials {
+    Credentials {
+        ca: ca().verifying_key(),
+        own: Some((n.grant.clone(), n.key.clone())),
+        peer_scope_limit: peer_limit.map(|s| AdminCode::parse(s).unwrap()),
+    }
+}
+
+/// Runs one session between `child` and `parent` until both are caught up.
+/// Returns the two sessions for inspection.
+pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Session) {
+    let child_scope = child.ledger.identity().scope.to_string();
+    let upstream = child.ledger.upstream().unwrap();
+    let mut c =
+        Session::new(Side::Child, &child.ledger, creds(child, None), SessionConfig::default(), upstream, now).unwrap();
+    let mut p = Session::new(
+        Side::Parent,
+        &parent.ledger,
+        creds(parent, Some(&child_scope)),
+        SessionConfig::default(),
+        None,
+        now,
+    )
+    .unwrap();
+    for _ in 0..10_000 {
+        let mut moved = false;
+        while let Some(f) = c.poll_transmit() {
+            moved = true;
+            p.handle_input(&mut parent.ledger, &f, now).unwrap();
+        }
+        while let Some(f) = p.poll_transmit() {
+            moved = true;
+            c.handle_input(&mut child.ledger, &f, now).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
+    (c, p)
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn rows(l: &Ledger) -> Vec<fq_core::store::CaseRow> {
+    let mut r = l.list(&ListFilter::default()).unwrap();
+    r.sort_by_key(|r| r.id);
+    r
+}
+
+#[test]
+fn sync_three_tiers_converge_within_scope() {
+    let clock = ManualClock::new(T0);
+    let mut county = node(&clock, 1, "county", GrantRole::CountyServer, COUNTY);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev_a = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut dev_b = node(&clock, 4, "dev-b", GrantRole::GridWorker, "532924101202");
+    let mut admin = node(&clock, 5, "admin", GrantRole::CountyAdmin, COUNTY);
+    let a = dev_a.ledger.create_case(new_case("宅基地滴水纠纷")).unwrap();
+    let mut other = new_case("山林界址纠纷");
+    other.village = Some(AdminCode::parse("532924101202").unwrap());
+    dev_b.ledger.create_case(other).unwrap();
+    dev_a.ledger.escalate(a.id, "需乡镇协调").unwrap();
+    sync(&mut dev_a, &mut town, clock.now());
+    sync(&mut dev_b, &mut town, clock.now());
+    assert_eq!(rows(&town.ledger).len(), 2);
+    sync(&mut town, &mut county, clock.now());
+    assert_eq!(rows(&county.ledger), rows(&town.ledger));
+    // A county admin's decision reaches the village through both tiers.
+    sync(&mut admin, &mut county, clock.now());
+    admin.ledger.add_note(a.id, "县级意见：依法依规处理").unwrap();
+    sync(&mut admin, &mut county, clock.now());
+    sync(&mut town, &mut county, clock.now());
+    let (_, mut p) = sync(&mut dev_a, &mut town, clock.now());
+    assert!(events(&mut p).iter().any(|e| matches!(e, Event::Acked { .. })));
+    let note = dev_a.ledger.show(a.id, false).unwrap();
+    assert!(note.state.events.iter().any(|e| e.text.as_deref() == Some("县级意见：依法依规处理")));
+    // Each replica holds exactly its scope, identical to the others.
+    assert_eq!(rows(&dev_a.ledger).len(), 1, "a village device gets only its village");
+    assert_eq!(dev_a.ledger.heads(a.id).unwrap(), county.ledger.heads(a.id).unwrap());
+    let scope = AdminCode::parse("532924101201").unwrap();
+    assert_eq!(dev_a.ledger.digest(&scope).unwrap(), county.ledger.digest(&scope).unwrap());
+    assert_eq!(town.ledger.digest(&scope).unwrap(), county.ledger.digest(&scope).unwrap());
+}
+
+#[test]
+fn sync_refuses_changes_outside_the_authors_scope_and_audits_them() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    // A device whose grant covers village 201 but whose ledger (tampered)
+    // records a case in village 202.
+    let mut rogue = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut honest = node(&clock, 9, "dev-x", GrantRole::Mediator, "532924101202");
+    let mut elsewhere = new_case("越界案件");
+    elsewhere.village = Some(AdminCode::parse("532924101202").unwrap());
+    let c = honest.ledger.create_case(elsewhere).unwrap();
+    let bytes = honest.ledger.changes_since(0, 10).unwrap();
+    rogue.ledger.apply_changes(None, bytes.into_iter().map(Into::into).collect()).unwrap();
+    let (mut child, _) = sync(&mut rogue, &mut town, clock.now());
+    let refused: Vec<_> = events(&mut child)
+        .into_iter()
+        .flat_map(|e| match e {
+            Event::Acked { refused, .. } => refused,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].reason, fq_core::sync::wire::RefuseReason::OutOfScope);
+    assert_eq!(child.stats().refused_by_peer, 1);
+    assert!(town.ledger.resolve(&c.id.to_string()).is_err());
+    assert!(town.ledger.audit(10).unwrap().iter().any(|a| a.kind == "refused"));
+}
+
+#[test]
+fn sync_resent_batch_after_lost_ack_changes_nothing() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let c = dev.ledger.create_case(new_case("债务纠纷")).unwrap();
+    dev.ledger.add_note(c.id, "一").unwrap();
+    let now = clock.now();
+    let child_creds = creds(&dev, None);
+    let mut child = Session::new(Side::Child, &dev.ledger, child_creds, SessionConfig::default(), None, now).unwrap();
+    let mut parent = Session::new(
+        Side::Parent,
+        &town.ledger,
+        creds(&town, Some("532924101201")),
+        SessionConfig::default(),
+        None,
+        now,
+    )
+    .unwrap();
+    // Hellos cross; then the grant and the push reach the parent, and its
+    // acknowledgement is lost.
+    let hello = child.poll_transmit().unwrap();
+    parent.handle_input(&mut town.ledger, &hello, now).unwrap();
+    for f in std::iter::from_fn(|| parent.poll_transmit()).collect::<Vec<_>>() {
+        child.handle_input(&mut dev.ledger, &f, now).unwrap();
+    }
+    let mut frames = vec![hello];
+    frames.extend(std::iter::from_fn(|| child.poll_transmit()));
+    assert!(frames.len() >= 3, "hello, grant, push");
+    for f in &frames[1..] {
+        parent.handle_input(&mut town.ledger, f, now).unwrap();
+    }
+    while parent.poll_transmit().is_some() {}
+    let before = (town.ledger.counts().unwrap(), town.ledger.heads(c.id).unwrap());
+    // The child resends the same push (same batch) on a new session.
+    let mut again = Session::new(
+        Side::Parent,
+        &town.ledger,
+        creds(&town, Some("532924101201")),
+        SessionConfig::default(),
+        None,
+        now,
+    )
+    .unwrap();
+    for f in &frames {
+        again.handle_input(&mut town.ledger, f, now).unwrap();
+    }
+    let received: Vec<Event> = events(&mut again).into_iter().filter(|e| matches!(e, Event::Received { .. })).collect();
+    assert_eq!(received, vec![Event::Received { applied: 0, duplicates: 2, pending: 0, refused: 0 }]);
+    assert_eq!((town.ledger.counts().unwrap(), town.ledger.heads(c.id).unwrap()), before);
+}
+
+#[test]
+fn sync_recovers_by_digest_after_a_server_restore() {
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    // The township keeps its ledger on disk so it can be backed up and restored.
+    let path = dir.path().join("town.db");
+    let init = InitOptions {
+        tier: Tier::Township,
+        name: "binju".into(),
+        role: Role::TownshipOfficer,
+        scope: AdminCode::parse("532924101").unwrap(),
+        grid: None,
+    };
+    town.ledger = Ledger::init(&path, init, Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+    town.ledger.add_grant(&town.grant.clone()).unwrap();
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut officer = node(&clock, 6, "officer", GrantRole::TownshipOfficer, "532924101");
+    let first = dev.ledger.create_case(new_case("第一件")).unwrap();
+    sync(&mut dev, &mut town, clock.now());
+    // Back up the township.
+    let reopen = |town: &mut Node| {
+        let l = Ledger::open(&path, Arc::new(clock.clone()), LedgerOptions::default()).unwrap();
+        town.ledger = l;
+    };
+    town.ledger = Ledger::init_in_memory(
+        InitOptions {
+            tier: Tier::Township,
+            name: "x".into(),
+            role: Role::TownshipOfficer,
+            scope: AdminCode::parse("532924101").unwrap(),
+            grid: None,
+        },
+        Arc::new(clock.clone()),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    let backup = dir.path().join("backup.db");
+    std::fs::copy(&path, &backup).unwrap();
+    reopen(&mut town);
+    // More work flows through the township after the backup.
+    let second = dev.ledger.create_case(new_case("第二件")).unwrap();
+    sync(&mut dev, &mut town, clock.now());
+    sync(&mut officer, &mut town, clock.now());
+    officer.ledger.add_note(first.id, "乡镇意见").unwrap();
+    sync(&mut officer, &mut town, clock.now());
+    sync(&mut dev, &mut town, clock.now());
+    assert!(dev.ledger.show(first.id, false).unwrap().state.events.len() == 2);
+    // The township's disk dies; it is restored from the backup. Its log is
+    // now shorter than what the device and the officer hold of it.
+    drop(std::mem::replace(
+        &mut town.ledger,
+        Ledger::init_in_memory(
+            InitOptions {
+                tier: Tier::Township,
+                name: "y".into(),
+                role: Role::TownshipOfficer,
+                scope: AdminCode::parse("532924101").unwrap(),
+                grid: None,
+            },
+            Arc::new(clock.clone()),
+            LedgerOptions::default(),
+        )
+        .unwrap(),
+    ));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    std::fs::copy(&backup, &path).unwrap();
+    reopen(&mut town);
+    assert!(town.ledger.resolve(&second.id.to_string()).is_err(), "the restore lost the second case");
+    let (_, mut parent) = sync(&mut dev, &mut town, clock.now());
+    sync(&mut officer, &mut town, clock.now());
+    // The device held more of the township's log than the township has: the
+    // township noticed and recovered by digest.
+    assert!(std::iter::from_fn(|| parent.poll_event()).any(|e| matches!(e, Event::Recovered { .. })));
+    let scope = AdminCode::parse("532924101201").unwrap();
+    assert_eq!(town.ledger.digest(&scope).unwrap(), dev.ledger.digest(&scope).unwrap());
+    assert_eq!(town.ledger.digest(&scope).unwrap().len(), 2);
+    assert_eq!(town.ledger.heads(first.id).unwrap(), officer.ledger.heads(first.id).unwrap());
+    // And new work after the restore still flows.
+    dev.ledger.add_note(second.id, "恢复后").unwrap();
+    sync(&mut dev, &mut town, clock.now());
+    sync(&mut officer, &mut town, clock.now());
+    assert_eq!(officer.ledger.heads(second.id).unwrap(), dev.ledger.heads(second.id).unwrap());
+}
+
+#[test]
+fn sync_ends_the_session_on_garbage_and_keeps_the_ledger() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let before = town.ledger.counts().unwrap();
+    let mut p =
+        Session::new(Side::Parent, &town.ledger, creds(&town, None), SessionConfig::default(), None, clock.now())
+            .unwrap();
+    let e = p.handle_input(&mut town.ledger, &[0, 0, 0, 5, 1, 99, 0, 0, 0], clock.now()).unwrap_err();
+    assert!(e.to_string().contains("frame"), "{e}");
+    assert!(p.is_closed());
+    let reply = p.poll_transmit().expect("an error frame");
+    let mut d = fq_core::sync::wire::FrameDecoder::new();
+    d.push(&reply).unwrap();
+    assert!(matches!(d.next().unwrap(), Some(fq_core::sync::wire::Message::Error { .. })));
+    // An oversize length prefix is refused before the body arrives.
+    let mut p =
+        Session::new(Side::Parent, &town.ledger, creds(&town, None), SessionConfig::default(), None, clock.now())
+            .unwrap();
+    assert!(p.handle_input(&mut town.ledger, &[0xff, 0xff, 0xff, 0xff], clock.now()).is_err());
+    assert_eq!(town.ledger.counts().unwrap(), before);
+}
+
+#[test]
+fn sync_watchdog_ends_a_session_whose_push_is_never_acked() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    dev.ledger.create_case(new_case("债务纠纷")).unwrap();
+    let now = clock.now();
+    let mut child =
+        Session::new(Side::Child, &dev.ledger, creds(&dev, None), SessionConfig::default(), None, now).unwrap();
+    let mut parent =
+        Session::new(Side::Parent, &town.ledger, creds(&town, None), SessionConfig::default(), None, now).unwrap();
+    // Only the hello exchange gets through; the push and everything after is lost.
+    let hello = child.poll_transmit().unwrap();
+    parent.handle_input(&mut town.ledger, &hello, now).unwrap();
+    let replies: Vec<_> = std::iter::from_fn(|| parent.poll_transmit()).collect();
+    for r in &replies {
+        child.handle_input(&mut dev.ledger, r, now).unwrap();
+    }
+    let deadline = child.poll_timeout().expect("a push is in flight");
+    assert!(child.handle_timeout(Timestamp(deadline.0 - 1)).is_ok());
+    assert!(child.handle_timeout(deadline).is_err());
+    assert!(child.is_closed());
+}
