@@ -23,12 +23,13 @@ use crate::doc::{
     self, Author, CaseDoc, CaseState, DeadlinePolicy, DocError, FieldConflict, FieldEdit, Hash, HistoryEntry,
     NewCaseDoc, NewEvent,
 };
+use crate::faults::{self, Bug};
 use crate::store::{AuditEntry, CaseRow, ListFilter, OpenMode, PendingChange, Store, StoreError, Tx};
 use crate::trust::{self, GrantRole};
 
 mod replica;
 
-pub use replica::{OutgoingBatch, PeerInfo, heads_digest};
+pub use replica::{OutgoingBatch, PeerInfo, chain_position, heads_digest};
 
 /// How many case documents a ledger keeps loaded (about 20 KiB each).
 const DOC_CACHE_CASES: usize = 256;
@@ -532,6 +533,11 @@ impl Ledger {
         let id = CaseId::from_bytes(self.rng.random());
         let author = self.author();
         let tx = self.store.transaction()?;
+        // Ids are 128 random bits; a repeat means the randomness is broken
+        // (a cloned seed). Refuse rather than overwrite a case.
+        if tx.snapshot(id)?.is_some() {
+            return Err(StoreError::BadValue { what: "new case id (already in use)" }.into());
+        }
         let year = now.year_cst();
         let seq_key = format!("case_seq/{year}");
         let seq = tx.meta(&seq_key)?.and_then(|s| s.parse::<u32>().ok()).unwrap_or(0) + 1;
@@ -825,7 +831,7 @@ impl Ledger {
         from: Option<ReplicaId>,
         changes: Vec<IncomingChange>,
     ) -> Result<ApplyReport, LedgerError> {
-        self.apply_with(from, changes, Admission::Open, |_| Ok(()))
+        self.apply_with(from, changes, Admission::Open, |_, _| Ok(()))
     }
 
     /// [`Ledger::apply_changes`] with an admission policy, running `also`
@@ -836,7 +842,7 @@ impl Ledger {
         from: Option<ReplicaId>,
         changes: Vec<IncomingChange>,
         admission: Admission,
-        also: impl FnOnce(&Tx<'_>) -> Result<(), LedgerError>,
+        also: impl FnOnce(&Tx<'_>, &ApplyReport) -> Result<(), LedgerError>,
     ) -> Result<ApplyReport, LedgerError> {
         self.check_writable()?;
         let now = self.clock.now();
@@ -859,7 +865,11 @@ impl Ledger {
                 Err(e) => return Err(e),
             }
         }
-        also(&tx)?;
+        also(&tx, &report)?;
+        if faults::on(Bug::AckBeforeCommit) {
+            // The injected bug: report success, but the transaction rolls back.
+            return Ok(report);
+        }
         tx.commit()?;
         for (case, doc) in touched {
             self.cache_put(case, doc);
@@ -1011,7 +1021,7 @@ impl ApplyCtx<'_, '_> {
 
     /// Checks signature, grant and role; returns the author's scope.
     fn admit(&self, c: &Candidate) -> Result<Option<AdminCode>, (RefuseReason, String)> {
-        if self.admission == Admission::Open {
+        if self.admission == Admission::Open || faults::on(Bug::IgnoreScope) {
             return Ok(None);
         }
         let (Some(signer), Some(signature)) = (&c.signer, &c.signature) else {
@@ -1081,7 +1091,8 @@ fn apply_case(
         };
         let (hash, deps) = doc::change_key(&change);
         let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
-        if known || candidates.iter().any(|k| k.hash == hash) {
+        let seen = known || candidates.iter().any(|k| k.hash == hash);
+        if seen && !faults::on(Bug::SkipDuplicateCheck) {
             report.duplicates += 1;
             continue;
         }
@@ -1140,7 +1151,9 @@ fn apply_case(
                 signer: c.signer,
                 signature: c.signature.clone(),
             };
-            tx.put_pending(&p, cx.now)?;
+            if !faults::on(Bug::DropMissingDeps) {
+                tx.put_pending(&p, cx.now)?;
+            }
             report.pending += 1;
         }
     }

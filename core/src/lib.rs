@@ -4,6 +4,7 @@ pub mod case;
 pub mod clock;
 pub mod county;
 pub mod doc;
+pub mod faults;
 pub mod ledger;
 pub mod sample;
 pub mod store;

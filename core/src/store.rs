@@ -158,6 +158,12 @@ pub struct LogEntry {
     pub signature: Option<Vec<u8>>,
     /// The case's village, for scope filtering.
     pub village: String,
+    /// A running digest of the whole log up to here: the first 8 bytes of
+    /// SHA-256(previous chain, big-endian || change hash). Two logs with the
+    /// same chain at a position hold the same changes in the same order up
+    /// to it, so a peer's saved position can be checked in one lookup (a
+    /// restored backup that re-received changes in another order is caught).
+    pub chain: i64,
 }
 
 /// A change kept until its dependencies arrive.
@@ -277,6 +283,7 @@ const MIGRATIONS: &[&str] = &[
         case_id BLOB, peer TEXT, detail TEXT NOT NULL);",
     // 2: sync — who signed each change, peers' log positions, device grants
     "ALTER TABLE changes ADD COLUMN signer BLOB;
+     ALTER TABLE changes ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE pending ADD COLUMN signer BLOB;
      CREATE INDEX changes_case ON changes(case_rowid);
      CREATE TABLE peers (
@@ -435,7 +442,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT c.log_seq, k.id, c.hash, c.received_from, c.signer, c.signature, k.village
+                "SELECT c.log_seq, k.id, c.hash, c.received_from, c.signer, c.signature, k.village, c.chain
                  FROM changes c JOIN cases k ON k.rowid = c.case_rowid
                  WHERE c.log_seq > ?1 ORDER BY c.log_seq LIMIT ?2",
             )
@@ -444,16 +451,15 @@ impl Store {
         rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
     }
 
-    /// The hash of the change at log position `seq`, if there is one.
-    pub fn log_entry(&self, seq: i64) -> Result<Option<Hash>, StoreError> {
-        let h: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT hash FROM changes WHERE log_seq = ?1")
+    /// The log's chain value at position `seq` (see [`LogEntry::chain`]), if
+    /// the log reaches that far.
+    pub fn log_chain(&self, seq: i64) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT chain FROM changes WHERE log_seq = ?1")
             .map_err(sq("prepare log"))?
             .query_row([seq], |r| r.get(0))
             .optional()
-            .map_err(sq("read log"))?;
-        h.map(|h| h.try_into().map_err(|_| StoreError::BadValue { what: "change hash" })).transpose()
+            .map_err(sq("read log"))
     }
 
     /// Every change row of a case: hash, signer, signature.
@@ -501,6 +507,26 @@ impl Store {
     /// What this replica knows of a peer.
     pub fn peer(&self, replica: ReplicaId) -> Result<Option<PeerRow>, StoreError> {
         peer_get(&self.conn, replica)
+    }
+
+    /// Whether a change is held: in the log of its case, or pending.
+    pub fn holds_change(&self, case: CaseId, hash: &Hash) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                               WHERE k.id = ?1 AND c.hash = ?2)
+                     OR EXISTS(SELECT 1 FROM pending WHERE hash = ?2)",
+            )
+            .map_err(sq("prepare holds"))?
+            .query_row(params![case.as_bytes(), hash], |r| r.get(0))
+            .map_err(sq("read holds"))
+    }
+
+    /// How many log rows repeat a change already logged.
+    pub fn duplicate_log_rows(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) - count(DISTINCT hash) FROM changes", [], |r| r.get(0))
+            .map_err(sq("count duplicates"))
     }
 
     /// Every peer this replica has synced with.
@@ -669,10 +695,10 @@ fn grant_get(conn: &Connection, signer: &[u8; 32]) -> Result<Option<GrantRow>, S
         .map_err(sq("read grant"))
 }
 
-type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String);
+type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64);
 
 fn read_log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRaw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
 }
 
 trait ParseLog {
@@ -681,7 +707,7 @@ trait ParseLog {
 
 impl ParseLog for LogRaw {
     fn parse(self) -> Result<LogEntry, StoreError> {
-        let (log_seq, case, hash, from, signer, signature, village) = self;
+        let (log_seq, case, hash, from, signer, signature, village, chain) = self;
         Ok(LogEntry {
             log_seq,
             case: case_id(&case)?,
@@ -690,8 +716,21 @@ impl ParseLog for LogRaw {
             signer: signer.map(key32).transpose()?,
             signature,
             village,
+            chain,
         })
     }
+}
+
+/// The log chain after appending `hash` to a log whose chain was `prev`.
+fn chain_next(prev: i64, hash: &Hash) -> i64 {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(prev.to_be_bytes());
+    h.update(hash);
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(first)
 }
 
 fn hash32(v: Vec<u8>) -> Result<Hash, StoreError> {
@@ -788,9 +827,19 @@ impl Tx<'_> {
         signer: Option<&[u8; 32]>,
         signature: Option<&[u8]>,
     ) -> Result<i64, StoreError> {
+        let prev: i64 = self
+            .tx
+            .prepare_cached("SELECT chain FROM changes ORDER BY log_seq DESC LIMIT 1")
+            .map_err(sq("prepare log"))?
+            .query_row([], |r| r.get(0))
+            .optional()
+            .map_err(sq("read log"))?
+            .unwrap_or(0);
+        let chain = chain_next(prev, hash);
         self.tx
             .prepare_cached(
-                "INSERT INTO changes(hash, case_rowid, received_from, signer, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO changes(hash, case_rowid, received_from, signer, signature, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(sq("prepare log"))?
             .execute(params![
@@ -798,7 +847,8 @@ impl Tx<'_> {
                 case_rowid,
                 received_from.map(|r| r.as_bytes().to_vec()),
                 signer.map(|s| s.to_vec()),
-                signature
+                signature,
+                chain
             ])
             .map_err(sq("append log"))?;
         Ok(self.tx.last_insert_rowid())

@@ -5,7 +5,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, OutgoingChange, Tier};
+use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, OutgoingChange, RefuseReason, Tier};
 use crate::case::{AdminCode, CaseId, ReplicaId};
 use crate::doc::Hash;
 use crate::store::{GrantRow, PeerRow, StoreError};
@@ -19,7 +19,7 @@ pub struct OutgoingBatch {
     pub changes: Vec<OutgoingChange>,
     /// The last log position read, including positions filtered out.
     pub upto: i64,
-    /// The hash of the change at `upto` (all zero when nothing was read).
+    /// The log's chain value at `upto` (see [`chain_position`]).
     pub upto_hash: Hash,
     /// Whether the log was read to its end.
     pub exhausted: bool,
@@ -34,6 +34,14 @@ pub struct PeerInfo {
     pub tier: Tier,
     /// Its scope.
     pub scope: AdminCode,
+}
+
+/// A log position's check value on the wire: the 8-byte chain value
+/// (big-endian), zero-padded to 32 bytes.
+pub fn chain_position(chain: i64) -> Hash {
+    let mut h = [0u8; 32];
+    h[..8].copy_from_slice(&chain.to_be_bytes());
+    h
 }
 
 /// The hash a digest carries for a case: SHA-256 of its sorted heads.
@@ -59,7 +67,8 @@ impl Ledger {
         let mut batch = OutgoingBatch { changes: Vec::new(), upto: after, upto_hash: [0; 32], exhausted };
         let mut bytes = 0usize;
         for row in rows {
-            let inside = AdminCode::parse(&row.village).is_ok_and(|v| scope.contains(&v));
+            let inside = AdminCode::parse(&row.village).is_ok_and(|v| scope.contains(&v))
+                || crate::faults::on(crate::faults::Bug::IgnoreScope);
             let echo = skip_from.is_some() && row.received_from == skip_from;
             if inside && !echo {
                 let doc = self.doc(row.case)?;
@@ -83,17 +92,18 @@ impl Ledger {
                 });
             }
             batch.upto = row.log_seq;
-            batch.upto_hash = row.hash;
+            batch.upto_hash = chain_position(row.chain);
         }
         Ok(batch)
     }
 
-    /// The hash of the change at log position `seq` (0 has the all-zero hash).
+    /// What a log position is checked by: the log's chain value at `seq`
+    /// (see [`chain_position`]); position 0 has the all-zero value.
     pub fn log_hash(&self, seq: i64) -> Result<Option<Hash>, LedgerError> {
         if seq == 0 {
             return Ok(Some([0; 32]));
         }
-        Ok(self.store.log_entry(seq)?)
+        Ok(self.store.log_chain(seq)?.map(chain_position))
     }
 
     /// What this ledger knows of a peer.
@@ -120,7 +130,9 @@ impl Ledger {
 
     /// Applies a batch from a peer under signed admission and records, in the
     /// same transaction, that this ledger now holds the peer's log up to
-    /// `upto` (`None`: a recovery batch, which moves no position).
+    /// `upto` (`None`: a recovery batch, which moves no position). A batch
+    /// with a change from an unknown signer moves no position either: the
+    /// grant may still come, and the batch must then be sent again.
     pub fn apply_from_peer(
         &mut self,
         peer: &PeerInfo,
@@ -138,7 +150,15 @@ impl Ledger {
             acked_seq: known.as_ref().map_or(0, |k| k.acked_seq),
             last_sync: Some(now),
         };
-        self.apply_with(Some(peer.replica), changes, Admission::Signed, |tx| Ok(tx.set_peer_received(&row)?))
+        self.apply_with(Some(peer.replica), changes, Admission::Signed, |tx, report| {
+            // A change from a signer whose grant has not arrived yet may be
+            // fine once it does: keep the old position so it is sent again.
+            let transient = report.refused.iter().any(|r| r.reason == RefuseReason::UnknownSigner);
+            if transient {
+                return Ok(());
+            }
+            Ok(tx.set_peer_received(&row)?)
+        })
     }
 
     /// Records that `peer` acknowledged this ledger's log up to `upto`.
@@ -182,6 +202,17 @@ impl Ledger {
         tx.put_grant(&row, now)?;
         tx.commit()?;
         Ok(row)
+    }
+
+    /// Whether this ledger durably holds a change: applied, or kept until
+    /// its dependencies arrive. Reads the file, not the cache.
+    pub fn holds_change(&self, case: CaseId, hash: &Hash) -> Result<bool, LedgerError> {
+        Ok(self.store.holds_change(case, hash)?)
+    }
+
+    /// Log rows whose change appears more than once (a healthy log has none).
+    pub fn duplicate_log_rows(&self) -> Result<i64, LedgerError> {
+        Ok(self.store.duplicate_log_rows()?)
     }
 
     /// The grant of a signing key, if this ledger holds it.

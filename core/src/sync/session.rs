@@ -32,13 +32,28 @@ use ed25519_dalek::SigningKey;
 
 use super::wire::{
     self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
-    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_REFUSALS, MAX_WANT_CASES, Message, PROTOCOL_VERSION, Refused,
+    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, Message, PROTOCOL_VERSION, Refused,
 };
 use crate::case::{AdminCode, CaseId};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, RefuseReason, Tier};
 use crate::trust::{self, SignedGrant};
+
+/// Cases per `Want` frame, so a frame stays under the limit whatever the heads.
+const WANT_CASES_PER_FRAME: usize = 256;
+/// Refusals listed in one ack (the rest are counted in the audit only), and
+/// the words kept of each, so an ack always fits a frame.
+const ACK_REFUSALS: usize = 512;
+const ACK_TEXT_BYTES: usize = 200;
+
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
 
 /// Which end of the link this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +241,10 @@ pub struct Session {
     /// Set while a digest we sent awaits the peer's `Want`: the log position
     /// to resume from once the wanted changes are sent.
     recovery_resume: Option<LogPosition>,
+    /// Whether we sent our digest in this session (at most once).
+    digest_sent: bool,
+    /// Changes sent so far for the peer's `Want`s.
+    recovered: u32,
     // The peer's log, coming to us.
     peer_done: bool,
     /// Digest parts received so far, while the peer recovers towards us.
@@ -264,6 +283,8 @@ impl Session {
             sent_done: false,
             grants_sent: BTreeSet::new(),
             recovery_resume: None,
+            digest_sent: false,
+            recovered: 0,
             peer_done: false,
             digest_in: Vec::new(),
             caught_up_reported: false,
@@ -527,9 +548,16 @@ impl Session {
         // The peer's idea of our log does not match it: one side was restored
         // or rebuilt. Send a digest of our cases in its scope; it will ask for
         // what it lacks. Afterwards we resume from our current head.
-        let scope = self.peer_scope()?;
         let head = ledger.log_head()?;
         let resume = LogPosition { seq: head, hash: ledger.log_hash(head)?.unwrap_or([0; 32]) };
+        self.next_seq = head;
+        self.send_digest(ledger, resume)
+    }
+
+    /// Sends our digest for the peer's scope and pauses pushing until the
+    /// peer says what it wants; then pushes continue from `resume`.
+    fn send_digest(&mut self, ledger: &mut Ledger, resume: LogPosition) -> Result<(), SessionError> {
+        let scope = self.peer_scope()?;
         let digest = ledger.digest(&scope)?;
         let parts = digest.chunks(MAX_DIGEST_ENTRIES).count().max(1);
         if digest.is_empty() {
@@ -539,8 +567,8 @@ impl Session {
             let part = u32::try_from(i).unwrap_or(u32::MAX);
             self.send(&Message::Digest { part, last: i + 1 == parts, entries: chunk.to_vec() })?;
         }
+        self.digest_sent = true;
         self.recovery_resume = Some(resume);
-        self.next_seq = head;
         Ok(())
     }
 
@@ -559,11 +587,19 @@ impl Session {
                 want.push((*case, heads.into_iter().take(MAX_HEADS_PER_CASE).collect::<Vec<_>>()));
             }
         }
-        if want.is_empty() {
-            return self.send(&Message::Want { cases: Vec::new() });
-        }
-        for chunk in want.chunks(MAX_WANT_CASES) {
+        // Each entry may carry up to MAX_HEADS_PER_CASE heads; this many
+        // entries always fit one frame (256 × 2 KiB ≈ 0.5 MiB). An empty
+        // `Want` ends the list.
+        for chunk in want.chunks(WANT_CASES_PER_FRAME) {
             self.send(&Message::Want { cases: chunk.to_vec() })?;
+        }
+        self.send(&Message::Want { cases: Vec::new() })?;
+        // A digest means the peer found our idea of its log wrong, so it was
+        // restored or we were: we may lack what it got from us earlier and
+        // will not resend (it skips echoes). Offer our digest in turn, once.
+        if !self.digest_sent {
+            let resume = LogPosition { seq: self.next_seq, hash: ledger.log_hash(self.next_seq)?.unwrap_or([0; 32]) };
+            self.send_digest(ledger, resume)?;
         }
         Ok(())
     }
@@ -577,6 +613,16 @@ impl Session {
         let Some(resume) = self.recovery_resume else {
             return Err(SessionError::Unexpected("want"));
         };
+        if cases.is_empty() {
+            // The end of the peer's list: the last recovery push carries the
+            // position we resume from, so once it is committed the peer holds
+            // everything up to it.
+            self.push_batch(ledger, Vec::new(), Some(resume), now)?;
+            self.recovery_resume = None;
+            self.events.push_back(Event::Recovered { sent: self.recovered });
+            self.recovered = 0;
+            return Ok(());
+        }
         let mut sent = 0u32;
         let mut batch = Vec::new();
         let mut bytes = 0usize;
@@ -592,11 +638,10 @@ impl Session {
                 batch.push(change);
             }
         }
-        // The last recovery push carries the position we resume from: once
-        // it is committed the peer holds everything up to our head.
-        sent += self.push_batch(ledger, batch, Some(resume), now)?;
-        self.recovery_resume = None;
-        self.events.push_back(Event::Recovered { sent });
+        if !batch.is_empty() {
+            sent += self.push_batch(ledger, batch, None, now)?;
+        }
+        self.recovered += sent;
         Ok(())
     }
 
@@ -688,12 +733,12 @@ impl Session {
         let refused: Vec<Refused> = report
             .refused
             .iter()
-            .take(MAX_REFUSALS)
+            .take(ACK_REFUSALS)
             .map(|r| Refused {
                 case: r.case,
                 hash: r.hash.unwrap_or([0; 32]),
                 reason: wire_reason(r.reason),
-                text: wire::clip_text(&r.detail),
+                text: clip(&r.detail, ACK_TEXT_BYTES),
             })
             .collect();
         let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);

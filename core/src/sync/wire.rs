@@ -1217,7 +1217,7 @@ mod tests {
     fn decode_fails_fast_on_a_huge_count_in_a_tiny_frame() {
         let mut payload = vec![PROTOCOL_VERSION, KIND_PUSH];
         payload.extend_from_slice(&1u64.to_be_bytes());
-        payload.extend_from_slice(&1i64.to_be_bytes());
+        payload.push(0); // no upto: a recovery batch
         payload.extend_from_slice(&4_000_000u32.to_be_bytes());
         assert_eq!(
             decode(&payload),
@@ -1298,6 +1298,9 @@ mod tests {
         let flags = PREFIX_BYTES + PUSH_FIXED_BYTES + 16;
         push[flags] = 0b100;
         assert_eq!(decode(&push[PREFIX_BYTES..]), Err(DecodeError::BadValue { what: "envelope flags" }));
+
+        let upto = [PROTOCOL_VERSION, KIND_PUSH, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0];
+        assert_eq!(decode(&upto), Err(DecodeError::BadValue { what: "push upto flag" }));
 
         let digest = [PROTOCOL_VERSION, KIND_DIGEST, 0, 0, 0, 0, 2, 0, 0, 0, 0];
         assert_eq!(decode(&digest), Err(DecodeError::BadValue { what: "digest last" }));
@@ -1402,7 +1405,9 @@ mod tests {
             envelopes: vec![envelope.clone()],
         })
         .unwrap();
-        let mut want = vec![0, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1];
+        let mut want = vec![0, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 3];
+        want.extend_from_slice(&[3; 32]);
+        want.extend_from_slice(&[0, 0, 0, 1]);
         want.extend_from_slice(&[0xaa; 16]);
         want.push(0b01);
         want.extend_from_slice(&[1; 32]);
