@@ -32,6 +32,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// 在本机建立台账 / Set up the ledger on this device
     Init(InitArgs),
+    /// 用县里发的证书包登记已在使用的本机 / Enroll this device with a certificate bundle from the county
+    Enroll(EnrollArgs),
+    /// 与乡镇或县服务器同步 / Sync with the township or county server
+    Sync(SyncArgs),
     /// 案件：登记、查看、办理 / Cases: record, view, handle
     #[command(subcommand)]
     Case(CaseCommand),
@@ -45,19 +49,36 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
-    /// 行政区划代码：网格员、调解员填12位村代码，乡镇干部填9位，县级填6位 /
-    /// Division code: 12 digits (village) for grid workers and mediators, 9 for township officers, 6 for county admins
-    #[arg(long, value_name = "CODE")]
-    pub village: String,
+    /// 行政区划代码：网格员、调解员填12位村代码，乡镇干部填9位，县级填6位（有证书包时可不填）/
+    /// Division code: 12 digits (village) for grid workers and mediators, 9 for township officers, 6 for county admins (optional with --bundle)
+    #[arg(long, value_name = "CODE", required_unless_present = "bundle")]
+    pub village: Option<String>,
     /// 使用人姓名 / Name of the person using this device
     #[arg(long)]
     pub name: String,
-    /// 角色 / Role: grid-worker|mediator|township-officer|county-admin
-    #[arg(long)]
-    pub role: String,
+    /// 角色（有证书包时可不填）/ Role: grid-worker|mediator|township-officer|county-admin (optional with --bundle)
+    #[arg(long, required_unless_present = "bundle")]
+    pub role: Option<String>,
     /// 网格编号（网格员）/ Grid number (grid workers)
     #[arg(long, value_name = "N")]
     pub grid: Option<String>,
+    /// 县里发的证书包：角色和区划取自证书包，并登记本机 / Certificate bundle from the county: role and area come from it, and the device is enrolled
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EnrollArgs {
+    /// 县里发的证书包文件 / Certificate bundle file from the county
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    pub bundle: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SyncArgs {
+    /// 服务器地址（如 10.0.0.5:4433），默认用上次的 / Server address (e.g. 10.0.0.5:4433); default: the last one used
+    #[arg(long, value_name = "ADDR")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

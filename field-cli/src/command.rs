@@ -22,7 +22,7 @@ use crate::cli::Cli;
 use crate::lang::Lang;
 use crate::render::{self, Written};
 use crate::request::{self, Action, Filter, Request};
-use crate::{demo, export};
+use crate::{demo, enroll, export, sync};
 
 /// The ledger's file name inside the data directory.
 pub(crate) const LEDGER_FILE: &str = "ledger.db";
@@ -51,10 +51,29 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let out: &mut dyn Write = &mut stdout.lock();
     match request {
-        Request::Init(init) => {
-            let ledger = init_ledger(&dir, init)?;
-            render::initialized(out, lang, json, ledger.identity(), &dir)
+        Request::Init(init) => match &init.bundle {
+            None => {
+                let options = init.without_bundle().ok_or(request::ArgError::MissingRoleOrVillage)?;
+                let ledger = init_ledger(&dir, options)?;
+                render::initialized(out, lang, json, ledger.identity(), &dir)
+            }
+            Some(file) => {
+                // Everything is checked before the ledger is created: a bundle that does not
+                // fit leaves nothing behind.
+                let bundle = enroll::load(file)?;
+                let mut ledger = init_ledger(&dir, enroll::init_options(&init, &bundle)?)?;
+                enroll::install(&dir, &mut ledger, &bundle)?;
+                render::initialized(out, lang, json, ledger.identity(), &dir)
+            }
+        },
+        Request::Enroll { bundle: file } => {
+            let bundle = enroll::load(&file)?;
+            let mut ledger = open(&path)?;
+            enroll::check_fits(&bundle, ledger.identity())?;
+            let saved = enroll::install(&dir, &mut ledger, &bundle)?;
+            render::enrolled(out, lang, json, ledger.identity(), &bundle, &saved)
         }
+        Request::Sync { server } => sync::run(out, &dir, server, lang, json),
         Request::New(new) => {
             let state = open(&path)?.create_case(new)?;
             render::written(out, lang, json, Written::Recorded, &state)

@@ -7,6 +7,9 @@
 //! - `command`: runs a request against the ledger.
 //! - `render`: what people see (sentences, tables, case cards) and `--json`.
 //! - `export`: JSON and CSV exports.
+//! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`).
+//! - `sync`: `fq sync` with the township or county server (the driver is
+//!   `fq_sync_server::client`).
 //! - `lang`: the user's language and the labels of the interface.
 //! - `message`: every error in words a village cadre can act on, and its exit code.
 //! - `demo`: the guided demo.
@@ -21,11 +24,13 @@ use clap::Parser;
 mod cli;
 mod command;
 mod demo;
+mod enroll;
 mod export;
 mod lang;
 mod message;
 mod render;
 mod request;
+mod sync;
 
 fn main() {
     std::process::exit(run())

@@ -13,10 +13,16 @@ use std::io::{self, Write};
 use fq_core::case::{Category, EventKind, InputError, Level, Outcome, Risk, Role, Status};
 use fq_core::ledger::LedgerError;
 use fq_core::store::StoreError;
+use fq_core::sync::session::SessionError;
+use fq_core::sync::wire::ErrorCode;
+use fq_sync_server::client::SyncError;
+use fq_sync_server::net::{CloseCode, ConnectError};
 use serde::Serialize;
 
+use crate::enroll::EnrollError;
 use crate::lang::{Lang, choices};
 use crate::request::ArgError;
+use crate::sync::AddressError;
 
 /// Exit code of a failure that is not the user's to fix.
 pub(crate) const EXIT_FAILURE: i32 = 1;
@@ -54,6 +60,14 @@ pub(crate) enum Kind {
     InvalidText,
     InvalidCaseReference,
     InvalidInput,
+    NotEnrolled,
+    InvalidBundle,
+    BundleMismatch,
+    NoServer,
+    InvalidAddress,
+    ServerUnreachable,
+    ServerRefused,
+    SyncFailed,
 }
 
 impl Kind {
@@ -86,6 +100,14 @@ impl Kind {
         Kind::InvalidText,
         Kind::InvalidCaseReference,
         Kind::InvalidInput,
+        Kind::NotEnrolled,
+        Kind::InvalidBundle,
+        Kind::BundleMismatch,
+        Kind::NoServer,
+        Kind::InvalidAddress,
+        Kind::ServerUnreachable,
+        Kind::ServerRefused,
+        Kind::SyncFailed,
     ];
 }
 
@@ -172,6 +194,15 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// words for, else a generic failure showing the whole chain.
 pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<EnrollError>() {
+            return enroll(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<AddressError>() {
+            return address(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<SyncError>() {
+            return sync(e, lang, err);
+        }
         if let Some(e) = cause.downcast_ref::<LedgerError>() {
             return ledger(e, lang, err);
         }
@@ -357,6 +388,14 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
                 },
             )
         }
+        ArgError::MissingRoleOrVillage => Problem::user(
+            Kind::Usage,
+            lang.pick(
+                "建立台账需要 --role 和 --village，或者用 --bundle 指定县里发的证书包。",
+                "fq init needs --role and --village, or a certificate bundle from the county with --bundle.",
+            )
+            .to_owned(),
+        ),
         ArgError::NoDataDir => Problem::user(
             Kind::NoDataDir,
             lang.pick(
@@ -364,6 +403,167 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
                 "cannot find a directory for the ledger: give --data-dir or set FQ_DATA_DIR.",
             )
             .to_owned(),
+        ),
+    }
+}
+
+/// The words for a bundle that is missing or does not fit.
+fn enroll(e: &EnrollError, lang: Lang) -> Problem {
+    let zh = lang == Lang::Zh;
+    match e {
+        EnrollError::NotEnrolled { .. } => Problem::user(
+            Kind::NotEnrolled,
+            lang.pick(
+                "本机还没有登记，不能同步：先用 fq enroll --bundle 登记本机（证书包向县综治中心申领）。",
+                "this device is not enrolled and cannot sync: run fq enroll --bundle BUNDLE_FILE first (the county centre issues bundles).",
+            )
+            .to_owned(),
+        ),
+        EnrollError::Invalid { path, source } => Problem::user(
+            Kind::InvalidBundle,
+            if zh {
+                format!("证书包 {} 无法使用：{source}。请向县综治中心重新申领证书包。", path.display())
+            } else {
+                format!("the bundle {} cannot be used: {source}. Ask the county centre for a new one.", path.display())
+            },
+        ),
+        EnrollError::ServerBundle { id, role } => Problem::user(
+            Kind::BundleMismatch,
+            if zh {
+                format!("证书包 {id} 是服务器用的（{role}），不能装在设备上。请使用发给本机使用人的证书包。")
+            } else {
+                format!("bundle {id} is a {role} server's, not a device's. Use the bundle issued for this device's user.")
+            },
+        ),
+        EnrollError::Disagrees { field, bundle, given } => Problem::user(
+            Kind::BundleMismatch,
+            match (zh, *field) {
+                (true, "role") => format!("证书包写的角色是 {bundle}，但命令里写的是 {given}。可以不写 --role，角色以证书包为准。"),
+                (true, _) => format!("证书包写的区划是 {bundle}，但命令里写的是 {given}。可以不写 --village，区划以证书包为准。"),
+                (false, f) => format!("the bundle says {f} {bundle}, but {given} was given; leave --{f} out, the bundle decides."),
+            },
+        ),
+        EnrollError::OutsideScope { bundle, ledger } => Problem::user(
+            Kind::BundleMismatch,
+            if zh {
+                format!("证书包的区划 {bundle} 不包括本机台账的区划 {ledger}，不能用于本机。请申领本村（本区域）的证书包。")
+            } else {
+                format!("the bundle's area {bundle} does not cover this device's area {ledger}. Ask for a bundle for this area.")
+            },
+        ),
+    }
+}
+
+fn address(e: &AddressError, lang: Lang) -> Problem {
+    match e {
+        AddressError::NoServer => Problem::user(
+            Kind::NoServer,
+            lang.pick(
+                "不知道同步到哪台服务器：第一次同步请用 --server 写明服务器地址，例如 fq sync --server 10.0.0.5:4433。",
+                "no server to sync with: the first time, give its address, e.g. fq sync --server 10.0.0.5:4433.",
+            )
+            .to_owned(),
+        ),
+        AddressError::Invalid { input } => Problem::user(
+            Kind::InvalidAddress,
+            match lang {
+                Lang::Zh => format!("服务器地址“{input}”不对：请写成 地址:端口，例如 10.0.0.5:4433。"),
+                Lang::En => format!("server address \"{input}\" is not valid: write HOST:PORT, e.g. 10.0.0.5:4433."),
+            },
+        ),
+    }
+}
+
+/// The words for a failed sync. Every one says whether local data changed.
+fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    let unchanged = lang.pick("本机数据没有改动。", "Nothing on this device was changed.");
+    let kept = lang.pick(
+        "已经同步成功的部分都已保存，下次同步会从断开处继续。",
+        "Whatever was synced before the break is kept; the next sync carries on from there.",
+    );
+    match e {
+        SyncError::Unreachable { addr, after } => Problem::failure(
+            Kind::ServerUnreachable,
+            if zh {
+                format!("连不上同步服务器 {addr}（等了 {} 秒没有回应）：请检查网络信号和服务器地址后再试。{unchanged}", after.as_secs())
+            } else {
+                format!("cannot reach the sync server {addr} (no answer within {} s): check the signal and the address, then try again. {unchanged}", after.as_secs())
+            },
+        ),
+        e if e.is_unreachable() => Problem::failure(
+            Kind::ServerUnreachable,
+            if zh {
+                format!("连不上同步服务器：{whole:#}。请检查网络信号和服务器地址后再试。{unchanged}")
+            } else {
+                format!("cannot reach the sync server: {whole:#}. Check the signal and the address, then try again. {unchanged}")
+            },
+        ),
+        SyncError::Refused { code: Some(CloseCode::Revoked), .. } => Problem::failure(
+            Kind::ServerRefused,
+            lang.pick(
+                "服务器拒绝了本机：本机的证书已被吊销（例如设备挂失后）。请联系县综治中心重新办理证书。",
+                "the server refused this device: its certificate has been revoked (e.g. after the device was reported lost). Contact the county centre for a new one.",
+            )
+            .to_owned(),
+        ),
+        SyncError::Refused { code: Some(CloseCode::ShuttingDown), .. }
+        | SyncError::Server { code: ErrorCode::ShuttingDown, .. } => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("服务器正在关闭维护，请过几分钟再同步。{kept}")
+            } else {
+                format!("the server is shutting down for maintenance; sync again in a few minutes. {kept}")
+            },
+        ),
+        SyncError::Connect { source: ConnectError::OutOfScope { server_scope, own_scope, .. }, .. } => Problem::failure(
+            Kind::ServerRefused,
+            if zh {
+                format!(
+                    "这台服务器负责 {server_scope}，不负责本机的区域 {own_scope}：村里的设备同步到本乡镇的服务器，县级人员同步到县服务器。请核对服务器地址。{unchanged}"
+                )
+            } else {
+                format!(
+                    "that server serves {server_scope}, not this device's area {own_scope}: village devices sync with their township's server, county staff with the county server. Check the address. {unchanged}"
+                )
+            },
+        ),
+        SyncError::Refused { code: Some(CloseCode::WrongPeer), reason } => Problem::failure(
+            Kind::ServerRefused,
+            if zh {
+                format!("服务器不接受本机（{reason}）：请核对服务器地址，村里的设备同步到本乡镇的服务器。{unchanged}")
+            } else {
+                format!("the server does not take this device ({reason}): check the address; village devices sync with their township's server. {unchanged}")
+            },
+        ),
+        e if e.is_trust_failure() => Problem::failure(
+            Kind::ServerRefused,
+            if zh {
+                format!(
+                    "无法和服务器建立安全连接：服务器的证书不是本县颁发的，或者服务器不接受本机的证书（{whole:#}）。请核对服务器地址，或联系县综治中心。{unchanged}"
+                )
+            } else {
+                format!(
+                    "no secure connection with the server: its certificate is not from this county's CA, or it does not accept this device's certificate ({whole:#}). Check the address, or contact the county centre. {unchanged}"
+                )
+            },
+        ),
+        SyncError::Session(SessionError::TimedOut { ms }) => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("服务器 {} 秒没有确认收到，同步中断（网络可能不稳定）。{kept}请稍后再试。", ms / 1000)
+            } else {
+                format!("the server did not acknowledge for {} s and the sync stopped (the link may be unstable). {kept} Try again later.", ms / 1000)
+            },
+        ),
+        SyncError::Ledger(l) => ledger(l, lang, whole),
+        _ => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("同步中断：{whole:#}。{kept}请稍后再试。")
+            } else {
+                format!("the sync stopped: {whole:#}. {kept} Try again later.")
+            },
         ),
     }
 }
@@ -689,6 +889,23 @@ mod tests {
         let listed = &schema["properties"]["error"]["properties"]["kind"]["enum"];
         let ours = serde_json::to_value(Kind::ALL).unwrap();
         assert_eq!(listed, &ours);
+    }
+
+    #[test]
+    fn sync_unreachable_is_a_failure_that_says_nothing_changed() {
+        let addr = "10.0.0.5:4433".parse().unwrap();
+        let err = anyhow::Error::from(SyncError::Unreachable { addr, after: std::time::Duration::from_secs(15) });
+        let p = describe(&err, Lang::Zh);
+        assert_eq!((p.kind, p.exit), (Kind::ServerUnreachable, EXIT_FAILURE));
+        assert!(
+            p.message.contains("连不上同步服务器 10.0.0.5:4433") && p.message.contains("本机数据没有改动"),
+            "{}",
+            p.message
+        );
+        let err = anyhow::Error::from(EnrollError::NotEnrolled { dir: "/x".into() });
+        let p = describe(&err, Lang::Zh);
+        assert_eq!((p.kind, p.exit), (Kind::NotEnrolled, EXIT_USAGE));
+        assert!(p.message.contains("先用 fq enroll --bundle 登记本机"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! full: it is read by programs on the owner's own device, which already holds
 //! the unmasked ledger. Exports, which leave the device, mask them (see `export`).
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -20,6 +21,9 @@ use fq_core::clock::Timestamp;
 use fq_core::doc::{Author, CaseState, EventView, FieldConflict, HistoryEntry, PartyView};
 use fq_core::ledger::{CaseView, Identity};
 use fq_core::store::{AuditEntry, CaseRow};
+use fq_core::sync::wire::RefuseReason;
+use fq_sync_server::ca::Bundle;
+use fq_sync_server::client::SyncReport;
 use serde::Serialize;
 use serde_json::json;
 
@@ -85,6 +89,189 @@ pub(crate) fn initialized(
         Lang::En => writeln!(out, "Ledger set up for {} ({role}), area {}, in {}", id.name, id.scope, dir.display())?,
     }
     Ok(())
+}
+
+/// After `fq enroll` (and the enrolment part of `fq init --bundle`).
+pub(crate) fn enrolled(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    id: &Identity,
+    bundle: &Bundle,
+    file: &Path,
+) -> anyhow::Result<()> {
+    if json {
+        return json_line(
+            out,
+            &json!({
+                "ok": true,
+                "identity": id,
+                "certificate": {
+                    "id": bundle.id().as_str(),
+                    "role": bundle.role().code(),
+                    "scope": bundle.scope().as_str(),
+                    "county": bundle.county().as_str(),
+                    "serial": bundle.serial().to_string(),
+                },
+                "bundle": file.to_string_lossy(),
+            }),
+        );
+    }
+    match lang {
+        Lang::Zh => writeln!(
+            out,
+            "本机已登记：证书 {}（{}，区划 {}），证书包保存在 {}。现在可以用 fq sync --server 地址 同步。",
+            bundle.id(),
+            bundle.role(),
+            bundle.scope(),
+            file.display()
+        )?,
+        Lang::En => writeln!(
+            out,
+            "Device enrolled: certificate {} ({}, area {}), bundle kept in {}. Sync with fq sync --server ADDR.",
+            bundle.id(),
+            bundle.role(),
+            bundle.scope(),
+            file.display()
+        )?,
+    }
+    Ok(())
+}
+
+/// The stable code of a refusal reason, as `--json` writes it.
+pub(crate) fn refusal_code(reason: RefuseReason) -> &'static str {
+    match reason {
+        RefuseReason::Malformed => "malformed",
+        RefuseReason::BadSignature => "bad-signature",
+        RefuseReason::UnknownSigner => "unknown-signer",
+        RefuseReason::OutOfScope => "out-of-scope",
+        RefuseReason::Role => "role",
+        RefuseReason::Revoked => "revoked",
+        RefuseReason::Quarantined => "quarantined",
+        RefuseReason::Other => "other",
+    }
+}
+
+/// A refusal reason in words.
+pub(crate) fn refusal_words(lang: Lang, reason: RefuseReason) -> &'static str {
+    match reason {
+        RefuseReason::Malformed => lang.pick("数据格式不对", "malformed change"),
+        RefuseReason::BadSignature => lang.pick("签名无效", "bad signature"),
+        RefuseReason::UnknownSigner => lang.pick("签名设备未登记", "signed by an unknown device"),
+        RefuseReason::OutOfScope => lang.pick("案件不在本机负责的区域内", "case outside the author's area"),
+        RefuseReason::Role => lang.pick("角色无权修改", "the author's role may not write it"),
+        RefuseReason::Revoked => lang.pick("证书已被吊销", "certificate revoked"),
+        RefuseReason::Quarantined => lang.pick("已隔离待查", "quarantined"),
+        RefuseReason::Other => lang.pick("其他原因", "other reason"),
+    }
+}
+
+/// `fq sync`'s summary: sentences, or `schemas/sync-summary.v1.schema.json`.
+pub(crate) fn sync_summary(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    address: &str,
+    report: &SyncReport,
+) -> anyhow::Result<()> {
+    let s = &report.stats;
+    let mut by_reason: BTreeMap<&'static str, (RefuseReason, u64)> = BTreeMap::new();
+    for r in &report.refused {
+        by_reason.entry(refusal_code(r.reason)).or_insert((r.reason, 0)).1 += 1;
+    }
+    if json {
+        let groups: Vec<_> = by_reason
+            .iter()
+            .map(|(code, (reason, count))| json!({ "reason": code, "count": count, "message": refusal_words(lang, *reason) }))
+            .collect();
+        let changes: Vec<_> = report
+            .refused
+            .iter()
+            .map(|r| {
+                json!({
+                    "case": r.case,
+                    "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "reason": refusal_code(r.reason),
+                    "detail": r.text,
+                })
+            })
+            .collect();
+        return json_line(
+            out,
+            &json!({
+                "ok": true,
+                "server": {
+                    "address": address,
+                    "id": report.server.id.as_str(),
+                    "role": report.server.role.code(),
+                    "scope": report.server.scope.as_str(),
+                },
+                "sent": s.sent,
+                "received": s.received,
+                "duplicates": s.duplicates,
+                "refused": { "count": report.refused.len(), "by_reason": groups, "changes": changes },
+                "refused_here": s.refused_here,
+                "bytes": { "sent": s.bytes_out, "received": s.bytes_in },
+                "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+            }),
+        );
+    }
+    let server = &report.server.id;
+    let secs = report.elapsed.as_secs_f64();
+    match lang {
+        Lang::Zh => {
+            writeln!(out, "同步完成（服务器 {server}，{address}，用时 {secs:.1} 秒）")?;
+            writeln!(out, "  发送修改 {} 条，接收修改 {} 条（另有 {} 条本机已有）", s.sent, s.received, s.duplicates)?;
+        }
+        Lang::En => {
+            writeln!(out, "Sync complete (server {server}, {address}, {secs:.1} s)")?;
+            writeln!(out, "  sent {} changes, received {} ({} already here)", s.sent, s.received, s.duplicates)?;
+        }
+    }
+    if !report.refused.is_empty() {
+        match lang {
+            Lang::Zh => writeln!(out, "  ⚠ 服务器拒收 {} 条修改：", report.refused.len())?,
+            Lang::En => writeln!(out, "  ⚠ the server refused {} changes:", report.refused.len())?,
+        }
+        for (reason, count) in by_reason.values() {
+            match lang {
+                Lang::Zh => writeln!(out, "    {}：{count} 条", refusal_words(lang, *reason))?,
+                Lang::En => writeln!(out, "    {}: {count}", refusal_words(lang, *reason))?,
+            }
+        }
+        writeln!(
+            out,
+            "  {}",
+            lang.pick(
+                "被拒收的修改不会上报；请把这些案件交给负责该区域的人员，或联系乡镇核实。",
+                "refused changes do not go further; hand those cases to whoever covers that area, or check with the township."
+            )
+        )?;
+    }
+    if s.refused_here > 0 {
+        match lang {
+            Lang::Zh => writeln!(out, "  本机拒收服务器发来的修改 {} 条（见 fq audit）", s.refused_here)?,
+            Lang::En => writeln!(out, "  {} changes from the server were refused here (see fq audit)", s.refused_here)?,
+        }
+    }
+    match lang {
+        Lang::Zh => writeln!(out, "  流量：发送 {}，接收 {}", bytes(s.bytes_out), bytes(s.bytes_in))?,
+        Lang::En => writeln!(out, "  traffic: {} sent, {} received", bytes(s.bytes_out), bytes(s.bytes_in))?,
+    }
+    Ok(())
+}
+
+/// A byte count for people: `812 B`, `12.4 KB`, `3.1 MB`.
+fn bytes(n: u64) -> String {
+    const KB: f64 = 1024.0;
+    let f = n as f64;
+    if f < KB {
+        format!("{n} B")
+    } else if f < KB * KB {
+        format!("{:.1} KB", f / KB)
+    } else {
+        format!("{:.1} MB", f / (KB * KB))
+    }
 }
 
 /// What a write command did, for its confirmation line.
@@ -494,6 +681,13 @@ mod tests {
             Timestamp(chrono::DateTime::parse_from_rfc3339("2026-01-01T20:00:00Z").map_or(0, |d| d.timestamp_millis()));
         assert_eq!(date(t), "2026-01-02");
         assert_eq!(minute(t), "2026-01-02 04:00");
+    }
+
+    #[test]
+    fn bytes_reads_like_a_person_would() {
+        assert_eq!(bytes(812), "812 B");
+        assert_eq!(bytes(12_700), "12.4 KB");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MB");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub(crate) enum ArgError {
     /// No `--data-dir`, no `FQ_DATA_DIR` and no home directory.
     #[error("no data directory: give --data-dir or set FQ_DATA_DIR")]
     NoDataDir,
+    /// `fq init` without a bundle needs `--role` and `--village`.
+    #[error("fq init needs --role and --village, or --bundle")]
+    MissingRoleOrVillage,
 }
 
 /// Options every command shares.
@@ -57,10 +60,35 @@ impl Settings {
     }
 }
 
+/// `fq init`: the ledger's owner, checked; role and area may come from a bundle instead.
+#[derive(Debug, Clone)]
+pub(crate) struct Init {
+    pub name: String,
+    pub role: Option<Role>,
+    pub scope: Option<AdminCode>,
+    pub grid: Option<u32>,
+    pub bundle: Option<PathBuf>,
+}
+
+impl Init {
+    /// The ledger to create when no bundle is given: role and area are required then.
+    pub(crate) fn without_bundle(&self) -> Option<InitOptions> {
+        Some(InitOptions {
+            tier: Tier::Device,
+            name: self.name.clone(),
+            role: self.role?,
+            scope: self.scope.clone()?,
+            grid: self.grid,
+        })
+    }
+}
+
 /// What the user asked for, fully validated.
 #[derive(Debug)]
 pub(crate) enum Request {
-    Init(InitOptions),
+    Init(Init),
+    Enroll { bundle: PathBuf },
+    Sync { server: Option<String> },
     New(NewCase),
     List { filter: Filter },
     Show { case: String, history: bool, unmasked: bool },
@@ -101,13 +129,15 @@ pub(crate) enum Action {
 /// Validates the raw command line.
 pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
     let request = match cli.command {
-        Command::Init(a) => Request::Init(InitOptions {
-            tier: Tier::Device,
+        Command::Init(a) => Request::Init(Init {
             name: check_text("name", &a.name, MAX_NAME_CHARS)?,
-            role: Role::parse(&a.role)?,
-            scope: AdminCode::parse(&a.village)?,
+            role: a.role.as_deref().map(Role::parse).transpose()?,
+            scope: a.village.as_deref().map(AdminCode::parse).transpose()?,
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
+            bundle: a.bundle,
         }),
+        Command::Enroll(a) => Request::Enroll { bundle: a.bundle },
+        Command::Sync(a) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
         Command::Case(c) => case(c)?,
         Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
         Command::Audit(a) => Request::Audit {

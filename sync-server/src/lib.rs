@@ -12,6 +12,22 @@
 //! - [`net`]: QUIC endpoints with mutual TLS (the only module that names quinn). Builds the
 //!   rustls and transport configurations (tuned for 2G), and hands out connections only after
 //!   the peer's identity was read and its serial checked against the revocation list in force.
+//! - [`config`]: what a server runs with: command-line settings and the `--config` file
+//!   (TOML or JSON: sync interval, the revocation list file to follow).
+//! - [`server`]: `fq-server run`: [`server::bind`] opens the replica and the endpoint,
+//!   [`server::Server::run`] accepts connections until its shutdown future completes, then shuts
+//!   down gracefully. Also follows the revocation list file while running.
+//! - `replica` (private): the one thread that owns the server's [`fq_core::ledger::Ledger`] and
+//!   every [`fq_core::sync::session::Session`]; connection tasks send it bytes, it sends back
+//!   frames, and it tells every other session when one commits new changes.
+//! - `link` (private): one session's QUIC stream, between the network and the replica thread.
+//! - `upstream` (private): a township's link to the county: dial, keep the session open,
+//!   re-dial with backoff.
+//! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
+//!   [`client::Dialed::sync`] runs one session to the end; [`client::sync_once`] does both.
+//!   `fq sync` is a thin shell over it.
+//! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
+//!   read-only beside the running server.
 //! - `main.rs`: the `fq-server` binary, a thin clap shell over these modules.
 //!
 //! # Example
@@ -45,7 +61,20 @@
 //!   the field can be revoked by id.
 //! - A bundle that loads carries a grant signed by its CA for exactly its certificate's key,
 //!   subject, role, scope and serial.
+//! - Only the replica thread touches a server's ledger; nothing else holds it, so no SQLite
+//!   connection is ever shared between threads.
+//! - A server never accepts a child whose certificate scope lies outside its own, and limits
+//!   every session to the scope the peer's certificate names.
+//! - A device's changes are acknowledged only after the server committed them (the session's
+//!   rule); a server killed at any moment keeps every acknowledged change.
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod client;
+pub mod config;
+mod link;
 pub mod net;
+mod replica;
+pub mod server;
+pub mod status;
+mod upstream;

@@ -1,17 +1,23 @@
 //! `fq-server`: the township and county server of the fq case ledger, and the county CA tool.
 //!
-//! Exit codes: 0 ok, 1 failure, 2 bad usage or bad input.
+//! Exit codes: 0 ok (also after a graceful shutdown on SIGTERM/SIGINT), 1 failure, 2 bad usage
+//! or bad input.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fq_core::ledger::{LedgerError, Tier};
 use fq_sync_server::ca::{
     AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, InitError, IssueError, OpenError, RevokeError, SubjectId,
 };
+use fq_sync_server::config::{ConfigError, FileConfig, ServerConfig};
+use fq_sync_server::server::{self, ServeError};
+use fq_sync_server::status::{self, Status};
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -38,9 +44,61 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a township or county sync server (until SIGTERM or SIGINT).
+    Run(RunArgs),
+    /// Show a server replica's identity, counts, peers and recent refusals (read-only; works
+    /// while the server runs).
+    Status(StatusArgs),
     /// Run the county's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TierArg {
+    County,
+    Township,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// county | township
+    #[arg(long, value_enum)]
+    tier: TierArg,
+    /// UDP address to listen on, e.g. 0.0.0.0:4433.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory of the server's replica (ledger.db is created there on first run).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The server's bundle (from `fq-server ca issue --role county|township`).
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    bundle: PathBuf,
+    /// The county server's address (township servers only).
+    #[arg(long, value_name = "ADDR")]
+    upstream: Option<SocketAddr>,
+    /// Settings file, TOML or JSON: sync_interval_secs, revocations_file, revocation_poll_secs,
+    /// keep_alive_secs, idle_timeout_secs, ack_timeout_secs (see docs/OPERATIONS.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format (filter with RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Directory of the server's replica.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +169,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let now = SystemTime::now();
     match cli.command {
+        Command::Run(args) => run_server(args),
+        Command::Status(args) => show_status(&args, cli.json),
         Command::Ca(CaCommand::Init(args)) => ca_init(&args, now, cli.json),
         Command::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, cli.json),
         Command::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, cli.json),
@@ -198,6 +258,114 @@ fn ca_revoke(args: &RevokeArgs, now: SystemTime, json: bool) -> anyhow::Result<(
     )
 }
 
+fn run_server(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format)?;
+    let tier = match args.tier {
+        TierArg::County => Tier::County,
+        TierArg::Township => Tier::Township,
+    };
+    let mut config = ServerConfig::new(tier, args.listen, args.data_dir, args.bundle);
+    config.upstream = args.upstream;
+    if let Some(path) = &args.config {
+        config.apply(&FileConfig::load(path)?);
+    }
+    if tier == Tier::Township && config.upstream.is_none() {
+        tracing::warn!("no --upstream: this township server will not sync with the county");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = server::bind(config)?;
+        server.run(shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let installed = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+fn show_status(args: &StatusArgs, json: bool) -> anyhow::Result<()> {
+    let status =
+        status::read(&args.data_dir).with_context(|| format!("server data directory {}", args.data_dir.display()))?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &status).context("cannot write json output")?;
+        writeln!(out).context("cannot write output")?;
+    } else {
+        write_status(&mut out, &status).context("cannot write output")?;
+    }
+    out.flush().context("cannot write output")
+}
+
+fn write_status(out: &mut impl Write, s: &Status) -> io::Result<()> {
+    let id = &s.identity;
+    writeln!(out, "{} server {} ({}), replica {}", id.tier.code(), id.name, id.scope, id.replica)?;
+    let c = &s.counts;
+    writeln!(
+        out,
+        "cases {}, changes {} (log head {}), pending {}, audit records {}",
+        c.cases, c.changes, s.log_head, c.pending, c.audit
+    )?;
+    if s.peers.is_empty() {
+        writeln!(out, "no peer has synced yet")?;
+    } else {
+        writeln!(out, "peers:")?;
+        for p in &s.peers {
+            let when = p.last_sync.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
+            writeln!(
+                out,
+                "  {} {} {}: holds their log to {}, they acknowledged ours to {}, last sync {when}",
+                p.tier, p.scope, p.replica, p.their_seq, p.acked_seq
+            )?;
+        }
+    }
+    if !s.refusals.is_empty() {
+        writeln!(out, "recent refusals:")?;
+        for r in &s.refusals {
+            let case = r.case.map(|c| c.to_string()).unwrap_or_default();
+            let peer = r.peer.as_deref().unwrap_or("-");
+            writeln!(out, "  {} {} case {case} from {peer}: {}", r.at.to_rfc3339(), r.kind, r.detail)?;
+        }
+    }
+    Ok(())
+}
+
 fn open_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
     CertificateAuthority::open(dir).with_context(|| format!("ca directory {}", dir.display()))
 }
@@ -221,6 +389,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.downcast_ref::<InitError>().is_some_and(InitError::is_bad_input)
             || cause.downcast_ref::<IssueError>().is_some_and(IssueError::is_bad_input)
             || cause.downcast_ref::<RevokeError>().is_some_and(RevokeError::is_bad_input)
+            || cause.downcast_ref::<ServeError>().is_some_and(ServeError::is_bad_input)
+            || cause.is::<ConfigError>()
+            || cause.downcast_ref::<LedgerError>().is_some_and(|e| matches!(e, LedgerError::NotInitialized))
     });
     if bad_input { 2 } else { 1 }
 }

@@ -26,7 +26,7 @@ use crate::ca::{
     SERVER_NAME, Serial, SubjectId,
 };
 
-pub use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+pub use quinn::{Connection, ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
 
 /// ALPN protocol id of the fq sync protocol, version 1. Both sides require it.
 pub const ALPN: &[u8] = b"fq-sync/1";
@@ -90,16 +90,25 @@ pub enum CloseCode {
     WrongPeer,
     /// The peer did not negotiate [`ALPN`].
     WrongProtocol,
+    /// The server is shutting down; the client should come back later.
+    ShuttingDown,
 }
 
 impl CloseCode {
-    const ALL: [CloseCode; 5] =
-        [CloseCode::Done, CloseCode::Revoked, CloseCode::BadIdentity, CloseCode::WrongPeer, CloseCode::WrongProtocol];
+    const ALL: [CloseCode; 6] = [
+        CloseCode::Done,
+        CloseCode::Revoked,
+        CloseCode::BadIdentity,
+        CloseCode::WrongPeer,
+        CloseCode::WrongProtocol,
+        CloseCode::ShuttingDown,
+    ];
 
     /// The code on the wire. Trust failures use 0x1xx; the sync protocol has its own range.
     pub fn code(self) -> VarInt {
         VarInt::from_u32(match self {
             Self::Done => 0,
+            Self::ShuttingDown => 1,
             Self::Revoked => 0x101,
             Self::BadIdentity => 0x102,
             Self::WrongPeer => 0x103,
@@ -120,6 +129,7 @@ impl CloseCode {
             Self::BadIdentity => "certificate names no valid fq identity",
             Self::WrongPeer => "unexpected peer",
             Self::WrongProtocol => "alpn fq-sync/1 required",
+            Self::ShuttingDown => "server shutting down",
         }
     }
 
@@ -339,9 +349,20 @@ impl ServerEndpoint {
         &self.revocations
     }
 
+    /// Stops accepting new connections; connections already accepted carry on. New handshakes
+    /// go unanswered (the client's connect times out) until the endpoint is closed.
+    pub fn stop_accepting(&self) {
+        self.endpoint.set_server_config(None);
+    }
+
     /// Closes every connection and stops accepting.
     pub fn close(&self) {
-        self.endpoint.close(CloseCode::Done.code(), CloseCode::Done.reason().as_bytes());
+        self.close_with(CloseCode::Done);
+    }
+
+    /// Closes every connection with `code` and stops accepting.
+    pub fn close_with(&self, code: CloseCode) {
+        self.endpoint.close(code.code(), code.reason().as_bytes());
     }
 
     /// Waits until every connection has finished closing.
@@ -361,6 +382,11 @@ impl Handshake {
     /// The peer's address (not yet validated).
     pub fn remote_address(&self) -> SocketAddr {
         self.incoming.remote_address()
+    }
+
+    /// Refuses the attempt without a handshake (a server that is shutting down).
+    pub fn refuse(self) {
+        self.incoming.refuse();
     }
 
     /// Completes the handshake, reads the client's identity and refuses the connection (closing

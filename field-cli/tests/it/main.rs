@@ -9,4 +9,8 @@ mod harness;
 mod input;
 mod language;
 mod lifecycle;
+// The `fq-server` process guard, shared with fq-sync-server's tests.
+#[path = "../../../sync-server/tests/it/process.rs"]
+mod process;
 mod schema;
+mod sync;

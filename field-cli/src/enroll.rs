@@ -1,0 +1,143 @@
+//! Enrolment: the county's certificate bundle on this device.
+//!
+//! A bundle (from `fq-server ca issue`) holds the device's certificate and key, its CA-signed
+//! grant and the county CA. `fq init --bundle` takes the ledger's role and area from it;
+//! `fq enroll --bundle` adds one to a device already in use, if its area covers the ledger's.
+//! Either way the grant goes into the ledger (so the device's own changes can be checked
+//! against it) and the bundle is copied to `DIR/bundle.json`, readable by its owner only: it
+//! holds the private key. `fq sync` reads it from there.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fq_core::case::Role;
+use fq_core::ledger::{Identity, InitOptions, Ledger, Tier};
+use fq_sync_server::ca::{Bundle, BundleError, GrantRole};
+
+use crate::request::Init;
+
+/// The bundle's file name inside the data directory.
+pub(crate) const BUNDLE_FILE: &str = "bundle.json";
+
+/// Why a bundle does not fit, or is not there.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnrollError {
+    /// No bundle in the data directory.
+    #[error("this device is not enrolled: no {BUNDLE_FILE} in {}", dir.display())]
+    NotEnrolled {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The bundle file is unreadable or not a valid bundle.
+    #[error("bundle file {} is invalid", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: BundleError,
+    },
+    /// A server's bundle, not a device's.
+    #[error("bundle {id} is for a {role} server, not a device")]
+    ServerBundle {
+        /// Its subject.
+        id: String,
+        /// Its role.
+        role: GrantRole,
+    },
+    /// `--role` or `--village` says something else than the bundle.
+    #[error("the bundle says {field} {bundle}, but {given} was given")]
+    Disagrees {
+        /// `role` or `village`.
+        field: &'static str,
+        /// What the bundle says.
+        bundle: String,
+        /// What was given.
+        given: String,
+    },
+    /// The bundle's area does not cover the ledger's.
+    #[error("the bundle's area {bundle} does not cover this device's area {ledger}")]
+    OutsideScope {
+        /// The bundle's scope.
+        bundle: String,
+        /// The ledger's scope.
+        ledger: String,
+    },
+}
+
+/// Reads and checks a bundle file.
+pub(crate) fn load(path: &Path) -> Result<Bundle, EnrollError> {
+    Bundle::load(path).map_err(|source| EnrollError::Invalid { path: path.to_owned(), source })
+}
+
+/// The bundle installed in `dir`.
+pub(crate) fn installed(dir: &Path) -> Result<Bundle, EnrollError> {
+    let path = dir.join(BUNDLE_FILE);
+    match Bundle::load(&path) {
+        Ok(bundle) => Ok(bundle),
+        Err(BundleError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(EnrollError::NotEnrolled { dir: dir.to_owned() })
+        }
+        Err(source) => Err(EnrollError::Invalid { path, source }),
+    }
+}
+
+/// The person's role a device bundle grants.
+fn person_role(bundle: &Bundle) -> Result<Role, EnrollError> {
+    bundle
+        .role()
+        .person_role()
+        .ok_or_else(|| EnrollError::ServerBundle { id: bundle.id().to_string(), role: bundle.role() })
+}
+
+/// The ledger `fq init --bundle` creates: role and area from the bundle, which `--role` and
+/// `--village` must agree with if they are given.
+pub(crate) fn init_options(init: &Init, bundle: &Bundle) -> Result<InitOptions, EnrollError> {
+    let role = person_role(bundle)?;
+    if let Some(given) = init.role
+        && given != role
+    {
+        return Err(EnrollError::Disagrees {
+            field: "role",
+            bundle: role.code().to_owned(),
+            given: given.code().to_owned(),
+        });
+    }
+    if let Some(given) = &init.scope
+        && given != bundle.scope()
+    {
+        return Err(EnrollError::Disagrees {
+            field: "village",
+            bundle: bundle.scope().to_string(),
+            given: given.to_string(),
+        });
+    }
+    Ok(InitOptions {
+        tier: Tier::Device,
+        name: init.name.clone(),
+        role,
+        scope: bundle.scope().clone(),
+        grid: init.grid,
+    })
+}
+
+/// Checks that `bundle` may serve the ledger of `identity`: a device bundle whose area covers
+/// the ledger's (for village roles: the same village).
+pub(crate) fn check_fits(bundle: &Bundle, identity: &Identity) -> Result<(), EnrollError> {
+    person_role(bundle)?;
+    if !bundle.scope().contains(&identity.scope) {
+        return Err(EnrollError::OutsideScope {
+            bundle: bundle.scope().to_string(),
+            ledger: identity.scope.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Adds the bundle's grant to the ledger and copies the bundle into `dir` (mode 0600).
+pub(crate) fn install(dir: &Path, ledger: &mut Ledger, bundle: &Bundle) -> anyhow::Result<PathBuf> {
+    ledger.add_grant(bundle.grant())?;
+    let path = dir.join(BUNDLE_FILE);
+    bundle.save(&path)?;
+    Ok(path)
+}

@@ -1,0 +1,175 @@
+//! `fq sync`: one sync with the township (or county) server, with a progress bar and a summary.
+//!
+//! The order keeps a failed sync harmless: everything is checked first (a ledger, a bundle
+//! that fits it, a server address), then the server is dialed, and only once it answered is
+//! the ledger opened for writing. An unreachable server leaves the device's data untouched.
+//! The address used is remembered in `DIR/sync.json` for the next `fq sync`.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fq_core::clock::SystemClock;
+use fq_core::ledger::{Ledger, LedgerError, LedgerOptions};
+use fq_sync_server::client::{self, Progress, SyncOptions};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::command::LEDGER_FILE;
+use crate::enroll;
+use crate::lang::Lang;
+use crate::render;
+
+/// Where the last server address is kept, inside the data directory.
+pub(crate) const SERVER_FILE: &str = "sync.json";
+/// Environment variable that bounds dialing, in milliseconds (default 15 s).
+pub(crate) const CONNECT_TIMEOUT_ENV: &str = "FQ_CONNECT_TIMEOUT_MS";
+/// How often the spinner moves while nothing else does.
+const TICK: Duration = Duration::from_millis(120);
+
+/// Input `fq sync` refuses before dialing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AddressError {
+    /// No `--server` and none remembered.
+    #[error("no server address: give --server ADDR")]
+    NoServer,
+    /// The address does not parse or resolve.
+    #[error("invalid server address {input:?}: expected HOST:PORT")]
+    Invalid {
+        /// What was given.
+        input: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Remembered {
+    server: String,
+}
+
+/// Runs `fq sync` on the ledger in `dir`.
+pub(crate) fn run(
+    out: &mut dyn Write,
+    dir: &Path,
+    server: Option<String>,
+    lang: Lang,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = dir.join(LEDGER_FILE);
+    if !path.exists() {
+        return Err(LedgerError::NotInitialized.into());
+    }
+    let bundle = enroll::installed(dir)?;
+    {
+        let ledger = Ledger::open_read_only(&path, Arc::new(SystemClock))
+            .with_context(|| format!("opening {} read-only", path.display()))?;
+        enroll::check_fits(&bundle, ledger.identity())?;
+    }
+    let text = match server {
+        Some(s) => s,
+        None => remembered(dir).ok_or(AddressError::NoServer)?,
+    };
+    let addr = resolve(&text)?;
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the network runtime")?;
+    let bar = progress_bar(json);
+    bar.set_message(match lang {
+        Lang::Zh => format!("正在连接服务器 {text}…"),
+        Lang::En => format!("connecting to {text}…"),
+    });
+    let dialed = runtime.block_on(client::dial(&bundle, addr, &options));
+    let dialed = match dialed {
+        Ok(d) => d,
+        Err(e) => {
+            bar.finish_and_clear();
+            return Err(e.into());
+        }
+    };
+    remember(dir, &text)?;
+    let mut ledger = Ledger::open(&path, Arc::new(SystemClock), LedgerOptions::default())
+        .with_context(|| format!("opening {}", path.display()))?;
+    let report = runtime.block_on(dialed.sync(&mut ledger, |p| show(&bar, lang, p)));
+    bar.finish_and_clear();
+    render::sync_summary(out, lang, json, &text, &report?)
+}
+
+/// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).
+fn options() -> SyncOptions {
+    let mut options = SyncOptions::default();
+    if let Some(ms) = std::env::var(CONNECT_TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok())
+        && ms > 0
+    {
+        options.connect_timeout = Duration::from_millis(ms);
+    }
+    options
+}
+
+fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
+    let invalid = || AddressError::Invalid { input: text.to_owned() };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs().map_err(|_| invalid())?.next().ok_or_else(invalid)
+}
+
+fn remembered(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(SERVER_FILE)).ok()?;
+    let saved: Remembered = serde_json::from_slice(&bytes).ok()?;
+    Some(saved.server).filter(|s| !s.trim().is_empty())
+}
+
+fn remember(dir: &Path, server: &str) -> anyhow::Result<()> {
+    let path = dir.join(SERVER_FILE);
+    let bytes = serde_json::to_vec(&Remembered { server: server.to_owned() })?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn progress_bar(json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {wide_bar} {pos}/{len}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(TICK);
+    bar
+}
+
+fn show(bar: &ProgressBar, lang: Lang, p: &Progress) {
+    bar.set_length(p.to_send);
+    bar.set_position(p.sent);
+    bar.set_message(match lang {
+        Lang::Zh => format!("同步中：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
+        Lang::En => format!("syncing: {} changes sent, {} received", p.sent, p.received),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn resolve_reads_addresses_and_refuses_junk() {
+        assert_eq!(resolve("10.0.0.5:4433").unwrap(), "10.0.0.5:4433".parse().unwrap());
+        assert_eq!(resolve("[::1]:4433").unwrap(), "[::1]:4433".parse().unwrap());
+        assert!(matches!(resolve("10.0.0.5"), Err(AddressError::Invalid { .. })));
+        assert!(matches!(resolve("not an address"), Err(AddressError::Invalid { .. })));
+    }
+
+    #[test]
+    fn remembered_survives_a_round_trip_and_ignores_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(remembered(dir.path()), None);
+        remember(dir.path(), "10.0.0.5:4433").unwrap();
+        assert_eq!(remembered(dir.path()).as_deref(), Some("10.0.0.5:4433"));
+        std::fs::write(dir.path().join(SERVER_FILE), b"{oops").unwrap();
+        assert_eq!(remembered(dir.path()), None);
+    }
+}

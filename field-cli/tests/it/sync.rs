@@ -1,0 +1,509 @@
+//! `fq sync` against real `fq-server` processes on 127.0.0.1: three tiers converging,
+//! refusals, a township killed mid-upload, unreachable servers, enrolment mistakes.
+//!
+//! `fq-server` is found next to the `fq` binary under test; `cargo test --workspace` builds
+//! every binary of the workspace before running tests.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fq_core::clock::SystemClock;
+use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::harness::{FQ, Fq, Run, fq_command, run, wait_bounded};
+use crate::process::{RunSpec, ServerProcess, write_config};
+use crate::schema::assert_valid;
+
+const COUNTY: &str = "532924";
+const TOWNSHIP: &str = "532924101";
+const VILLAGE_A: &str = "532924101201";
+const VILLAGE_B: &str = "532924101202";
+/// Bound on waiting for changes to travel between servers.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// `fq sync`'s dial bound in these tests (the default is 15 s).
+const CONNECT_TIMEOUT_MS: &str = "3000";
+
+/// `fq-server`, next to `fq`.
+fn fq_server() -> PathBuf {
+    let path = Path::new(FQ).with_file_name(format!("fq-server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p fq-sync-server`; `cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+fn fq_server_run(args: &[&str]) -> Run {
+    let mut cmd = Command::new(fq_server());
+    cmd.args(args).stdin(Stdio::null());
+    run(cmd)
+}
+
+/// A county CA in a temporary directory, driven through `fq-server ca`.
+struct County {
+    dir: TempDir,
+}
+
+impl County {
+    fn new() -> Self {
+        let county = County { dir: tempfile::tempdir().unwrap() };
+        let ca = county.ca();
+        let out = fq_server_run(&["ca", "init", "--dir", ca.to_str().unwrap(), "--county", COUNTY]);
+        assert_eq!(out.code, 0, "{out:?}");
+        county
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a bundle; returns its file.
+    fn issue(&self, id: &str, role: &str, scope: &str) -> PathBuf {
+        let out_file = self.path(&format!("{id}.bundle.json"));
+        let out = fq_server_run(&[
+            "ca",
+            "issue",
+            "--ca",
+            self.ca().to_str().unwrap(),
+            "--id",
+            id,
+            "--role",
+            role,
+            "--scope",
+            scope,
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out_file
+    }
+
+    fn revoke(&self, id: &str) {
+        let out = fq_server_run(&["ca", "revoke", "--ca", self.ca().to_str().unwrap(), "--id", id]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// A server of `tier` with its own data directory under the county's temp dir.
+    fn server(
+        &self,
+        id: &str,
+        tier: &str,
+        scope: &str,
+        upstream: Option<SocketAddr>,
+        config: Option<&Path>,
+    ) -> ServerProcess {
+        let bundle = self.path(&format!("{id}.bundle.json"));
+        if !bundle.exists() {
+            self.issue(id, tier, scope);
+        }
+        self.start(id, tier, "127.0.0.1:0", upstream, config)
+    }
+
+    fn start(
+        &self,
+        id: &str,
+        tier: &str,
+        listen: &str,
+        upstream: Option<SocketAddr>,
+        config: Option<&Path>,
+    ) -> ServerProcess {
+        let data = self.path(&format!("{id}-data"));
+        let bundle = self.path(&format!("{id}.bundle.json"));
+        ServerProcess::start(
+            &fq_server(),
+            &RunSpec { tier, listen, data_dir: &data, bundle: &bundle, upstream, config },
+        )
+    }
+
+    fn data(&self, id: &str) -> PathBuf {
+        self.path(&format!("{id}-data"))
+    }
+}
+
+/// `fq init --bundle` for a device; returns it.
+fn enrolled_device(county: &County, id: &str, role: &str, scope: &str, name: &str) -> Fq {
+    let bundle = county.issue(id, role, scope);
+    let fq = Fq::new();
+    let out = fq.json(&["init", "--bundle", bundle.to_str().unwrap(), "--name", name]);
+    assert_eq!(out["identity"]["scope"], scope);
+    fq
+}
+
+/// `fq sync` with the test's connect timeout.
+fn sync(fq: &Fq, args: &[&str]) -> Run {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    let mut cmd = fq.command(&all);
+    cmd.env("FQ_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    run(cmd)
+}
+
+fn sync_json(fq: &Fq, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "sync"];
+    all.extend_from_slice(args);
+    let mut cmd = fq.command(&all);
+    cmd.env("FQ_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    let summary = run(cmd).json();
+    assert_valid("sync-summary.v1.schema.json", &summary);
+    summary
+}
+
+/// `fq --json ARGS` on a server's data directory (read-only commands, beside the running server).
+fn on_server(data: &Path, args: &[&str]) -> Value {
+    let mut cmd = fq_command();
+    cmd.arg("--data-dir").arg(data).arg("--json").args(args);
+    run(cmd).json()
+}
+
+fn status(data: &Path) -> Value {
+    let out = fq_server_run(&["status", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let value: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status ({e}): {out:?}"));
+    assert_valid("server-status.v1.schema.json", &value);
+    value
+}
+
+/// Polls `check` every 100 ms until it is true; fails the test after `limit`.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The case list rows of a replica inside `within`, by id.
+fn rows(data: &Path, within: &str) -> BTreeMap<String, Value> {
+    let list = on_server(data, &["case", "list", "--village", within]);
+    list["cases"].as_array().unwrap().iter().map(|r| (r["id"].as_str().unwrap().to_owned(), r.clone())).collect()
+}
+
+fn has_note(show: &Value, text: &str) -> bool {
+    show["events"].as_array().unwrap().iter().any(|e| e["text"] == text)
+}
+
+#[test]
+fn sync_three_tiers_converge_through_real_servers() {
+    let county = County::new();
+    let county_server = county.server("county", "county", COUNTY, None, None);
+    let config = write_config(county.dir.path(), None);
+    let township = county.server("tw-101", "township", TOWNSHIP, Some(county_server.addr), Some(&config));
+    let tw = township.addr.to_string();
+
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    let b_bundle = county.issue("d08", "grid-worker", VILLAGE_B);
+    let b = Fq::new();
+    // --role and --village may be given with a bundle, if they agree with it.
+    b.json(&[
+        "init",
+        "--bundle",
+        b_bundle.to_str().unwrap(),
+        "--name",
+        "李四",
+        "--role",
+        "grid-worker",
+        "--village",
+        VILLAGE_B,
+    ]);
+    let case_a = a.new_case()["number"].as_str().unwrap().to_owned();
+    let case_b = b.json(&["case", "new", "--category", "land", "--title", "山林界址纠纷"])["case"]["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.json(&["case", "note", &case_a, "第一次调解"]);
+
+    let first = sync_json(&a, &["--server", &tw]);
+    assert_eq!((first["sent"].as_u64(), first["refused"]["count"].as_u64()), (Some(2), Some(0)), "{first:#}");
+    assert_eq!(first["server"]["id"], "tw-101");
+    let out = sync(&b, &["--server", &tw]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("同步完成"), "{out:?}");
+
+    // The township relays both cases to the county on its own.
+    eventually("the county to hold both cases", CONVERGE, || {
+        on_server(&county.data("county"), &["case", "list"])["count"] == 2
+    });
+
+    // A county admin, syncing with the county server, adds a note to village A's case.
+    let admin = enrolled_device(&county, "admin", "county-admin", COUNTY, "王县长");
+    let got = sync_json(&admin, &["--server", &county_server.addr.to_string()]);
+    assert_eq!(got["received"], 3, "{got:#}");
+    admin.json(&["case", "note", &case_a, "县级意见：依法依规处理"]);
+    assert_eq!(sync_json(&admin, &[])["sent"], 1, "the address is remembered");
+
+    // It flows down to the township, and the device gets it on its next sync.
+    eventually("the note to reach the township", CONVERGE, || {
+        has_note(&on_server(&county.data("tw-101"), &["case", "show", &case_a]), "县级意见：依法依规处理")
+    });
+    let down = sync_json(&a, &[]);
+    assert_eq!(down["received"], 1, "{down:#}");
+    assert!(has_note(&a.json(&["case", "show", &case_a]), "县级意见：依法依规处理"));
+    sync_json(&b, &[]);
+
+    // Every replica holds exactly its scope, and agrees on it.
+    let (a_dir, b_dir) = (a.data_dir(), b.data_dir());
+    for (scope, device) in [(VILLAGE_A, &a_dir), (VILLAGE_B, &b_dir)] {
+        let mine = rows(device, scope);
+        assert_eq!(mine.len(), 1, "{scope}");
+        assert_eq!(rows(device, COUNTY), mine, "a village device holds only its village");
+        assert_eq!(rows(&county.data("tw-101"), scope), mine, "township, {scope}");
+        assert_eq!(rows(&county.data("county"), scope), mine, "county, {scope}");
+        assert_eq!(rows(&admin.data_dir(), scope), mine, "county admin, {scope}");
+    }
+    for replica in [county.data("tw-101"), county.data("county"), admin.data_dir()] {
+        for (number, device) in [(&case_a, &a_dir), (&case_b, &b_dir)] {
+            let theirs = on_server(&replica, &["case", "show", number, "--history"]);
+            let ours = on_server(device, &["case", "show", number, "--history"]);
+            assert_eq!(theirs, ours, "{} differs on {number}", replica.display());
+        }
+    }
+    let s = status(&county.data("county"));
+    let tiers: Vec<&str> = s["peers"].as_array().unwrap().iter().map(|p| p["tier"].as_str().unwrap()).collect();
+    assert!(tiers.contains(&"township") && tiers.contains(&"device"), "{s:#}");
+}
+
+#[test]
+fn sync_reports_a_change_outside_the_device_scope_and_the_server_audits_it() {
+    let county = County::new();
+    let township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    a.new_case();
+    // A case of village B, written on another device, lands in A's ledger as if A wrote it
+    // (an import, a restored backup of the wrong phone...). A signs it when it syncs.
+    let b = Fq::new();
+    b.json(&["init", "--village", VILLAGE_B, "--name", "李四", "--role", "mediator"]);
+    b.json(&["case", "new", "--category", "debt", "--title", "借款纠纷"]);
+    let clock = Arc::new(SystemClock);
+    let mut from = Ledger::open(&b.ledger_file(), clock.clone(), LedgerOptions::default()).unwrap();
+    let mut into = Ledger::open(&a.ledger_file(), clock, LedgerOptions::default()).unwrap();
+    let changes = from.changes_since(0, 100).unwrap();
+    into.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
+    drop((from, into));
+
+    let summary = sync_json(&a, &["--server", &township.addr.to_string()]);
+    assert_eq!(summary["sent"], 2, "{summary:#}");
+    assert_eq!(summary["refused"]["count"], 1, "{summary:#}");
+    assert_eq!(summary["refused"]["by_reason"][0]["reason"], "out-of-scope");
+    assert_eq!(summary["refused"]["by_reason"][0]["count"], 1);
+    assert_eq!(summary["refused"]["changes"][0]["reason"], "out-of-scope");
+
+    let s = status(&county.data("tw-101"));
+    assert_eq!(s["counts"]["cases"], 1, "only the case inside the device's scope: {s:#}");
+    let refusals = s["refusals"].as_array().unwrap();
+    assert_eq!(refusals.len(), 1, "{s:#}");
+    assert!(refusals[0]["detail"].as_str().unwrap().contains("out-of-scope"), "{s:#}");
+    // In words, grouped by reason, in Chinese by default and in English on request.
+    let out = sync(&a, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let en = sync(&a, &["--lang", "en"]);
+    assert!(en.stdout.contains("Sync complete"), "{en:?}");
+    drop(township);
+}
+
+/// Adds `cases` cases of `notes + 1` changes each to the device ledger at `path`, quickly: they
+/// are written in memory and imported in one transaction, as this device's own.
+fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
+    let clock = Arc::new(SystemClock);
+    let mut scratch = Ledger::init_in_memory(
+        InitOptions {
+            tier: Tier::Device,
+            name: "张三".into(),
+            role: fq_core::case::Role::Mediator,
+            scope: fq_core::case::AdminCode::parse(scope).unwrap(),
+            grid: None,
+        },
+        clock.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    for i in 0..cases {
+        let c = scratch
+            .create_case(NewCase {
+                category: fq_core::case::Category::Neighbor,
+                title: format!("批量案件 {i}"),
+                description: String::new(),
+                parties: Vec::new(),
+                risk: fq_core::case::Risk::Low,
+                village: None,
+                grid: None,
+            })
+            .unwrap();
+        for n in 0..notes {
+            scratch.add_note(c.id, &format!("第{n}次调解")).unwrap();
+        }
+    }
+    let changes = scratch.changes_since(0, u32::MAX).unwrap();
+    let mut device = Ledger::open(path, clock, LedgerOptions::default()).unwrap();
+    device.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
+}
+
+#[test]
+fn sync_completes_after_the_township_is_killed_mid_upload() {
+    let county = County::new();
+    let mut township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let addr = township.addr;
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    bulk_changes(&a.ledger_file(), VILLAGE_A, 200, 9);
+    let mut upload = a.command(&["sync", "--server", &addr.to_string()]);
+    upload.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut upload = upload.spawn().unwrap();
+
+    // Kill the township the moment it has committed the first batch of the upload.
+    township.wait_log("changes applied", |l| l["peer"] == "d07");
+    township.signal("KILL");
+    township.wait_exit(Duration::from_secs(10)).expect("SIGKILL ends the server");
+    // The device lost its server; it would give up by itself (ack watchdog), a person sooner.
+    let _ = upload.kill();
+    wait_bounded(&mut upload, Duration::from_secs(10));
+
+    // Everything the township acknowledged is on its disk.
+    let held = status(&county.data("tw-101"))["counts"]["changes"].as_i64().unwrap();
+    let acked = {
+        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
+    };
+    assert!(held >= acked, "township holds {held} changes but had acknowledged {acked}");
+    assert!(held > 0 && acked > 0, "the first batch was committed and acknowledged (held {held}, acked {acked})");
+    eprintln!("killed mid-upload: township held {held} of 2000 changes, device saw {acked} acknowledged");
+
+    // Restarted on the same address, the township takes the rest.
+    let township = county.start("tw-101", "township", &addr.to_string(), None, None);
+    assert_eq!(township.addr, addr);
+    let summary = sync_json(&a, &[]);
+    assert_eq!(summary["refused"]["count"], 0, "{summary:#}");
+    assert_eq!(
+        status(&county.data("tw-101"))["counts"]["changes"],
+        2000,
+        "the township holds every change exactly once"
+    );
+    assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
+    assert_eq!(rows(&a.data_dir(), VILLAGE_A).len(), 200);
+}
+
+fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn sync_to_an_unreachable_server_fails_in_bounded_time_and_changes_nothing() {
+    let county = County::new();
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    a.new_case();
+    // A UDP port that swallows every packet: a server that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let before = (file_bytes(&a.ledger_file()), a.case_count());
+    let start = Instant::now();
+    let out = sync(&a, &["--server", &addr]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(out.stderr.contains("连不上同步服务器") && out.stderr.contains("本机数据没有改动"), "{out:?}");
+    let json = {
+        let mut cmd = a.command(&["--json", "sync", "--server", &addr]);
+        cmd.env("FQ_CONNECT_TIMEOUT_MS", "500");
+        run(cmd).error_json()
+    };
+    assert_eq!(json["error"]["kind"], "server-unreachable");
+    assert_eq!((file_bytes(&a.ledger_file()), a.case_count()), before, "the ledger is untouched");
+    assert!(!a.data_dir().join("sync.json").exists(), "an address that never answered is not remembered");
+}
+
+#[test]
+fn sync_and_enroll_say_what_to_do_when_the_device_is_not_ready() {
+    let county = County::new();
+    let fq = Fq::new();
+    fq.init_mediator();
+    let out = sync(&fq, &["--server", "127.0.0.1:9"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("先用 fq enroll --bundle 登记本机"), "{out:?}");
+    let json = fq.run(&["--json", "sync"]).error_json();
+    assert_eq!(json["error"]["kind"], "not-enrolled");
+    assert_valid("error.v1.schema.json", &json);
+
+    // A bundle for another village does not fit; one for this village does.
+    let wrong = county.issue("d09", "mediator", VILLAGE_B);
+    let out = fq.run(&["--json", "enroll", "--bundle", wrong.to_str().unwrap()]);
+    assert_eq!((out.code, out.error_json()["error"]["kind"].as_str()), (2, Some("bundle-mismatch")), "{out:?}");
+    let server_bundle = county.issue("tw-101", "township", TOWNSHIP);
+    let out = fq.run(&["enroll", "--bundle", server_bundle.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let right = county.issue("d07", "mediator", crate::harness::VILLAGE);
+    let enrolled = fq.json(&["enroll", "--bundle", right.to_str().unwrap()]);
+    assert_valid("enroll.v1.schema.json", &enrolled);
+    assert_eq!(enrolled["certificate"]["id"], "d07");
+    let kept = fq.data_dir().join("bundle.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // Enrolled, but no server was ever given.
+    let json = fq.run(&["--json", "sync"]).error_json();
+    assert_eq!(json["error"]["kind"], "no-server");
+    let out = fq.run(&["sync", "--server", "not an address"]);
+    assert_eq!(out.code, 2, "{out:?}");
+
+    // init --bundle refuses a --role that disagrees with the bundle, and creates nothing.
+    let other = Fq::new();
+    let out = other.run(&["init", "--bundle", right.to_str().unwrap(), "--name", "张三", "--role", "grid-worker"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(!other.ledger_file().exists());
+    // And plain init still needs --role and --village.
+    let out = other.run(&["init", "--name", "张三"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(!other.ledger_file().exists());
+    let init = other.json(&["init", "--bundle", right.to_str().unwrap(), "--name", "张三"]);
+    assert_valid("init.v1.schema.json", &init);
+    assert_eq!(init["identity"]["role"], "mediator");
+}
+
+#[test]
+fn sync_is_refused_for_revoked_and_foreign_certificates() {
+    let county = County::new();
+    let config = write_config(county.dir.path(), Some(&county.ca().join("revocations.json")));
+    let township = county.server("tw-101", "township", TOWNSHIP, None, Some(&config));
+    let tw = township.addr.to_string();
+
+    // A device certified by another county's CA, for the same village.
+    let foreign = County::new();
+    let stranger = enrolled_device(&foreign, "d07", "mediator", VILLAGE_A, "冒名者");
+    stranger.new_case();
+    let out = sync(&stranger, &["--server", &tw]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("不是本县颁发"), "{out:?}");
+    let json = stranger.run(&["--json", "sync", "--server", &tw]).error_json();
+    assert_eq!(json["error"]["kind"], "server-refused");
+
+    // A county admin's device belongs with the county server, not a township's.
+    let admin = enrolled_device(&county, "admin", "county-admin", COUNTY, "王县长");
+    let out = sync(&admin, &["--server", &tw]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("不负责本机的区域"), "{out:?}");
+
+    // A genuine device syncs, then is revoked (lost phone); the running township follows the
+    // CA's revocation list file and refuses it from then on.
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    a.new_case();
+    assert_eq!(sync(&a, &["--server", &tw]).code, 0);
+    county.revoke("d07");
+    township.wait_log("revocation list installed", |l| l["version"] == 1);
+    a.new_case();
+    let out = sync(&a, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("吊销"), "{out:?}");
+    let en = sync(&a, &["--lang", "en"]);
+    assert!(en.stderr.contains("revoked"), "{en:?}");
+    assert_eq!(status(&county.data("tw-101"))["counts"]["cases"], 1, "nothing from the revoked device got in");
+}

@@ -1,0 +1,394 @@
+//! The thread that owns the server's replica: its [`Ledger`] and every sync [`Session`].
+//!
+//! rusqlite's `Connection` is `Send` but not `Sync`, and a session is only meaningful next to
+//! the ledger it reads and writes, so both live on one thread (iroh-docs' actor, mini-redis'
+//! `db`). Async tasks talk to it with [`Command`]s over a bounded channel: a connection task
+//! forwards the bytes it reads with the session's id, and the actor answers by putting frames on
+//! that session's outgoing channel, which the connection task writes to the stream.
+//!
+//! Why one thread is enough: applying a batch is one SQLite transaction and one fsync; the
+//! network side (handshakes, reads, writes, keep-alives) runs on the tokio runtime meanwhile.
+//!
+//! After any session commits changes that grow the local log, every *other* session is told
+//! ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to the
+//! other devices connected at that moment; the upstream dialer is woken too.
+//!
+//! The outgoing channels are unbounded: what a session queues is bounded by the protocol itself
+//! (at most [`fq_core::sync::session::SessionConfig::max_in_flight`] unacknowledged pushes of
+//! under 1 MiB each, acks, and one recovery digest), and the actor must never wait on a slow peer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use fq_core::clock::{Clock, SystemClock};
+use fq_core::ledger::{Ledger, Tier};
+use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, SessionError, Side, Stats};
+use fq_core::sync::wire::ErrorCode;
+use fq_core::trust::{GrantRole, SignedGrant};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::ca::PeerIdentity;
+
+/// Commands queued for the actor before senders wait: enough for a burst from many streams.
+const COMMAND_QUEUE: usize = 256;
+/// Longest the actor sleeps without looking at its sessions' timers.
+const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// A session's number, unique for the life of the server process.
+pub(crate) type SessionId = u64;
+
+/// What a connection task asks of the actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A new stream: start a session on it.
+    Open {
+        /// Its id.
+        id: SessionId,
+        /// Parent for a device or township dialing in; child for our link to the county.
+        side: Side,
+        /// Who is at the other end, from its certificate (boxed: it is large and rare).
+        peer: Box<PeerIdentity>,
+        /// Where the session's frames go.
+        out: mpsc::UnboundedSender<Outgoing>,
+    },
+    /// Bytes read from a session's stream.
+    Input {
+        /// The session.
+        id: SessionId,
+        /// The bytes, as read.
+        bytes: Vec<u8>,
+    },
+    /// The stream ended (finished by the peer, reset, or the connection was lost).
+    Ended {
+        /// The session.
+        id: SessionId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Close every session with "shutting down" and stop; the reply says it is done.
+    Shutdown {
+        /// Answered once every session was closed and the ledger dropped.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the actor sends a session's writer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// A frame to write.
+    Frame(Vec<u8>),
+    /// The session is over: write nothing more, finish the stream.
+    Finish,
+}
+
+/// The server's own credentials, from its bundle.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnCredentials {
+    /// The county CA's key.
+    pub ca: VerifyingKey,
+    /// The server's grant.
+    pub grant: SignedGrant,
+    /// The server's key.
+    pub key: SigningKey,
+}
+
+/// A handle on the actor thread.
+#[derive(Debug)]
+pub(crate) struct ReplicaHandle {
+    tx: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReplicaHandle {
+    /// Starts the actor thread with the ledger it will own.
+    pub(crate) fn spawn(
+        ledger: Ledger,
+        own: OwnCredentials,
+        cfg: SessionConfig,
+        upstream_wake: Arc<Notify>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        let actor = Actor { ledger, own, cfg, sessions: BTreeMap::new(), upstream_wake, clock: SystemClock };
+        let thread =
+            std::thread::Builder::new().name("fq-replica".into()).spawn(move || runtime.block_on(actor.run(rx)))?;
+        Ok(Self { tx, thread: Some(thread) })
+    }
+
+    /// A sender for connection tasks.
+    pub(crate) fn sender(&self) -> mpsc::Sender<Command> {
+        self.tx.clone()
+    }
+
+    /// Closes every session with "shutting down", waits until that is done and the ledger is
+    /// closed, and joins the thread.
+    pub(crate) async fn shutdown(mut self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            // The actor has returned (or died); joining cannot block for long.
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                error!("the replica thread ended abnormally");
+            }
+        }
+    }
+}
+
+struct Live {
+    session: Session,
+    out: mpsc::UnboundedSender<Outgoing>,
+    peer: PeerIdentity,
+    side: Side,
+}
+
+struct Actor {
+    ledger: Ledger,
+    own: OwnCredentials,
+    cfg: SessionConfig,
+    sessions: BTreeMap<SessionId, Live>,
+    upstream_wake: Arc<Notify>,
+    clock: SystemClock,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let nap = self.next_timeout().unwrap_or(MAX_IDLE_TICK).min(MAX_IDLE_TICK);
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown { done }) => {
+                        self.shutdown();
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => self.handle(cmd),
+                },
+                () = tokio::time::sleep(nap) => {}
+            }
+            self.check_timeouts();
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open { id, side, peer, out } => self.open(id, side, *peer, out),
+            Command::Input { id, bytes } => self.input(id, &bytes),
+            Command::Ended { id, reason } => {
+                if let Some(live) = self.sessions.remove(&id) {
+                    let _ = live.out.send(Outgoing::Finish);
+                    let caught_up = live.session.is_caught_up();
+                    log_end(id, &live, &reason, caught_up);
+                }
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn open(&mut self, id: SessionId, side: Side, peer: PeerIdentity, out: mpsc::UnboundedSender<Outgoing>) {
+        let now = self.clock.now();
+        let creds = Credentials {
+            ca: self.own.ca,
+            own: Some((self.own.grant.clone(), self.own.key.clone())),
+            peer_scope_limit: Some(peer.scope.clone()),
+        };
+        // The parent's hello names the child once it has said who it is; a child names the
+        // parent it last synced with.
+        let expected = match side {
+            Side::Child => match self.ledger.upstream() {
+                Ok(up) => up,
+                Err(e) => {
+                    error!(session = id, error = %e, "cannot read the upstream position");
+                    let _ = out.send(Outgoing::Finish);
+                    return;
+                }
+            },
+            Side::Parent => None,
+        };
+        match Session::new(side, &self.ledger, creds, self.cfg.clone(), expected, now) {
+            Ok(session) => {
+                debug!(session = id, peer = %peer.id, ?side, "session opened");
+                self.sessions.insert(id, Live { session, out, peer, side });
+                self.flush(id);
+            }
+            Err(e) => {
+                error!(session = id, peer = %peer.id, error = %e, "cannot start a session");
+                let _ = out.send(Outgoing::Finish);
+            }
+        }
+    }
+
+    fn input(&mut self, id: SessionId, bytes: &[u8]) {
+        let before = self.ledger.log_head().ok();
+        let now = self.clock.now();
+        let Some(live) = self.sessions.get_mut(&id) else {
+            // The session already ended; the reader drains the stream to its end.
+            return;
+        };
+        match live.session.handle_input(&mut self.ledger, bytes, now) {
+            Ok(()) => {}
+            // The peer ended it (it is shutting down, or gave up on us): its words are the reason.
+            Err(SessionError::Peer { code, text }) => {
+                info!(session = id, peer = %live.peer.id, ?code, %text, "session ended by the peer");
+            }
+            // The session has ended itself and queued an error frame for the peer.
+            Err(e) => warn!(session = id, peer = %live.peer.id, error = %e, "session failed"),
+        }
+        self.flush(id);
+        let after = self.ledger.log_head().ok();
+        if after > before {
+            self.spread(id);
+        }
+    }
+
+    /// The log grew through session `origin`: every other session pushes on.
+    fn spread(&mut self, origin: SessionId) {
+        let now = self.clock.now();
+        let others: Vec<SessionId> = self.sessions.keys().copied().filter(|k| *k != origin).collect();
+        for id in others {
+            if let Some(live) = self.sessions.get_mut(&id)
+                && let Err(e) = live.session.notify_local_changes(&mut self.ledger, now)
+            {
+                warn!(session = id, peer = %live.peer.id, error = %e, "session failed");
+            }
+            self.flush(id);
+        }
+        self.upstream_wake.notify_one();
+    }
+
+    /// Handles a session's events, queues its frames, and retires it if it has ended.
+    fn flush(&mut self, id: SessionId) {
+        let Some(live) = self.sessions.get_mut(&id) else { return };
+        while let Some(event) = live.session.poll_event() {
+            log_event(id, live, &event);
+            if let Event::Connected(info) = &event {
+                let expected = tier_of(live.peer.role);
+                if info.tier != expected {
+                    warn!(
+                        session = id,
+                        peer = %live.peer.id,
+                        claimed = info.tier.code(),
+                        certificate = expected.code(),
+                        "session refused: hello tier does not match the certificate"
+                    );
+                    live.session.close(ErrorCode::Unauthorized, "hello tier does not match the certificate");
+                }
+            }
+        }
+        while let Some(frame) = live.session.poll_transmit() {
+            // A closed receiver means the writer is gone; the reader will report the end.
+            let _ = live.out.send(Outgoing::Frame(frame));
+        }
+        if live.session.is_closed() {
+            let _ = live.out.send(Outgoing::Finish);
+            if let Some(live) = self.sessions.remove(&id) {
+                let reason = live.session.close_reason().unwrap_or("closed by this server").to_owned();
+                log_end(id, &live, &reason, false);
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let at = self.sessions.values().filter_map(|l| l.session.poll_timeout()).min()?;
+        let ms = at.0.saturating_sub(self.clock.now().0).max(0);
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+
+    fn check_timeouts(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, l)| l.session.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(live) = self.sessions.get_mut(&id)
+                && let Err(e) = live.session.handle_timeout(now)
+            {
+                warn!(session = id, peer = %live.peer.id, error = %e, "session timed out");
+            }
+            self.flush(id);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(live) = self.sessions.get_mut(&id) {
+                live.session.close(ErrorCode::ShuttingDown, "server shutting down");
+            }
+            self.flush(id);
+        }
+        debug!("replica closed");
+    }
+}
+
+/// The tier a certificate's role speaks for in a hello.
+fn tier_of(role: GrantRole) -> Tier {
+    match role {
+        GrantRole::CountyServer => Tier::County,
+        GrantRole::TownshipServer => Tier::Township,
+        _ => Tier::Device,
+    }
+}
+
+fn log_event(id: SessionId, live: &Live, event: &Event) {
+    let peer = live.peer.id.as_str();
+    match event {
+        Event::Connected(info) => info!(
+            session = id,
+            peer,
+            replica = %info.replica,
+            tier = info.tier.code(),
+            scope = %info.scope,
+            side = ?live.side,
+            "session started"
+        ),
+        Event::Received { applied, duplicates, pending, refused } => {
+            info!(session = id, peer, applied, duplicates, pending, refused, "changes applied");
+            if *refused > 0 {
+                warn!(session = id, peer, refused, "changes refused; see the audit log");
+            }
+        }
+        Event::Acked { sent, refused } => {
+            debug!(session = id, peer, sent, refused = refused.len(), "changes acknowledged by the peer");
+            if !refused.is_empty() {
+                warn!(session = id, peer, refused = refused.len(), "the peer refused changes we sent");
+            }
+        }
+        Event::Recovered { sent } => info!(session = id, peer, sent, "recovered by digest"),
+        Event::CaughtUp => {
+            let s = live.session.stats();
+            info!(session = id, peer, sent = s.sent, received = s.received, "session caught up");
+        }
+    }
+}
+
+fn log_end(id: SessionId, live: &Live, reason: &str, caught_up: bool) {
+    let Stats { sent, received, duplicates, refused_by_peer, refused_here, bytes_out, bytes_in } =
+        live.session.stats().clone();
+    info!(
+        session = id,
+        peer = live.peer.id.as_str(),
+        reason,
+        caught_up,
+        sent,
+        received,
+        duplicates,
+        refused_by_peer,
+        refused_here,
+        bytes_out,
+        bytes_in,
+        "session ended"
+    );
+}
