@@ -50,8 +50,8 @@ pub enum StoreError {
         /// The version in the file.
         found: i32,
     },
-    /// The disk is full.
-    #[error("the disk is full")]
+    /// The disk is full or refused a write (an I/O error).
+    #[error("the disk is full or refused the write")]
     DiskFull,
     /// The file is not a ledger or is damaged.
     #[error("the ledger file is damaged or not an fq ledger")]
@@ -66,7 +66,10 @@ pub enum StoreError {
 
 fn sq(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| match source.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull,
+        // A full disk, a file-size limit (EFBIG) and a failing card all end
+        // as a refused write; to the person holding the phone they are one
+        // thing: nothing was saved, make room and try again.
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure) => StoreError::DiskFull,
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Corrupt,
         _ => StoreError::Sqlite { op, source },
     }

@@ -1,7 +1,7 @@
 //! A process killed at any moment loses no operation it reported committed.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -90,4 +90,49 @@ fn read_only_commands_work_while_another_process_writes() {
     assert_eq!(fq.json(&["export", "--format", "json"])["count"], 1);
     fq.json(&["audit"]);
     drop(tx);
+}
+
+/// Issue 4: a full disk (here a file-size limit) gives a clear error, exit 1,
+/// and damages nothing already written.
+#[test]
+fn case_writes_on_a_full_disk_fail_clearly_and_keep_what_was_saved() {
+    let fq = Fq::new();
+    fq.init_mediator();
+    let mut saved = 0;
+    for _ in 0..3 {
+        fq.new_case();
+        saved += 1;
+    }
+    let before = fq.json(&["case", "list"])["count"].as_u64().unwrap();
+    assert_eq!(before, saved);
+    // A file-size limit just above the ledger's size: the next big write fails
+    // with EFBIG (SIGXFSZ ignored, as a full disk fails a write with ENOSPC).
+    let size: u64 =
+        std::fs::read_dir(fq.data_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max().unwrap();
+    let limit_blocks = size / 512 + 8;
+    let long = "很长的情况说明。".repeat(2_000);
+    let script = format!(
+        "trap '' XFSZ; ulimit -f {limit_blocks}; exec \"$0\" --data-dir \"$1\" --lang zh case new --category debt --title 借款纠纷 --description \"$2\""
+    );
+    let mut failed = None;
+    for _ in 0..20 {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&script).arg(crate::harness::FQ).arg(fq.data_dir()).arg(&long);
+        let out = crate::harness::run(cmd);
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+        if out.code != 0 {
+            failed = Some(out);
+            break;
+        }
+        saved += 1;
+    }
+    let out = failed.expect("the file-size limit was never hit");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("存储空间已满"), "a clear message: {out:?}");
+    // Without the limit, everything saved before is there and the file is sound.
+    let after = fq.json(&["case", "list"])["count"].as_u64().unwrap();
+    assert_eq!(after, saved);
+    let l = Ledger::open_read_only(&fq.ledger_file(), Arc::new(SystemClock)).unwrap();
+    l.integrity_check().unwrap();
+    fq.new_case();
 }

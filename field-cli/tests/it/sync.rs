@@ -507,3 +507,51 @@ fn sync_is_refused_for_revoked_and_foreign_certificates() {
     assert!(en.stderr.contains("revoked"), "{en:?}");
     assert_eq!(status(&county.data("tw-101"))["counts"]["cases"], 1, "nothing from the revoked device got in");
 }
+
+/// Issue 4: the township is killed twenty times while a device uploads; after
+/// each kill everything it acknowledged is on its disk and the file is sound,
+/// and the upload completes in the end with every change exactly once.
+#[test]
+fn sync_survives_twenty_township_kills_during_ingest() {
+    const KILLS: usize = 20;
+    let county = County::new();
+    let township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let addr = township.addr;
+    drop(township);
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    // 24 batches of 512 changes: more than one batch per kill.
+    bulk_changes(&a.ledger_file(), VILLAGE_A, 1_230, 9);
+    let total = 12_300;
+    let mut kills = 0;
+    for _ in 0..KILLS {
+        let mut township = county.start("tw-101", "township", &addr.to_string(), None, None);
+        let mut upload = a.command(&["sync", "--server", &addr.to_string()]);
+        upload.env("FQ_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS).stdout(Stdio::null()).stderr(Stdio::null());
+        let mut upload = upload.spawn().unwrap();
+        // Kill the moment the township commits a batch of this upload.
+        let applied = township.wait_log_for("changes applied", Duration::from_secs(20), |l| l["peer"] == "d07");
+        township.signal("KILL");
+        township.wait_exit(Duration::from_secs(10)).expect("SIGKILL ends the server");
+        let _ = upload.kill();
+        wait_bounded(&mut upload, Duration::from_secs(10));
+        if applied.is_none() {
+            break; // nothing left to ingest
+        }
+        kills += 1;
+        let township_ledger =
+            Ledger::open_read_only(&county.data("tw-101").join("ledger.db"), Arc::new(SystemClock)).unwrap();
+        township_ledger.integrity_check().unwrap();
+        let held = township_ledger.counts().unwrap()[1];
+        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        let acked = device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0);
+        assert!(held >= acked, "kill {kills}: township holds {held} changes but had acknowledged {acked}");
+        assert_eq!(township_ledger.duplicate_log_rows().unwrap(), 0);
+    }
+    assert!(kills >= KILLS / 2, "only {kills} kills landed during ingest");
+    let _township = county.start("tw-101", "township", &addr.to_string(), None, None);
+    let summary = sync_json(&a, &[]);
+    assert_eq!(summary["refused"]["count"], 0, "{summary:#}");
+    let s = status(&county.data("tw-101"));
+    assert_eq!(s["counts"]["changes"], total, "every change exactly once: {s:#}");
+    assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
+}
