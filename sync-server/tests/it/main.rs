@@ -4,7 +4,9 @@
 
 mod ca;
 mod county;
+mod lossy;
 mod process;
+mod relay;
 mod schema;
 mod server;
 mod tls;
