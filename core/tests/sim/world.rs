@@ -161,7 +161,8 @@ impl World {
         // On tmpfs when there is one: the simulation models crashes of the
         // process, not of the disk, so fsync only costs time here.
         let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.map_err(|e| e.to_string())?;
+        let dir =
+            if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.map_err(|e| e.to_string())?;
         let ca = SigningKey::from_bytes(&rng.random());
         let mut w = World {
             seed,
