@@ -278,35 +278,36 @@ fn run_server(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let server = server::bind(config)?;
-        server.run(shutdown_signal()).await
+        server.run(shutdown).await.map_err(anyhow::Error::from)
     })?;
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers for SIGTERM and SIGINT now, and returns a future that completes
+/// on either. Registering before the server binds matters: a SIGTERM that
+/// arrives right after "listening" must shut down gracefully, not kill the
+/// process with the default action.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn init_logging(format: LogFormat) -> anyhow::Result<()> {

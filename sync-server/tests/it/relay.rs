@@ -39,8 +39,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Largest datagram relayed; QUIC never sends more than about 1,500 bytes on loopback paths,
-/// but a bigger buffer costs nothing and never truncates.
+/// Largest datagram relayed: quinn's datagrams stay under 1,500 bytes, but a buffer for the
+/// largest UDP payload costs nothing and never truncates.
 const MAX_DATAGRAM_BYTES: usize = 64 * 1024;
 /// Datagrams waiting on one direction's line (in the delay or the rate-limit queue); more are
 /// dropped as a full router buffer would.
@@ -253,7 +253,7 @@ impl Line {
             let mut line = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             // The RNG is drawn for every datagram, so which ones are lost depends only on the
             // seed and the order they arrived in, not on the other knobs.
-            let lost = line.rng.random_bool(s.loss.clamp(0.0, 1.0));
+            let lost = line.rng.random_bool(if s.loss.is_nan() { 0.0 } else { s.loss.clamp(0.0, 1.0) });
             if s.outage {
                 Counters::bump(&counters.dropped_outage, 1);
                 return;
@@ -364,9 +364,10 @@ impl Relay {
     }
 }
 
-/// One client address and its socket towards the server.
+/// One client address: its socket towards the server, and the task reading that socket.
 struct Mapping {
     socket: Arc<UdpSocket>,
+    reader: tokio::task::AbortHandle,
     born: u64,
 }
 
@@ -375,7 +376,6 @@ struct Mapping {
 /// stop with it.
 async fn front_loop(front: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Shared>, up: Arc<Line>, down: Arc<Line>) {
     let mut mappings: BTreeMap<SocketAddr, Mapping> = BTreeMap::new();
-    let mut readers: BTreeMap<SocketAddr, tokio::task::AbortHandle> = BTreeMap::new();
     let mut tasks = JoinSet::new();
     let mut born = 0u64;
     let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
@@ -388,11 +388,9 @@ async fn front_loop(front: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Share
                 if !mappings.contains_key(&client) {
                     if mappings.len() >= MAX_MAPPINGS
                         && let Some(oldest) = mappings.iter().min_by_key(|(_, m)| m.born).map(|(a, _)| *a)
+                        && let Some(evicted) = mappings.remove(&oldest)
                     {
-                        mappings.remove(&oldest);
-                        if let Some(reader) = readers.remove(&oldest) {
-                            reader.abort();
-                        }
+                        evicted.reader.abort();
                     }
                     let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { continue };
                     let socket = Arc::new(socket);
@@ -404,9 +402,8 @@ async fn front_loop(front: Arc<UdpSocket>, target: SocketAddr, shared: Arc<Share
                         Arc::clone(&shared),
                         Arc::clone(&down),
                     ));
-                    readers.insert(client, reader);
                     born += 1;
-                    mappings.insert(client, Mapping { socket, born });
+                    mappings.insert(client, Mapping { socket, reader, born });
                 }
                 if let Some(m) = mappings.get(&client) {
                     up.offer(&shared, buf[..n].to_vec(), Arc::clone(&m.socket), target);
