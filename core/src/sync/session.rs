@@ -241,6 +241,9 @@ pub struct Session {
     /// Set while a digest we sent awaits the peer's `Want`: the log position
     /// to resume from once the wanted changes are sent.
     recovery_resume: Option<LogPosition>,
+    /// A position read past without a push (everything in between was
+    /// skipped), still to be told to the peer.
+    unsent_position: Option<LogPosition>,
     /// Whether we sent our digest in this session (at most once).
     digest_sent: bool,
     /// Changes sent so far for the peer's `Want`s.
@@ -283,6 +286,7 @@ impl Session {
             sent_done: false,
             grants_sent: BTreeSet::new(),
             recovery_resume: None,
+            unsent_position: None,
             digest_sent: false,
             recovered: 0,
             peer_done: false,
@@ -660,7 +664,23 @@ impl Session {
                 break;
             }
             self.next_seq = out.upto;
-            self.push_batch(ledger, out.changes, Some(LogPosition { seq: out.upto, hash: out.upto_hash }), now)?;
+            let upto = LogPosition { seq: out.upto, hash: out.upto_hash };
+            if out.changes.is_empty() && !out.exhausted {
+                // Nothing here for this peer (other villages' changes): read
+                // on without a push and its ack, which for a new device on a
+                // busy township would be hundreds of empty round trips and
+                // fsyncs. The position travels with the next push.
+                self.unsent_position = Some(upto);
+                continue;
+            }
+            self.unsent_position = None;
+            self.push_batch(ledger, out.changes, Some(upto), now)?;
+        }
+        if self.log_exhausted && self.in_flight.len() < self.cfg.max_in_flight {
+            // The tail was all skipped: one empty push moves the peer's position.
+            if let Some(upto) = self.unsent_position.take() {
+                self.push_batch(ledger, Vec::new(), Some(upto), now)?;
+            }
         }
         if self.log_exhausted && self.in_flight.is_empty() && !self.sent_done {
             self.sent_done = true;
