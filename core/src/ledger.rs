@@ -1091,8 +1091,11 @@ fn apply_case(
         };
         let (hash, deps) = doc::change_key(&change);
         let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
-        let seen = known || candidates.iter().any(|k| k.hash == hash);
-        if seen && !faults::on(Bug::SkipDuplicateCheck) {
+        // The same change may come signed by someone else than a copy that is
+        // already waiting (a careless import re-signs changes): keep both
+        // copies until scope has been checked, then the first good one wins.
+        let same_copy = candidates.iter().any(|k| k.hash == hash && k.signer == c.signer);
+        if (known || same_copy) && !faults::on(Bug::SkipDuplicateCheck) {
             report.duplicates += 1;
             continue;
         }
@@ -1123,6 +1126,43 @@ fn apply_case(
                 cx.refuse(report, case, Some(c.hash), reason, detail)?;
             }
         }
+    }
+    // Scope, change by change, before anything is applied: only the copies
+    // whose author may write in the case's village go on. The village is the
+    // document's, or for a new case what its first changes say.
+    let village = match doc.as_mut() {
+        Some(d) => d.read(cx.policy).ok().map(|s| s.village),
+        None => scratch_village(cx, &admitted),
+    };
+    if let Some(village) = &village {
+        let mut kept: Vec<Candidate> = Vec::with_capacity(admitted.len());
+        for c in admitted {
+            let outside = c.scope.as_ref().is_some_and(|scope| !within(scope, village));
+            if outside {
+                if c.from_pending {
+                    tx.remove_pending(&c.hash)?;
+                }
+                let scope = c.scope.as_ref().map(ToString::to_string).unwrap_or_default();
+                let detail = format!("village {village} is outside the author's area {scope}");
+                cx.refuse(report, case, Some(c.hash), RefuseReason::OutOfScope, detail)?;
+            } else if kept.iter().any(|k| k.hash == c.hash) {
+                report.duplicates += 1;
+            } else {
+                kept.push(c);
+            }
+        }
+        admitted = kept;
+    } else {
+        // Village unknown yet: keep one copy of each change waiting.
+        let mut kept: Vec<Candidate> = Vec::with_capacity(admitted.len());
+        for c in admitted {
+            if kept.iter().any(|k| k.hash == c.hash) {
+                report.duplicates += 1;
+            } else {
+                kept.push(c);
+            }
+        }
+        admitted = kept;
     }
     // Order the changes whose dependencies are present, in dependency order.
     let mut ready: Vec<Candidate> = Vec::new();
@@ -1213,6 +1253,36 @@ fn apply_case(
         tx.audit(cx.now, "conflict", Some(case), cx.peer, &detail)?;
     }
     Ok(Some(target))
+}
+
+/// The village a new case's changes give it, learnt by applying them to a
+/// scratch document (nothing is kept). `None` if they do not make a case.
+fn scratch_village(cx: &ApplyCtx<'_, '_>, admitted: &[Candidate]) -> Option<String> {
+    let mut known: Vec<Hash> = Vec::new();
+    let mut order: Vec<automerge::Change> = Vec::new();
+    let mut rest: Vec<&Candidate> = admitted.iter().collect();
+    loop {
+        let before = rest.len();
+        rest.retain(|c| {
+            let ready = if known.is_empty() { c.deps.is_empty() } else { c.deps.iter().all(|d| known.contains(d)) };
+            if ready && !known.contains(&c.hash) {
+                known.push(c.hash);
+                order.push(c.change.clone());
+                false
+            } else {
+                !ready
+            }
+        });
+        if rest.len() == before || rest.is_empty() {
+            break;
+        }
+    }
+    if order.is_empty() {
+        return None;
+    }
+    let mut scratch = CaseDoc::empty(cx.actor.clone());
+    scratch.apply(order).ok()?;
+    scratch.read(cx.policy).ok().map(|s| s.village)
 }
 
 fn within(scope: &AdminCode, village: &str) -> bool {
