@@ -131,7 +131,6 @@ struct Link {
 }
 
 struct World {
-    seed: u64,
     rng: ChaCha8Rng,
     now: i64,
     _dir: tempfile::TempDir,
@@ -165,7 +164,6 @@ impl World {
             if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.map_err(|e| e.to_string())?;
         let ca = SigningKey::from_bytes(&rng.random());
         let mut w = World {
-            seed,
             rng,
             now: T0,
             _dir: dir,
@@ -906,7 +904,6 @@ impl World {
             }
             n.ledger().integrity_check().map_err(|e| format!("{}: {e}", n.name))?;
         }
-        let _ = self.seed;
         Ok(())
     }
 }
