@@ -359,8 +359,18 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
     upload.stdout(Stdio::null()).stderr(Stdio::null());
     let mut upload = upload.spawn().unwrap();
 
-    // Kill the township the moment it has committed the first batch of the upload.
+    // Kill the township the moment the device has recorded the first
+    // acknowledgement, while the later batches are still on their way.
     township.wait_log("changes applied", |l| l["peer"] == "d07");
+    let device_acked = || {
+        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
+    };
+    let start = Instant::now();
+    while device_acked() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the device never recorded an acknowledgement");
+        thread::sleep(Duration::from_millis(2));
+    }
     township.signal("KILL");
     township.wait_exit(Duration::from_secs(10)).expect("SIGKILL ends the server");
     // The device lost its server; it would give up by itself (ack watchdog), a person sooner.
@@ -369,10 +379,7 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
 
     // Everything the township acknowledged is on its disk.
     let held = status(&county.data("tw-101"))["counts"]["changes"].as_i64().unwrap();
-    let acked = {
-        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
-        device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
-    };
+    let acked = device_acked();
     assert!(held >= acked, "township holds {held} changes but had acknowledged {acked}");
     assert!(held > 0 && acked > 0, "the first batch was committed and acknowledged (held {held}, acked {acked})");
     eprintln!("killed mid-upload: township held {held} of 2000 changes, device saw {acked} acknowledged");
