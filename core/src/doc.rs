@@ -567,6 +567,12 @@ impl CaseDoc {
         self.doc.get_change_by_hash(&ChangeHash(*hash)).is_some()
     }
 
+    /// The case's village code as the document holds it (empty if unset):
+    /// a cheap read of one key, for scope checks on a stored document.
+    pub fn village(&self) -> String {
+        get_str(&self.doc, &ROOT, "village").unwrap_or_default()
+    }
+
     /// The raw bytes of a change in this document.
     pub fn change_bytes(&mut self, hash: &Hash) -> Option<Vec<u8>> {
         self.doc.get_change_by_hash(&ChangeHash(*hash)).map(|c| c.raw_bytes().to_vec())

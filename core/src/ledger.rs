@@ -887,6 +887,11 @@ impl Ledger {
         Ok(self.store.counts()?)
     }
 
+    /// How many received changes wait for their dependencies.
+    pub fn pending_count(&self) -> Result<i64, LedgerError> {
+        Ok(self.store.pending_count()?)
+    }
+
     /// Runs SQLite's integrity check.
     pub fn integrity_check(&self) -> Result<(), LedgerError> {
         Ok(self.store.integrity_check()?)
@@ -1131,7 +1136,7 @@ fn apply_case(
     // whose author may write in the case's village go on. The village is the
     // document's, or for a new case what its first changes say.
     let village = match doc.as_mut() {
-        Some(d) => d.read(cx.policy).ok().map(|s| s.village),
+        Some(d) => Some(d.village()),
         None => scratch_village(cx, &admitted),
     };
     if let Some(village) = &village {
@@ -1203,7 +1208,7 @@ fn apply_case(
     let had_doc = doc.is_some();
     let conflicts_before = doc.as_mut().map_or(0, |d| d.conflicts().len());
     let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(cx.actor.clone()));
-    let before_village = if had_doc { target.read(cx.policy).ok().map(|s| s.village) } else { None };
+    let before_village = if had_doc { Some(target.village()) } else { None };
     let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
     let applied = target.apply(changes).and_then(|_| target.read(cx.policy));
     let problem = match &applied {

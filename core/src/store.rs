@@ -298,6 +298,9 @@ const MIGRATIONS: &[&str] = &[
         scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
+/// Prepared statements kept per connection: more than this module has.
+const STATEMENT_CACHE: usize = 64;
+
 impl Store {
     /// Opens (and for [`OpenMode::Create`], creates and migrates) a store file.
     pub fn open(path: &Path, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
@@ -317,6 +320,9 @@ impl Store {
 
     fn setup(conn: Connection, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sq("set busy timeout"))?;
+        // Every statement here is cached; rusqlite's default of 16 would evict
+        // some of the ~30 on every busy path and parse them again.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let version: i32 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
         if version > SCHEMA_VERSION {
@@ -550,19 +556,27 @@ impl Store {
     /// The highest log position.
     pub fn log_head(&self) -> Result<i64, StoreError> {
         self.conn
-            .query_row("SELECT coalesce(max(log_seq), 0) FROM changes", [], |r| r.get(0))
+            .prepare_cached("SELECT coalesce(max(log_seq), 0) FROM changes")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(sq("read log head"))
+    }
+
+    /// How many changes wait for their dependencies.
+    pub fn pending_count(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM pending")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sq("count pending"))
     }
 
     /// Counts of cases, changes, pending changes and audit records.
     pub fn counts(&self) -> Result<[i64; 4], StoreError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM changes),
                         (SELECT count(*) FROM pending), (SELECT count(*) FROM audit)",
-                [],
-                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]),
             )
+            .and_then(|mut s| s.query_row([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])))
             .map_err(sq("count"))
     }
 

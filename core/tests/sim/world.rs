@@ -751,9 +751,14 @@ impl World {
                 }
             }
         }
+        // The pending tables grow slowly and reading them costs a query per
+        // replica: every 10th step is often enough to see one run away.
+        if !self.step.is_multiple_of(10) {
+            return Ok(());
+        }
         for n in &mut self.nodes {
             if let Some(l) = &n.ledger {
-                let pending = l.counts().map_err(|e| e.to_string())?[2];
+                let pending = l.pending_count().map_err(|e| e.to_string())?;
                 if pending > MAX_PENDING {
                     return Err(format!("{} keeps {pending} pending changes", n.name));
                 }
