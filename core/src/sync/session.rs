@@ -252,6 +252,11 @@ pub struct Session {
     peer_done: bool,
     /// Digest parts received so far, while the peer recovers towards us.
     digest_in: Vec<(CaseId, Hash)>,
+    /// Set once a push had a change refused for a reason that may pass (its
+    /// signer's grant had not arrived): the peer's position stays where it
+    /// was for the rest of the session, so that later pushes cannot carry it
+    /// past that change, and the next session sends it again.
+    position_held: bool,
     caught_up_reported: bool,
     stats: Stats,
     error: Option<String>,
@@ -291,6 +296,7 @@ impl Session {
             recovered: 0,
             peer_done: false,
             digest_in: Vec::new(),
+            position_held: false,
             caught_up_reported: false,
             stats: Stats::default(),
             error: None,
@@ -749,7 +755,11 @@ impl Session {
                 signature: e.signature.map(|s| s.to_vec()),
             })
             .collect();
+        let upto = upto.filter(|_| !self.position_held);
         let report = ledger.apply_from_peer(&peer, changes, upto)?;
+        // The ledger kept the old position for this push (see
+        // `Ledger::apply_from_peer`); keep it for the pushes that follow too.
+        self.position_held |= report.refused.iter().any(|r| r.reason == RefuseReason::UnknownSigner);
         let refused: Vec<Refused> = report
             .refused
             .iter()
@@ -773,7 +783,9 @@ impl Session {
         });
         self.send(&Message::Ack {
             batch,
-            upto: upto.map_or(0, |p| p.seq),
+            // No position is claimed while it is held: the sender must not
+            // count these changes as taken.
+            upto: upto.filter(|_| !self.position_held).map_or(0, |p| p.seq),
             applied: n(report.applied),
             duplicates: n(report.duplicates),
             pending: n(report.pending),
