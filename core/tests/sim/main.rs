@@ -7,7 +7,9 @@
 //! ```text
 //! SIM_SEEDS=1000 cargo test --release -p fq-core --test sim     # random seeds
 //! SIM_SEED=1234 cargo test --release -p fq-core --test sim      # replay one
+//! SIM_BASE=7 SIM_FROM=20000 SIM_SEEDS=10000 …                    # one chunk of a long run
 //! ```
+//! `SIM_THREADS` sets the worker threads (default: one per core).
 //! Regression seeds live in `fixtures/sim-regression-seeds.txt` and run every
 //! time. A failure prints the seed and the command that replays it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,18 +34,26 @@ fn regression_seeds() -> Vec<u64> {
         .collect()
 }
 
+/// `n` seeds from `SIM_BASE` (default: the clock), starting at index
+/// `SIM_FROM` (default 0), so a long run can go in resumable chunks:
+/// `SIM_FROM=20000 SIM_SEEDS=10000` are seeds 20,000..30,000 of that base.
 fn random_seeds(n: usize) -> Vec<u64> {
     let base = std::env::var("SIM_BASE").ok().and_then(|b| b.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
-    (0..n as u64)
+    let from: u64 = std::env::var("SIM_FROM").ok().and_then(|f| f.parse().ok()).unwrap_or(0);
+    (from..from + n as u64)
         .map(|i| base.wrapping_mul(6364136223846793005).wrapping_add(i.wrapping_mul(1442695040888963407)))
         .collect()
 }
 
-/// Runs seeds on every core; returns the failures.
+/// Runs seeds on every core (or `SIM_THREADS`); returns the failures.
 fn run_all(seeds: &[u64], bugs: &[Bug]) -> Vec<(u64, String)> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(1);
+    let threads = std::env::var("SIM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(1);
     let chunks: Vec<Vec<u64>> =
         (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
     std::thread::scope(|s| {
@@ -55,6 +65,10 @@ fn run_all(seeds: &[u64], bugs: &[Bug]) -> Vec<(u64, String)> {
                     let mut failed = Vec::new();
                     for seed in chunk {
                         if let Outcome::Failed(why) = run_seed(seed) {
+                            if bugs.is_empty() {
+                                // Said at once: a long run may be stopped before it ends.
+                                eprintln!("seed {seed} failed: {why}");
+                            }
                             failed.push((seed, why));
                             if !bugs.is_empty() {
                                 break;
