@@ -3,7 +3,12 @@
 //!
 //! Run with `cargo bench -p fq-core --bench ledger`. Besides criterion's
 //! timings it prints the build rate and the database size per case, the
-//! figures the issue asks for.
+//! figures the issue asks for, and that size table by table (ADR 6).
+//!
+//! `FQ_BENCH_CASES` sets the number of cases, `FQ_BENCH_TEXT=short` uses
+//! one-field edits, `FQ_BENCH_TIER=township` builds the ledger as a township
+//! server (with its relay indexes, ADR 7) instead of a township officer's
+//! device, `FQ_BENCH_DIR` keeps the file.
 
 #![allow(clippy::expect_used)]
 
@@ -24,8 +29,9 @@ const EDITS: usize = 20;
 const T0: Timestamp = Timestamp(1_790_000_000_000);
 
 fn init_opts() -> InitOptions {
+    let server = std::env::var("FQ_BENCH_TIER").as_deref() == Ok("township");
     InitOptions {
-        tier: Tier::Township,
+        tier: if server { Tier::Township } else { Tier::Device },
         name: "宾居镇综治中心".into(),
         role: Role::TownshipOfficer,
         scope: AdminCode::parse("532924101").expect("valid code"),
@@ -108,6 +114,16 @@ fn build(path: &Path, cases: usize, durability: Durability) -> (Ledger, ManualCl
     (l, clock, ids)
 }
 
+/// Bytes per case of each table and index (SQLite's `dbstat`), largest first.
+fn table_bytes(path: &Path, cases: usize) -> String {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+    let mut stmt = conn.prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").expect("dbstat");
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).expect("dbstat");
+    let parts: Vec<String> =
+        rows.map(|r| r.expect("dbstat")).map(|(name, b)| format!("{name} {:.0}", b as f64 / cases as f64)).collect();
+    parts.join(", ")
+}
+
 fn file_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
@@ -133,6 +149,7 @@ fn benches(c: &mut Criterion) {
         (cases * EDITS) as f64 / secs,
         bytes as f64 / cases as f64
     );
+    println!("bytes per case by table: {}", table_bytes(&path, cases));
 
     let clock: Arc<ManualClock> = Arc::new(ManualClock::new(T0.plus_days(10)));
     let mut g = c.benchmark_group("ledger_10k");

@@ -22,6 +22,7 @@
 //! - Peer bytes are applied inside `catch_unwind` (Automerge 0.12 panics on some
 //!   malformed input); after a panic the document must be dropped and reloaded.
 
+use std::io::{Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -455,14 +456,25 @@ impl CaseDoc {
     /// local edits. Snapshots are local data, but are still loaded inside
     /// `catch_unwind`: a corrupt file must give an error, not a crash.
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, DocError> {
-        let doc = catch_unwind(|| AutoCommit::load(bytes)).map_err(|_| DocError::Panicked)?;
+        let raw = unpack_snapshot(bytes)?;
+        let doc = catch_unwind(|| AutoCommit::load(&raw)).map_err(|_| DocError::Panicked)?;
         let doc = doc.map_err(am("load"))?.with_actor(actor);
         Ok(Self { doc })
     }
 
-    /// The whole document, compressed.
+    /// The whole document, compressed: Automerge's uncompressed encoding,
+    /// DEFLATEd whole behind [`PACKED_SNAPSHOT`] (ADR 6). Automerge's own
+    /// `save()` DEFLATEs each column over 256 bytes on its own, which leaves
+    /// a case's many small columns raw; one stream over all of them is about
+    /// a fifth smaller.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        let raw = self.doc.save_nocompress();
+        let mut packed = flate2::write::DeflateEncoder::new(PACKED_SNAPSHOT.to_vec(), flate2::Compression::best());
+        match packed.write_all(&raw).and_then(|()| packed.finish()) {
+            Ok(bytes) => bytes,
+            // Writing to a Vec does not fail; should it, Automerge's own format still loads.
+            Err(_) => self.doc.save(),
+        }
     }
 
     /// The current heads, sorted.
@@ -571,6 +583,12 @@ impl CaseDoc {
     /// a cheap read of one key, for scope checks on a stored document.
     pub fn village(&self) -> String {
         get_str(&self.doc, &ROOT, "village").unwrap_or_default()
+    }
+
+    /// The hash of every change in the document, in no particular order.
+    /// Reads change metadata only; no change is rebuilt.
+    pub fn change_hashes(&mut self) -> Vec<Hash> {
+        self.doc.get_changes_meta(&[]).into_iter().map(|m| m.hash.0).collect()
     }
 
     /// The raw bytes of a change in this document.
@@ -752,6 +770,78 @@ impl CaseDoc {
     }
 }
 
+/// The first bytes of a snapshot [`CaseDoc::save`] DEFLATEd whole. Automerge's
+/// own documents begin with `85 6f 4a 83`, so the two never mix up, and
+/// snapshots saved before (plain Automerge) still load.
+pub const PACKED_SNAPSHOT: &[u8; 4] = b"fqz1";
+
+/// Most bytes a packed snapshot may inflate to: a case is a few KiB, and a
+/// corrupt or planted file must not make the ledger allocate without bound.
+const MAX_SNAPSHOT_BYTES: u64 = 64 << 20;
+
+/// A snapshot's Automerge bytes: inflated if [`CaseDoc::save`] packed it,
+/// else as they are.
+fn unpack_snapshot(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DocError> {
+    let Some(packed) = bytes.strip_prefix(PACKED_SNAPSHOT) else {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    };
+    let mut raw = Vec::with_capacity(packed.len() * 4);
+    flate2::read::DeflateDecoder::new(packed)
+        .take(MAX_SNAPSHOT_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|_| DocError::Malformed("a stored snapshot does not inflate"))?;
+    if raw.len() as u64 > MAX_SNAPSHOT_BYTES {
+        return Err(DocError::Malformed("a stored snapshot inflates past 64 MiB"));
+    }
+    Ok(std::borrow::Cow::Owned(raw))
+}
+
+/// The heads a snapshot saved by [`CaseDoc::save`] records in its header,
+/// sorted, without loading the document; `None` if the bytes are not a
+/// document chunk this parser understands (then load it instead).
+///
+/// Automerge's document chunk (binary format spec): magic (4), checksum (4),
+/// chunk type 0 (1), uLEB128 length; then the actors (uLEB128 count, each a
+/// uLEB128 length and the bytes) and the heads (uLEB128 count, 32 bytes each).
+/// Only the column data after them is compressed.
+pub fn snapshot_heads(bytes: &[u8]) -> Option<Vec<Hash>> {
+    let raw = unpack_snapshot(bytes).ok()?;
+    let bytes: &[u8] = &raw;
+    fn uleb(b: &[u8], at: &mut usize) -> Option<usize> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return usize::try_from(v).ok();
+            }
+        }
+        None
+    }
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    if bytes.get(..4)? != MAGIC || *bytes.get(8)? != 0 {
+        return None;
+    }
+    let mut at = 9;
+    let len = uleb(bytes, &mut at)?;
+    let end = at.checked_add(len)?;
+    let chunk = bytes.get(..end)?;
+    for _ in 0..uleb(chunk, &mut at)? {
+        let n = uleb(chunk, &mut at)?;
+        at = at.checked_add(n)?;
+    }
+    let count = uleb(chunk, &mut at)?;
+    let mut heads = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let h: Hash = chunk.get(at..at.checked_add(32)?)?.try_into().ok()?;
+        heads.push(h);
+        at += 32;
+    }
+    heads.sort_unstable();
+    Some(heads)
+}
+
 /// Parses a peer's change, refusing what Automerge 0.12 mishandles.
 ///
 /// Only plain change chunks (type 1) are accepted: compressed chunks
@@ -926,6 +1016,41 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_packed_whole_and_plain_automerge_ones_still_load() {
+        let mut d = new_doc(1);
+        d.push_event(&NewEvent::Note("双方到场".into()), &author("张三"), Timestamp(2_000)).unwrap();
+        let packed = d.save();
+        assert!(packed.starts_with(PACKED_SNAPSHOT));
+        let plain = d.doc.save();
+        assert!(packed.len() < plain.len(), "packed {} B, Automerge's own {} B", packed.len(), plain.len());
+        let actor = || actor_for(DeviceId::from_bytes([2; 8]), [2; 8]);
+        let policy = DeadlinePolicy::default();
+        let want = d.read(&policy).unwrap();
+        for bytes in [&packed, &plain] {
+            let mut back = CaseDoc::load(bytes, actor()).unwrap();
+            assert_eq!(back.read(&policy).unwrap(), want);
+            assert_eq!(snapshot_heads(bytes), Some(d.heads()));
+        }
+    }
+
+    #[test]
+    fn a_corrupt_or_oversized_packed_snapshot_is_an_error() {
+        let actor = || actor_for(DeviceId::from_bytes([2; 8]), [2; 8]);
+        let mut garbage = PACKED_SNAPSHOT.to_vec();
+        garbage.extend_from_slice(b"\xff\xfe not deflate");
+        assert!(matches!(CaseDoc::load(&garbage, actor()), Err(DocError::Malformed(_))));
+        // 65 MiB of zeros DEFLATE to about 64 KiB: refused, not allocated.
+        let mut bomb = flate2::write::DeflateEncoder::new(PACKED_SNAPSHOT.to_vec(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..65 {
+            bomb.write_all(&zeros).unwrap();
+        }
+        let bomb = bomb.finish().unwrap();
+        assert!(matches!(CaseDoc::load(&bomb, actor()), Err(DocError::Malformed(m)) if m.contains("64 MiB")));
+        assert_eq!(snapshot_heads(&bomb), None);
+    }
+
+    #[test]
     fn lifecycle_derives_status_and_level() {
         let mut d = new_doc(1);
         let a = author("张三");
@@ -960,6 +1085,26 @@ mod tests {
         let mut names: Vec<_> = c[0].values.iter().map(|v| v.author.as_ref().unwrap().name.clone()).collect();
         names.sort();
         assert_eq!(names, ["张三", "李娜"]);
+    }
+
+    #[test]
+    fn snapshot_heads_match_the_loaded_document() {
+        let mut a = new_doc(1);
+        let mut b = CaseDoc::load(&a.save(), actor_for(DeviceId::from_bytes([2; 8]), [2; 8])).unwrap();
+        a.push_event(&NewEvent::Note("甲".into()), &author("张三"), Timestamp(2_000)).unwrap();
+        b.push_event(&NewEvent::Note("乙".into()), &author("李娜"), Timestamp(2_001)).unwrap();
+        let from_b: Vec<Change> = b.changes_after(&[]).into_iter().map(|(_, c)| parse_change(&c).unwrap()).collect();
+        a.apply(from_b).unwrap();
+        let heads = a.heads();
+        assert_eq!(heads.len(), 2, "two concurrent notes");
+        assert_eq!(snapshot_heads(&a.save()), Some(heads.clone()));
+        let mut hashes = a.change_hashes();
+        hashes.sort_unstable();
+        let mut all: Vec<Hash> = a.changes_after(&[]).into_iter().map(|(h, _)| h).collect();
+        all.sort_unstable();
+        assert_eq!((hashes.len(), &hashes), (3, &all));
+        assert_eq!(snapshot_heads(b"garbage"), None);
+        assert_eq!(snapshot_heads(&a.save()[..60]), None);
     }
 
     #[test]

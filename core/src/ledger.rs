@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use automerge::ActorId;
+use ed25519_dalek::VerifyingKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -434,6 +435,9 @@ impl Ledger {
         read_only: bool,
     ) -> Result<Self, LedgerError> {
         let identity = read_identity(&store)?.ok_or(LedgerError::NotInitialized)?;
+        if identity.tier != Tier::Device && !read_only {
+            store.ensure_relay_indexes()?;
+        }
         let mut rng = rng.unwrap_or_else(|| seeded(Some(0)));
         let actor = doc::actor_for(identity.replica.device(), rng.random());
         let operator = Author { name: identity.name.clone(), role: identity.role };
@@ -796,23 +800,8 @@ impl Ledger {
     /// their bytes read back from the case documents.
     pub fn changes_since(&mut self, after: i64, limit: u32) -> Result<Vec<OutgoingChange>, LedgerError> {
         let entries = self.store.log_after(after, limit)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let doc = self.doc(e.case)?;
-            let bytes =
-                doc.change_bytes(&e.hash).ok_or(StoreError::BadValue { what: "change missing from its document" })?;
-            out.push(OutgoingChange {
-                log_seq: e.log_seq,
-                case: e.case,
-                hash: e.hash,
-                bytes,
-                received_from: e.received_from,
-                signer: e.signer,
-                signature: e.signature,
-                village: e.village,
-            });
-        }
-        Ok(out)
+        let mut listed = replica::DocHashes::new();
+        entries.into_iter().map(|e| self.log_entry_change(e, &mut listed)).collect()
     }
 
     /// The highest position in this ledger's change log.
@@ -854,8 +843,16 @@ impl Ledger {
         let mut report = ApplyReport::default();
         let mut touched = Vec::new();
         let tx = self.store.transaction()?;
-        let cx =
-            ApplyCtx { tx: &tx, admission, actor: &self.actor, policy: &self.policy, from, now, peer: peer.as_deref() };
+        let cx = ApplyCtx {
+            tx: &tx,
+            admission,
+            actor: &self.actor,
+            policy: &self.policy,
+            from,
+            now,
+            peer: peer.as_deref(),
+            signers: std::cell::RefCell::new(Vec::new()),
+        };
         for (case, incoming) in by_case {
             let cached = self.cache.remove(&case).map(|(d, _)| d);
             let outcome = apply_case(&cx, case, cached, incoming, &mut report);
@@ -885,6 +882,31 @@ impl Ledger {
     /// Counts of cases, changes, pending changes and audit records.
     pub fn counts(&self) -> Result<[i64; 4], LedgerError> {
         Ok(self.store.counts()?)
+    }
+
+    /// Opens a group transaction: the operations that follow are savepoints in
+    /// it and reach the disk together, with one durable commit, at
+    /// [`Ledger::commit_group`]. Until that returns `Ok`, nothing they wrote
+    /// is durable, and nothing of it may be acknowledged to anyone.
+    pub fn begin_group(&mut self) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        Ok(self.store.begin_group()?)
+    }
+
+    /// Commits the group transaction. On error it was rolled back, and the
+    /// cached documents, which may hold what was lost, are dropped.
+    pub fn commit_group(&mut self) -> Result<(), LedgerError> {
+        let done = self.store.commit_group();
+        if done.is_err() {
+            self.cache.clear();
+        }
+        Ok(done?)
+    }
+
+    /// Rolls the group transaction back and drops the cached documents.
+    pub fn rollback_group(&mut self) -> Result<(), LedgerError> {
+        self.cache.clear();
+        Ok(self.store.rollback_group()?)
     }
 
     /// How many received changes wait for their dependencies.
@@ -976,8 +998,7 @@ fn project(state: &CaseState, conflicts: usize) -> CaseRow {
 fn put_doc(tx: &Tx<'_>, doc: &mut CaseDoc, state: &CaseState) -> Result<i64, LedgerError> {
     let conflicts = doc.conflicts().len();
     let snapshot = doc.save();
-    let heads = doc.heads();
-    Ok(tx.put_case(&project(state, conflicts), &snapshot, &heads)?)
+    Ok(tx.put_case(&project(state, conflicts), &snapshot)?)
 }
 
 struct Candidate {
@@ -1002,6 +1023,15 @@ struct ApplyCtx<'a, 't> {
     from: Option<ReplicaId>,
     now: Timestamp,
     peer: Option<&'a str>,
+    /// Signers already looked up in this batch: their grant's role and
+    /// scope, and their decompressed key (a push is mostly one author's).
+    signers: std::cell::RefCell<Vec<Signer>>,
+}
+
+/// What [`ApplyCtx::admit`] learnt of one signing key.
+struct Signer {
+    public: [u8; 32],
+    grant: Result<(VerifyingKey, Option<AdminCode>), (RefuseReason, String)>,
 }
 
 impl ApplyCtx<'_, '_> {
@@ -1032,22 +1062,39 @@ impl ApplyCtx<'_, '_> {
         let (Some(signer), Some(signature)) = (&c.signer, &c.signature) else {
             return Err((RefuseReason::BadSignature, "the change is not signed".into()));
         };
+        let sig: &[u8; 64] = signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| (RefuseReason::BadSignature, "signature is not 64 bytes".into()))?;
+        let mut signers = self.signers.borrow_mut();
+        let known = match signers.iter().position(|s| &s.public == signer) {
+            Some(i) => &signers[i],
+            None => {
+                signers.push(Signer { public: *signer, grant: self.grant_of(signer) });
+                &signers[signers.len() - 1]
+            }
+        };
+        let (key, scope) = known.grant.clone()?;
+        trust::verify_change_with(&key, &c.hash, sig).map_err(|e| (RefuseReason::BadSignature, e.to_string()))?;
+        Ok(scope)
+    }
+
+    /// The grant of a signing key: its decompressed key and its scope, or why
+    /// changes it signed are refused.
+    fn grant_of(&self, signer: &[u8; 32]) -> Result<(VerifyingKey, Option<AdminCode>), (RefuseReason, String)> {
         let grant = match self.tx.grant(signer) {
             Ok(Some(g)) => g,
             Ok(None) => return Err((RefuseReason::UnknownSigner, "no grant for the signing key".into())),
             Err(e) => return Err((RefuseReason::UnknownSigner, e.to_string())),
         };
-        let sig: &[u8; 64] = signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| (RefuseReason::BadSignature, "signature is not 64 bytes".into()))?;
-        trust::verify_change(signer, &c.hash, sig).map_err(|e| (RefuseReason::BadSignature, e.to_string()))?;
+        let key = VerifyingKey::from_bytes(signer)
+            .map_err(|_| (RefuseReason::BadSignature, trust::SignatureError::PublicKey.to_string()))?;
         let role = GrantRole::parse(&grant.role).map_err(|e| (RefuseReason::Role, e.to_string()))?;
         if role.is_server() {
             return Err((RefuseReason::Role, format!("{} is a server; servers relay but never write", grant.subject)));
         }
         let scope = AdminCode::parse(&grant.scope).map_err(|e| (RefuseReason::UnknownSigner, e.to_string()))?;
-        Ok(Some(scope))
+        Ok((key, Some(scope)))
     }
 }
 

@@ -3,10 +3,13 @@
 //! # Tables (schema version in `PRAGMA user_version`)
 //! - `meta`: key/value settings of the replica (identity, counters, policy).
 //! - `cases`: one projected row per case, for queries. Lists never load documents.
-//! - `docs`: the compacted Automerge snapshot and heads of each case.
+//! - `docs`: the compacted Automerge snapshot of each case (its heads are read
+//!   from the snapshot's header).
 //! - `changes`: one row per change this replica holds, in the replica's own
-//!   append order (`log_seq`). The bytes live in the snapshot; sync reads them
-//!   back from the document by hash.
+//!   append order (`log_seq`). The bytes and the full hash live in the
+//!   snapshot; a row keeps the first [`KEY_BYTES`] bytes of the hash and the
+//!   log chain, which together name one change of the case's document (see
+//!   [`LogEntry::hash_key`]).
 //! - `pending`: changes received before their dependencies; applied when the
 //!   rest arrives.
 //! - `audit`: refused changes, quarantined input, merges.
@@ -27,7 +30,15 @@ use crate::clock::Timestamp;
 use crate::doc::Hash;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
+
+/// How many leading bytes of a change hash a log row keeps (see
+/// [`LogEntry::hash_key`]): enough to find the change among the few of its
+/// case at once; the row's chain decides between changes that share them.
+pub const KEY_BYTES: usize = 2;
+
+/// The page size of a new file (an existing file keeps its own).
+const PAGE_SIZE: i64 = 16_384;
 
 /// How long a writer waits for another process holding the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,8 +162,15 @@ pub struct LogEntry {
     pub log_seq: i64,
     /// The case.
     pub case: CaseId,
-    /// Change hash.
-    pub hash: Hash,
+    /// Names the change within its case's document, together with the
+    /// chain: the first [`KEY_BYTES`] bytes of its hash (rows migrated from
+    /// schema 2 keep 8, or all 32 where another change of the case shared
+    /// those 8). A key is only ever compared with the changes of one
+    /// document; of those sharing it, the row's change is the one with
+    /// `chain == chain_next(prev_chain, hash)` (see [`chain_next`]).
+    pub hash_key: Vec<u8>,
+    /// The log's chain value at the row before (0 before the first row).
+    pub prev_chain: i64,
     /// The replica it came from; `None` if written here.
     pub received_from: Option<ReplicaId>,
     /// Public key of the authoring device, if the change was signed.
@@ -185,9 +203,6 @@ pub struct PendingChange {
     /// Signature that travelled with it.
     pub signature: Option<Vec<u8>>,
 }
-
-/// A held change's hash with its signer and signature, if it has them.
-pub type Provenance = (Hash, Option<[u8; 32]>, Option<Vec<u8>>);
 
 /// What this replica knows of a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -257,8 +272,47 @@ pub enum Durability {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Whether a group transaction is open ([`Store::begin_group`]).
+    group: bool,
 }
 
+/// The schema of a new file: what [`MIGRATIONS`] leave, made directly
+/// (replaying them would make columns only to drop them, which is slow).
+/// `schema_matches_the_migrations` checks that the two agree.
+const SCHEMA: &str = "
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE cases (
+        rowid INTEGER PRIMARY KEY,
+        id BLOB NOT NULL UNIQUE,
+        number TEXT NOT NULL,
+        village TEXT NOT NULL, grid INTEGER,
+        level TEXT NOT NULL, status TEXT NOT NULL, category TEXT NOT NULL, risk TEXT NOT NULL,
+        deadline INTEGER, recorded_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        title TEXT NOT NULL, responsible TEXT, conflicts INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE docs (case_rowid INTEGER PRIMARY KEY, snapshot BLOB NOT NULL);
+     CREATE TABLE changes (
+        log_seq INTEGER PRIMARY KEY,
+        hash_key BLOB NOT NULL,
+        case_rowid INTEGER NOT NULL,
+        chain INTEGER NOT NULL,
+        received_from BLOB, signer BLOB, signature BLOB);
+     CREATE INDEX changes_signed ON changes(case_rowid) WHERE signature IS NOT NULL;
+     CREATE TABLE pending (
+        hash BLOB PRIMARY KEY, case_id BLOB NOT NULL, bytes BLOB NOT NULL,
+        received_from BLOB, signature BLOB, received_at INTEGER NOT NULL, signer BLOB) WITHOUT ROWID;
+     CREATE INDEX pending_case ON pending(case_id);
+     CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL,
+        case_id BLOB, peer TEXT, detail TEXT NOT NULL);
+     CREATE TABLE peers (
+        replica BLOB PRIMARY KEY, tier TEXT NOT NULL, scope TEXT NOT NULL,
+        their_seq INTEGER NOT NULL DEFAULT 0, their_hash BLOB,
+        acked_seq INTEGER NOT NULL DEFAULT 0, last_sync INTEGER) WITHOUT ROWID;
+     CREATE TABLE grants (
+        signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
+        scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;";
+
+/// How older files reach [`SCHEMA`]; entry `i` takes version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: initial schema
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -296,6 +350,33 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE grants (
         signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
         scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;",
+    // 3: a smaller file (ADR 6). County and township are prefixes of the
+    // village; heads are in the snapshot's header; a log row keeps a hash key
+    // (migrated rows 8 bytes, or the full hash where another change of the
+    // same case shares those 8, so nothing is lost; new rows KEY_BYTES); only
+    // rows with a signature are indexed by case (recovery reads them);
+    // nothing looked cases up by number.
+    "DROP INDEX cases_number;
+     ALTER TABLE cases DROP COLUMN county;
+     ALTER TABLE cases DROP COLUMN township;
+     ALTER TABLE docs DROP COLUMN heads;
+     CREATE TABLE changes_v3 (
+        log_seq INTEGER PRIMARY KEY,
+        hash_key BLOB NOT NULL,
+        case_rowid INTEGER NOT NULL,
+        chain INTEGER NOT NULL,
+        received_from BLOB, signer BLOB, signature BLOB);
+     INSERT INTO changes_v3(log_seq, hash_key, case_rowid, chain, received_from, signer, signature)
+        SELECT c.log_seq,
+               CASE WHEN EXISTS(SELECT 1 FROM changes o
+                                WHERE o.case_rowid = c.case_rowid AND o.hash != c.hash
+                                  AND substr(o.hash, 1, 8) = substr(c.hash, 1, 8))
+                    THEN c.hash ELSE substr(c.hash, 1, 8) END,
+               c.case_rowid, c.chain, c.received_from, c.signer, c.signature
+        FROM changes c ORDER BY c.log_seq;
+     DROP TABLE changes;
+     ALTER TABLE changes_v3 RENAME TO changes;
+     CREATE INDEX changes_signed ON changes(case_rowid) WHERE signature IS NOT NULL;",
 ];
 
 /// Prepared statements kept per connection: more than this module has.
@@ -329,9 +410,11 @@ impl Store {
             return Err(StoreError::NewerSchema { found: version });
         }
         if version == 0 && mode != OpenMode::ReadOnly {
-            // Case snapshots are 1-3 KiB; 8 KiB pages waste less space around
-            // them than the default 4 KiB (measured: -8% file size).
-            conn.pragma_update(None, "page_size", 8192).map_err(sq("set page size"))?;
+            // Case snapshots are 1-3 KiB and a page holds whole rows, so a
+            // page wastes about half a snapshot: 16 KiB pages waste a quarter
+            // of what 4 KiB pages do (ADR 6: about 100 B a case less than
+            // 8 KiB, and durable edits no slower).
+            conn.pragma_update(None, "page_size", PAGE_SIZE).map_err(sq("set page size"))?;
         }
         if mode != OpenMode::ReadOnly {
             // WAL lets readers (fq beside a running server) work during writes.
@@ -342,7 +425,7 @@ impl Store {
             };
             conn.pragma_update(None, "synchronous", sync).map_err(sq("set synchronous"))?;
         }
-        let mut store = Self { conn };
+        let mut store = Self { conn, group: false };
         if version < SCHEMA_VERSION {
             if mode == OpenMode::ReadOnly {
                 return Err(StoreError::BadValue { what: "schema version (open it once read-write)" });
@@ -354,6 +437,12 @@ impl Store {
 
     fn migrate(&mut self, from: i32) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(sq("begin migration"))?;
+        if from == 0 {
+            // A new file gets the schema the migrations end with, directly.
+            tx.execute_batch(SCHEMA).map_err(sq("create schema"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sq("create schema"))?;
+            return tx.commit().map_err(sq("commit migration"));
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(from).unwrap_or(0)) {
             tx.execute_batch(sql).map_err(sq("migrate"))?;
             tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX)).map_err(sq("migrate"))?;
@@ -361,10 +450,50 @@ impl Store {
         tx.commit().map_err(sq("commit migration"))
     }
 
-    /// Starts the single write transaction of one ledger operation.
+    /// Starts the single write transaction of one ledger operation: a
+    /// savepoint inside the group transaction when one is open.
     pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sq("begin"))?;
+        let tx = if self.group {
+            Inner::Savepoint(self.conn.savepoint().map_err(sq("begin"))?)
+        } else {
+            Inner::Transaction(
+                self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sq("begin"))?,
+            )
+        };
         Ok(Tx { tx })
+    }
+
+    /// Opens a group transaction: until [`Store::commit_group`], each
+    /// operation's [`Tx`] is a savepoint inside it, and only the group's
+    /// commit reaches the disk. A server uses it to make one durable commit
+    /// (one fsync) of the work of many sessions.
+    pub fn begin_group(&mut self) -> Result<(), StoreError> {
+        if !self.group {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sq("begin group"))?;
+            self.group = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the group transaction, if one is open. On error everything
+    /// since [`Store::begin_group`] is rolled back.
+    pub fn commit_group(&mut self) -> Result<(), StoreError> {
+        if !std::mem::replace(&mut self.group, false) {
+            return Ok(());
+        }
+        let done = self.conn.execute_batch("COMMIT").map_err(sq("commit group"));
+        if done.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        done
+    }
+
+    /// Rolls the group transaction back, if one is open.
+    pub fn rollback_group(&mut self) -> Result<(), StoreError> {
+        if !std::mem::replace(&mut self.group, false) {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(sq("roll back group"))
     }
 
     /// A setting from `meta`.
@@ -394,7 +523,9 @@ impl Store {
             add(" AND risk = ?", r.code().to_owned().into());
         }
         if let Some(w) = &filter.within {
-            add(" AND village LIKE ?", format!("{w}%").into());
+            // Codes are digits: every village inside `w` sorts in [w, w~).
+            add(" AND village >= ?", w.to_string().into());
+            add(" AND village < ?", format!("{w}~").into());
         }
         if let Some(t) = filter.overdue_at {
             add(" AND status IN ('recorded','mediating','escalated') AND deadline < ?", t.0.into());
@@ -450,13 +581,47 @@ impl Store {
     pub fn log_after(&self, after: i64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT c.log_seq, k.id, c.hash, c.received_from, c.signer, c.signature, k.village, c.chain
-                 FROM changes c JOIN cases k ON k.rowid = c.case_rowid
-                 WHERE c.log_seq > ?1 ORDER BY c.log_seq LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.log_seq > ?1 ORDER BY c.log_seq LIMIT ?2"
+            ))
             .map_err(sq("prepare log"))?;
         let rows = stmt.query_map(params![after, limit], read_log_row).map_err(sq("read log"))?;
+        rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
+    }
+
+    /// The indexes a relaying server needs to read the part of its log that
+    /// lies in a child's scope without reading all of it (devices, which
+    /// never relay, do without them and stay small). Idempotent.
+    ///
+    /// An index on `case_rowid` alone is ordered by (case_rowid, log_seq)
+    /// already (`log_seq` is the rowid every index entry ends with) and seeks
+    /// `case_rowid = ? AND log_seq > ?` as well, 3 bytes an entry smaller
+    /// (ADR 6). It also serves recovery's reads of signed rows, so the
+    /// partial `changes_signed` index is dropped beside it.
+    pub fn ensure_relay_indexes(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS relay_cases_village ON cases(village);
+                 CREATE INDEX IF NOT EXISTS relay_changes_case ON changes(case_rowid);
+                 DROP INDEX IF EXISTS changes_signed;",
+            )
+            .map_err(sq("create relay indexes"))
+    }
+
+    /// Like [`Store::log_after`], but only the rows of cases whose village
+    /// starts with `scope` (a division code), through the relay indexes.
+    pub fn log_after_within(&self, after: i64, scope: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        // Village codes are digits: every code with this prefix sorts in [scope, scope~).
+        let end = format!("{scope}~");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE k.village >= ?1 AND k.village < ?2 AND c.log_seq > ?3 ORDER BY c.log_seq LIMIT ?4"
+            ))
+            .map_err(sq("prepare log"))?;
+        let rows = stmt.query_map(params![scope, end, after, limit], read_log_row).map_err(sq("read log"))?;
         rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
     }
 
@@ -471,44 +636,40 @@ impl Store {
             .map_err(sq("read log"))
     }
 
-    /// Every change row of a case: hash, signer, signature.
-    pub fn case_changes(&self, case: CaseId) -> Result<Vec<Provenance>, StoreError> {
+    /// The log rows of a case that carry a signature, oldest first: what
+    /// recovery sends with the changes a peer lacks. (Rows without one, the
+    /// changes written here, are not indexed by case.)
+    pub fn signed_case_changes(&self, case: CaseId) -> Result<Vec<LogEntry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT c.hash, c.signer, c.signature FROM changes c JOIN cases k ON k.rowid = c.case_rowid
-                 WHERE k.id = ?1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.case_rowid = (SELECT rowid FROM cases WHERE id = ?1) AND c.signature IS NOT NULL
+                 ORDER BY c.log_seq"
+            ))
             .map_err(sq("prepare case changes"))?;
-        let rows = stmt
-            .query_map([case.as_bytes()], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
-            })
-            .map_err(sq("read case changes"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (hash, signer, signature) = row.map_err(sq("read case changes"))?;
-            out.push((hash32(hash)?, signer.map(key32).transpose()?, signature));
-        }
-        Ok(out)
+        let rows = stmt.query_map([case.as_bytes()], read_log_row).map_err(sq("read case changes"))?;
+        rows.map(|r| r.map_err(sq("read case changes")).and_then(ParseLog::parse)).collect()
     }
 
-    /// The heads of every case inside `within`, sorted by case id.
-    pub fn heads_within(&self, within: &AdminCode) -> Result<Vec<(CaseId, Vec<u8>)>, StoreError> {
+    /// The snapshot of every case inside `within`, sorted by case id.
+    pub fn snapshots_within(&self, within: &AdminCode) -> Result<Vec<(CaseId, Vec<u8>)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT c.id, d.heads FROM cases c JOIN docs d ON d.case_rowid = c.rowid
-                 WHERE c.village LIKE ?1 ORDER BY c.id",
+                "SELECT c.id, d.snapshot FROM cases c JOIN docs d ON d.case_rowid = c.rowid
+                 WHERE c.village >= ?1 AND c.village < ?2 ORDER BY c.id",
             )
             .map_err(sq("prepare digest"))?;
         let rows = stmt
-            .query_map([format!("{within}%")], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .query_map([within.to_string(), format!("{within}~")], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(sq("read digest"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, heads) = row.map_err(sq("read digest"))?;
-            out.push((case_id(&id)?, heads));
+            let (id, snapshot) = row.map_err(sq("read digest"))?;
+            out.push((case_id(&id)?, snapshot));
         }
         Ok(out)
     }
@@ -518,24 +679,59 @@ impl Store {
         peer_get(&self.conn, replica)
     }
 
-    /// Whether a change is held: in the log of its case, or pending.
-    pub fn holds_change(&self, case: CaseId, hash: &Hash) -> Result<bool, StoreError> {
+    /// Whether a change waits in `pending`.
+    pub fn is_pending(&self, hash: &Hash) -> Result<bool, StoreError> {
         self.conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM changes c JOIN cases k ON k.rowid = c.case_rowid
-                               WHERE k.id = ?1 AND c.hash = ?2)
-                     OR EXISTS(SELECT 1 FROM pending WHERE hash = ?2)",
-            )
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM pending WHERE hash = ?1)")
             .map_err(sq("prepare holds"))?
-            .query_row(params![case.as_bytes(), hash], |r| r.get(0))
+            .query_row([hash], |r| r.get(0))
             .map_err(sq("read holds"))
     }
 
-    /// How many log rows repeat a change already logged.
-    pub fn duplicate_log_rows(&self) -> Result<i64, StoreError> {
-        self.conn
-            .query_row("SELECT count(*) - count(DISTINCT hash) FROM changes", [], |r| r.get(0))
-            .map_err(sq("count duplicates"))
+    /// Whether the log of `case` holds `hash`: a row whose key is a prefix of
+    /// it and whose chain was computed from it (see [`LogEntry::hash_key`];
+    /// rows with chain 0, from schema 1, go by their 8-byte key). Without an
+    /// index by case (devices) this reads the whole log: it is a check for
+    /// tests and the simulator.
+    pub fn logs_change(&self, case: CaseId, hash: &Hash) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.chain,
+                        coalesce((SELECT p.chain FROM changes p WHERE p.log_seq < c.log_seq
+                                  ORDER BY p.log_seq DESC LIMIT 1), 0)
+                 FROM changes c
+                 WHERE c.case_rowid = (SELECT rowid FROM cases WHERE id = ?1)
+                   AND c.hash_key = substr(?2, 1, length(c.hash_key))",
+            )
+            .map_err(sq("prepare holds"))?;
+        let rows = stmt
+            .query_map(params![case.as_bytes(), hash], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(sq("read holds"))?;
+        for row in rows {
+            let (chain, prev) = row.map_err(sq("read holds"))?;
+            if chain == 0 || chain_next(prev, hash) == chain {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The log rows whose hash key another row of the same case shares,
+    /// by case: where a change may be logged twice (or two changes merely
+    /// share a prefix; resolving the keys tells them apart).
+    pub fn shared_key_rows(&self) -> Result<Vec<LogEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE (c.case_rowid, c.hash_key) IN
+                       (SELECT case_rowid, hash_key FROM changes GROUP BY case_rowid, hash_key HAVING count(*) > 1)
+                 ORDER BY c.case_rowid, c.log_seq"
+            ))
+            .map_err(sq("prepare shared keys"))?;
+        let rows = stmt.query_map([], read_log_row).map_err(sq("read shared keys"))?;
+        rows.map(|r| r.map_err(sq("read shared keys")).and_then(ParseLog::parse)).collect()
     }
 
     /// Every peer this replica has synced with.
@@ -614,7 +810,7 @@ impl Store {
     }
 }
 
-const CASE_COLUMNS: &str = "id, number, county, township, village, grid, level, status, category, risk, \
+const CASE_COLUMNS: &str = "id, number, village, grid, level, status, category, risk, \
                             deadline, recorded_at, updated_at, title, responsible, conflicts";
 
 fn read_case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaseRow> {
@@ -624,23 +820,26 @@ fn read_case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaseRow> {
     let id: Vec<u8> = r.get(0)?;
     let id: [u8; 16] = id.try_into().map_err(|_| bad(0, "case id"))?;
     let text = |i: usize| r.get::<_, String>(i);
+    let village = text(2)?;
+    // County and township are the 6- and 9-digit prefixes of the village.
+    let prefix = |n: usize| village.get(..n).unwrap_or_default().to_owned();
     Ok(CaseRow {
         id: CaseId::from_bytes(id),
         number: text(1)?,
-        county: text(2)?,
-        township: text(3)?,
-        village: text(4)?,
-        grid: r.get(5)?,
-        level: Level::parse(&text(6)?).map_err(|_| bad(6, "level"))?,
-        status: Status::parse(&text(7)?).map_err(|_| bad(7, "status"))?,
-        category: Category::parse(&text(8)?).map_err(|_| bad(8, "category"))?,
-        risk: Risk::parse(&text(9)?).map_err(|_| bad(9, "risk"))?,
-        deadline: r.get::<_, Option<i64>>(10)?.map(Timestamp),
-        recorded_at: Timestamp(r.get(11)?),
-        updated_at: Timestamp(r.get(12)?),
-        title: text(13)?,
-        responsible: r.get(14)?,
-        conflicts: r.get(15)?,
+        county: prefix(6),
+        township: prefix(9),
+        grid: r.get(3)?,
+        level: Level::parse(&text(4)?).map_err(|_| bad(4, "level"))?,
+        status: Status::parse(&text(5)?).map_err(|_| bad(5, "status"))?,
+        category: Category::parse(&text(6)?).map_err(|_| bad(6, "category"))?,
+        risk: Risk::parse(&text(7)?).map_err(|_| bad(7, "risk"))?,
+        deadline: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+        recorded_at: Timestamp(r.get(9)?),
+        updated_at: Timestamp(r.get(10)?),
+        title: text(11)?,
+        responsible: r.get(12)?,
+        conflicts: r.get(13)?,
+        village,
     })
 }
 
@@ -712,10 +911,15 @@ fn grant_get(conn: &Connection, signer: &[u8; 32]) -> Result<Option<GrantRow>, S
         .map_err(sq("read grant"))
 }
 
-type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64);
+/// The columns [`read_log_row`] reads, from `changes c JOIN cases k`. The
+/// chain of the row before is one lookup by primary key.
+const LOG_COLUMNS: &str = "c.log_seq, k.id, c.hash_key, c.received_from, c.signer, c.signature, k.village, c.chain, \
+     coalesce((SELECT p.chain FROM changes p WHERE p.log_seq < c.log_seq ORDER BY p.log_seq DESC LIMIT 1), 0)";
+
+type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64, i64);
 
 fn read_log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRaw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
 trait ParseLog {
@@ -724,11 +928,15 @@ trait ParseLog {
 
 impl ParseLog for LogRaw {
     fn parse(self) -> Result<LogEntry, StoreError> {
-        let (log_seq, case, hash, from, signer, signature, village, chain) = self;
+        let (log_seq, case, hash_key, from, signer, signature, village, chain, prev_chain) = self;
+        if hash_key.is_empty() || hash_key.len() > 32 {
+            return Err(StoreError::BadValue { what: "change hash key" });
+        }
         Ok(LogEntry {
             log_seq,
             case: case_id(&case)?,
-            hash: hash32(hash)?,
+            hash_key,
+            prev_chain,
             received_from: from.map(|f| replica_id(&f)).transpose()?,
             signer: signer.map(key32).transpose()?,
             signature,
@@ -739,7 +947,7 @@ impl ParseLog for LogRaw {
 }
 
 /// The log chain after appending `hash` to a log whose chain was `prev`.
-fn chain_next(prev: i64, hash: &Hash) -> i64 {
+pub fn chain_next(prev: i64, hash: &Hash) -> i64 {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(prev.to_be_bytes());
@@ -762,7 +970,25 @@ fn key32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
 /// [`Tx::commit`], it rolls back and nothing is written.
 #[derive(Debug)]
 pub struct Tx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: Inner<'a>,
+}
+
+/// A transaction of its own, or a savepoint in a group transaction.
+#[derive(Debug)]
+enum Inner<'a> {
+    Transaction(rusqlite::Transaction<'a>),
+    Savepoint(rusqlite::Savepoint<'a>),
+}
+
+impl std::ops::Deref for Inner<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Inner::Transaction(t) => t,
+            Inner::Savepoint(s) => s,
+        }
+    }
 }
 
 impl Tx<'_> {
@@ -788,16 +1014,17 @@ impl Tx<'_> {
         snapshot_get(&self.tx, case)
     }
 
-    /// Inserts or replaces a case's projected row and snapshot; returns its local row id.
-    pub fn put_case(&self, row: &CaseRow, snapshot: &[u8], heads: &[Hash]) -> Result<i64, StoreError> {
+    /// Inserts or replaces a case's projected row and snapshot; returns its
+    /// local row id. (`row.county` and `row.township` are not stored: they
+    /// are read back as prefixes of `row.village`.)
+    pub fn put_case(&self, row: &CaseRow, snapshot: &[u8]) -> Result<i64, StoreError> {
         let rowid: i64 = self
             .tx
             .prepare_cached(
-                "INSERT INTO cases(id, number, county, township, village, grid, level, status, category, risk,
+                "INSERT INTO cases(id, number, village, grid, level, status, category, risk,
                                    deadline, recorded_at, updated_at, title, responsible, conflicts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                 ON CONFLICT(id) DO UPDATE SET number=excluded.number, county=excluded.county,
-                   township=excluded.township, village=excluded.village, grid=excluded.grid,
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT(id) DO UPDATE SET number=excluded.number, village=excluded.village, grid=excluded.grid,
                    level=excluded.level, status=excluded.status, category=excluded.category,
                    risk=excluded.risk, deadline=excluded.deadline, recorded_at=excluded.recorded_at,
                    updated_at=excluded.updated_at, title=excluded.title,
@@ -809,8 +1036,6 @@ impl Tx<'_> {
                 params![
                     row.id.as_bytes(),
                     row.number,
-                    row.county,
-                    row.township,
                     row.village,
                     row.grid,
                     row.level.code(),
@@ -828,14 +1053,15 @@ impl Tx<'_> {
             )
             .map_err(sq("write case"))?;
         self.tx
-            .prepare_cached("INSERT OR REPLACE INTO docs(case_rowid, snapshot, heads) VALUES (?1, ?2, ?3)")
+            .prepare_cached("INSERT OR REPLACE INTO docs(case_rowid, snapshot) VALUES (?1, ?2)")
             .map_err(sq("prepare snapshot"))?
-            .execute(params![rowid, snapshot, heads.concat()])
+            .execute(params![rowid, snapshot])
             .map_err(sq("write snapshot"))?;
         Ok(rowid)
     }
 
-    /// Appends a change to the log; returns its position.
+    /// Appends a change to the log; returns its position. The row keeps the
+    /// first [`KEY_BYTES`] bytes of `hash`; the chain is of the full hash.
     pub fn log_change(
         &self,
         case_rowid: i64,
@@ -855,12 +1081,12 @@ impl Tx<'_> {
         let chain = chain_next(prev, hash);
         self.tx
             .prepare_cached(
-                "INSERT INTO changes(hash, case_rowid, received_from, signer, signature, chain)
+                "INSERT INTO changes(hash_key, case_rowid, received_from, signer, signature, chain)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(sq("prepare log"))?
             .execute(params![
-                hash,
+                &hash[..KEY_BYTES],
                 case_rowid,
                 received_from.map(|r| r.as_bytes().to_vec()),
                 signer.map(|s| s.to_vec()),
@@ -1011,7 +1237,11 @@ impl Tx<'_> {
 
     /// Makes everything in the transaction durable.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().map_err(sq("commit"))
+        match self.tx {
+            Inner::Transaction(t) => t.commit(),
+            Inner::Savepoint(s) => s.commit(),
+        }
+        .map_err(sq("commit"))
     }
 }
 
@@ -1045,8 +1275,8 @@ mod tests {
     fn list_filters_and_orders() {
         let mut s = Store::open_in_memory().unwrap();
         let tx = s.transaction().unwrap();
-        tx.put_case(&row(1, "宅基地滴水纠纷", Status::Mediating, Some(100)), b"x", &[]).unwrap();
-        tx.put_case(&row(2, "拖欠工资", Status::Settled, None), b"x", &[]).unwrap();
+        tx.put_case(&row(1, "宅基地滴水纠纷", Status::Mediating, Some(100)), b"x").unwrap();
+        tx.put_case(&row(2, "拖欠工资", Status::Settled, None), b"x").unwrap();
         tx.commit().unwrap();
         let all = s.list(&ListFilter::default()).unwrap();
         assert_eq!(all.len(), 2);
@@ -1075,6 +1305,116 @@ mod tests {
             tx.set_meta("k", "v").unwrap();
         }
         assert_eq!(s.meta("k").unwrap(), None);
+    }
+
+    #[test]
+    fn migration_3_keeps_full_hashes_whose_prefix_a_case_shares() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let hash = |first: u8, last: u8| {
+            let mut h = [first; 32];
+            h[31] = last;
+            h
+        };
+        for (case, n) in [(1_i64, 1_u8), (2, 2)] {
+            conn.execute(
+                "INSERT INTO cases(rowid, id, number, county, township, village, level, status, category, risk,
+                                   recorded_at, updated_at, title)
+                 VALUES (?1, ?2, 'n', '532924', '532924101', '532924101201', 'village', 'recorded', 'neighbor',
+                         'low', 1, 1, 't')",
+                params![case, [n; 16]],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO docs(case_rowid, snapshot, heads) VALUES (?1, x'00', x'')", [case]).unwrap();
+        }
+        // Case 1 holds two changes with one 8-byte prefix (and one logged
+        // twice); case 2 holds a change with the same prefix.
+        let rows = [(1, hash(0xaa, 1), 11), (1, hash(0xaa, 2), 12), (1, hash(0xaa, 2), 13), (2, hash(0xaa, 3), 14)];
+        for (case, h, chain) in rows {
+            conn.execute(
+                "INSERT INTO changes(hash, case_rowid, chain, signer, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![h, case, chain, (case == 2).then_some([5u8; 32]), (case == 2).then_some([6u8; 64])],
+            )
+            .unwrap();
+        }
+        let s = Store::setup(conn, OpenMode::Create, Durability::Full).unwrap();
+        s.integrity_check().unwrap();
+        let keys: Vec<(i64, Vec<u8>, i64)> = s
+            .conn
+            .prepare("SELECT log_seq, hash_key, chain FROM changes ORDER BY log_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = vec![
+            (1, hash(0xaa, 1).to_vec(), 11),
+            (2, hash(0xaa, 2).to_vec(), 12),
+            (3, hash(0xaa, 2).to_vec(), 13),
+            (4, vec![0xaa; 8], 14),
+        ];
+        assert_eq!(keys, want);
+        let shared: Vec<i64> = s.shared_key_rows().unwrap().iter().map(|e| e.log_seq).collect();
+        assert_eq!(shared, [2, 3], "one change logged twice");
+        let log = s.log_after(0, 10).unwrap();
+        assert_eq!(log.iter().map(|e| e.prev_chain).collect::<Vec<_>>(), [0, 11, 12, 13]);
+        let signed = s.signed_case_changes(CaseId::from_bytes([2; 16])).unwrap();
+        assert_eq!((signed.len(), signed[0].signer), (1, Some([5; 32])));
+        assert!(s.signed_case_changes(CaseId::from_bytes([1; 16])).unwrap().is_empty());
+        let row = s.case_row(CaseId::from_bytes([1; 16])).unwrap().unwrap();
+        assert_eq!((row.county.as_str(), row.township.as_str()), ("532924", "532924101"));
+    }
+
+    /// Tables, columns and indexes of a connection's schema, as SQLite
+    /// reports them (not the SQL text, which `ALTER TABLE` rewrites).
+    fn shape(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        let objects: Vec<(String, String, String, Option<String>)> = conn
+            .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (kind, name, table, sql) in objects {
+            let pragma = if kind == "table" { "table_xinfo" } else { "index_xinfo" };
+            let columns: Vec<String> = conn
+                .prepare(&format!("SELECT * FROM pragma_{pragma}('{name}')"))
+                .unwrap()
+                .query_map([], |r| {
+                    let n = r.as_ref().column_count();
+                    let cells: Vec<String> = (0..n)
+                        .map(|i| match r.get_ref(i).unwrap() {
+                            rusqlite::types::ValueRef::Null => "NULL".into(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            _ => "?".into(),
+                        })
+                        .collect();
+                    Ok(cells.join(" "))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // A partial index's condition is only in its SQL.
+            let condition = sql.as_deref().and_then(|s| s.split_once(" WHERE ")).map(|(_, w)| w.trim().to_owned());
+            out.push(format!("{kind} {name} on {table}: {} {condition:?}", columns.join(" | ")));
+        }
+        out
+    }
+
+    #[test]
+    fn schema_matches_the_migrations() {
+        let fresh = Store::open_in_memory().unwrap();
+        let migrated = Connection::open_in_memory().unwrap();
+        for sql in MIGRATIONS {
+            migrated.execute_batch(sql).unwrap();
+        }
+        assert_eq!(shape(&fresh.conn), shape(&migrated));
+        assert_eq!(MIGRATIONS.len(), usize::try_from(SCHEMA_VERSION).unwrap());
     }
 
     #[test]

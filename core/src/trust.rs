@@ -503,6 +503,12 @@ pub fn sign_change(key: &SigningKey, hash: &[u8; 32]) -> [u8; 64] {
 /// half is `public_key`. Strict: refuses malleable signatures and small-order keys.
 pub fn verify_change(public_key: &[u8; 32], hash: &[u8; 32], signature: &[u8; 64]) -> Result<(), SignatureError> {
     let key = VerifyingKey::from_bytes(public_key).map_err(|_| SignatureError::PublicKey)?;
+    verify_change_with(&key, hash, signature)
+}
+
+/// [`verify_change`] with the key already decompressed: a batch signed by one
+/// author decompresses its key once.
+pub fn verify_change_with(key: &VerifyingKey, hash: &[u8; 32], signature: &[u8; 64]) -> Result<(), SignatureError> {
     key.verify_strict(&change_message(hash), &Signature::from_bytes(signature)).map_err(|_| SignatureError::Invalid)
 }
 

@@ -3,12 +3,14 @@
 //! operation; a batch from a peer and the peer's new log position commit
 //! together, so an acknowledged batch is never lost and never half-applied.
 
+use std::collections::HashMap;
+
 use sha2::{Digest as _, Sha256};
 
 use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, OutgoingChange, RefuseReason, Tier};
 use crate::case::{AdminCode, CaseId, ReplicaId};
-use crate::doc::Hash;
-use crate::store::{GrantRow, PeerRow, StoreError};
+use crate::doc::{self, CaseDoc, Hash};
+use crate::store::{GrantRow, LogEntry, PeerRow, StoreError, chain_next};
 use crate::sync::wire::LogPosition;
 use crate::trust::SignedGrant;
 
@@ -49,6 +51,69 @@ pub fn heads_digest(heads: &[u8]) -> Hash {
     Sha256::digest(heads).into()
 }
 
+/// The change hashes of each document a log read has looked at, listed once
+/// per read.
+pub(super) type DocHashes = HashMap<CaseId, Vec<Hash>>;
+
+/// Which of a document's changes (`hashes`) a log row names (ADR 6).
+///
+/// The key (a hash prefix) picks the candidates; the row's chain, computed
+/// from the full hash when the row was appended, must then fit:
+/// `chain == chain_next(prev_chain, hash)`. A wrong change fits both with
+/// odds of 2^-80, so a short key is enough, and a shared key (a 2-byte key is
+/// shared in about one case in 350 of 20 changes) costs one more hash.
+/// Keys are only ever compared with the changes of the row's own case.
+///
+/// Deliberate pairs: someone who writes two changes into a case and knows
+/// `prev_chain` could search for a pair that fits the same key and chain
+/// (2^40 tries for 2-byte keys). Such changes come from a peer, so their rows
+/// are signed, and the signature, over the full hash, picks the right one
+/// (only the author's own changes could be at stake anyway). A row written
+/// here has no signature, but a change made to fit it would have to match a
+/// given 80-bit value: 2^80 tries. Rows from schema 1 have chain 0, which
+/// fits no hash; they keep 8-byte keys and are matched by key alone.
+pub(super) fn resolve_key(hashes: &[Hash], row: &LogEntry) -> Option<Hash> {
+    let mut found: Vec<&Hash> = hashes.iter().filter(|h| h.starts_with(&row.hash_key)).collect();
+    if row.chain != 0 {
+        found.retain(|h| chain_next(row.prev_chain, h) == row.chain);
+    }
+    if found.len() > 1
+        && let (Some(signer), Some(signature)) = (&row.signer, &row.signature)
+        && let Ok(signature) = <&[u8; 64]>::try_from(signature.as_slice())
+    {
+        found.retain(|h| crate::trust::verify_change(signer, h, signature).is_ok());
+    }
+    match found.as_slice() {
+        [h] => Some(**h),
+        _ => None,
+    }
+}
+
+impl Ledger {
+    /// The change a log row names, with its bytes from the case's document.
+    pub(super) fn log_entry_change(
+        &mut self,
+        row: LogEntry,
+        listed: &mut DocHashes,
+    ) -> Result<OutgoingChange, LedgerError> {
+        let missing = || StoreError::BadValue { what: "change missing from its document" };
+        let doc = self.doc(row.case)?;
+        let hashes = listed.entry(row.case).or_insert_with(|| doc.change_hashes());
+        let hash = resolve_key(hashes, &row).ok_or_else(missing)?;
+        let bytes = doc.change_bytes(&hash).ok_or_else(missing)?;
+        Ok(OutgoingChange {
+            log_seq: row.log_seq,
+            case: row.case,
+            hash,
+            bytes,
+            received_from: row.received_from,
+            signer: row.signer,
+            signature: row.signature,
+            village: row.village,
+        })
+    }
+}
+
 impl Ledger {
     /// Reads this ledger's log after `after` for a peer: at most `max_rows`
     /// log rows and about `max_bytes` of change bytes (always at least one
@@ -62,37 +127,46 @@ impl Ledger {
         max_rows: u32,
         max_bytes: usize,
     ) -> Result<OutgoingBatch, LedgerError> {
-        let rows = self.store.log_after(after, max_rows)?;
+        // A server pushing to a child with a narrower scope reads only that
+        // scope's rows (through its relay indexes): reading the whole log for
+        // every device that connects made each session cost the log's size.
+        let narrow = self.identity.tier != Tier::Device && scope != &self.identity.scope;
+        let rows = if narrow {
+            self.store.log_after_within(after, scope.as_str(), max_rows)?
+        } else {
+            self.store.log_after(after, max_rows)?
+        };
         let exhausted = rows.len() < max_rows as usize;
         let mut batch = OutgoingBatch { changes: Vec::new(), upto: after, upto_hash: [0; 32], exhausted };
         let mut bytes = 0usize;
+        let mut listed = DocHashes::new();
         for row in rows {
             let inside = AdminCode::parse(&row.village).is_ok_and(|v| scope.contains(&v))
                 || crate::faults::on(crate::faults::Bug::IgnoreScope);
             let echo = skip_from.is_some() && row.received_from == skip_from;
+            let (seq, chain) = (row.log_seq, row.chain);
             if inside && !echo {
-                let doc = self.doc(row.case)?;
-                let change = doc
-                    .change_bytes(&row.hash)
-                    .ok_or(StoreError::BadValue { what: "change missing from its document" })?;
-                if !batch.changes.is_empty() && bytes + change.len() > max_bytes {
+                let change = self.log_entry_change(row, &mut listed)?;
+                if !batch.changes.is_empty() && bytes + change.bytes.len() > max_bytes {
                     batch.exhausted = false;
                     break;
                 }
-                bytes += change.len();
-                batch.changes.push(OutgoingChange {
-                    log_seq: row.log_seq,
-                    case: row.case,
-                    hash: row.hash,
-                    bytes: change,
-                    received_from: row.received_from,
-                    signer: row.signer,
-                    signature: row.signature,
-                    village: row.village,
-                });
+                bytes += change.bytes.len();
+                batch.changes.push(change);
             }
-            batch.upto = row.log_seq;
-            batch.upto_hash = chain_position(row.chain);
+            batch.upto = seq;
+            batch.upto_hash = chain_position(chain);
+        }
+        if narrow && batch.exhausted {
+            // Every row after `after` was looked at: those not returned lie
+            // outside the scope, so the batch reaches the log's head.
+            let head = self.store.log_head()?;
+            if head > batch.upto
+                && let Some(chain) = self.store.log_chain(head)?
+            {
+                batch.upto = head;
+                batch.upto_hash = chain_position(chain);
+            }
         }
         Ok(batch)
     }
@@ -205,14 +279,35 @@ impl Ledger {
     }
 
     /// Whether this ledger durably holds a change: applied, or kept until
-    /// its dependencies arrive. Reads the file, not the cache.
+    /// its dependencies arrive. Reads the file (the log and the pending
+    /// table), not the cache.
     pub fn holds_change(&self, case: CaseId, hash: &Hash) -> Result<bool, LedgerError> {
-        Ok(self.store.holds_change(case, hash)?)
+        Ok(self.store.is_pending(hash)? || self.store.logs_change(case, hash)?)
     }
 
     /// Log rows whose change appears more than once (a healthy log has none).
+    /// Only rows whose key another row of the case shares are resolved,
+    /// against the case's saved snapshot.
     pub fn duplicate_log_rows(&self) -> Result<i64, LedgerError> {
-        Ok(self.store.duplicate_log_rows()?)
+        let mut duplicates = 0;
+        let mut case: Option<(CaseId, Vec<Hash>, Vec<Hash>)> = None;
+        for row in self.store.shared_key_rows()? {
+            if case.as_ref().is_none_or(|(id, _, _)| *id != row.case) {
+                let snapshot =
+                    self.store.snapshot(row.case)?.ok_or(StoreError::BadValue { what: "missing snapshot" })?;
+                let hashes = CaseDoc::load(&snapshot, self.actor.clone())?.change_hashes();
+                case = Some((row.case, hashes, Vec::new()));
+            }
+            let Some((_, hashes, seen)) = case.as_mut() else { continue };
+            if let Some(hash) = resolve_key(hashes, &row) {
+                if seen.contains(&hash) {
+                    duplicates += 1;
+                } else {
+                    seen.push(hash);
+                }
+            }
+        }
+        Ok(duplicates)
     }
 
     /// The grant of a signing key, if this ledger holds it.
@@ -221,9 +316,18 @@ impl Ledger {
     }
 
     /// (case, SHA-256 of its sorted heads) for every case inside `scope`,
-    /// sorted by case id.
+    /// sorted by case id. The heads are read from each snapshot's header;
+    /// a snapshot that header parsing does not understand is loaded.
     pub fn digest(&self, scope: &AdminCode) -> Result<Vec<(CaseId, Hash)>, LedgerError> {
-        Ok(self.store.heads_within(scope)?.into_iter().map(|(id, heads)| (id, heads_digest(&heads))).collect())
+        let mut out = Vec::new();
+        for (id, snapshot) in self.store.snapshots_within(scope)? {
+            let heads = match doc::snapshot_heads(&snapshot) {
+                Some(h) => h,
+                None => CaseDoc::load(&snapshot, self.actor.clone())?.heads(),
+            };
+            out.push((id, heads_digest(&heads.concat())));
+        }
+        Ok(out)
     }
 
     /// The changes of `case` that a holder of `their_heads` lacks, with their
@@ -232,8 +336,11 @@ impl Ledger {
     /// them is a no-op.
     pub fn changes_missing(&mut self, case: CaseId, their_heads: &[Hash]) -> Result<Vec<OutgoingChange>, LedgerError> {
         let Some(row) = self.store.case_row(case)? else { return Ok(Vec::new()) };
-        let signatures = self.store.case_changes(case)?;
+        let signed = self.store.signed_case_changes(case)?;
         let doc = self.doc(case)?;
+        let hashes = doc.change_hashes();
+        let signatures: Vec<(Hash, LogEntry)> =
+            signed.into_iter().filter_map(|r| Some((resolve_key(&hashes, &r)?, r))).collect();
         let known: Vec<Hash> = their_heads.iter().copied().filter(|h| doc.has_change(h)).collect();
         let changes = doc.changes_after(&known);
         Ok(changes
@@ -241,8 +348,8 @@ impl Ledger {
             .map(|(hash, bytes)| {
                 let (signer, signature) = signatures
                     .iter()
-                    .find(|(h, _, _)| *h == hash)
-                    .map(|(_, signer, sig)| (*signer, sig.clone()))
+                    .find(|(h, _)| *h == hash)
+                    .map(|(_, r)| (r.signer, r.signature.clone()))
                     .unwrap_or((None, None));
                 OutgoingChange {
                     log_seq: 0,
@@ -256,5 +363,53 @@ impl Ledger {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(hash_key: &[u8], prev_chain: i64, chain: i64) -> LogEntry {
+        LogEntry {
+            log_seq: 2,
+            case: CaseId::from_bytes([1; 16]),
+            hash_key: hash_key.to_vec(),
+            prev_chain,
+            received_from: None,
+            signer: None,
+            signature: None,
+            village: "532924101201".into(),
+            chain,
+        }
+    }
+
+    #[test]
+    fn a_shared_prefix_is_settled_by_the_chain_then_the_signature() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let mut a = [0xaa; 32];
+        let mut b = [0xaa; 32];
+        a[31] = 1;
+        b[31] = 2;
+        let other = [0xbb; 32];
+        let hashes = [other, a, b];
+        // The key finds the candidates; the chain must fit.
+        assert_eq!(resolve_key(&hashes, &row(&other[..2], 5, chain_next(5, &other))), Some(other));
+        assert_eq!(resolve_key(&hashes, &row(&other[..2], 5, chain_next(6, &other))), None, "wrong chain");
+        assert_eq!(resolve_key(&hashes, &row(&[0xcc; 2], 5, 0)), None);
+        // A row from schema 1 (chain 0) goes by its 8-byte key alone.
+        assert_eq!(resolve_key(&hashes, &row(&other[..8], 5, 0)), Some(other));
+        // A shared key: the chain, computed from the full hash, decides.
+        assert_eq!(resolve_key(&hashes, &row(&a[..2], 5, chain_next(5, &a))), Some(a));
+        assert_eq!(resolve_key(&hashes, &row(&b[..8], 5, chain_next(5, &b))), Some(b));
+        assert_eq!(resolve_key(&hashes, &row(&a[..8], 5, 0)), None, "ambiguous, never a guess");
+        // If the chain cannot tell (chain 0), a signature can.
+        let mut signed = row(&b[..8], 5, 0);
+        signed.signer = Some(key.verifying_key().to_bytes());
+        signed.signature = Some(crate::trust::sign_change(&key, &b).to_vec());
+        assert_eq!(resolve_key(&hashes, &signed), Some(b));
+        // A full 32-byte key (kept by the migration) names one change.
+        assert_eq!(resolve_key(&hashes, &row(&a, 5, 0)), Some(a));
     }
 }

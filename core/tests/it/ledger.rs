@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use fq_core::case::{AdminCode, Category, Outcome, Party, Risk, Role, Status};
 use fq_core::clock::{ManualClock, Timestamp};
-use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, NewCase, Tier};
-use fq_core::store::ListFilter;
+use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, NewCase, Tier, chain_position};
+use fq_core::store::{ListFilter, chain_next};
 
 pub const T0: Timestamp = Timestamp(1_790_000_000_000);
 
@@ -186,4 +186,169 @@ fn sample_cases_replay_to_their_final_states() {
         assert_eq!((got.title.as_str(), got.risk), (expected.title.as_str(), expected.risk));
     }
     assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 240);
+}
+
+/// Schema 2, as `store` created it before ADR 6 (its migrations 1 and 2).
+const SCHEMA_V2: &str = "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE cases (
+       rowid INTEGER PRIMARY KEY,
+       id BLOB NOT NULL UNIQUE,
+       number TEXT NOT NULL,
+       county TEXT NOT NULL, township TEXT NOT NULL, village TEXT NOT NULL, grid INTEGER,
+       level TEXT NOT NULL, status TEXT NOT NULL, category TEXT NOT NULL, risk TEXT NOT NULL,
+       deadline INTEGER, recorded_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+       title TEXT NOT NULL, responsible TEXT, conflicts INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX cases_number ON cases(number);
+    CREATE TABLE docs (case_rowid INTEGER PRIMARY KEY, snapshot BLOB NOT NULL, heads BLOB NOT NULL);
+    CREATE TABLE changes (
+       log_seq INTEGER PRIMARY KEY,
+       hash BLOB NOT NULL,
+       case_rowid INTEGER NOT NULL,
+       received_from BLOB, signature BLOB);
+    CREATE TABLE pending (
+       hash BLOB PRIMARY KEY, case_id BLOB NOT NULL, bytes BLOB NOT NULL,
+       received_from BLOB, signature BLOB, received_at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX pending_case ON pending(case_id);
+    CREATE TABLE audit (
+       seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL,
+       case_id BLOB, peer TEXT, detail TEXT NOT NULL);
+    ALTER TABLE changes ADD COLUMN signer BLOB;
+    ALTER TABLE changes ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE pending ADD COLUMN signer BLOB;
+    CREATE INDEX changes_case ON changes(case_rowid);
+    CREATE TABLE peers (
+       replica BLOB PRIMARY KEY, tier TEXT NOT NULL, scope TEXT NOT NULL,
+       their_seq INTEGER NOT NULL DEFAULT 0, their_hash BLOB,
+       acked_seq INTEGER NOT NULL DEFAULT 0, last_sync INTEGER) WITHOUT ROWID;
+    CREATE TABLE grants (
+       signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
+       scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;
+    PRAGMA user_version = 2;";
+
+/// ADR 6: a schema-2 file (full hashes, heads, county and township columns)
+/// upgrades in place and keeps its cases, its log positions and their
+/// chains, and the signatures recovery sends; the log then goes on.
+#[test]
+fn a_schema_2_ledger_migrates_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c: Arc<ManualClock> = Arc::new(clock.clone());
+    let scope = AdminCode::parse("532924101201").unwrap();
+    // The content, written by this build: two local cases and one received.
+    let now_path = dir.path().join("now.db");
+    let mut now = Ledger::init(
+        &now_path,
+        init(Role::Mediator, "532924101201", "张三", &clock),
+        c.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    let mut other = Ledger::init_in_memory(
+        init(Role::Mediator, "532924101201", "李娜", &clock),
+        c.clone(),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    let a = now.create_case(new_case("宅基地滴水纠纷")).unwrap();
+    clock.advance_ms(1_000);
+    now.add_note(a.id, "双方到场").unwrap();
+    let b = other.create_case(new_case("拖欠工资")).unwrap();
+    clock.advance_ms(1_000);
+    other.add_note(b.id, "约定下周再谈").unwrap();
+    let from = other.identity().replica;
+    now.apply_changes(Some(from), other.changes_since(0, 100).unwrap().into_iter().map(out_to_in).collect()).unwrap();
+    clock.advance_ms(1_000);
+    now.add_note(b.id, "已回访").unwrap();
+    now.create_case(new_case("水渠纠纷")).unwrap();
+    // Received rows carry a signature in the old file (the content is not
+    // checked again; recovery must just send it along).
+    let mut log = now.changes_since(0, 1_000).unwrap();
+    for o in log.iter_mut().filter(|o| o.received_from.is_some()) {
+        o.signer = Some([7; 32]);
+        o.signature = Some(vec![9; 64]);
+    }
+    assert_eq!(log.len(), 6);
+    let chains: Vec<_> = (1..=6).map(|s| now.log_hash(s).unwrap().unwrap()).collect();
+    let digest = now.digest(&scope).unwrap();
+    let rows = now.list(&ListFilter::default()).unwrap();
+    drop(now);
+
+    // The same content in a schema-2 file.
+    let old_path = dir.path().join("v2.db");
+    let old = rusqlite::Connection::open(&old_path).unwrap();
+    old.pragma_update(None, "page_size", 8192).unwrap();
+    old.execute_batch(SCHEMA_V2).unwrap();
+    old.execute("ATTACH ?1 AS now", [now_path.to_str().unwrap()]).unwrap();
+    old.execute_batch(
+        "INSERT INTO meta SELECT key, value FROM now.meta;
+         INSERT INTO cases(rowid, id, number, county, township, village, grid, level, status, category, risk,
+                           deadline, recorded_at, updated_at, title, responsible, conflicts)
+            SELECT rowid, id, number, substr(village, 1, 6), substr(village, 1, 9), village, grid, level, status,
+                   category, risk, deadline, recorded_at, updated_at, title, responsible, conflicts FROM now.cases;
+         INSERT INTO docs(case_rowid, snapshot, heads) SELECT case_rowid, snapshot, x'' FROM now.docs;
+         INSERT INTO changes(log_seq, hash, case_rowid, received_from, signature, signer, chain)
+            SELECT log_seq, hash_key, case_rowid, received_from, signature, signer, chain FROM now.changes;",
+    )
+    .unwrap();
+    old.execute("DETACH now", []).unwrap();
+    let snapshots: Vec<(i64, Vec<u8>)> = old
+        .prepare("SELECT case_rowid, snapshot FROM docs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (rowid, snapshot) in snapshots {
+        let heads = fq_core::doc::snapshot_heads(&snapshot).unwrap().concat();
+        old.execute("UPDATE docs SET heads = ?1 WHERE case_rowid = ?2", rusqlite::params![heads, rowid]).unwrap();
+    }
+    for o in &log {
+        old.execute(
+            "UPDATE changes SET hash = ?1, signer = ?2, signature = ?3 WHERE log_seq = ?4",
+            rusqlite::params![o.hash, o.signer, o.signature, o.log_seq],
+        )
+        .unwrap();
+    }
+    drop(old);
+
+    // Opening migrates; everything reads back as before.
+    let mut l = Ledger::open(&old_path, c.clone(), LedgerOptions::default()).unwrap();
+    l.integrity_check().unwrap();
+    assert_eq!(l.changes_since(0, 1_000).unwrap(), log);
+    for (seq, chain) in (1..).zip(&chains) {
+        assert_eq!(l.log_hash(seq).unwrap().as_ref(), Some(chain), "position {seq}");
+    }
+    assert_eq!(l.digest(&scope).unwrap(), digest);
+    assert_eq!(l.list(&ListFilter::default()).unwrap(), rows);
+    assert_eq!(rows[0].township, "532924101");
+    // Recovery still sends the signatures of received changes.
+    let missing = l.changes_missing(b.id, &[]).unwrap();
+    assert_eq!(missing.len(), 3);
+    assert_eq!(missing.iter().filter(|m| m.signer == Some([7; 32])).count(), 2);
+    // The log goes on from the migrated chain.
+    clock.advance_ms(1_000);
+    l.add_note(a.id, "再次回访").unwrap();
+    let next = l.changes_since(6, 10).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].log_seq, 7);
+    let prev = i64::from_be_bytes(chains[5][..8].try_into().unwrap());
+    assert_eq!(l.log_hash(7).unwrap(), Some(chain_position(chain_next(prev, &next[0].hash))));
+    assert!(l.holds_change(a.id, &next[0].hash).unwrap());
+    assert!(log.iter().all(|o| l.holds_change(o.case, &o.hash).unwrap()), "migrated rows hold their changes");
+    assert!(!l.holds_change(b.id, &next[0].hash).unwrap(), "another case's change");
+    assert!(!l.holds_change(a.id, &[0; 32]).unwrap());
+    assert_eq!(l.duplicate_log_rows().unwrap(), 0);
+    drop(l);
+    let file = rusqlite::Connection::open(&old_path).unwrap();
+    let version: i64 = file.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    let keys: Vec<i64> = file
+        .prepare("SELECT length(hash_key) FROM changes")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Migrated rows keep 8-byte keys; the new one has the short key.
+    assert_eq!((version, keys), (3, vec![8, 8, 8, 8, 8, 8, i64::try_from(fq_core::store::KEY_BYTES).unwrap()]));
 }

@@ -352,3 +352,47 @@ fn sync_watchdog_ends_a_session_whose_push_is_never_acked() {
     assert!(child.handle_timeout(deadline).is_err());
     assert!(child.is_closed());
 }
+
+/// A server commits the work of many sessions as one group: each operation
+/// stays atomic (a failed one leaves nothing), nothing is visible or durable
+/// before the group commits, and a rolled-back group leaves nothing either,
+/// not even in the writer's cached documents.
+#[test]
+fn group_commit_keeps_operations_atomic_and_shows_nothing_before_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = ManualClock::new(T0);
+    let c: Arc<ManualClock> = Arc::new(clock.clone());
+    let init = crate::ledger::init(Role::Mediator, "532924101201", "张三", &clock);
+    let mut l = Ledger::init(&path, init, c.clone(), LedgerOptions::default()).unwrap();
+    let first = l.create_case(new_case("第一件")).unwrap();
+    let reader = Ledger::open_read_only(&path, c.clone()).unwrap();
+    let notes = |r: &mut Ledger| r.show(first.id, true).unwrap().history.unwrap().len();
+    let mut reader = reader;
+    assert_eq!(notes(&mut reader), 1);
+
+    l.begin_group().unwrap();
+    let second = l.create_case(new_case("第二件")).unwrap();
+    l.add_note(first.id, "组内的记录").unwrap();
+    // A refused operation inside the group takes back only its own writes.
+    assert!(l.accept_escalation(first.id).is_err());
+    assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 2, "the writer sees its own group");
+    assert_eq!(reader.list(&ListFilter::default()).unwrap().len(), 1, "nothing shows before the commit");
+    l.commit_group().unwrap();
+    assert_eq!(reader.list(&ListFilter::default()).unwrap().len(), 2);
+    // (A read-only ledger caches documents it has shown: a fresh one reads the note.)
+    let mut fresh = Ledger::open_read_only(&path, c.clone()).unwrap();
+    assert_eq!(notes(&mut fresh), 2);
+
+    l.begin_group().unwrap();
+    l.add_note(second.id, "会被撤回").unwrap();
+    l.create_case(new_case("第三件")).unwrap();
+    l.rollback_group().unwrap();
+    assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 2);
+    assert_eq!(l.show(second.id, true).unwrap().history.unwrap().len(), 1, "the cached document forgot the note");
+    drop(l);
+    let mut l = Ledger::open(&path, c, LedgerOptions::default()).unwrap();
+    assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 2);
+    assert_eq!(l.show(second.id, true).unwrap().history.unwrap().len(), 1);
+    l.integrity_check().unwrap();
+}

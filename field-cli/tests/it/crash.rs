@@ -110,7 +110,15 @@ fn case_writes_on_a_full_disk_fail_clearly_and_keep_what_was_saved() {
     let size: u64 =
         std::fs::read_dir(fq.data_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max().unwrap();
     let limit_blocks = size / 512 + 8;
-    let long = "很长的情况说明。".repeat(2_000);
+    // Varied characters: snapshots are DEFLATEd, and a repeated phrase would
+    // compress to nothing and never reach the limit.
+    let mut x: u32 = 12345;
+    let long: String = (0..8_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            char::from_u32(0x4E00 + (x >> 16) % 0x5000).unwrap_or('字')
+        })
+        .collect();
     let script = format!(
         "trap '' XFSZ; ulimit -f {limit_blocks}; exec \"$0\" --data-dir \"$1\" --lang zh case new --category debt --title 借款纠纷 --description \"$2\""
     );
