@@ -6,8 +6,10 @@
 //! forwards the bytes it reads with the session's id, and the actor answers by putting frames on
 //! that session's outgoing channel, which the connection task writes to the stream.
 //!
-//! Why one thread is enough: applying a batch is one SQLite transaction and one fsync; the
-//! network side (handshakes, reads, writes, keep-alives) runs on the tokio runtime meanwhile.
+//! Why one thread is enough: the network side (handshakes, reads, writes, keep-alives) runs on
+//! the tokio runtime meanwhile, and the actor commits in groups: everything queued while it
+//! worked is handled in one transaction with one fsync, and the frames it produced (the acks)
+//! go out only after that commit (see [`Actor::run`], ADR 7).
 //!
 //! After any session commits changes that grow the local log, every *other* session is told
 //! ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to the
@@ -37,6 +39,8 @@ use crate::ca::PeerIdentity;
 const COMMAND_QUEUE: usize = 256;
 /// Longest the actor sleeps without looking at its sessions' timers.
 const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Most commands handled in one group commit: bounds the time frames wait for it.
+const MAX_GROUP: usize = 256;
 
 /// A session's number, unique for the life of the server process.
 pub(crate) type SessionId = u64;
@@ -113,7 +117,7 @@ impl ReplicaHandle {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-        let actor = Actor { ledger, own, cfg, sessions: BTreeMap::new(), upstream_wake, clock: SystemClock };
+        let actor = Actor::new(ledger, own, cfg, upstream_wake);
         let thread =
             std::thread::Builder::new().name("fq-replica".into()).spawn(move || runtime.block_on(actor.run(rx)))?;
         Ok(Self { tx, thread: Some(thread) })
@@ -155,28 +159,114 @@ struct Actor {
     sessions: BTreeMap<SessionId, Live>,
     upstream_wake: Arc<Notify>,
     clock: SystemClock,
+    /// Whether a group transaction is open: see [`Actor::run`].
+    grouped: bool,
+    /// Frames (acks among them) held back until the group commits, in order.
+    held: Vec<(mpsc::UnboundedSender<Outgoing>, Outgoing)>,
 }
 
 impl Actor {
+    fn new(ledger: Ledger, own: OwnCredentials, cfg: SessionConfig, upstream_wake: Arc<Notify>) -> Self {
+        Actor {
+            ledger,
+            own,
+            cfg,
+            sessions: BTreeMap::new(),
+            upstream_wake,
+            clock: SystemClock,
+            grouped: false,
+            held: Vec::new(),
+        }
+    }
+
+    /// Group commit: the actor waits for a command, then handles it and every
+    /// command already queued behind it (up to [`MAX_GROUP`]) inside one
+    /// group transaction, commits that once, and only then lets out the
+    /// frames those commands produced. Each session's work is still its own
+    /// savepoint; many devices' pushes share one fsync, and no ack leaves
+    /// before the commit that makes it true.
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             let nap = self.next_timeout().unwrap_or(MAX_IDLE_TICK).min(MAX_IDLE_TICK);
-            tokio::select! {
+            let first = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None => break,
-                    Some(Command::Shutdown { done }) => {
-                        self.shutdown();
-                        drop(self);
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => Some(cmd),
                 },
-                () = tokio::time::sleep(nap) => {}
+                () = tokio::time::sleep(nap) => None,
+            };
+            if first.is_some() {
+                self.begin_group();
+            }
+            let mut stop = None;
+            let mut queued = first;
+            let mut handled = 0;
+            while let Some(cmd) = queued.take() {
+                if let Command::Shutdown { done } = cmd {
+                    stop = Some(done);
+                    break;
+                }
+                self.handle(cmd);
+                handled += 1;
+                if handled < MAX_GROUP {
+                    queued = rx.try_recv().ok();
+                }
             }
             self.check_timeouts();
+            self.end_group();
+            if let Some(done) = stop {
+                self.shutdown();
+                drop(self);
+                let _ = done.send(());
+                return;
+            }
         }
         self.shutdown();
+    }
+
+    fn begin_group(&mut self) {
+        match self.ledger.begin_group() {
+            Ok(()) => self.grouped = true,
+            // Each operation then commits on its own, as without groups.
+            Err(e) => warn!(error = %e, "cannot open a group transaction; committing one by one"),
+        }
+    }
+
+    /// Commits the group and sends what it held. If the commit fails, what the
+    /// held frames promise is not on disk: they are dropped, and every session
+    /// is closed so that its peer reconnects and resumes from what is.
+    fn end_group(&mut self) {
+        if !std::mem::replace(&mut self.grouped, false) {
+            return;
+        }
+        match self.ledger.commit_group() {
+            Ok(()) => {
+                for (out, o) in self.held.drain(..) {
+                    // A closed receiver means the writer is gone; the reader reports the end.
+                    let _ = out.send(o);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot save the received changes; closing every session, peers will resend");
+                self.held.clear();
+                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    if let Some(live) = self.sessions.get_mut(&id) {
+                        live.session.close(ErrorCode::Internal, "the server could not save; sync again later");
+                    }
+                    self.flush(id);
+                }
+            }
+        }
+    }
+
+    /// Sends a frame to a session's writer, or holds it until the group commits.
+    fn emit(&mut self, out: &mpsc::UnboundedSender<Outgoing>, o: Outgoing) {
+        if self.grouped {
+            self.held.push((out.clone(), o));
+        } else {
+            let _ = out.send(o);
+        }
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -185,7 +275,7 @@ impl Actor {
             Command::Input { id, bytes } => self.input(id, &bytes),
             Command::Ended { id, reason } => {
                 if let Some(live) = self.sessions.remove(&id) {
-                    let _ = live.out.send(Outgoing::Finish);
+                    self.emit(&live.out, Outgoing::Finish);
                     let caught_up = live.session.is_caught_up();
                     log_end(id, &live, &reason, caught_up);
                 }
@@ -284,16 +374,21 @@ impl Actor {
                 }
             }
         }
+        let mut frames = Vec::new();
         while let Some(frame) = live.session.poll_transmit() {
-            // A closed receiver means the writer is gone; the reader will report the end.
-            let _ = live.out.send(Outgoing::Frame(frame));
+            frames.push(Outgoing::Frame(frame));
         }
-        if live.session.is_closed() {
-            let _ = live.out.send(Outgoing::Finish);
-            if let Some(live) = self.sessions.remove(&id) {
-                let reason = live.session.close_reason().unwrap_or("closed by this server").to_owned();
-                log_end(id, &live, &reason, false);
-            }
+        let closed = live.session.is_closed();
+        if closed {
+            frames.push(Outgoing::Finish);
+        }
+        let out = live.out.clone();
+        for o in frames {
+            self.emit(&out, o);
+        }
+        if closed && let Some(live) = self.sessions.remove(&id) {
+            let reason = live.session.close_reason().unwrap_or("closed by this server").to_owned();
+            log_end(id, &live, &reason, false);
         }
     }
 
