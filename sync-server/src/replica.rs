@@ -41,6 +41,9 @@ const COMMAND_QUEUE: usize = 256;
 const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
 /// Most commands handled in one group commit: bounds the time frames wait for it.
 const MAX_GROUP: usize = 256;
+/// Longest a group takes more commands: acks wait for the commit, and a peer's ack watchdog
+/// (20 s) must never see a group of many big pushes as a dead server.
+const MAX_GROUP_TIME: Duration = Duration::from_millis(200);
 
 /// A session's number, unique for the life of the server process.
 pub(crate) type SessionId = u64;
@@ -180,7 +183,8 @@ impl Actor {
     }
 
     /// Group commit: the actor waits for a command, then handles it and every
-    /// command already queued behind it (up to [`MAX_GROUP`]) inside one
+    /// command already queued behind it (up to [`MAX_GROUP`], for at most
+    /// [`MAX_GROUP_TIME`]) inside one
     /// group transaction, commits that once, and only then lets out the
     /// frames those commands produced. Each session's work is still its own
     /// savepoint; many devices' pushes share one fsync, and no ack leaves
@@ -201,6 +205,7 @@ impl Actor {
             let mut stop = None;
             let mut queued = first;
             let mut handled = 0;
+            let started = std::time::Instant::now();
             while let Some(cmd) = queued.take() {
                 if let Command::Shutdown { done } = cmd {
                     stop = Some(done);
@@ -208,7 +213,7 @@ impl Actor {
                 }
                 self.handle(cmd);
                 handled += 1;
-                if handled < MAX_GROUP {
+                if handled < MAX_GROUP && started.elapsed() < MAX_GROUP_TIME {
                     queued = rx.try_recv().ok();
                 }
             }
