@@ -404,6 +404,12 @@ impl Store {
         // Every statement here is cached; rusqlite's default of 16 would evict
         // some of the ~30 on every busy path and parse them again.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // SQLite plans with the values bound to `LIMIT ?` and re-prepares a
+        // cached statement each time that value changes: log reads bind a
+        // new limit on most calls. The query planner stability guarantee
+        // plans once, without looking at bound values.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(sq("fix query plans"))?;
         let version: i32 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
         if version > SCHEMA_VERSION {
