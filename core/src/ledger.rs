@@ -1182,9 +1182,13 @@ fn apply_case(
     // Scope, change by change, before anything is applied: only the copies
     // whose author may write in the case's village go on. The village is the
     // document's, or for a new case what its first changes say.
+    let mut scratch = None;
     let village = match doc.as_mut() {
         Some(d) => Some(d.village()),
-        None => scratch_village(cx, &admitted),
+        None => {
+            scratch = scratch_case(cx, &admitted);
+            scratch.as_ref().map(|s| s.state.village.clone())
+        }
     };
     if let Some(village) = &village {
         let mut kept: Vec<Candidate> = Vec::with_capacity(admitted.len());
@@ -1254,10 +1258,20 @@ fn apply_case(
     }
     let had_doc = doc.is_some();
     let conflicts_before = doc.as_mut().map_or(0, |d| d.conflicts().len());
-    let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(cx.actor.clone()));
-    let before_village = if had_doc { Some(target.village()) } else { None };
-    let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
-    let applied = target.apply(changes).and_then(|_| target.read(cx.policy));
+    let before_village = doc.as_mut().map(|d| d.village());
+    // A new case whose changes all passed: the scratch document already holds exactly them
+    // (the same changes make the same document in any order), so they are not applied again.
+    let reuse = scratch
+        .filter(|s| !had_doc && s.applied.len() == ready.len() && ready.iter().all(|c| s.applied.contains(&c.hash)));
+    let (mut target, applied) = match reuse {
+        Some(s) => (s.doc, Ok(s.state)),
+        None => {
+            let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(cx.actor.clone()));
+            let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
+            let applied = target.apply(changes).and_then(|_| target.read(cx.policy));
+            (target, applied)
+        }
+    };
     let problem = match &applied {
         Ok(state) if state.id != case => {
             Some((RefuseReason::Quarantined, "the change belongs to another case".to_owned()))
@@ -1307,9 +1321,18 @@ fn apply_case(
     Ok(Some(target))
 }
 
-/// The village a new case's changes give it, learnt by applying them to a
-/// scratch document (nothing is kept). `None` if they do not make a case.
-fn scratch_village(cx: &ApplyCtx<'_, '_>, admitted: &[Candidate]) -> Option<String> {
+/// A new case built from its first changes before scope is checked: the
+/// village they give it decides whose changes may stay.
+struct Scratch {
+    doc: CaseDoc,
+    state: CaseState,
+    /// The changes applied to `doc`.
+    applied: Vec<Hash>,
+}
+
+/// Applies a new case's changes whose dependencies are all among them to a
+/// scratch document. `None` if they do not make a case.
+fn scratch_case(cx: &ApplyCtx<'_, '_>, admitted: &[Candidate]) -> Option<Scratch> {
     let mut known: Vec<Hash> = Vec::new();
     let mut order: Vec<automerge::Change> = Vec::new();
     let mut rest: Vec<&Candidate> = admitted.iter().collect();
@@ -1332,9 +1355,10 @@ fn scratch_village(cx: &ApplyCtx<'_, '_>, admitted: &[Candidate]) -> Option<Stri
     if order.is_empty() {
         return None;
     }
-    let mut scratch = CaseDoc::empty(cx.actor.clone());
-    scratch.apply(order).ok()?;
-    scratch.read(cx.policy).ok().map(|s| s.village)
+    let mut doc = CaseDoc::empty(cx.actor.clone());
+    doc.apply(order).ok()?;
+    let state = doc.read(cx.policy).ok()?;
+    Some(Scratch { doc, state, applied: known })
 }
 
 fn within(scope: &AdminCode, village: &str) -> bool {

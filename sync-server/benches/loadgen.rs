@@ -14,8 +14,10 @@
 //!   server's fsyncs.
 //! - The server is the real `fq-server run` binary in a child process, so its peak RSS (VmHWM)
 //!   is its own. It runs with production settings (durability FULL: one fsync per batch).
-//! - Devices sync with [`fq_sync_server::client::sync_once`], `FQ_LOADGEN_CONCURRENCY` at a
-//!   time, on a 2-thread runtime (this machine has 2 cores, shared with the server).
+//! - Devices sync with [`fq_sync_server::client::dial`] and `Dialed::sync_then_hang_up`,
+//!   `FQ_LOADGEN_CONCURRENCY` sessions at a time (default 128: a Monday morning's burst), on a
+//!   2-thread runtime (this machine has 2 cores, shared with the server). A device's slot frees
+//!   when its session ends; its hang-up runs on beside the others and is reported apart.
 //!
 //! Targets reported against (not asserted): at least 20,000 changes/s ingested, at most 300
 //! bytes per one-field edit, at most 256 MB server RSS.
@@ -38,7 +40,7 @@ use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
 use fq_core::sync::wire::{self, Envelope, LogPosition, Message};
 use fq_core::trust;
 use fq_sync_server::ca::{Bundle, CertificateAuthority, GrantRole};
-use fq_sync_server::client::{SyncOptions, SyncReport, sync_once};
+use fq_sync_server::client::{SyncError, SyncOptions, SyncReport, dial};
 use fq_sync_server::status;
 use tokio::task::JoinSet;
 
@@ -100,7 +102,7 @@ fn run() -> anyhow::Result<()> {
     let settings = Settings {
         devices: env_usize("FQ_LOADGEN_DEVICES", 1_570)?,
         edits: env_usize("FQ_LOADGEN_EDITS", 20)?,
-        concurrency: env_usize("FQ_LOADGEN_CONCURRENCY", 64)?,
+        concurrency: env_usize("FQ_LOADGEN_CONCURRENCY", 128)?,
         villages: env_usize("FQ_LOADGEN_VILLAGES", MAX_VILLAGES)?.min(MAX_VILLAGES),
     };
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_fq-server"));
@@ -169,15 +171,17 @@ fn run() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     let cpu_before = (cpu_seconds(server.pid()), cpu_seconds("self"));
+    let drops_before = udp_receive_buffer_errors();
     let outcome = runtime.block_on(upload(devices, server.addr, settings.concurrency));
     let cpu = (cpu_seconds(server.pid()) - cpu_before.0, cpu_seconds("self") - cpu_before.1);
+    let udp_drops = drops_before.zip(udp_receive_buffer_errors()).map(|(a, b)| b.saturating_sub(a));
     let (peak_mb, rss_mb) = server.rss_mb();
     let log_lines = server.log_lines();
     server.stop()?;
     let outcome = outcome?;
 
     let held = status::read(&data).context("read the township replica after the run")?;
-    let server = ServerFigures { peak_mb, rss_mb, log_lines, held: held.counts.changes, cpu_s: cpu.0 };
+    let server = ServerFigures { peak_mb, rss_mb, log_lines, held: held.counts.changes, cpu_s: cpu.0, udp_drops };
     report(&settings, total_changes, &outcome, &server, cpu.1);
     Ok(())
 }
@@ -263,16 +267,25 @@ fn one_field_edit_payload() -> anyhow::Result<()> {
 
 /// What the uploads did.
 struct Outcome {
+    /// From the first dial to the last device's session ending (its last ack).
     wall: Duration,
+    /// Each device's report, and the time from its dial to the end of its session.
     reports: Vec<(SyncReport, Duration)>,
     failures: Vec<String>,
+    /// How long each device's hang-up took after its session ended.
+    hang_ups: Vec<Duration>,
+    /// From the last session ending to the last hang-up done.
+    hang_up_tail: Duration,
 }
 
-/// Syncs every device with the server, `concurrency` at a time.
+/// Syncs every device with the server, `concurrency` sessions at a time. A device's slot is
+/// free once its session is over: its hang-up (`Endpoint::wait_idle`, about three probe
+/// timeouts) is the phone's business, costs the server nothing, and runs on meanwhile.
 async fn upload(devices: Vec<(Bundle, Ledger)>, server: SocketAddr, concurrency: usize) -> anyhow::Result<Outcome> {
     let options = Arc::new(SyncOptions::default());
     let mut pending = devices.into_iter();
     let mut running = JoinSet::new();
+    let mut hanging_up = JoinSet::new();
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -282,23 +295,47 @@ async fn upload(devices: Vec<(Bundle, Ledger)>, server: SocketAddr, concurrency:
             let options = Arc::clone(&options);
             running.spawn(async move {
                 let began = Instant::now();
-                let result = tokio::time::timeout(SYNC_WAIT, sync_once(&mut ledger, &bundle, server, &options, |_| {}))
+                let session = async {
+                    match dial(&bundle, server, &options).await {
+                        Ok(dialed) => {
+                            let (result, hang_up) = dialed.sync_then_hang_up(&mut ledger, |_| {}).await;
+                            (result, Some(hang_up))
+                        }
+                        Err(e) => (Err(e), None),
+                    }
+                };
+                let (result, hang_up) = tokio::time::timeout(SYNC_WAIT, session)
                     .await
-                    .map_err(|_| format!("{}: no answer within {SYNC_WAIT:?}", bundle.id()))
-                    .and_then(|r| r.map_err(|e| format!("{}: {e:#}", bundle.id())));
+                    .unwrap_or_else(|_| (Err(SyncError::Stalled(SYNC_WAIT)), None));
+                let result = result.map_err(|e| format!("{}: {e:#}", bundle.id()));
                 // The ledger is dropped here: its memory goes back while the others run.
-                result.map(|report| (report, began.elapsed()))
+                (result.map(|report| (report, began.elapsed())), hang_up)
             });
         }
         match running.join_next().await {
-            Some(joined) => match joined.context("a device task panicked")? {
-                Ok(done) => reports.push(done),
-                Err(e) => failures.push(e),
-            },
+            Some(joined) => {
+                let (result, hang_up) = joined.context("a device task panicked")?;
+                match result {
+                    Ok(done) => reports.push(done),
+                    Err(e) => failures.push(e),
+                }
+                if let Some(hang_up) = hang_up {
+                    hanging_up.spawn(async move {
+                        let began = Instant::now();
+                        hang_up.wait().await;
+                        began.elapsed()
+                    });
+                }
+            }
             None => break,
         }
     }
-    Ok(Outcome { wall: started.elapsed(), reports, failures })
+    let wall = started.elapsed();
+    let mut hang_ups = Vec::with_capacity(reports.len());
+    while let Some(joined) = hanging_up.join_next().await {
+        hang_ups.push(joined.context("a hang-up task panicked")?);
+    }
+    Ok(Outcome { wall, reports, failures, hang_ups, hang_up_tail: started.elapsed() - wall })
 }
 
 /// The value at quantile `q` (nearest rank) of sorted `values`.
@@ -327,10 +364,12 @@ struct ServerFigures {
     held: i64,
     /// CPU seconds (user + system) it used during the uploads.
     cpu_s: f64,
+    /// UDP receive-buffer drops on the host during the uploads, if /proc says.
+    udp_drops: Option<u64>,
 }
 
 fn report(settings: &Settings, total_changes: u64, outcome: &Outcome, server: &ServerFigures, client_cpu_s: f64) {
-    let ServerFigures { peak_mb, rss_mb, log_lines, held, cpu_s } = *server;
+    let ServerFigures { peak_mb, rss_mb, log_lines, held, cpu_s, .. } = *server;
     let sent: u64 = outcome.reports.iter().map(|(r, _)| r.stats.sent).sum();
     let refused: usize = outcome.reports.iter().map(|(r, _)| r.refused.len()).sum();
     let bytes_out: u64 = outcome.reports.iter().map(|(r, _)| r.stats.bytes_out).sum();
@@ -340,6 +379,8 @@ fn report(settings: &Settings, total_changes: u64, outcome: &Outcome, server: &S
     latency.sort();
     let mut call: Vec<Duration> = outcome.reports.iter().map(|(_, d)| *d).collect();
     call.sort();
+    let mut hang_ups = outcome.hang_ups.clone();
+    hang_ups.sort();
     let wall = outcome.wall.as_secs_f64();
     let rate = sent as f64 / wall;
     let per_edit = if sent == 0 { f64::NAN } else { (bytes_out + bytes_in) as f64 / sent as f64 };
@@ -378,10 +419,20 @@ fn report(settings: &Settings, total_changes: u64, outcome: &Outcome, server: &S
         ms(quantile(&latency, 1.0))
     );
     println!(
-        "per-device call time (with hang-up): p50 {:.1} ms, p99 {:.1} ms",
+        "per-device session time (task start to last ack, queueing for the dial included): p50 {:.1} ms, p99 {:.1} ms",
         ms(quantile(&call, 0.50)),
         ms(quantile(&call, 0.99))
     );
+    println!(
+        "per-device hang-up after the session (not holding a slot): p50 {:.1} ms, p99 {:.1} ms; the last one ended \
+         {:.2} s after the last ack",
+        ms(quantile(&hang_ups, 0.50)),
+        ms(quantile(&hang_ups, 0.99)),
+        outcome.hang_up_tail.as_secs_f64()
+    );
+    if let Some(drops) = server.udp_drops {
+        println!("udp datagrams dropped for full receive buffers during the run (whole host): {drops}");
+    }
     println!(
         "session bytes: {bytes_out} out + {bytes_in} in = {per_edit:.0} B per edit ({:.0} B up, {:.0} B down, the \
          pulled changes included; sync frames only: QUIC/TLS handshakes and packet headers not counted)",
@@ -512,6 +563,16 @@ fn cpu_seconds(pid: impl std::fmt::Display) -> f64 {
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
     ticks / clock_ticks_per_second()
+}
+
+/// The host's count of UDP datagrams dropped because a socket's receive buffer was full
+/// (`Udp: RcvbufErrors` in /proc/net/snmp).
+fn udp_receive_buffer_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// `getconf CLK_TCK` (100 on every Linux this runs on, but asked rather than assumed).

@@ -263,12 +263,23 @@ impl Dialed {
     }
 
     /// Runs one session with the server until both sides are caught up, then hangs up.
-    pub async fn sync(self, ledger: &mut Ledger, mut progress: impl FnMut(&Progress)) -> Result<SyncReport, SyncError> {
+    pub async fn sync(self, ledger: &mut Ledger, progress: impl FnMut(&Progress)) -> Result<SyncReport, SyncError> {
+        let (result, hang_up) = self.sync_then_hang_up(ledger, progress).await;
+        hang_up.wait().await;
+        result
+    }
+
+    /// [`Dialed::sync`], returning as soon as the session is over, with the hang-up still to
+    /// wait for. The load generator uses it: a device's hang-up costs the server nothing, so
+    /// the next device need not wait for it.
+    pub async fn sync_then_hang_up(
+        self,
+        ledger: &mut Ledger,
+        mut progress: impl FnMut(&Progress),
+    ) -> (Result<SyncReport, SyncError>, HangUp) {
         let result = self.run(ledger, &mut progress).await;
         CloseCode::Done.close(&self.connection);
-        // Let the server see the close, so it does not wait for an idle timeout.
-        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.endpoint.wait_idle()).await;
-        result
+        (result, HangUp { endpoint: self.endpoint })
     }
 
     async fn run(&self, ledger: &mut Ledger, progress: &mut impl FnMut(&Progress)) -> Result<SyncReport, SyncError> {
@@ -354,6 +365,20 @@ impl Dialed {
             refused,
             elapsed: self.started.elapsed(),
         })
+    }
+}
+
+/// A closed connection whose close the server has yet to see.
+#[derive(Debug)]
+pub struct HangUp {
+    endpoint: ClientEndpoint,
+}
+
+impl HangUp {
+    /// Waits (at most a few seconds) until the close reached the server, so that it does not
+    /// keep the connection until an idle timeout.
+    pub async fn wait(self) {
+        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.endpoint.wait_idle()).await;
     }
 }
 

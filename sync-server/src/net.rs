@@ -54,6 +54,12 @@ pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
 /// RTT assumed before the first measurement. 2G/EDGE round trips are 300-1000 ms; quinn's
 /// default of 333 ms would retransmit the first handshake flight needlessly on such a link.
 pub const INITIAL_RTT: Duration = Duration::from_millis(600);
+/// Receive and send buffer asked for on a server's UDP socket. Linux gives 208 KiB by default:
+/// a few hundred devices dialing at once (a Monday morning, or the end of an outage) overflow
+/// it, and a dropped first handshake packet costs that device a one-second retransmission
+/// timer. 4 MiB holds about 1,800 datagrams. The kernel caps it at `net.core.rmem_max` /
+/// `wmem_max`; a smaller buffer is logged at start-up (OPERATIONS.md says how to raise it).
+pub const SERVER_UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// TLS sessions a server remembers for resumption (and 0-RTT), about 1 KiB each. A client
 /// stores two tickets per server, so this covers a few thousand devices.
 pub const SERVER_SESSION_CACHE_ENTRIES: usize = 8192;
@@ -326,9 +332,35 @@ pub fn server_endpoint(
     let quic = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport(net)?));
+    let socket = server_socket(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     let endpoint =
-        quinn::Endpoint::server(config, bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     Ok(ServerEndpoint { endpoint, revocations })
+}
+
+/// A UDP socket bound on `bind` with [`SERVER_UDP_BUFFER_BYTES`] asked for each way.
+fn server_socket(bind: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        // Like std's bind: a v6 wildcard also takes v4 where the system allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Asking for more than the kernel allows is not an error: it grants what it can.
+    let _ = socket.set_recv_buffer_size(SERVER_UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SERVER_UDP_BUFFER_BYTES);
+    socket.bind(&bind.into())?;
+    // Linux reports twice the size granted (half is its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < SERVER_UDP_BUFFER_BYTES / 2 {
+        tracing::warn!(
+            granted,
+            wanted = SERVER_UDP_BUFFER_BYTES,
+            "small udp receive buffer: bursts of devices dialing at once will lose packets; raise net.core.rmem_max"
+        );
+    }
+    Ok(socket.into())
 }
 
 impl ServerEndpoint {

@@ -11,9 +11,11 @@
 //! worked is handled in one transaction with one fsync, and the frames it produced (the acks)
 //! go out only after that commit (see [`Actor::run`], ADR 7).
 //!
-//! After any session commits changes that grow the local log, every *other* session is told
-//! ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to the
-//! other devices connected at that moment; the upstream dialer is woken too.
+//! When a group's commands grew the local log, every session is told once at the end of the
+//! group ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to
+//! the other devices connected at that moment; the upstream dialer is woken too. Once per group,
+//! not once per push: with N devices connected, telling everyone after each push made every
+//! push cost N log reads.
 //!
 //! The outgoing channels are unbounded: what a session queues is bounded by the protocol itself
 //! (at most [`fq_core::sync::session::SessionConfig::max_in_flight`] unacknowledged pushes of
@@ -166,6 +168,8 @@ struct Actor {
     grouped: bool,
     /// Frames (acks among them) held back until the group commits, in order.
     held: Vec<(mpsc::UnboundedSender<Outgoing>, Outgoing)>,
+    /// Whether the log grew since sessions were last told: see [`Actor::spread`].
+    grew: bool,
 }
 
 impl Actor {
@@ -179,6 +183,7 @@ impl Actor {
             clock: SystemClock,
             grouped: false,
             held: Vec::new(),
+            grew: false,
         }
     }
 
@@ -218,6 +223,7 @@ impl Actor {
                 }
             }
             self.check_timeouts();
+            self.spread();
             self.end_group();
             if let Some(done) = stop {
                 self.shutdown();
@@ -341,15 +347,20 @@ impl Actor {
         self.flush(id);
         let after = self.ledger.log_head().ok();
         if after > before {
-            self.spread(id);
+            self.grew = true;
         }
     }
 
-    /// The log grew through session `origin`: every other session pushes on.
-    fn spread(&mut self, origin: SessionId) {
+    /// If the log grew during this group, every session pushes on what its peer lacks (the
+    /// sessions that brought the changes find nothing of theirs to send back: a change is never
+    /// sent to the peer it came from).
+    fn spread(&mut self) {
+        if !std::mem::take(&mut self.grew) {
+            return;
+        }
         let now = self.clock.now();
-        let others: Vec<SessionId> = self.sessions.keys().copied().filter(|k| *k != origin).collect();
-        for id in others {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
             if let Some(live) = self.sessions.get_mut(&id)
                 && let Err(e) = live.session.notify_local_changes(&mut self.ledger, now)
             {
