@@ -330,7 +330,7 @@ impl CertificateAuthority {
             .map_err(|e| InitError::Open(Box::new(OpenError::Key(e.to_string()))))?;
         let empty = RevocationList::sign(county.clone(), 0, now, BTreeSet::new(), &signing_key);
         let list_path = dir.join(REVOCATIONS_FILE);
-        save_revocations(&list_path, &empty).map_err(|e| match e {
+        empty.save(&list_path).map_err(|e| match e {
             RevocationError::Io { source, .. } => InitError::Io { path: list_path.clone(), source },
             other => InitError::Open(Box::new(OpenError::Revocations(other))),
         })?;
@@ -492,7 +492,7 @@ impl CertificateAuthority {
         let mut all = current.serials().clone();
         all.extend(newly_revoked.iter().cloned());
         let list = RevocationList::sign(self.county().clone(), current.version() + 1, now, all, &self.signing_key);
-        save_revocations(&self.dir.join(REVOCATIONS_FILE), &list).map_err(RevokeError::Save)?;
+        list.save(&self.dir.join(REVOCATIONS_FILE)).map_err(RevokeError::Save)?;
         Ok(Revocation { newly_revoked, list })
     }
 
@@ -517,23 +517,15 @@ fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn save_revocations(path: &Path, list: &RevocationList) -> Result<(), RevocationError> {
-    let bytes = list.to_json()?;
-    replace_file(path, &bytes, 0o644).map_err(|source| RevocationError::Io {
-        op: "written",
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Writes a file holding a secret (a key, a bundle): mode 0600, replaced atomically.
 pub(crate) fn write_secret_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace_file(path, bytes, 0o600)
 }
 
-/// Writes `bytes` to a temporary file beside `path` with `mode`, syncs it, and renames it over
-/// `path`: readers see the old file or the new one, never a torn one.
-fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// Writes `bytes` to a temporary file beside `path` with `mode`, syncs it, renames it over
+/// `path` and syncs the directory: readers see the old file or the new one, never a torn one,
+/// and after a power cut the new one is there if this returned.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
@@ -546,7 +538,23 @@ fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     write_new_file(&tmp, bytes, mode)?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path)?;
+    sync_parent_dir(path)
+}
+
+/// Makes a rename in `path`'s directory durable (the rename is an entry of the directory).
+#[cfg(unix)]
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_parent_dir(_: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// Creates `path` (failing if it exists) with `mode`, writes `bytes` and syncs.

@@ -1,7 +1,8 @@
 //! What a server runs with: the command line's settings, and the optional `--config` file's.
 //!
 //! The file is small on purpose: how often a township re-dials the county, and where the
-//! county CA's revocation list lives (re-read while the server runs). It may be TOML or JSON
+//! county CA's revocation list lives (re-read while the server runs; the county names the CA's
+//! file, townships normally none, since the county sends them its list over sync). It may be TOML or JSON
 //! (`.json` files are read as JSON, anything else as TOML); unknown keys are refused so a typo
 //! never silently falls back to a default.
 //!
@@ -118,8 +119,9 @@ impl ServerConfig {
 pub struct FileConfig {
     /// Longest wait between dials of the county while the link is down (1 s to 1 day).
     pub sync_interval_secs: Option<u64>,
-    /// The county CA's `revocations.json` (or a copy kept current by the operator). A relative
-    /// path is taken from the config file's directory.
+    /// The county CA's `revocations.json` (or a copy kept current by the operator; townships
+    /// get the county's list over sync without one). A relative path is taken from the config
+    /// file's directory.
     pub revocations_file: Option<PathBuf>,
     /// How often the revocation file is checked (1 s to 1 day). SIGHUP checks at once.
     pub revocation_poll_secs: Option<u64>,

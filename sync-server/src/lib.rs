@@ -16,13 +16,15 @@
 //!   (TOML or JSON: sync interval, the revocation list file to follow).
 //! - [`server`]: `fq-server run`: [`server::bind`] opens the replica and the endpoint,
 //!   [`server::Server::run`] accepts connections until its shutdown future completes, then shuts
-//!   down gracefully. Also follows the revocation list file while running.
+//!   down gracefully. Also follows the revocation list file while running, sends the list in
+//!   force to child servers on a unidirectional stream, and keeps the newest list it installed
+//!   in its data directory ([`server::SAVED_REVOCATIONS_FILE`]).
 //! - `replica` (private): the one thread that owns the server's [`fq_core::ledger::Ledger`] and
 //!   every [`fq_core::sync::session::Session`]; connection tasks send it bytes, it sends back
 //!   frames, and it tells every other session when one commits new changes.
 //! - `link` (private): one session's QUIC stream, between the network and the replica thread.
 //! - `upstream` (private): a township's link to the county: dial, keep the session open,
-//!   re-dial with backoff.
+//!   re-dial with backoff; beside the session, take the revocation lists the county sends.
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
 //!   [`client::Dialed::sync`] runs one session to the end; [`client::sync_once`] does both.
 //!   `fq sync` is a thin shell over it.
@@ -56,7 +58,8 @@
 //! - Every accepted connection, including resumed TLS sessions and 0-RTT, has been checked
 //!   against the current revocation list before the server reads a byte from it.
 //! - A revocation list is trusted only if the county CA signed it, and a list never replaces a
-//!   newer one.
+//!   newer one, whoever sent it (a file, the county server, a saved copy). Nothing a parent
+//!   sends on a revocation stream can end a sync session.
 //! - The CA records a certificate in its ledger before handing it out, so every certificate in
 //!   the field can be revoked by id.
 //! - A bundle that loads carries a grant signed by its CA for exactly its certificate's key,

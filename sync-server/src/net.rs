@@ -49,7 +49,10 @@ pub const SEND_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
 /// Bidirectional streams a peer may have open at once. A child runs one sync session at a time
 /// (one stream each) plus a retry after its watchdog fires; 4 leaves room and bounds state.
 pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 4;
-/// Unidirectional streams a peer may open: none, the protocol does not use them.
+/// Unidirectional streams a peer may open by default: none. The one use of them, a county
+/// sending its revocation list down to a township (PROTOCOL.md, "Revocation lists"), is
+/// allowed by the township on the connection it dials (`Connection::set_max_concurrent_uni_streams`),
+/// so a device's endpoint and every server's accepting side still take none.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
 /// RTT assumed before the first measurement. 2G/EDGE round trips are 300-1000 ms; quinn's
 /// default of 333 ms would retransmit the first handshake flight needlessly on such a link.

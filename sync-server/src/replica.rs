@@ -83,6 +83,9 @@ pub(crate) enum Command {
         /// Answered once every session was closed and the ledger dropped.
         done: oneshot::Sender<()>,
     },
+    /// Tests only: the actor panics, as a bug would make it.
+    #[cfg(test)]
+    Panic,
 }
 
 /// What the actor sends a session's writer.
@@ -131,6 +134,13 @@ impl ReplicaHandle {
     /// A sender for connection tasks.
     pub(crate) fn sender(&self) -> mpsc::Sender<Command> {
         self.tx.clone()
+    }
+
+    /// Resolves when the actor has stopped taking commands: after [`ReplicaHandle::shutdown`],
+    /// or at any time if it died (a panic). The server treats the second as fatal, since
+    /// nothing can be synced without it.
+    pub(crate) async fn stopped(&self) {
+        self.tx.closed().await;
     }
 
     /// Closes every session with "shutting down", waits until that is done and the ledger is
@@ -292,6 +302,8 @@ impl Actor {
                 }
             }
             Command::Shutdown { .. } => {}
+            #[cfg(test)]
+            Command::Panic => panic!("the replica thread panics (test)"),
         }
     }
 
@@ -502,4 +514,63 @@ fn log_end(id: SessionId, live: &Live, reason: &str, caught_up: bool) {
         bytes_in,
         "session ended"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::SystemTime;
+
+    use fq_core::case::Role;
+    use fq_core::ledger::{InitOptions, LedgerOptions};
+
+    use super::*;
+    use crate::ca::{CertificateAuthority, GrantRole};
+
+    fn township_replica(dir: &std::path::Path) -> ReplicaHandle {
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::init(&dir.join("ca"), &"532924".parse().unwrap(), now).unwrap();
+        let bundle = ca
+            .issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &"532924101".parse().unwrap(), now)
+            .unwrap();
+        let init = InitOptions {
+            tier: Tier::Township,
+            name: "tw-101".into(),
+            role: Role::TownshipOfficer,
+            scope: bundle.scope().clone(),
+            grid: None,
+        };
+        let ledger =
+            Ledger::init(&dir.join("replica.db"), init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
+        let own = OwnCredentials {
+            ca: bundle.ca_verifying_key(),
+            grant: bundle.grant().clone(),
+            key: bundle.signing_key().clone(),
+        };
+        ReplicaHandle::spawn(ledger, own, SessionConfig::default(), Arc::new(Notify::new())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replica_thread_that_dies_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = township_replica(dir.path());
+        // Alive: `stopped` does not resolve.
+        let alive = tokio::time::timeout(Duration::from_millis(200), replica.stopped()).await;
+        assert!(alive.is_err(), "a live replica thread reported stopped");
+        replica.sender().send(Command::Panic).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), replica.stopped())
+            .await
+            .expect("a panicked replica thread was not noticed");
+        // Shutting down a dead replica still returns.
+        tokio::time::timeout(Duration::from_secs(10), replica.shutdown()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replica_thread_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = township_replica(dir.path());
+        let sender = replica.sender();
+        tokio::time::timeout(Duration::from_secs(10), replica.shutdown()).await.unwrap();
+        assert!(sender.is_closed(), "the replica thread still takes commands after shutdown");
+    }
 }

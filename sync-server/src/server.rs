@@ -10,6 +10,14 @@
 //! bidirectional stream the client opens is one sync session (the private `link` module), run by the
 //! replica thread (the private `replica` module).
 //!
+//! Revocation lists: a server starts with the newest of its bundle's list, the copy saved in its
+//! data directory ([`SAVED_REVOCATIONS_FILE`]) and the config's `revocations_file`; while it runs
+//! it follows that file and, on a township, the lists its county sends down (the private
+//! `upstream` module). Every newer list, whatever its source, goes through one place: it is
+//! installed, the connections it revokes are closed, it is saved to the data directory, and it
+//! is sent to every connected child server on a unidirectional stream (docs/PROTOCOL.md,
+//! "Revocation lists"). Devices are never sent lists.
+//!
 //! Shutdown: stop accepting; stop the upstream dialer; the replica thread finishes the command
 //! it is on (a batch being applied commits and its ack is queued), then closes every session
 //! with an `Error` frame "shutting down"; connections are given [`ServerConfig::shutdown_grace`]
@@ -18,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -29,16 +37,30 @@ use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
 use fq_core::sync::session::Side;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::ca::{Bundle, BundleError, GrantRole, PeerIdentity, RevocationError, RevocationHandle, RevocationList};
+use crate::ca::{
+    Bundle, BundleError, GrantRole, PeerIdentity, RevocationError, RevocationHandle, RevocationList, RevocationUpdate,
+    SubjectId,
+};
 use crate::config::ServerConfig;
-use crate::net::{CloseCode, Connection, EndpointError, Handshake, ServerEndpoint, server_endpoint};
+use crate::net::{
+    CloseCode, Connection, ConnectionError, EndpointError, Handshake, ServerEndpoint, VarInt, WriteError,
+    server_endpoint,
+};
 use crate::replica::{Command, OwnCredentials, ReplicaHandle};
 use crate::{link, upstream};
 
 /// The replica's file name inside the data directory.
 pub const LEDGER_FILE: &str = "ledger.db";
+/// The file, inside the data directory, holding the newest revocation list the server has
+/// installed (from any source), so that a restart never forgets a revocation.
+pub const SAVED_REVOCATIONS_FILE: &str = "revocations.json";
+/// How long sending the revocation list to a child server may take, from opening the stream to
+/// the child's acknowledgement of the last byte. A real list is a few kilobytes; a child that
+/// does not take it in this time (an older build that grants no unidirectional stream) is
+/// sent the next list when there is one.
+pub const REVOCATION_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +148,10 @@ pub enum ServeError {
     /// The replica thread could not be started.
     #[error("cannot start the replica thread")]
     Thread(#[source] std::io::Error),
+    /// The replica thread died while serving (a bug): what was acknowledged is on disk, the
+    /// rest the peers send again once the server is restarted.
+    #[error("the replica thread stopped unexpectedly (see the log above); restart the server, peers will resend")]
+    ReplicaDied,
 }
 
 impl ServeError {
@@ -171,14 +197,7 @@ pub fn bind(config: ServerConfig) -> Result<Server, ServeError> {
         return Err(ServeError::UpstreamOnCounty);
     }
     let ledger = open_replica(&config, &bundle)?;
-    let revocations = RevocationHandle::new(bundle.ca().clone(), bundle.revocations().clone())
-        .map_err(ServeError::BundleRevocations)?;
-    if let Some(path) = &config.revocations_file {
-        let list = RevocationList::load(path)
-            .and_then(|list| revocations.update(list))
-            .map_err(|source| ServeError::Revocations { path: path.clone(), source })?;
-        debug!(?list, "revocation list read");
-    }
+    let revocations = initial_revocations(&config, &bundle)?;
     let endpoint = server_endpoint(config.listen, &bundle, revocations.clone(), &config.net)
         .map_err(|source| ServeError::Endpoint { addr: config.listen, source })?;
     let local_addr = endpoint
@@ -194,6 +213,51 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
 
 fn bind_error(addr: SocketAddr, source: std::io::Error) -> EndpointError {
     EndpointError::Bind { addr, source }
+}
+
+/// The revocation list to start with: the newest of the bundle's, the saved copy in the data
+/// directory and the config's `revocations_file` (the version rule of
+/// [`RevocationHandle::update`], so an older file never un-revokes what a newer one revoked).
+/// A bad `revocations_file` stops the start (the operator named it); a bad saved copy does not.
+fn initial_revocations(config: &ServerConfig, bundle: &Bundle) -> Result<RevocationHandle, ServeError> {
+    let handle = RevocationHandle::new(bundle.ca().clone(), bundle.revocations().clone())
+        .map_err(ServeError::BundleRevocations)?;
+    load_saved_revocations(&config.data_dir.join(SAVED_REVOCATIONS_FILE), &handle);
+    if let Some(path) = &config.revocations_file {
+        let update = RevocationList::load(path)
+            .and_then(|list| handle.update(list))
+            .map_err(|source| ServeError::Revocations { path: path.clone(), source })?;
+        debug!(?update, path = %path.display(), "revocation list read");
+    }
+    Ok(handle)
+}
+
+/// Offers the list saved in the data directory, if there is one. A file that cannot be read,
+/// is not a list, or is not signed by the county CA is reported and left alone: the server
+/// starts with the other lists, and the next list it installs replaces the file.
+fn load_saved_revocations(path: &Path, handle: &RevocationHandle) {
+    if !path.exists() {
+        return;
+    }
+    match RevocationList::load(path).and_then(|list| handle.update(list)) {
+        Ok(update) => info!(path = %path.display(), ?update, "saved revocation list read"),
+        Err(e) => warn!(
+            path = %path.display(),
+            error = %error_chain(&e),
+            "saved revocation list unusable; ignoring it and starting with the bundle's and the config's lists"
+        ),
+    }
+}
+
+/// Where newer revocation lists are saved: [`SAVED_REVOCATIONS_FILE`] in the data directory,
+/// unless that is the very file the config follows (a county whose data directory is the CA
+/// directory): the CA writes that file, and the server must never overwrite it.
+fn saved_revocations_path(config: &ServerConfig) -> Option<PathBuf> {
+    let saved = config.data_dir.join(SAVED_REVOCATIONS_FILE);
+    let followed = config.revocations_file.as_deref().and_then(|p| p.canonicalize().ok());
+    let same =
+        followed.is_some() && config.data_dir.canonicalize().ok().map(|d| d.join(SAVED_REVOCATIONS_FILE)) == followed;
+    (!same).then_some(saved)
 }
 
 /// Opens the replica, or creates it on first run from the bundle's identity.
@@ -266,13 +330,129 @@ impl Connections {
     }
 }
 
+/// Where a newer revocation list came from, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListSource {
+    /// The config's `revocations_file`.
+    File,
+    /// The parent server, over the sync connection.
+    Upstream,
+}
+
+impl ListSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "revocations_file",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// The one place a running server installs revocation lists, from whichever source: the
+/// version rule ([`RevocationHandle::update`]), closing the connections a new list revokes,
+/// telling the tasks that send lists to child servers, and saving the list to the data
+/// directory.
+#[derive(Debug)]
+pub(crate) struct Revocations {
+    handle: RevocationHandle,
+    saved: Option<PathBuf>,
+    connections: Arc<Connections>,
+    in_force: watch::Sender<Arc<RevocationList>>,
+    // The version last written to `saved`. std Mutex: held only inside a blocking task, so that
+    // two saves never interleave and the file always ends with the newest list.
+    saved_version: Mutex<Option<u64>>,
+}
+
+impl Revocations {
+    /// Follows `handle`; saves newer lists to `saved` (if any); closes revoked `connections`.
+    pub(crate) fn new(handle: RevocationHandle, saved: Option<PathBuf>, connections: Arc<Connections>) -> Self {
+        let (in_force, _) = watch::channel(handle.current());
+        Self { handle, saved, connections, in_force, saved_version: Mutex::new(None) }
+    }
+
+    /// The list in force.
+    pub(crate) fn current(&self) -> Arc<RevocationList> {
+        self.handle.current()
+    }
+
+    /// The list in force now and every newer one, as it is installed.
+    fn subscribe(&self) -> watch::Receiver<Arc<RevocationList>> {
+        self.in_force.subscribe()
+    }
+
+    /// Offers `list`: installed only if the county CA signed it and it is newer than the list in
+    /// force. A newer list closes every open connection it revokes, is handed to the child
+    /// servers' senders, and is saved; an older or equal one changes nothing; a forged one is
+    /// an error (the caller logs it).
+    pub(crate) async fn offer(
+        self: &Arc<Self>,
+        list: RevocationList,
+        source: ListSource,
+    ) -> Result<RevocationUpdate, RevocationError> {
+        let update = self.handle.update(list)?;
+        let RevocationUpdate::Installed { previous, version } = update else {
+            debug!(source = source.as_str(), ?update, "revocation list is not newer; ignored");
+            return Ok(update);
+        };
+        let current = self.handle.current();
+        info!(
+            previous,
+            version,
+            revoked = current.serials().len(),
+            source = source.as_str(),
+            "revocation list installed"
+        );
+        for id in self.connections.close_revoked(&current) {
+            warn!(peer = %id, "connection closed: certificate revoked");
+        }
+        // Two offers may overtake each other between `update` and here: never go back.
+        self.in_force.send_if_modified(|held| {
+            let newer = current.version() > held.version();
+            if newer {
+                *held = Arc::clone(&current);
+            }
+            newer
+        });
+        self.save().await;
+        Ok(update)
+    }
+
+    /// Saves the list in force (not the one just offered: another may have overtaken it) to the
+    /// data directory, off the async threads. A failure is logged; the list stays in force.
+    async fn save(self: &Arc<Self>) {
+        let Some(path) = self.saved.clone() else { return };
+        let this = Arc::clone(self);
+        let saved = tokio::task::spawn_blocking(move || this.save_blocking(&path)).await;
+        match saved {
+            Ok(Ok(Some(version))) => debug!(version, "revocation list saved"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %error_chain(&e), "cannot save the revocation list; it is in force until a restart")
+            }
+            Err(e) => warn!(error = %e, "cannot save the revocation list; it is in force until a restart"),
+        }
+    }
+
+    fn save_blocking(&self, path: &Path) -> Result<Option<u64>, RevocationError> {
+        let mut saved = self.saved_version.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = self.handle.current();
+        if saved.is_some_and(|v| v >= list.version()) {
+            return Ok(None);
+        }
+        list.save(path)?;
+        *saved = Some(list.version());
+        Ok(Some(list.version()))
+    }
+}
+
 /// What every connection task shares.
 #[derive(Debug)]
 struct Shared {
     own: PeerIdentity,
     tier: Tier,
     replica: tokio::sync::mpsc::Sender<Command>,
-    connections: Connections,
+    connections: Arc<Connections>,
+    revocations: Arc<Revocations>,
     next_id: AtomicU64,
     grace: Duration,
 }
@@ -301,11 +481,15 @@ impl Server {
         };
         let replica =
             ReplicaHandle::spawn(ledger, own, config.session.clone(), Arc::clone(&wake)).map_err(ServeError::Thread)?;
+        let connections = Arc::new(Connections::default());
+        let revocations =
+            Arc::new(Revocations::new(revocations, saved_revocations_path(&config), Arc::clone(&connections)));
         let shared = Arc::new(Shared {
             own: bundle.identity().clone(),
             tier: config.tier,
             replica: replica.sender(),
-            connections: Connections::default(),
+            connections,
+            revocations: Arc::clone(&revocations),
             next_id: AtomicU64::new(1),
             grace: config.shutdown_grace,
         });
@@ -327,6 +511,7 @@ impl Server {
                 connect_timeout: config.connect_timeout,
                 max_wait: config.sync_interval,
                 replica: replica.sender(),
+                revocations: Arc::clone(&revocations),
                 wake: Arc::clone(&wake),
                 next_id: {
                     let shared = Arc::clone(&shared);
@@ -339,15 +524,20 @@ impl Server {
             config.revocations_file.clone(),
             config.revocation_poll,
             revocations,
-            Arc::clone(&shared),
             stop.clone(),
         ));
 
         let mut connections = JoinSet::new();
+        let mut replica_died = false;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                () = replica.stopped() => {
+                    error!("the replica thread stopped unexpectedly; nothing can be synced, so the server stops");
+                    replica_died = true;
+                    break;
+                }
                 handshake = endpoint.accept() => match handshake {
                     Some(handshake) => {
                         connections.spawn(connection(handshake, Arc::clone(&shared), stop.clone()));
@@ -378,6 +568,9 @@ impl Server {
         }
         connections.abort_all();
         background.abort_all();
+        if replica_died {
+            return Err(ServeError::ReplicaDied);
+        }
         info!("shutdown complete");
         Ok(())
     }
@@ -416,6 +609,11 @@ async fn connection(handshake: Handshake, shared: Arc<Shared>, mut stop: watch::
     let conn_id = shared.next_id();
     info!(%remote, peer = %peer.id, role = %peer.role, scope = %peer.scope, "connection accepted");
     shared.connections.insert(conn_id, peer.clone(), conn.clone());
+    // Only servers take lists: a device never checks anyone's certificate but its server's.
+    let sender = peer
+        .role
+        .is_server()
+        .then(|| tokio::spawn(send_revocations(conn.clone(), shared.revocations.subscribe(), peer.id.clone())));
     let mut streams = JoinSet::new();
     let ended = loop {
         tokio::select! {
@@ -440,20 +638,97 @@ async fn connection(handshake: Handshake, shared: Arc<Shared>, mut stop: watch::
         while streams.join_next().await.is_some() {}
     }
     shared.connections.remove(conn_id);
+    if let Some(sender) = sender {
+        sender.abort();
+    }
     if *stop.borrow() {
         CloseCode::ShuttingDown.close(&conn);
     }
     info!(%remote, peer = %peer.id, reason = %ended, "connection closed");
 }
 
+/// Sends the list in force to a child server on a new unidirectional stream, at once and again
+/// each time a newer list is installed, until the connection ends. A list the child does not
+/// take in time is logged and not retried: the next list, or the next connection, sends it.
+async fn send_revocations(conn: Connection, mut in_force: watch::Receiver<Arc<RevocationList>>, peer: SubjectId) {
+    loop {
+        let list = Arc::clone(&in_force.borrow_and_update());
+        let version = list.version();
+        match send_list(&conn, &list, REVOCATION_SEND_TIMEOUT).await {
+            Ok(()) => debug!(%peer, version, "revocation list sent"),
+            Err(SendListError::Open(_)) => return,
+            Err(SendListError::TimedOut) => {
+                warn!(%peer, version, after = ?REVOCATION_SEND_TIMEOUT, "revocation list not taken in time")
+            }
+            Err(e) => warn!(%peer, version, error = %error_chain(&e), "revocation list not sent"),
+        }
+        tokio::select! {
+            changed = in_force.changed() => if changed.is_err() { return },
+            _ = conn.closed() => return,
+        }
+    }
+}
+
+/// Why a revocation list did not reach a child server.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendListError {
+    /// The list could not be encoded within the size limit.
+    #[error("cannot encode the list")]
+    Encode(#[source] RevocationError),
+    /// No stream could be opened: the connection is gone.
+    #[error("cannot open a stream")]
+    Open(#[source] ConnectionError),
+    /// Writing failed (the connection broke, or the child stopped the stream).
+    #[error("cannot write the list")]
+    Write(#[source] WriteError),
+    /// The child stopped the stream before reading it all (it refused the list).
+    #[error("the child stopped the stream with code {0}")]
+    Stopped(VarInt),
+    /// The stream was lost before the child acknowledged the last byte.
+    #[error("the stream was lost: {0}")]
+    Lost(String),
+    /// The child granted no stream, or did not take the list, in time.
+    #[error("not taken in time")]
+    TimedOut,
+}
+
+/// Application code of a stream reset because the list was not taken in time.
+const LIST_ABANDONED: u32 = 1;
+
+/// One list on one stream: its compact JSON, then the end of the stream; returns once the child
+/// has acknowledged every byte, or after `limit`. A list abandoned half way is reset, never
+/// finished, so the child can never read a truncated one as whole.
+pub(crate) async fn send_list(conn: &Connection, list: &RevocationList, limit: Duration) -> Result<(), SendListError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let bytes = list.to_compact_json().map_err(SendListError::Encode)?;
+    let mut send = tokio::time::timeout_at(deadline, conn.open_uni())
+        .await
+        .map_err(|_| SendListError::TimedOut)?
+        .map_err(SendListError::Open)?;
+    let sent = tokio::time::timeout_at(deadline, async {
+        send.write_all(&bytes).await.map_err(SendListError::Write)?;
+        // Cannot fail on a stream not yet finished or reset; `stopped` reports what went wrong.
+        let _ = send.finish();
+        match send.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(SendListError::Stopped(code)),
+            Err(e) => Err(SendListError::Lost(e.to_string())),
+        }
+    })
+    .await;
+    sent.unwrap_or_else(|_| {
+        let _ = send.reset(VarInt::from_u32(LIST_ABANDONED));
+        Err(SendListError::TimedOut)
+    })
+}
+
 /// Re-reads the revocation list file when it changes (checked every `poll`, and at once on
-/// SIGHUP); installs a newer list and closes the connections it revokes. Without a file, SIGHUP
-/// is only logged (so a reload never kills the server).
+/// SIGHUP) and offers it to `revocations`. Without a file, SIGHUP is only logged (so a reload
+/// never kills the server).
 async fn watch_revocations(
     path: Option<PathBuf>,
     poll: Duration,
-    handle: RevocationHandle,
-    shared: Arc<Shared>,
+    revocations: Arc<Revocations>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut seen = path.as_deref().and_then(stamp);
@@ -482,15 +757,8 @@ async fn watch_revocations(
                 continue;
             }
         };
-        match handle.update(list) {
-            Ok(crate::ca::RevocationUpdate::Installed { previous, version }) => {
-                info!(previous, version, revoked = handle.current().serials().len(), "revocation list installed");
-                for id in shared.connections.close_revoked(&handle.current()) {
-                    warn!(peer = %id, "connection closed: certificate revoked");
-                }
-            }
-            Ok(_) => debug!("revocation list unchanged"),
-            Err(e) => warn!(path = %path.display(), error = %error_chain(&e), "revocation list refused"),
+        if let Err(e) = revocations.offer(list, ListSource::File).await {
+            warn!(path = %path.display(), error = %error_chain(&e), "revocation list refused");
         }
     }
 }
@@ -547,7 +815,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::ca::{PeerIdentity, Serial, SubjectId};
+    use crate::ca::{CertificateAuthority, PeerIdentity, Serial, SubjectId};
 
     fn peer(role: GrantRole, scope: &str) -> PeerIdentity {
         PeerIdentity {
@@ -571,5 +839,137 @@ mod tests {
         assert!(admit(&county, Tier::County, &peer(GrantRole::TownshipServer, "532924101")).is_ok());
         assert!(admit(&county, Tier::County, &peer(GrantRole::CountyAdmin, "532924")).is_ok());
         assert!(admit(&county, Tier::County, &peer(GrantRole::CountyServer, "532924")).is_err());
+    }
+
+    /// A CA with a township bundle and two revoked devices: lists v0 (empty), v1, v2.
+    struct Lists {
+        _dir: tempfile::TempDir,
+        config: ServerConfig,
+        bundle: Bundle,
+        v: [RevocationList; 3],
+    }
+
+    fn lists() -> Lists {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::init(&dir.path().join("ca"), &"532924".parse().unwrap(), now).unwrap();
+        let bundle = ca
+            .issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &"532924101".parse().unwrap(), now)
+            .unwrap();
+        let v0 = ca.revocations().unwrap();
+        let revoke = |id: &str| {
+            ca.issue(&id.parse().unwrap(), GrantRole::Mediator, &"532924101201".parse().unwrap(), now).unwrap();
+            ca.revoke(&id.parse().unwrap(), now).unwrap().list
+        };
+        let v1 = revoke("d07");
+        let v2 = revoke("d08");
+        let data = dir.path().join("tw");
+        std::fs::create_dir_all(&data).unwrap();
+        let config =
+            ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), data, dir.path().join("tw.bundle.json"));
+        Lists { _dir: dir, config, bundle, v: [v0, v1, v2] }
+    }
+
+    impl Lists {
+        fn saved(&self) -> PathBuf {
+            self.config.data_dir.join(SAVED_REVOCATIONS_FILE)
+        }
+
+        fn follow(&mut self, list: &RevocationList) {
+            let path = self.config.data_dir.with_file_name("followed.json");
+            list.save(&path).unwrap();
+            self.config.revocations_file = Some(path);
+        }
+
+        fn start_version(&self) -> u64 {
+            initial_revocations(&self.config, &self.bundle).unwrap().current().version()
+        }
+    }
+
+    #[test]
+    fn initial_revocations_take_the_newest_of_bundle_saved_copy_and_file() {
+        let mut l = lists();
+        assert_eq!(l.start_version(), 0, "only the bundle's list");
+        l.v[2].clone().save(&l.saved()).unwrap();
+        assert_eq!(l.start_version(), 2, "the saved copy");
+        let v1 = l.v[1].clone();
+        l.follow(&v1);
+        assert_eq!(l.start_version(), 2, "an older revocations_file must not un-revoke");
+        l.v[1].clone().save(&l.saved()).unwrap();
+        let v2 = l.v[2].clone();
+        l.follow(&v2);
+        assert_eq!(l.start_version(), 2, "a newer revocations_file wins over the saved copy");
+    }
+
+    #[test]
+    fn initial_revocations_ignore_a_corrupt_or_forged_saved_copy() {
+        let mut l = lists();
+        let v1 = l.v[1].clone();
+        l.follow(&v1);
+        std::fs::write(l.saved(), b"{\"format\": 1, \"truncated").unwrap();
+        assert_eq!(l.start_version(), 1, "a torn saved copy: start with the file's list");
+        // A newer version that un-revokes everyone, with the old signature: not the CA's.
+        let mut forged: serde_json::Value = serde_json::from_slice(&l.v[2].to_json().unwrap()).unwrap();
+        forged["version"] = 7.into();
+        forged["serials"] = serde_json::json!([]);
+        std::fs::write(l.saved(), forged.to_string()).unwrap();
+        assert_eq!(l.start_version(), 1, "a forged saved copy is never used");
+        // Another CA's list for the same county.
+        let other = tempfile::tempdir().unwrap();
+        let other = CertificateAuthority::init(other.path(), &"532924".parse().unwrap(), SystemTime::now()).unwrap();
+        other.revocations().unwrap().save(&l.saved()).unwrap();
+        l.config.revocations_file = None;
+        assert_eq!(l.start_version(), 0);
+    }
+
+    #[test]
+    fn initial_revocations_refuse_an_unreadable_revocations_file() {
+        let mut l = lists();
+        let path = l.config.data_dir.with_file_name("followed.json");
+        std::fs::write(&path, b"not json").unwrap();
+        l.config.revocations_file = Some(path);
+        let err = initial_revocations(&l.config, &l.bundle).unwrap_err();
+        assert!(matches!(err, ServeError::Revocations { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn saved_revocations_path_is_never_the_file_the_config_follows() {
+        let mut l = lists();
+        assert_eq!(saved_revocations_path(&l.config), Some(l.saved()));
+        let v1 = l.v[1].clone();
+        l.follow(&v1);
+        assert_eq!(saved_revocations_path(&l.config), Some(l.saved()));
+        v1.save(&l.saved()).unwrap();
+        l.config.revocations_file = Some(l.config.data_dir.join(".").join(SAVED_REVOCATIONS_FILE));
+        assert_eq!(saved_revocations_path(&l.config), None);
+    }
+
+    #[tokio::test]
+    async fn offer_installs_saves_and_never_goes_back() {
+        let l = lists();
+        let handle = RevocationHandle::new(l.bundle.ca().clone(), l.v[0].clone()).unwrap();
+        let revocations = Arc::new(Revocations::new(handle, Some(l.saved()), Arc::default()));
+        let mut in_force = revocations.subscribe();
+        let saved = || RevocationList::load(&l.saved()).unwrap();
+
+        let update = revocations.offer(l.v[2].clone(), ListSource::Upstream).await.unwrap();
+        assert_eq!(update, RevocationUpdate::Installed { previous: 0, version: 2 });
+        assert_eq!(saved(), l.v[2]);
+        assert!(in_force.has_changed().unwrap());
+        assert_eq!(in_force.borrow_and_update().version(), 2);
+
+        let update = revocations.offer(l.v[1].clone(), ListSource::Upstream).await.unwrap();
+        assert_eq!(update, RevocationUpdate::Stale { offered: 1, current: 2 });
+        let mut forged: serde_json::Value = serde_json::from_slice(&l.v[2].to_json().unwrap()).unwrap();
+        forged["version"] = 3.into();
+        forged["serials"] = serde_json::json!([]);
+        let forged = RevocationList::from_json(forged.to_string().as_bytes()).unwrap();
+        assert!(matches!(
+            revocations.offer(forged, ListSource::Upstream).await,
+            Err(RevocationError::BadSignature { version: 3 })
+        ));
+        assert_eq!(revocations.current().version(), 2);
+        assert_eq!(saved(), l.v[2], "neither an older nor a forged list reaches the saved copy");
+        assert!(!in_force.has_changed().unwrap(), "nor the child servers");
     }
 }

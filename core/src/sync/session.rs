@@ -17,7 +17,9 @@
 //! 3. Pushes are bounded batches, at most [`SessionConfig::max_in_flight`]
 //!    unacknowledged. The receiver verifies, authorizes, applies and commits
 //!    each batch together with the new log position, then acks it. A resent
-//!    batch is a no-op: changes are keyed by hash.
+//!    batch is a no-op: changes are keyed by hash. Pushes start small and
+//!    follow the link: each ack says how fast the last push crossed, and the
+//!    next is sized to cross in a quarter of the ack watchdog (ADR 9).
 //! 4. A side with nothing more sends `Done`; when both have and nothing is in
 //!    flight the session reports [`Event::CaughtUp`]. It stays usable: call
 //!    [`Session::notify_local_changes`] when the log grows.
@@ -39,6 +41,17 @@ use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, RefuseReason, Tier};
 use crate::trust::{self, SignedGrant};
+
+/// The first push's size: at GPRS rates (2-5 KB/s under a weak signal) two
+/// such pushes cross in well under the 20 s ack watchdog.
+const FIRST_BATCH_BYTES: usize = 16 * 1024;
+/// The smallest push size the rate estimate may choose (a bigger change is
+/// still sent, alone).
+const MIN_BATCH_BYTES: usize = 4 * 1024;
+/// A GPRS link in a weak cell, for the watchdog's allowance.
+const SLOWEST_LINK_BYTES_PER_SEC: u32 = 1_000;
+/// A push is sized to cross the link in this fraction of the ack watchdog.
+const WATCHDOG_SHARE: i64 = 4;
 
 /// Cases per `Want` frame, so a frame stays under the limit whatever the heads.
 const WANT_CASES_PER_FRAME: usize = 256;
@@ -69,8 +82,15 @@ pub enum Side {
 pub struct SessionConfig {
     /// Most log rows read for one push.
     pub max_batch_rows: u32,
-    /// About this many change bytes per push (under the frame limit).
+    /// At most about this many change bytes per push (under the frame limit).
     pub max_batch_bytes: usize,
+    /// About this many change bytes in the first push, before anything is
+    /// known of the link. Later pushes follow the rate acks arrive at.
+    pub first_batch_bytes: usize,
+    /// The slowest link a push must cross: an unacknowledged push may take
+    /// [`SessionConfig::ack_timeout_ms`] plus its bytes (and those sent
+    /// before it) at this rate before the watchdog ends the session.
+    pub slowest_link_bytes_per_sec: u32,
     /// Most pushes awaiting an ack.
     pub max_in_flight: usize,
     /// An unacknowledged push older than this ends the session (the watchdog
@@ -85,6 +105,8 @@ impl Default for SessionConfig {
         Self {
             max_batch_rows: 512,
             max_batch_bytes: 512 * 1024,
+            first_batch_bytes: FIRST_BATCH_BYTES,
+            slowest_link_bytes_per_sec: SLOWEST_LINK_BYTES_PER_SEC,
             max_in_flight: 2,
             ack_timeout_ms: 20_000,
             hello_timeout_ms: 30_000,
@@ -217,6 +239,11 @@ struct InFlight {
     batch: u64,
     sent_at: Timestamp,
     changes: u32,
+    /// The push's frame length.
+    bytes: usize,
+    /// Bytes of this push and of the pushes still in flight before it: what
+    /// had to cross the link before its ack could come.
+    bytes_through: usize,
 }
 
 /// A sync session with one peer.
@@ -235,6 +262,8 @@ pub struct Session {
     next_seq: i64,
     in_flight: VecDeque<InFlight>,
     next_batch: u64,
+    /// Change bytes for the next push: follows the link's rate.
+    batch_bytes: usize,
     log_exhausted: bool,
     sent_done: bool,
     grants_sent: BTreeSet<[u8; 32]>,
@@ -274,6 +303,7 @@ impl Session {
         expected_peer: Option<crate::case::ReplicaId>,
         now: Timestamp,
     ) -> Result<Self, SessionError> {
+        let batch_bytes = cfg.first_batch_bytes.min(cfg.max_batch_bytes).max(1);
         let mut s = Self {
             side,
             cfg,
@@ -287,6 +317,7 @@ impl Session {
             next_seq: 0,
             in_flight: VecDeque::new(),
             next_batch: 1,
+            batch_bytes,
             log_exhausted: false,
             sent_done: false,
             grants_sent: BTreeSet::new(),
@@ -376,8 +407,29 @@ impl Session {
         match self.state {
             State::Closed => None,
             State::Hello => Some(Timestamp(self.started.0 + self.cfg.hello_timeout_ms)),
-            State::Streaming => self.in_flight.front().map(|f| Timestamp(f.sent_at.0 + self.cfg.ack_timeout_ms)),
+            State::Streaming => self.in_flight.front().map(|f| Timestamp(f.sent_at.0 + self.ack_allowance_ms(f))),
         }
+    }
+
+    /// How long a push may wait for its ack: the watchdog, plus the time its
+    /// bytes (and those ahead of it) take on the slowest link we serve.
+    fn ack_allowance_ms(&self, push: &InFlight) -> i64 {
+        let rate = u64::from(self.cfg.slowest_link_bytes_per_sec.max(1));
+        let crossing = u64::try_from(push.bytes_through).unwrap_or(u64::MAX).saturating_mul(1000) / rate;
+        self.cfg.ack_timeout_ms.saturating_add(i64::try_from(crossing).unwrap_or(i64::MAX))
+    }
+
+    /// Sizes the next push after `push` was acknowledged at `now`: so that it
+    /// crosses in a quarter of the watchdog at the rate this one did, growing
+    /// at most twofold per ack.
+    fn follow_rate(&mut self, push: &InFlight, now: Timestamp) {
+        let took_ms = now.0.saturating_sub(push.sent_at.0).max(1);
+        let budget_ms = (self.cfg.ack_timeout_ms / WATCHDOG_SHARE).max(1);
+        let through = i64::try_from(push.bytes_through).unwrap_or(i64::MAX);
+        let fits = through.saturating_mul(budget_ms) / took_ms;
+        let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+        let floor = MIN_BATCH_BYTES.min(self.cfg.max_batch_bytes);
+        self.batch_bytes = fits.min(self.batch_bytes.saturating_mul(2)).min(self.cfg.max_batch_bytes).max(floor);
     }
 
     /// Checks the watchdogs. An expired one ends the session.
@@ -385,8 +437,9 @@ impl Session {
         if let Some(at) = self.poll_timeout()
             && now >= at
         {
-            let ms = match self.state {
-                State::Hello => self.cfg.hello_timeout_ms,
+            let ms = match (self.state, self.in_flight.front()) {
+                (State::Streaming, Some(push)) => self.ack_allowance_ms(push),
+                (State::Hello, _) => self.cfg.hello_timeout_ms,
                 _ => self.cfg.ack_timeout_ms,
             };
             let e = SessionError::TimedOut { ms };
@@ -517,7 +570,7 @@ impl Session {
                 self.receive_push(ledger, batch, upto, envelopes)
             }
             (State::Streaming, Message::Ack { batch, upto, refused, .. }) => {
-                self.receive_ack(ledger, batch, upto, refused)
+                self.receive_ack(ledger, batch, upto, refused, now)
             }
             (State::Streaming, Message::Digest { last, entries, .. }) => {
                 if self.digest_in.len() + entries.len() > 64 * MAX_DIGEST_ENTRIES {
@@ -639,7 +692,7 @@ impl Session {
         for (case, heads) in cases {
             for change in ledger.changes_missing(case, &heads)? {
                 if !batch.is_empty()
-                    && (bytes + change.bytes.len() > self.cfg.max_batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH)
+                    && (bytes + change.bytes.len() > self.batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH)
                 {
                     sent += self.push_batch(ledger, std::mem::take(&mut batch), None, now)?;
                     bytes = 0;
@@ -663,8 +716,7 @@ impl Session {
         let scope = self.peer_scope()?;
         let skip = self.peer.as_ref().map(|p| p.replica);
         while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
-            let out =
-                ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.cfg.max_batch_bytes)?;
+            let out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
             self.log_exhausted = out.exhausted;
             if out.upto == self.next_seq {
                 break;
@@ -733,8 +785,10 @@ impl Session {
         self.next_batch += 1;
         let frame = wire::encode(&Message::Push { batch, upto, envelopes })?;
         debug_assert!(frame.len() <= MAX_FRAME_BYTES + 4);
+        let bytes = frame.len();
+        let bytes_through = self.in_flight.iter().fold(bytes, |sum, f| sum.saturating_add(f.bytes));
         self.transmit.push_back(frame);
-        self.in_flight.push_back(InFlight { batch, sent_at: now, changes: count });
+        self.in_flight.push_back(InFlight { batch, sent_at: now, changes: count, bytes, bytes_through });
         Ok(count)
     }
 
@@ -799,12 +853,14 @@ impl Session {
         batch: u64,
         upto: i64,
         refused: Vec<Refused>,
+        now: Timestamp,
     ) -> Result<(), SessionError> {
         let Some(pos) = self.in_flight.iter().position(|f| f.batch == batch) else {
             // An ack for a batch of an earlier session, or a duplicate: harmless.
             return Ok(());
         };
         let Some(done) = self.in_flight.remove(pos) else { return Ok(()) };
+        self.follow_rate(&done, now);
         if upto >= 0
             && let Some(peer) = self.peer.clone()
         {

@@ -353,6 +353,120 @@ fn sync_watchdog_ends_a_session_whose_push_is_never_acked() {
     assert!(child.is_closed());
 }
 
+/// One direction of a slow link: frames cross one after another at `rate`
+/// bytes a second, then take `latency_ms` more.
+struct SlowLink {
+    rate: i64,
+    latency_ms: i64,
+    free_at: i64,
+    queue: std::collections::VecDeque<(i64, Vec<u8>)>,
+}
+
+impl SlowLink {
+    fn new(rate: i64, latency_ms: i64) -> Self {
+        SlowLink { rate, latency_ms, free_at: 0, queue: Default::default() }
+    }
+
+    fn send(&mut self, now: i64, frame: Vec<u8>) {
+        let start = self.free_at.max(now);
+        self.free_at = start + i64::try_from(frame.len()).unwrap() * 1000 / self.rate;
+        self.queue.push_back((self.free_at + self.latency_ms, frame));
+    }
+
+    fn next_arrival(&self) -> Option<i64> {
+        self.queue.front().map(|(at, _)| *at)
+    }
+}
+
+/// What happened to a backlog sent over a [`SlowLink`] both ways.
+struct SlowSync {
+    caught_up_after_ms: Option<i64>,
+    timed_out: Option<String>,
+    largest_push: usize,
+}
+
+/// A device with `notes` notes behind a link of `rate` bytes a second syncs
+/// with a township, in virtual time, until both are caught up or a watchdog
+/// ends the session.
+fn sync_over_slow_link(notes: usize, rate: i64, cfg: SessionConfig) -> SlowSync {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let case = dev.ledger.create_case(new_case("宅基地边界纠纷")).unwrap().id;
+    for i in 0..notes {
+        let text =
+            format!("第{i}次走访：双方对宅基地边界仍有争议，网格员已联系村委会，约定下周到现场丈量并请老党员见证。");
+        dev.ledger.add_note(case, &text).unwrap();
+    }
+    let start = T0.0;
+    let mut child = Session::new(Side::Child, &dev.ledger, creds(&dev, None), cfg.clone(), None, T0).unwrap();
+    let mut parent = Session::new(Side::Parent, &town.ledger, creds(&town, None), cfg, None, T0).unwrap();
+    let (mut up, mut down) = (SlowLink::new(rate, 300), SlowLink::new(rate, 300));
+    let mut now = start;
+    let mut largest_push = 0;
+    for _ in 0..100_000 {
+        while let Some(f) = child.poll_transmit() {
+            largest_push = largest_push.max(f.len());
+            up.send(now, f);
+        }
+        while let Some(f) = parent.poll_transmit() {
+            down.send(now, f);
+        }
+        if child.is_caught_up() && parent.is_caught_up() {
+            return SlowSync { caught_up_after_ms: Some(now - start), timed_out: None, largest_push };
+        }
+        let timers = [child.poll_timeout(), parent.poll_timeout()].into_iter().flatten().map(|t| t.0);
+        let arrivals = [up.next_arrival(), down.next_arrival()].into_iter().flatten();
+        let Some(next) = timers.chain(arrivals).min() else { break };
+        now = next.max(now);
+        let at = Timestamp(now);
+        for (session, ledger) in [(&mut child, &mut dev.ledger), (&mut parent, &mut town.ledger)] {
+            if let Err(e) = session.handle_timeout(at) {
+                return SlowSync { caught_up_after_ms: None, timed_out: Some(e.to_string()), largest_push };
+            }
+            let _ = ledger;
+        }
+        while up.next_arrival().is_some_and(|t| t <= now) {
+            let (_, f) = up.queue.pop_front().unwrap();
+            parent.handle_input(&mut town.ledger, &f, at).unwrap();
+        }
+        while down.next_arrival().is_some_and(|t| t <= now) {
+            let (_, f) = down.queue.pop_front().unwrap();
+            child.handle_input(&mut dev.ledger, &f, at).unwrap();
+        }
+    }
+    SlowSync { caught_up_after_ms: None, timed_out: None, largest_push }
+}
+
+/// A mediator back from two weeks without signal, on GPRS in a weak cell
+/// (2 KB/s, 300 ms each way): the backlog takes about a minute to cross.
+/// Pushes start small and follow the link, and the watchdog allows for a
+/// push's bytes at the slowest rate, so the session never times out. Sized
+/// as before (one push up to 512 KiB, 20 s to ack it) the same sync trips the
+/// watchdog and, resent, would trip it forever.
+#[test]
+fn sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog() {
+    let rate = 2_000;
+    let done = sync_over_slow_link(200, rate, SessionConfig::default());
+    assert_eq!(done.timed_out, None, "the watchdog ended the session");
+    let took = done.caught_up_after_ms.expect("the sessions did not catch up");
+    eprintln!("caught up after {took} ms of virtual time; largest push {} B", done.largest_push);
+    assert!(took > 30_000, "the backlog should take tens of seconds at {rate} B/s, took {took} ms");
+    assert!(
+        done.largest_push <= 2 * SessionConfig::default().first_batch_bytes,
+        "a push of {} bytes on a link that never allowed more than the first size",
+        done.largest_push
+    );
+
+    let unadapted = SessionConfig {
+        first_batch_bytes: SessionConfig::default().max_batch_bytes,
+        slowest_link_bytes_per_sec: u32::MAX,
+        ..SessionConfig::default()
+    };
+    let old = sync_over_slow_link(200, rate, unadapted);
+    assert!(old.timed_out.is_some(), "one big push should have tripped the 20 s watchdog");
+}
+
 /// A server commits the work of many sessions as one group: each operation
 /// stays atomic (a failed one leaves nothing), nothing is visible or durable
 /// before the group commits, and a rolled-back group leaves nothing either,

@@ -194,11 +194,39 @@ impl RevocationList {
         serde_json::to_vec_pretty(self).map_err(RevocationError::Encode)
     }
 
-    /// Reads a list from a JSON file (untrusted until [`RevocationList::verify`]).
+    /// The list as compact JSON, the form a parent server sends its child servers (no
+    /// indentation: every byte counts on 2G). Refuses a list whose text would be longer than
+    /// [`MAX_REVOCATION_LIST_BYTES`], which no receiver would accept.
+    pub fn to_compact_json(&self) -> Result<Vec<u8>, RevocationError> {
+        let bytes = serde_json::to_vec(self).map_err(RevocationError::Encode)?;
+        if bytes.len() > MAX_REVOCATION_LIST_BYTES {
+            return Err(RevocationError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a list from a JSON file (untrusted until [`RevocationList::verify`]). Refuses a
+    /// file longer than [`MAX_REVOCATION_LIST_BYTES`] without reading it.
     pub fn load(path: &Path) -> Result<Self, RevocationError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| RevocationError::Io { op: "read", path: path.to_owned(), source })?;
+        let io = |source| RevocationError::Io { op: "read", path: path.to_owned(), source };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_REVOCATION_LIST_BYTES as u64 {
+            return Err(RevocationError::TooLarge(usize::try_from(len).unwrap_or(usize::MAX)));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
         Self::from_json(&bytes)
+    }
+
+    /// Writes the list as JSON to `path` (mode 0644) atomically and durably: a temporary file
+    /// beside it, synced, renamed over it, and the directory synced. A reader, or a server
+    /// restarted after a power cut, finds the old list or the new one, never a torn file.
+    pub fn save(&self, path: &Path) -> Result<(), RevocationError> {
+        let bytes = self.to_json()?;
+        super::replace_file(path, &bytes, 0o644).map_err(|source| RevocationError::Io {
+            op: "written",
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 

@@ -7,6 +7,7 @@ mod county;
 mod lossy;
 mod process;
 mod relay;
+mod revocation;
 mod schema;
 mod server;
 mod tls;
