@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use fq_core::case::{AdminCode, Category, Risk};
 use fq_core::clock::SystemClock;
 use fq_core::doc::FieldEdit;
-use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
+use fq_core::ledger::{Ledger, NewCase, Tier};
 use fq_sync_server::ca::{Bundle, CertificateAuthority, GrantRole};
 use fq_sync_server::client::{SyncOptions, sync_once};
 use fq_sync_server::config::ServerConfig;
@@ -87,15 +87,7 @@ fn code(s: &str) -> AdminCode {
 /// A device ledger in memory for the holder of `bundle`, with `CASES` cases of
 /// `CHANGES_PER_CASE` changes each, made through the ledger API.
 fn device_with_cases(bundle: &Bundle) -> Ledger {
-    let init = InitOptions {
-        tier: Tier::Device,
-        name: bundle.id().to_string(),
-        role: bundle.role().person_role().unwrap(),
-        scope: bundle.scope().clone(),
-        grid: None,
-    };
-    let mut ledger = Ledger::init_in_memory(init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
-    ledger.add_grant(bundle.grant()).unwrap();
+    let mut ledger = crate::server::device(bundle);
     for i in 0..CASES {
         let case = ledger
             .create_case(NewCase {

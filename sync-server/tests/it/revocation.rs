@@ -5,12 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fq_core::case::{Category, Risk};
-use fq_core::clock::SystemClock;
-use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
+use fq_core::ledger::Ledger;
 use fq_sync_server::ca::{Bundle, MAX_REVOCATION_LIST_BYTES, RevocationHandle, RevocationList};
 use fq_sync_server::client::{SyncError, SyncReport, sync_once};
 use fq_sync_server::net::{CloseCode, Connection, ConnectionError, client_endpoint, server_endpoint};
@@ -22,7 +19,7 @@ use tokio::time::timeout;
 
 use crate::county::County;
 use crate::process::{RunSpec, ServerProcess, write_config};
-use crate::server::options;
+use crate::server::{device, new_case, options};
 
 const FQ_SERVER: &str = env!("CARGO_BIN_EXE_fq-server");
 const TOWNSHIP: &str = "532924101";
@@ -37,31 +34,6 @@ const REACH: Duration = Duration::from_secs(20);
 
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-fn device(bundle: &Bundle) -> Ledger {
-    let init = InitOptions {
-        tier: Tier::Device,
-        name: bundle.id().to_string(),
-        role: bundle.role().person_role().unwrap(),
-        scope: bundle.scope().clone(),
-        grid: None,
-    };
-    let mut ledger = Ledger::init_in_memory(init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
-    ledger.add_grant(bundle.grant()).unwrap();
-    ledger
-}
-
-fn new_case(title: &str) -> NewCase {
-    NewCase {
-        category: Category::Neighbor,
-        title: title.into(),
-        description: String::new(),
-        parties: Vec::new(),
-        risk: Risk::Low,
-        village: None,
-        grid: None,
-    }
 }
 
 async fn sync(ledger: &mut Ledger, bundle: &Bundle, addr: SocketAddr) -> Result<SyncReport, SyncError> {

@@ -45,7 +45,7 @@ pub fn options() -> SyncOptions {
 }
 
 /// A device ledger in memory for the holder of `bundle`.
-fn device(bundle: &Bundle) -> Ledger {
+pub fn device(bundle: &Bundle) -> Ledger {
     let init = InitOptions {
         tier: Tier::Device,
         name: bundle.id().to_string(),
@@ -58,7 +58,8 @@ fn device(bundle: &Bundle) -> Ledger {
     ledger
 }
 
-fn new_case(title: &str) -> NewCase {
+/// A neighbour dispute titled `title`, in the device's own village.
+pub fn new_case(title: &str) -> NewCase {
     NewCase {
         category: Category::Neighbor,
         title: title.into(),
