@@ -10,6 +10,9 @@
 //! acknowledged by the township, which has committed it. Hanging up (finishing the stream and
 //! letting QUIC drain its close, a few seconds at 600 ms round trips) comes after and is
 //! printed, not bounded.
+//!
+//! A second test carries a backlog bigger than 20 s of link over a 3 KB/s relay (GPRS), with the
+//! production settings, in one session (ADR 9).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -231,4 +234,81 @@ async fn sync_completes_within_30s_of_an_outage_ending_on_a_lossy_link() {
     assert_eq!((cases, changes, pending), (device_cases, device_changes, 0));
     assert_eq!(township.digest(&code(VILLAGE)).unwrap(), ledger.digest(&code(VILLAGE)).unwrap());
     assert_eq!(township.digest(&code(TOWNSHIP)).unwrap().len(), CASES);
+}
+
+/// GPRS in a weak cell: 3 KB/s each way, 300 ms one way, and the carrier's buffer in front of
+/// the rate limit (the relay's default 64 KiB, about 20 s at that rate).
+const GPRS_RATE: u64 = 3_000;
+/// Notes on the device: about 70 KB of sync frames, more than the link carries in the 20 s of
+/// the ack watchdog.
+const GPRS_NOTES: usize = 160;
+
+/// A mediator back from two weeks without signal syncs over GPRS with the production session
+/// and link settings. The backlog takes longer to cross than the 20 s ack watchdog; pushes
+/// sized to the link (ADR 9) get it all through in one session. (Sized as before, the first
+/// push would have carried everything, waited more than 20 s for its ack, and ended every
+/// session the same way: `sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog`
+/// in fq-core shows that in virtual time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_carries_a_backlog_over_a_gprs_rate_link_in_one_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = CertificateAuthority::init(&dir.path().join("ca"), &code(COUNTY), now).unwrap();
+    let tw_bundle = dir.path().join("tw-101.bundle.json");
+    ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
+        .unwrap()
+        .save(&tw_bundle)
+        .unwrap();
+    let bundle = ca.issue(&"d09".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
+    let mut ledger = crate::server::device(&bundle);
+    let case = ledger.create_case(crate::server::new_case("承包地边界纠纷")).unwrap().id;
+    for i in 0..GPRS_NOTES {
+        let text = format!(
+            "第{i}次走访：双方对承包地东侧边界仍有争议，网格员已请村民小组长和两位老党员到场指认界桩，\
+             约定本周五上午在村委会再次调解，届时请镇司法所派员参加并做好记录。"
+        );
+        ledger.add_note(case, &text).unwrap();
+    }
+    let total = u64::try_from(ledger.log_head().unwrap()).unwrap();
+
+    let data = dir.path().join("tw");
+    let config = ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), data.clone(), tw_bundle);
+    let bound = server::bind(config).unwrap();
+    let server_addr = bound.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+    let relay = Relay::start(server_addr, SEED).await.unwrap();
+    relay.control().set(LinkSettings { delay: DELAY, rate_bytes_per_sec: Some(GPRS_RATE), ..LinkSettings::default() });
+
+    let began = Instant::now();
+    let report = timeout(
+        Duration::from_secs(180),
+        sync_once(&mut ledger, &bundle, relay.addr(), &SyncOptions::default(), |_| {}),
+    )
+    .await
+    .expect("the sync ended within 3 minutes")
+    .expect("one session carried the whole backlog");
+    let took = began.elapsed();
+    let stats = relay.stats();
+    eprintln!(
+        "gprs link: {total} changes, {} bytes out, {} in, in {:.1} s at {GPRS_RATE} B/s; relay {stats:?}",
+        report.stats.bytes_out,
+        report.stats.bytes_in,
+        took.as_secs_f64()
+    );
+    assert_eq!(report.stats.sent, total);
+    assert!(
+        report.stats.bytes_out > 20 * GPRS_RATE,
+        "the backlog ({} bytes) must need more than the 20 s watchdog at {GPRS_RATE} B/s to mean anything",
+        report.stats.bytes_out
+    );
+
+    relay.shutdown().await;
+    stop.send(()).unwrap();
+    timeout(Duration::from_secs(30), running).await.unwrap().unwrap().unwrap();
+    let township =
+        Ledger::open_read_only(&data.join(server::LEDGER_FILE), Arc::new(SystemClock)).expect("township replica opens");
+    assert_eq!(township.digest(&code(VILLAGE)).unwrap(), ledger.digest(&code(VILLAGE)).unwrap());
 }
