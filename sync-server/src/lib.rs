@@ -21,7 +21,8 @@
 //!   in its data directory ([`server::SAVED_REVOCATIONS_FILE`]).
 //! - `replica` (private): the one thread that owns the server's [`fq_core::ledger::Ledger`] and
 //!   every [`fq_core::sync::session::Session`]; connection tasks send it bytes, it sends back
-//!   frames, and it tells every other session when one commits new changes.
+//!   frames, commits their work in groups, and tells every session once per group when the
+//!   log grew.
 //! - `link` (private): one session's QUIC stream, between the network and the replica thread.
 //! - `upstream` (private): a township's link to the county: dial, keep the session open,
 //!   re-dial with backoff; beside the session, take the revocation lists the county sends.
