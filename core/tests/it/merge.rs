@@ -91,6 +91,42 @@ fn apply_refuses_garbage_and_keeps_the_rest() {
     assert_eq!(b.list(&ListFilter::default()).unwrap().len(), 1);
 }
 
+/// A change that rewrites a case's village (a crafted one: no ledger call
+/// does it) would move the case out of the scope whose rules admitted it.
+/// It is quarantined and audited, the case keeps its village, and a new case
+/// arriving in the same batch is still applied.
+#[test]
+fn apply_quarantines_a_change_that_moves_a_case_to_another_village() {
+    use automerge::transaction::Transactable;
+
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = pair(&clock);
+    let s = a.create_case(new_case("宅基地纠纷")).unwrap();
+    let history: Vec<IncomingChange> = a.changes_since(0, 100).unwrap().into_iter().map(out_to_in).collect();
+    assert_eq!(b.apply_changes(None, history.clone()).unwrap().applied, 1);
+
+    let mut forged = automerge::AutoCommit::new();
+    let parsed: Vec<automerge::Change> =
+        history.iter().map(|c| fq_core::doc::parse_change(&c.bytes).unwrap()).collect();
+    forged.apply_changes(parsed).unwrap();
+    forged.put(automerge::ROOT, "village", "532924102201").unwrap();
+    let moved = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+
+    let other = a.create_case(new_case("债务纠纷")).unwrap();
+    let mut batch: Vec<IncomingChange> = a.changes_since(1, 100).unwrap().into_iter().map(out_to_in).collect();
+    batch.push(IncomingChange { case: s.id, bytes: moved, signer: None, signature: None });
+    let r = b.apply_changes(None, batch).unwrap();
+    assert_eq!(r.applied, 1, "the other case's change is applied");
+    assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+    assert_eq!(r.refused[0].reason, fq_core::ledger::RefuseReason::Quarantined);
+    assert!(r.refused[0].detail.contains("another village"), "{}", r.refused[0].detail);
+    let rows = b.list(&ListFilter::default()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().any(|row| row.id == other.id));
+    assert!(rows.iter().all(|row| row.village == "532924101201"), "a case moved: {rows:?}");
+    assert!(b.audit(10).unwrap().iter().any(|e| e.kind == "quarantined"));
+}
+
 #[test]
 fn apply_keeps_changes_until_their_dependencies_arrive() {
     let clock = ManualClock::new(T0);
