@@ -123,16 +123,22 @@ fn township(bundle: &Path, data: &Path) -> server::Server {
     server::bind(config).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_completes_within_30s_of_an_outage_ending_on_a_lossy_link() {
-    let dir = tempfile::tempdir().unwrap();
+/// A county CA in `dir` and the township's bundle file, issued now.
+fn county_ca(dir: &Path) -> (CertificateAuthority, std::path::PathBuf, SystemTime) {
     let now = SystemTime::now();
-    let ca = CertificateAuthority::init(&dir.path().join("ca"), &code(COUNTY), now).unwrap();
-    let tw_bundle = dir.path().join("tw-101.bundle.json");
+    let ca = CertificateAuthority::init(&dir.join("ca"), &code(COUNTY), now).unwrap();
+    let tw_bundle = dir.join("tw-101.bundle.json");
     ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
         .unwrap()
         .save(&tw_bundle)
         .unwrap();
+    (ca, tw_bundle, now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_completes_within_30s_of_an_outage_ending_on_a_lossy_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tw_bundle, now) = county_ca(dir.path());
     let bundle = ca.issue(&"d07".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
     let mut ledger = device_with_cases(&bundle);
     let total = u64::try_from(ledger.log_head().unwrap()).unwrap();
@@ -252,13 +258,7 @@ const GPRS_NOTES: usize = 160;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_carries_a_backlog_over_a_gprs_rate_link_in_one_session() {
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::now();
-    let ca = CertificateAuthority::init(&dir.path().join("ca"), &code(COUNTY), now).unwrap();
-    let tw_bundle = dir.path().join("tw-101.bundle.json");
-    ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
-        .unwrap()
-        .save(&tw_bundle)
-        .unwrap();
+    let (ca, tw_bundle, now) = county_ca(dir.path());
     let bundle = ca.issue(&"d09".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
     let mut ledger = crate::server::device(&bundle);
     let case = ledger.create_case(crate::server::new_case("承包地边界纠纷")).unwrap().id;
