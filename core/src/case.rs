@@ -34,11 +34,14 @@ pub enum InputError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A phone number that is not 5 to 20 digits.
-    #[error("invalid phone number {input:?}")]
+    /// A phone number that is neither a mainland mobile number nor a
+    /// landline with its area code.
+    #[error("invalid phone number {input:?}: {reason}")]
     Phone {
         /// What was given.
         input: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A category that is neither a code nor a label in [`Category::ALL`].
     #[error("unknown category {input:?}")]
@@ -69,6 +72,26 @@ pub enum InputError {
         what: &'static str,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// Text holding a character that could act on a terminal or reorder
+    /// what is shown (see [`crate::text`]), or a line break in a one-line
+    /// field.
+    #[error("invalid {what}: character {position} is {}", crate::text::codepoint(*.character))]
+    UnsafeText {
+        /// Which field.
+        what: &'static str,
+        /// Where, in characters from 1.
+        position: usize,
+        /// The character.
+        character: char,
+    },
+    /// A part of a party that is neither an ID number nor a phone number.
+    #[error("invalid party {input:?}: {part:?} is neither an ID number nor a phone number")]
+    PartyPart {
+        /// The whole party as given.
+        input: String,
+        /// The part that is neither.
+        part: String,
     },
     /// A case number or case id that does not parse.
     #[error("invalid case reference {input:?}")]
@@ -639,8 +662,20 @@ pub const MAX_TITLE_CHARS: usize = 200;
 /// The most parties a case may list.
 pub const MAX_PARTIES: usize = 64;
 
-/// Checks a free-text field: not blank, not longer than `max` characters.
+/// Checks a free-text field (a description, a note, an agreement): not
+/// blank, not longer than `max` characters, and no character that could act
+/// on a terminal (newlines and tabs are kept). Windows line ends become `\n`.
 pub fn check_text(what: &'static str, text: &str, max: usize) -> Result<String, InputError> {
+    checked(what, &text.replace("\r\n", "\n"), max, true)
+}
+
+/// Checks a one-line field (a title, a name, a court): like [`check_text`],
+/// and no line break or tab either.
+pub fn check_line(what: &'static str, text: &str, max: usize) -> Result<String, InputError> {
+    checked(what, text, max, false)
+}
+
+fn checked(what: &'static str, text: &str, max: usize, multiline: bool) -> Result<String, InputError> {
     let t = text.trim();
     if t.is_empty() {
         return Err(InputError::Text { what, reason: "it is empty" });
@@ -648,49 +683,65 @@ pub fn check_text(what: &'static str, text: &str, max: usize) -> Result<String, 
     if t.chars().count() > max {
         return Err(InputError::Text { what, reason: "it is too long" });
     }
+    if let Some((position, character)) = crate::text::unsafe_char(t, multiline) {
+        return Err(InputError::UnsafeText { what, position, character });
+    }
     Ok(t.to_owned())
 }
 
-/// An 18-digit resident identity card number (居民身份证号码) with a valid
-/// GB 11643 checksum.
+/// A resident identity card number (居民身份证号码): the 18-character
+/// number with a valid GB 11643 check character, or the old 15-digit number
+/// (issued before 1999, no check character), each with a real birth date.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IdNumber(String);
 
 impl IdNumber {
-    /// Parses and checks the checksum; accepts a lowercase `x` and spaces.
+    /// Parses and checks the number; accepts a lowercase `x`, full-width
+    /// digits and spaces.
     pub fn parse(input: &str) -> Result<Self, InputError> {
         let s = normalize_digits(input).to_ascii_uppercase();
         let err = |reason| InputError::IdNumber { input: input.to_owned(), reason };
-        if s.chars().count() != 18 {
-            return Err(err("it must have 18 characters"));
+        let n = s.chars().count();
+        if n != 18 && n != 15 {
+            return Err(err("it must have 18 characters (or 15 for an old card)"));
+        }
+        let digits = if n == 18 { 17 } else { 15 };
+        if !s.is_ascii() || !s.as_bytes()[..digits].iter().all(u8::is_ascii_digit) {
+            return Err(err(if n == 18 {
+                "the first 17 characters must be digits"
+            } else {
+                "the old 15-character number has only digits"
+            }));
         }
         let bytes = s.as_bytes();
-        if !bytes[..17].iter().all(u8::is_ascii_digit) {
-            return Err(err("the first 17 characters must be digits"));
+        if n == 18 {
+            const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+            const CHECK: &[u8; 11] = b"10X98765432";
+            let sum: u32 = bytes[..17].iter().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
+            if bytes[17] != CHECK[(sum % 11) as usize] {
+                return Err(err("the last character does not match the checksum"));
+            }
         }
-        const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-        const CHECK: &[u8; 11] = b"10X98765432";
-        let sum: u32 = bytes[..17].iter().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
-        if bytes[17] != CHECK[(sum % 11) as usize] {
-            return Err(err("the last character does not match the checksum"));
-        }
-        let month = &s[10..12];
-        let day = &s[12..14];
-        if !("01"..="12").contains(&month) || !("01"..="31").contains(&day) {
+        // The birth date: YYYYMMDD from the 7th character, or YYMMDD (19YY) on old cards.
+        let (y, m, d) = if n == 18 { (&s[6..10], &s[10..12], &s[12..14]) } else { (&s[6..8], &s[8..10], &s[10..12]) };
+        let year = y.parse::<i32>().map(|y| if n == 15 { 1900 + y } else { y }).unwrap_or(0);
+        let date = chrono::NaiveDate::from_ymd_opt(year, m.parse().unwrap_or(0), d.parse().unwrap_or(0));
+        if date.is_none() || !(1900..=2100).contains(&year) {
             return Err(err("the birth date inside it is not a real date"));
         }
         Ok(Self(s))
     }
 
-    /// The 18 characters.
+    /// The 18 (or 15) characters.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The number with its middle hidden, for lists and exports (`5329**********1230`).
     pub fn masked(&self) -> String {
-        format!("{}**********{}", &self.0[..4], &self.0[14..])
+        let n = self.0.len();
+        format!("{}{}{}", &self.0[..4], "*".repeat(n - 8), &self.0[n - 4..])
     }
 }
 
@@ -707,20 +758,41 @@ impl From<IdNumber> for String {
     }
 }
 
-/// A phone number: 5 to 20 digits, an optional leading `+`.
+/// A phone number in mainland China: a mobile number (11 digits, `1[3-9]…`,
+/// stored without a `+86` prefix) or a landline with its area code, stored as
+/// `0872-1234567`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Phone(String);
 
 impl Phone {
-    /// Parses a phone number, dropping spaces and dashes.
+    /// Parses a phone number, dropping spaces, dashes and brackets around an
+    /// area code, and a `+86` or `0086` prefix.
     pub fn parse(input: &str) -> Result<Self, InputError> {
-        let s = normalize_digits(input);
-        let digits = s.strip_prefix('+').unwrap_or(&s);
-        if !(5..=20).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(InputError::Phone { input: input.to_owned() });
+        let err = |reason| InputError::Phone { input: input.to_owned(), reason };
+        let s: String = normalize_digits(input).chars().filter(|c| !matches!(c, '(' | ')' | '（' | '）')).collect();
+        let s = s.strip_prefix("+86").or_else(|| s.strip_prefix("0086")).unwrap_or(&s);
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("it must contain only digits"));
         }
-        Ok(Self(s))
+        let b = s.as_bytes();
+        if b[0] == b'1' {
+            if b.len() != 11 || !(b'3'..=b'9').contains(&b[1]) {
+                return Err(err("a mobile number has 11 digits and starts with 13 to 19"));
+            }
+            return Ok(Self(s.to_owned()));
+        }
+        if b[0] != b'0' {
+            return Err(err("a landline needs its area code, e.g. 0872-1234567"));
+        }
+        // Area codes are 010 and 02x (3 digits) or 0xxx (4 digits); the local
+        // number has 7 or 8 digits and does not start with 0.
+        let area = if s.starts_with("010") || s.starts_with("02") { 3 } else { 4 };
+        let local = &s[area.min(s.len())..];
+        if !(7..=8).contains(&local.len()) || local.starts_with('0') {
+            return Err(err("a landline is its area code and 7 or 8 digits, e.g. 0872-1234567"));
+        }
+        Ok(Self(format!("{}-{local}", &s[..area])))
     }
 
     /// The number.
@@ -754,34 +826,81 @@ pub struct Party {
 }
 
 impl Party {
-    /// Parses `NAME[,ID_NUMBER][,PHONE]` as typed on the command line.
+    /// Parses a party as typed on the command line, in either form:
     ///
-    /// The optional parts are told apart by shape: 18 characters ending in a
-    /// digit or X is an ID number, anything else a phone. Chinese commas are
-    /// accepted as separators.
+    /// - `NAME[,ID_NUMBER][,PHONE]`: the parts after the name are told apart
+    ///   by what they are, and each must be a valid ID number or a valid phone
+    ///   number: the two never look alike (15 or 18 characters against 11
+    ///   digits starting with 1, or 0 and an area code), so nothing is guessed,
+    ///   and a part that is neither is an error naming both;
+    /// - `name=NAME,id=ID_NUMBER,phone=PHONE` (also `姓名=`, `身份证=`,
+    ///   `电话=`/`手机=`), in any order, each key at most once.
+    ///
+    /// Chinese commas are accepted as separators.
     pub fn parse(input: &str) -> Result<Self, InputError> {
         let err = |reason| InputError::Party { input: input.to_owned(), reason };
         let parts: Vec<&str> = input.split([',', '，']).map(str::trim).collect();
+        if parts.iter().any(|p| p.contains(['=', '＝'])) {
+            return Self::parse_keyed(input, &parts);
+        }
         if parts.len() > 3 {
             return Err(err("use at most NAME,ID_NUMBER,PHONE"));
         }
-        let name = check_text("party name", parts[0], 50).map_err(|_| err("the name is empty or too long"))?;
+        let name = party_name(input, parts[0])?;
         let mut party = Party { name, id_number: None, phone: None };
         for part in parts[1..].iter().filter(|p| !p.is_empty()) {
-            let looks_like_id = normalize_digits(part).chars().count() == 18;
-            if looks_like_id {
+            let digits = normalize_digits(part);
+            let id_shaped = matches!(digits.chars().count(), 15 | 18)
+                && digits.chars().take(15).all(|c| c.is_ascii_digit())
+                && !digits.starts_with(['0', '1', '+']);
+            if id_shaped {
                 if party.id_number.is_some() {
                     return Err(err("two ID numbers given"));
                 }
                 party.id_number = Some(IdNumber::parse(part)?);
-            } else {
+            } else if Phone::parse(part).is_ok() {
                 if party.phone.is_some() {
                     return Err(err("two phone numbers given"));
                 }
-                party.phone = Some(Phone::parse(part)?);
+                party.phone = Phone::parse(part).ok();
+            } else {
+                return Err(InputError::PartyPart { input: input.to_owned(), part: (*part).to_owned() });
             }
         }
         Ok(party)
+    }
+
+    fn parse_keyed(input: &str, parts: &[&str]) -> Result<Self, InputError> {
+        let err = |reason| InputError::Party { input: input.to_owned(), reason };
+        let (mut name, mut id_number, mut phone) = (None, None, None);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once(['=', '＝']) else {
+                return Err(err("write every part as key=value: name=…,id=…,phone=…"));
+            };
+            let value = value.trim();
+            let slot_taken = match key.trim().to_lowercase().as_str() {
+                "name" | "姓名" => name.replace(party_name(input, value)?).is_some(),
+                "id" | "id_number" | "身份证" | "身份证号" => {
+                    id_number.replace(IdNumber::parse(value)?).is_some()
+                }
+                "phone" | "电话" | "手机" => phone.replace(Phone::parse(value)?).is_some(),
+                _ => return Err(err("the keys are name, id and phone")),
+            };
+            if slot_taken {
+                return Err(err("a key is given twice"));
+            }
+        }
+        let name = name.ok_or_else(|| err("the name is empty or too long"))?;
+        Ok(Party { name, id_number, phone })
+    }
+}
+
+/// A party's name: one line, 1 to 50 characters.
+fn party_name(input: &str, name: &str) -> Result<String, InputError> {
+    match check_line("party name", name, 50) {
+        Ok(n) => Ok(n),
+        Err(e @ InputError::UnsafeText { .. }) => Err(e),
+        Err(_) => Err(InputError::Party { input: input.to_owned(), reason: "the name is empty or too long" }),
     }
 }
 
@@ -828,6 +947,65 @@ mod tests {
         assert!(p.id_number.is_none());
         assert!(Party::parse("王五,532924198001011231").is_err());
         assert!(Party::parse(",138").is_err());
+    }
+
+    #[test]
+    fn party_parse_never_reads_one_field_as_the_other() {
+        // 16 digits: neither an ID number nor a phone, and said so.
+        let e = Party::parse("李四,5329241980010112").unwrap_err();
+        assert!(matches!(&e, InputError::PartyPart { part, .. } if part == "5329241980010112"), "{e:?}");
+        assert!(matches!(Party::parse("李四,12345"), Err(InputError::PartyPart { .. })));
+        // The keyed form says which is which.
+        let p = Party::parse("name=李四,phone=0872-1234567,id=532924198001011230").unwrap();
+        assert_eq!((p.name.as_str(), p.phone.unwrap().as_str()), ("李四", "0872-1234567"));
+        assert_eq!(p.id_number.unwrap().as_str(), "532924198001011230");
+        let p = Party::parse("姓名=王五，手机=13900000000").unwrap();
+        assert_eq!(p.phone.unwrap().as_str(), "13900000000");
+        assert!(matches!(Party::parse("name=李四,phone=12345"), Err(InputError::Phone { .. })));
+        assert!(matches!(Party::parse("name=李四,id=13900000000"), Err(InputError::IdNumber { .. })));
+        assert!(Party::parse("name=李四,name=王五").is_err());
+        assert!(Party::parse("phone=13900000000").is_err(), "a party needs a name");
+        assert!(matches!(Party::parse("李\u{1b}[2J四"), Err(InputError::UnsafeText { .. })));
+    }
+
+    #[test]
+    fn phone_takes_mobiles_and_landlines_with_area_codes() {
+        for (input, stored) in [
+            ("13800000000", "13800000000"),
+            ("+86 138 0000 0000", "13800000000"),
+            ("１３８００００００００", "13800000000"),
+            ("0872-1234567", "0872-1234567"),
+            ("(0872)12345678", "0872-12345678"),
+            ("010-12345678", "010-12345678"),
+            ("02112345678", "021-12345678"),
+        ] {
+            assert_eq!(Phone::parse(input).unwrap().as_str(), stored, "{input}");
+        }
+        for bad in
+            ["12345", "1234567", "12800000000", "138000000001", "1234567890", "0872-123", "0872-01234567", "电话"]
+        {
+            assert!(matches!(Phone::parse(bad), Err(InputError::Phone { .. })), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn id_number_takes_old_cards_and_checks_the_birth_date() {
+        assert_eq!(IdNumber::parse("532924800101123").unwrap().masked(), "5329*******1123");
+        assert!(IdNumber::parse("532924801301123").is_err(), "month 13");
+        assert!(IdNumber::parse("53292480010112X").is_err(), "no check character on old cards");
+        // 1981 is not a leap year: 19810229 is not a date, whatever the checksum.
+        let e = IdNumber::parse("532924198102290017").unwrap_err();
+        assert!(e.to_string().contains("not a real date") || e.to_string().contains("checksum"), "{e}");
+        assert!(IdNumber::parse("5329241980010112").is_err());
+    }
+
+    #[test]
+    fn check_text_refuses_terminal_controls() {
+        assert_eq!(check_text("note", " 第一行\r\n第二行 ", 100).unwrap(), "第一行\n第二行");
+        for bad in ["a\u{1b}[2Jb", "a\u{7}", "a\u{202e}b", "a\u{9b}b"] {
+            assert!(matches!(check_text("note", bad, 100), Err(InputError::UnsafeText { .. })), "{bad:?}");
+        }
+        assert!(matches!(check_line("title", "a\nb", 100), Err(InputError::UnsafeText { position: 2, .. })));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::case::{
     AdminCode, AdminLevel, CaseId, CaseNumber, Category, InputError, Level, MAX_PARTIES, MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS, Outcome, Party, ReplicaId, Risk, Role, Status, check_text,
+    MAX_TITLE_CHARS, Outcome, Party, ReplicaId, Risk, Role, Status, check_line, check_text,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::doc::{
@@ -377,7 +377,7 @@ impl Ledger {
         if let Some(existing) = read_identity(&store)? {
             return Err(LedgerError::AlreadyInitialized { name: existing.name, scope: existing.scope.to_string() });
         }
-        let name = check_text("name", &init.name, 50)?;
+        let name = check_line("name", &init.name, 50)?;
         let expected = match init.tier {
             Tier::Device => init.role.scope_level(),
             Tier::Township => AdminLevel::Township,
@@ -481,7 +481,7 @@ impl Ledger {
     /// the replica's scope still bounds every edit, and peers authorize a
     /// change by the certificate of the device that signed it.
     pub fn set_operator(&mut self, name: &str, role: Role) -> Result<(), LedgerError> {
-        let name = check_text("name", name, 50)?;
+        let name = check_line("name", name, 50)?;
         self.operator = Author { name, role };
         Ok(())
     }
@@ -505,7 +505,7 @@ impl Ledger {
     /// Records a new case.
     pub fn create_case(&mut self, new: NewCase) -> Result<CaseState, LedgerError> {
         self.check_writable()?;
-        let title = check_text("title", &new.title, MAX_TITLE_CHARS)?;
+        let title = check_line("title", &new.title, MAX_TITLE_CHARS)?;
         let description = match new.description.trim() {
             "" => String::new(),
             d => check_text("description", d, MAX_TEXT_CHARS)?,
@@ -628,7 +628,7 @@ impl Ledger {
     pub fn edit(&mut self, case: CaseId, edit: FieldEdit) -> Result<CaseState, LedgerError> {
         let mut edit = edit;
         if let Some(t) = &edit.title {
-            edit.title = Some(check_text("title", t, MAX_TITLE_CHARS)?);
+            edit.title = Some(check_line("title", t, MAX_TITLE_CHARS)?);
         }
         if let Some(d) = &edit.description {
             edit.description = Some(check_text("description", d, MAX_TEXT_CHARS)?);
@@ -655,7 +655,7 @@ impl Ledger {
 
     /// Names the responsible person (包保责任人).
     pub fn assign(&mut self, case: CaseId, to: &str) -> Result<CaseState, LedgerError> {
-        let to = check_text("assignee", to, 50)?;
+        let to = check_line("assignee", to, 50)?;
         self.event(case, "assign", NewEvent::Assign(to), |s| s.status != Status::Archived)
     }
 
@@ -702,8 +702,8 @@ impl Ledger {
 
     /// Records judicial confirmation of the agreement by a court.
     pub fn confirm(&mut self, case: CaseId, court: &str, reference: Option<&str>) -> Result<CaseState, LedgerError> {
-        let court = check_text("court", court, 100)?;
-        let reference = reference.map(|r| check_text("reference", r, 100)).transpose()?;
+        let court = check_line("court", court, 100)?;
+        let reference = reference.map(|r| check_line("reference", r, 100)).transpose()?;
         self.event(case, "confirm", NewEvent::Confirm { court, reference }, |s| s.status == Status::Settled)
     }
 

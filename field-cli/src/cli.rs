@@ -22,7 +22,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// 显示语言，默认看 LANG（未设置时为中文）/ Language; default from LANG (Chinese if unset)
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_parser = crate::lang::parse, value_name = "zh|en")]
     pub lang: Option<Lang>,
     #[command(subcommand)]
     pub command: Command,

@@ -54,6 +54,7 @@ pub(crate) enum Kind {
     InvalidDivisionCode,
     InvalidIdNumber,
     InvalidPhone,
+    UnsafeText,
     UnknownCategory,
     UnknownValue,
     InvalidParty,
@@ -94,6 +95,7 @@ impl Kind {
         Kind::InvalidDivisionCode,
         Kind::InvalidIdNumber,
         Kind::InvalidPhone,
+        Kind::UnsafeText,
         Kind::UnknownCategory,
         Kind::UnknownValue,
         Kind::InvalidParty,
@@ -597,13 +599,48 @@ pub(crate) fn input(e: &InputError, lang: Lang) -> Problem {
                 )
             },
         ),
-        InputError::Phone { input } => (
+        InputError::Phone { input, reason } => (
             Kind::InvalidPhone,
             if zh {
-                format!("电话号码“{input}”不正确：应为5到20位数字（可以以 + 开头），请核对后重新输入。")
+                format!(
+                    "电话号码“{input}”不正确：{}。手机号是11位、以13到19开头；座机要带区号，例如 0872-1234567。请核对后重新输入。",
+                    phone_reason_zh(reason)
+                )
             } else {
                 format!(
-                    "phone number \"{input}\" is not valid: it must have 5 to 20 digits (an optional leading +); please check it and enter it again."
+                    "phone number \"{input}\" is not valid: {reason}. A mobile number has 11 digits starting with 13 to 19; \
+                     a landline needs its area code, e.g. 0872-1234567. Please check it and enter it again."
+                )
+            },
+        ),
+        InputError::UnsafeText { what, position, character } => (
+            Kind::UnsafeText,
+            if zh {
+                format!(
+                    "{}的第{position}个字符（{}）是不可见的控制字符或换行，可能是从别处复制来的，不能保存：请删掉它后重新输入。",
+                    field_words_zh(what),
+                    fq_core::text::codepoint(*character)
+                )
+            } else {
+                format!(
+                    "the {what} cannot be saved: character {position} ({}) is an invisible control character or a line break, \
+                     perhaps copied from elsewhere. Delete it and enter the text again.",
+                    fq_core::text::codepoint(*character)
+                )
+            },
+        ),
+        InputError::PartyPart { input, part } => (
+            Kind::InvalidParty,
+            if zh {
+                format!(
+                    "当事人“{input}”中的“{part}”既不是身份证号（18位，或旧的15位），也不是电话号码（11位手机号，或带区号的座机号）。\
+                     请核对；也可以写明是哪一项，例如 --party \"name=李四,id=532924198001011230,phone=13800000000\"。"
+                )
+            } else {
+                format!(
+                    "in party \"{input}\", \"{part}\" is neither an ID number (18 characters, or 15 on an old card) nor a phone \
+                     number (an 11-digit mobile, or a landline with its area code). Check it; you can also say which is which, \
+                     e.g. --party \"name=Li Si,id=532924198001011230,phone=13800000000\"."
                 )
             },
         ),
@@ -681,9 +718,20 @@ fn code_reason_zh(reason: &str) -> &str {
     }
 }
 
+fn phone_reason_zh(reason: &str) -> &str {
+    match reason {
+        "it must contain only digits" => "只能包含数字",
+        "a mobile number has 11 digits and starts with 13 to 19" => "手机号应为11位，以13到19开头",
+        "a landline needs its area code, e.g. 0872-1234567" => "座机号要带区号",
+        "a landline is its area code and 7 or 8 digits, e.g. 0872-1234567" => "座机号是区号加7位或8位号码",
+        other => other,
+    }
+}
+
 fn id_reason_zh(reason: &str) -> &str {
     match reason {
-        "it must have 18 characters" => "应为18位",
+        "it must have 18 characters (or 15 for an old card)" => "应为18位（旧身份证为15位）",
+        "the old 15-character number has only digits" => "旧的15位身份证号只能是数字",
         "the first 17 characters must be digits" => "前17位必须是数字",
         "the last character does not match the checksum" => "最后一位校验码不对",
         "the birth date inside it is not a real date" => "其中的出生日期不是真实的日期",
@@ -728,8 +776,9 @@ fn vocabulary(lang: Lang, what: &str, input: &str) -> String {
     }
 }
 
-fn text(lang: Lang, what: &str, reason: &str) -> String {
-    let zh_what = match what {
+/// The Chinese name of a text field the core names in English.
+fn field_words_zh(what: &str) -> &'static str {
+    match what {
         "title" => "标题",
         "description" => "案情描述",
         "note" => "记录内容",
@@ -743,7 +792,11 @@ fn text(lang: Lang, what: &str, reason: &str) -> String {
         "parties" => "当事人",
         "edit" => "修改内容",
         _ => "内容",
-    };
+    }
+}
+
+fn text(lang: Lang, what: &str, reason: &str) -> String {
+    let zh_what = field_words_zh(what);
     match (lang, reason) {
         (Lang::Zh, "it is empty") => format!("{zh_what}不能为空，请填写后重新输入。"),
         (Lang::Zh, "it is too long") => format!("{zh_what}太长了，请精简后重新输入。"),

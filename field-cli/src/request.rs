@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use fq_core::case::{
     AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, Role, Status,
-    check_text,
+    check_line, check_text,
 };
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
@@ -130,7 +130,7 @@ pub(crate) enum Action {
 pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
     let request = match cli.command {
         Command::Init(a) => Request::Init(Init {
-            name: check_text("name", &a.name, MAX_NAME_CHARS)?,
+            name: check_line("name", &a.name, MAX_NAME_CHARS)?,
             role: a.role.as_deref().map(Role::parse).transpose()?,
             scope: a.village.as_deref().map(AdminCode::parse).transpose()?,
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
@@ -153,7 +153,7 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
     Ok(match command {
         CaseCommand::New(a) => Request::New(NewCase {
             category: Category::parse(&a.category)?,
-            title: check_text("title", &a.title, MAX_TITLE_CHARS)?,
+            title: check_line("title", &a.title, MAX_TITLE_CHARS)?,
             description: match a.description.as_deref().map(str::trim) {
                 None | Some("") => String::new(),
                 Some(d) => check_text("description", d, MAX_TEXT_CHARS)?,
@@ -181,7 +181,7 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
         CaseCommand::Edit(a) => Request::Edit {
             case: reference(&a.case.case)?,
             edit: FieldEdit {
-                title: a.title.as_deref().map(|t| check_text("title", t, MAX_TITLE_CHARS)).transpose()?,
+                title: a.title.as_deref().map(|t| check_line("title", t, MAX_TITLE_CHARS)).transpose()?,
                 description: a
                     .description
                     .as_deref()
@@ -194,7 +194,7 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             },
         },
         CaseCommand::Note(a) => act(&a.case.case, Action::Note(text("note", &a.text)?))?,
-        CaseCommand::Assign(a) => act(&a.case.case, Action::Assign(check_text("assignee", &a.to, MAX_NAME_CHARS)?))?,
+        CaseCommand::Assign(a) => act(&a.case.case, Action::Assign(check_line("assignee", &a.to, MAX_NAME_CHARS)?))?,
         CaseCommand::Escalate(a) => act(&a.case.case, Action::Escalate(text("reason", &a.reason)?))?,
         CaseCommand::Accept(a) => act(&a.case, Action::Accept)?,
         CaseCommand::Settle(a) => act(&a.case.case, Action::Settle(text("agreement", &a.agreement)?))?,
@@ -202,8 +202,8 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
         CaseCommand::Confirm(a) => act(
             &a.case.case,
             Action::Confirm {
-                court: check_text("court", &a.court, MAX_COURT_CHARS)?,
-                reference: a.reference.as_deref().map(|r| check_text("reference", r, MAX_COURT_CHARS)).transpose()?,
+                court: check_line("court", &a.court, MAX_COURT_CHARS)?,
+                reference: a.reference.as_deref().map(|r| check_line("reference", r, MAX_COURT_CHARS)).transpose()?,
             },
         )?,
         CaseCommand::Followup(a) => act(

@@ -1,5 +1,5 @@
 //! The language follows --lang, then LC_ALL / LC_MESSAGES / LANG, and is
-//! Chinese when no locale is set at all.
+//! Chinese when no locale is set at all or the locale is C, POSIX or C.UTF-8.
 
 use crate::harness::{Fq, run};
 
@@ -26,7 +26,11 @@ fn lang_defaults_to_chinese_without_locale() {
 #[test]
 fn lang_follows_locale_variables_in_posix_order() {
     assert!(message(&[("LANG", "en_US.UTF-8")], &["case", "list"]).contains(EN));
-    assert!(message(&[("LANG", "C.UTF-8")], &["case", "list"]).contains(EN));
+    assert!(message(&[("LANG", "fr_FR.UTF-8")], &["case", "list"]).contains(EN));
+    // The neutral locales of servers and containers mean Chinese.
+    for neutral in ["C.UTF-8", "C", "POSIX"] {
+        assert!(message(&[("LANG", neutral)], &["case", "list"]).contains(ZH), "{neutral}");
+    }
     assert!(message(&[("LANG", "zh_CN.UTF-8")], &["case", "list"]).contains(ZH));
     assert!(message(&[("LANG", "zh_CN.UTF-8"), ("LC_ALL", "en_GB.UTF-8")], &["case", "list"]).contains(EN));
     assert!(message(&[("LANG", "en_US.UTF-8"), ("LC_MESSAGES", "zh_TW.UTF-8")], &["case", "list"]).contains(ZH));
