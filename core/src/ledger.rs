@@ -909,6 +909,18 @@ impl Ledger {
         Ok(self.store.rollback_group()?)
     }
 
+    /// Changes a server replica holds that were written on it rather than
+    /// received: servers relay and never write, so its parent refuses them and
+    /// the two replicas stay different until the replica is rebuilt
+    /// (docs/OPERATIONS.md, "A change written on a server"). Always 0 on a
+    /// device, whose own changes are its job.
+    pub fn unrelayable_local_changes(&self) -> Result<i64, LedgerError> {
+        if self.identity.tier == Tier::Device {
+            return Ok(0);
+        }
+        Ok(self.store.local_change_count()?)
+    }
+
     /// How many received changes wait for their dependencies.
     pub fn pending_count(&self) -> Result<i64, LedgerError> {
         Ok(self.store.pending_count()?)

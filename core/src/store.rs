@@ -771,6 +771,16 @@ impl Store {
             .map_err(sq("count pending"))
     }
 
+    /// How many changes were written on this replica itself (no peer sent
+    /// them). On a server every one of them is a fault: servers relay and
+    /// never write, so no parent will take such a change.
+    pub fn local_change_count(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM changes WHERE received_from IS NULL")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sq("count local changes"))
+    }
+
     /// Counts of cases, changes, pending changes and audit records.
     pub fn counts(&self) -> Result<[i64; 4], StoreError> {
         self.conn

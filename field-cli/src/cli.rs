@@ -1,29 +1,46 @@
-//! The raw command line, as clap sees it.
+//! The raw command line, as clap sees it, in the user's language.
 //!
 //! Values a cadre types (codes, categories, roles, parties, numbers) are kept
 //! as text here and parsed by `request` with the core's forgiving parsers, so
 //! that a mistake gets a message in the user's language naming the problem,
 //! not a generic usage error.
+//!
+//! Every text people read here (a command's about, an option's help, a value
+//! placeholder) is written `中文 / English`; [`command`] keeps the half for the
+//! language in use, so `fq --help` is all Chinese by default and all English
+//! with `--lang en` (a test checks that no text lacks its other half). The
+//! longer texts after a command's options (examples, the category codes) are
+//! in [`after_help`]. clap's own words (its headings, `[OPTIONS]`, its
+//! annotations) are replaced in [`command`] and [`localize_help`]; its errors
+//! are put into words by `message::report_usage`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use fq_core::case::{Category, Level, Outcome, Risk, Role, Status};
 
-use crate::lang::Lang;
+use crate::lang::{Lang, choices};
 
-/// 枫桥矛盾纠纷案件台账（离线可用）/ Fengqiao dispute case ledger, offline first.
+/// 枫桥矛盾纠纷案件台账（离线可用） / The Fengqiao dispute case ledger, offline first
 #[derive(Debug, Parser)]
-#[command(name = "fq", version, propagate_version = true)]
+#[command(name = "fq", version, propagate_version = true, disable_help_flag = true, disable_version_flag = true)]
+#[command(disable_help_subcommand = true)]
 pub(crate) struct Cli {
-    /// 台账所在目录 / Directory holding ledger.db
-    #[arg(long, global = true, env = "FQ_DATA_DIR", value_name = "DIR")]
+    /// 台账所在目录（也可用环境变量 FQ_DATA_DIR） / Directory holding ledger.db (or set FQ_DATA_DIR)
+    #[arg(long, global = true, env = "FQ_DATA_DIR", hide_env = true, value_name = "目录 / DIR")]
     pub data_dir: Option<PathBuf>,
-    /// 输出 JSON（供程序读取）/ Print machine-readable JSON
+    /// 输出 JSON，供程序读取 / Print machine-readable JSON
     #[arg(long, global = true)]
     pub json: bool,
-    /// 显示语言，默认看 LANG（未设置时为中文）/ Language; default from LANG (Chinese if unset)
-    #[arg(long, global = true, value_parser = crate::lang::parse, value_name = "zh|en")]
+    /// 显示语言 zh 或 en，默认按系统语言（未设置、C、POSIX 时为中文） / Language, zh or en; default from the locale (Chinese when unset, C or POSIX)
+    #[arg(long, global = true, value_parser = crate::lang::parse, value_name = "zh|en / zh|en")]
     pub lang: Option<Lang>,
+    /// 显示帮助 / Show this help
+    #[arg(short = 'h', long, global = true, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// 显示版本 / Show the version
+    #[arg(short = 'V', long, action = ArgAction::Version)]
+    version: Option<bool>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,43 +58,48 @@ pub(crate) enum Command {
     Case(CaseCommand),
     /// 导出全部案件 / Export every case
     Export(ExportArgs),
-    /// 查看本机审计记录（拒收的修改、并发冲突）/ Show this replica's audit log
+    /// 查看本机审计记录（拒收的修改、并发冲突） / Show this replica's audit log (refused changes, conflicts)
     Audit(AuditArgs),
-    /// 演示 / A guided demo
+    /// 演示：在本机跑一遍完整的县、乡、村流程 / A guided demo: the whole county, township and village story on this machine
     Demo,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
-    /// 行政区划代码：网格员、调解员填12位村代码，乡镇干部填9位，县级填6位（有证书包时可不填）/
-    /// Division code: 12 digits (village) for grid workers and mediators, 9 for township officers, 6 for county admins (optional with --bundle)
-    #[arg(long, value_name = "CODE", required_unless_present = "bundle")]
+    /// 行政区划代码：网格员、调解员填12位村代码，乡镇干部填9位，县级填6位（有证书包时可不填） / Division code: 12 digits (village) for grid workers and mediators, 9 for township officers, 6 for county admins (optional with --bundle)
+    #[arg(long, value_name = "代码 / CODE", required_unless_present = "bundle")]
     pub village: Option<String>,
     /// 使用人姓名 / Name of the person using this device
-    #[arg(long)]
+    #[arg(long, value_name = "姓名 / NAME")]
     pub name: String,
-    /// 角色（有证书包时可不填）/ Role: grid-worker|mediator|township-officer|county-admin (optional with --bundle)
-    #[arg(long, required_unless_present = "bundle")]
+    /// 角色（有证书包时可不填） / Role (optional with --bundle)
+    #[arg(long, value_name = "角色 / ROLE", required_unless_present = "bundle")]
     pub role: Option<String>,
-    /// 网格编号（网格员）/ Grid number (grid workers)
-    #[arg(long, value_name = "N")]
+    /// 网格编号（网格员填） / Grid number (grid workers)
+    #[arg(long, value_name = "编号 / N")]
     pub grid: Option<String>,
     /// 县里发的证书包：角色和区划取自证书包，并登记本机 / Certificate bundle from the county: role and area come from it, and the device is enrolled
-    #[arg(long, value_name = "BUNDLE_FILE")]
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
     pub bundle: Option<PathBuf>,
+    /// 县里随证书包提供的吊销清单（可选），已吊销的证书不能登记 / The county's revocation list file, if handed over with the bundle: a revoked certificate is refused
+    #[arg(long, value_name = "文件 / FILE", requires = "bundle")]
+    pub revocations: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct EnrollArgs {
     /// 县里发的证书包文件 / Certificate bundle file from the county
-    #[arg(long, value_name = "BUNDLE_FILE")]
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
     pub bundle: PathBuf,
+    /// 县里随证书包提供的吊销清单（可选），已吊销的证书不能登记 / The county's revocation list file, if handed over with the bundle: a revoked certificate is refused
+    #[arg(long, value_name = "文件 / FILE")]
+    pub revocations: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct SyncArgs {
     /// 服务器地址（如 10.0.0.5:4433），默认用上次的 / Server address (e.g. 10.0.0.5:4433); default: the last one used
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "地址 / ADDR")]
     pub server: Option<String>,
 }
 
@@ -113,65 +135,65 @@ pub(crate) enum CaseCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct NewArgs {
-    /// 纠纷类别（代码或中文名，如 neighbor、邻里纠纷）/ Category code or label
-    #[arg(long, value_name = "CODE")]
+    /// 纠纷类别：代码或中文名都可以，如 neighbor（邻里纠纷），全部类别见下 / Category: a code or a label, e.g. neighbor (Neighbour), all listed below
+    #[arg(long, value_name = "类别 / CODE")]
     pub category: String,
     /// 标题 / Title
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT")]
     pub title: String,
     /// 案情描述 / Description
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT", conflicts_with = "description_file")]
     pub description: Option<String>,
-    #[arg(
-        long,
-        value_name = "PARTY",
-        help = "当事人：姓名[,身份证号][,电话]，可多次 / Party \"NAME[,ID_NUMBER][,PHONE]\", repeatable"
-    )]
+    /// 从文件读取案情描述，- 表示从标准输入读 / Read the description from a file, - for standard input
+    #[arg(long, value_name = "文件 / FILE")]
+    pub description_file: Option<PathBuf>,
+    /// 当事人，可写多次：“姓名,身份证号,电话”（后两项可不填），或写明各项“name=姓名,id=身份证号,phone=电话” / A party, repeatable: "NAME,ID_NUMBER,PHONE" (the last two optional), or "name=…,id=…,phone=…"
+    #[arg(long, value_name = "当事人 / PARTY")]
     pub party: Vec<String>,
-    /// 风险等级 low|medium|high（默认 low）/ Risk (default low)
-    #[arg(long)]
+    /// 风险等级，不写时为“低” / Risk (default low)
+    #[arg(long, value_name = "风险 / RISK")]
     pub risk: Option<String>,
     /// 网格编号 / Grid number
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "编号 / N")]
     pub grid: Option<String>,
-    /// 所在村（12位代码，默认本机所在村）/ Village code (default: this device's village)
-    #[arg(long, value_name = "CODE")]
+    /// 所在村（12位代码，默认本机所在村） / Village code (default: this device's village)
+    #[arg(long, value_name = "代码 / CODE")]
     pub village: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
-    /// 状态 / Status: recorded|mediating|escalated|settled|failed|archived
-    #[arg(long, value_name = "S")]
+    /// 状态 / Status
+    #[arg(long, value_name = "状态 / STATUS")]
     pub status: Option<String>,
-    /// 办理级别 / Level: village|township|county
-    #[arg(long, value_name = "L")]
+    /// 办理级别 / Level
+    #[arg(long, value_name = "级别 / LEVEL")]
     pub level: Option<String>,
     /// 纠纷类别 / Category
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "类别 / CODE")]
     pub category: Option<String>,
-    /// 只看这个县、乡镇或村（6/9/12位代码）/ Only inside this county, township or village
-    #[arg(long, value_name = "CODE")]
+    /// 只看这个县、乡镇或村（6、9或12位代码） / Only inside this county, township or village (6, 9 or 12 digits)
+    #[arg(long, value_name = "代码 / CODE")]
     pub village: Option<String>,
     /// 风险等级 / Risk
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "风险 / RISK")]
     pub risk: Option<String>,
     /// 只看已超期的 / Only overdue cases
     #[arg(long)]
     pub overdue: bool,
-    /// 标题包含的文字 / Text in the title
-    #[arg(long, value_name = "TEXT")]
+    /// 查找标题中的文字 / Text to find in the title
+    #[arg(long, value_name = "文字 / TEXT")]
     pub search: Option<String>,
     /// 最多显示几件 / At most this many
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "数量 / N")]
     pub limit: Option<String>,
 }
 
 /// A case named by its number, its id, or a unique prefix of either.
 #[derive(Debug, Args)]
 pub(crate) struct CaseRef {
-    /// 案件编号或 ID（可只写开头几位）/ Case number or id, or a unique prefix
-    #[arg(value_name = "CASE")]
+    /// 案件编号或 ID（可只写开头几位） / Case number or id, or a unique prefix
+    #[arg(value_name = "案件 / CASE")]
     pub case: String,
 }
 
@@ -192,21 +214,25 @@ pub(crate) struct EditArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 新标题 / New title
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT")]
     pub title: Option<String>,
     /// 新案情描述 / New description
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT", conflicts_with = "description_file")]
     pub description: Option<String>,
+    /// 从文件读取新的案情描述，- 表示从标准输入读 / Read the new description from a file, - for standard input
+    #[arg(long, value_name = "文件 / FILE")]
+    pub description_file: Option<PathBuf>,
     /// 新类别 / New category
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "类别 / CODE")]
     pub category: Option<String>,
     /// 新风险等级 / New risk
-    #[arg(long)]
+    #[arg(long, value_name = "风险 / RISK")]
     pub risk: Option<String>,
     /// 新网格编号 / New grid number
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "编号 / N")]
     pub grid: Option<String>,
-    #[arg(long, value_name = "PARTY", help = "增加当事人：姓名[,身份证号][,电话]，可多次 / Add a party, repeatable")]
+    /// 增加当事人，可写多次，写法同 fq case new 的 --party / Add a party, repeatable, written as for fq case new --party
+    #[arg(long, value_name = "当事人 / PARTY")]
     pub add_party: Vec<String>,
 }
 
@@ -215,8 +241,11 @@ pub(crate) struct NoteArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 调解记录内容 / The note
-    #[arg(value_name = "TEXT")]
-    pub text: String,
+    #[arg(value_name = "文字 / TEXT", required_unless_present = "file", conflicts_with = "file")]
+    pub text: Option<String>,
+    /// 从文件读取记录内容，- 表示从标准输入读 / Read the note from a file, - for standard input
+    #[arg(long, value_name = "文件 / FILE")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +253,7 @@ pub(crate) struct AssignArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 包保责任人姓名 / Responsible person
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "姓名 / NAME")]
     pub to: String,
 }
 
@@ -233,7 +262,7 @@ pub(crate) struct ReasonArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 理由 / Reason
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT")]
     pub reason: String,
 }
 
@@ -242,8 +271,16 @@ pub(crate) struct SettleArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 调解协议内容 / The agreement
-    #[arg(long, value_name = "TEXT")]
-    pub agreement: String,
+    #[arg(
+        long,
+        value_name = "文字 / TEXT",
+        required_unless_present = "agreement_file",
+        conflicts_with = "agreement_file"
+    )]
+    pub agreement: Option<String>,
+    /// 从文件读取调解协议，- 表示从标准输入读 / Read the agreement from a file, - for standard input
+    #[arg(long, value_name = "文件 / FILE")]
+    pub agreement_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -251,10 +288,10 @@ pub(crate) struct ConfirmArgs {
     #[command(flatten)]
     pub case: CaseRef,
     /// 确认的法院 / The court
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "法院 / COURT")]
     pub court: String,
     /// 文书编号 / Court reference
-    #[arg(long = "ref", value_name = "TEXT")]
+    #[arg(long = "ref", value_name = "编号 / REF")]
     pub reference: Option<String>,
 }
 
@@ -262,47 +299,265 @@ pub(crate) struct ConfirmArgs {
 pub(crate) struct FollowupArgs {
     #[command(flatten)]
     pub case: CaseRef,
-    /// 回访结果 honoured（履行良好）|relapsed（反弹）/ Outcome
-    #[arg(long)]
+    /// 回访结果 / Outcome
+    #[arg(long, value_name = "结果 / OUTCOME")]
     pub outcome: String,
     /// 回访情况 / What was seen
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "文字 / TEXT")]
     pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ExportFormat {
+    /// JSON / JSON
     Json,
+    /// CSV 表格（Excel、WPS 可直接打开） / CSV (opens in Excel and WPS)
     Csv,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
     /// 格式 / Format
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, value_name = "格式 / FORMAT")]
     pub format: ExportFormat,
-    /// 写入文件（默认输出到屏幕）/ Write to this file (default: standard output)
-    #[arg(long, value_name = "FILE")]
+    /// 写入文件（默认输出到屏幕） / Write to this file (default: standard output)
+    #[arg(long, value_name = "文件 / FILE")]
     pub out: Option<PathBuf>,
-    /// 导出完整身份证号（谨慎）/ Export full ID numbers (careful)
+    /// 导出完整身份证号（谨慎） / Export full ID numbers (careful)
     #[arg(long)]
     pub unmasked: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
-    /// 最多显示几条（默认50）/ At most this many records (default 50)
-    #[arg(long, value_name = "N")]
+    /// 最多显示几条（默认50） / At most this many records (default 50)
+    #[arg(long, value_name = "数量 / N")]
     pub limit: Option<String>,
+}
+
+/// The separator between the Chinese and the English half of a text.
+const SEP: &str = " / ";
+
+/// The half of `text` (`中文 / English`) for `lang`; a text without the
+/// separator is shown as it is.
+fn half(text: &str, lang: Lang) -> String {
+    match text.split_once(SEP) {
+        Some((zh, en)) => (if lang == Lang::Zh { zh } else { en }).trim().to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// The command line for `lang`: every text in that language, clap's own
+/// headings translated, examples and value lists after the options.
+pub(crate) fn command(lang: Lang) -> clap::Command {
+    // The options every command takes come after each command's own.
+    let mut order = 900;
+    let root = Cli::command().mut_args(|a| {
+        order += 1;
+        a.display_order(order)
+    });
+    localize(root, lang, "fq")
+}
+
+fn localize(cmd: clap::Command, lang: Lang, path: &str) -> clap::Command {
+    let zh = lang == Lang::Zh;
+    let mut cmd = cmd.mut_args(|a| {
+        let mut a = a;
+        if let Some(help) = a.get_help().map(ToString::to_string) {
+            a = a.help(half(&help, lang));
+        }
+        let names: Vec<String> = a.get_value_names().unwrap_or_default().iter().map(|n| half(n, lang)).collect();
+        if !names.is_empty() {
+            a = a.value_names(names);
+        }
+        let heading = if a.is_positional() { lang.pick("参数", "Arguments") } else { lang.pick("选项", "Options") };
+        a = a.help_heading(heading);
+        // Possible values of an enum are listed in words in the help itself.
+        if a.get_action().takes_values() { a.hide_possible_values(true) } else { a }
+    });
+    if let Some(about) = cmd.get_about().map(ToString::to_string) {
+        cmd = cmd.about(half(&about, lang));
+    }
+    if let Some(after) = after_help(path, lang) {
+        cmd = cmd.after_help(after);
+    }
+    cmd = cmd
+        .subcommand_help_heading(lang.pick("命令", "Commands"))
+        .subcommand_value_name(lang.pick("命令", "COMMAND"))
+        .help_template(if zh {
+            "{about-with-newline}\n用法：{usage}\n\n{all-args}{after-help}"
+        } else {
+            "{about-with-newline}\nUsage: {usage}\n\n{all-args}{after-help}"
+        });
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_owned()).collect();
+    for name in names {
+        let sub_path = format!("{path} {name}");
+        cmd = cmd.mut_subcommand(&name, |s| localize(s, lang, &sub_path));
+    }
+    cmd
+}
+
+/// What clap still writes in English inside a rendered help, in Chinese.
+pub(crate) fn localize_help(text: &str, lang: Lang) -> String {
+    if lang == Lang::En {
+        return text.to_owned();
+    }
+    text.replace("[OPTIONS]", "[选项]").replace("[default: ", "[默认：").replace("[aliases: ", "[别名：")
+}
+
+/// Examples and value lists shown after a command's options.
+fn after_help(path: &str, lang: Lang) -> Option<String> {
+    let zh = lang == Lang::Zh;
+    let text = match path {
+        "fq" => {
+            if zh {
+                "常用：\n  fq init --village 532924101201 --name 张三 --role mediator   在本机建立台账\n  \
+                 fq case new --category neighbor --title \"宅基地滴水纠纷\" --party \"李四,532924198001011230,13800000000\"\n  \
+                 fq case list                                                  看案件，超期和高风险在前\n  \
+                 fq sync --server 10.0.0.5:4433                               与乡镇服务器同步\n\
+                 每个命令后加 --help 看它的用法，例如 fq case new --help。"
+                    .to_owned()
+            } else {
+                "Common:\n  fq init --village 532924101201 --name \"Zhang San\" --role mediator   set up this device\n  \
+                 fq case new --category neighbor --title \"Eaves dripping\" --party \"Li Si,532924198001011230,13800000000\"\n  \
+                 fq case list                                                  cases, overdue and high risk first\n  \
+                 fq sync --server 10.0.0.5:4433                               sync with the township server\n\
+                 Add --help after any command to see how to use it, e.g. fq case new --help."
+                    .to_owned()
+            }
+        }
+        "fq init" | "fq enroll" => format!(
+            "{}{}\n{}",
+            lang.pick("角色：", "Roles: "),
+            choices(lang, Role::ALL),
+            lang.pick(
+                "例如：fq init --village 532924101201 --name 张三 --role mediator\n      fq init --bundle d07.bundle.json --name 张三",
+                "e.g. fq init --village 532924101201 --name \"Zhang San\" --role mediator\n     fq init --bundle d07.bundle.json --name \"Zhang San\"",
+            )
+        ),
+        "fq case new" => format!(
+            "{}{}\n{}{}\n{}",
+            lang.pick("类别（写代码或中文名都可以）：", "Categories (code or label): "),
+            choices(lang, Category::ALL),
+            lang.pick("风险等级：", "Risk: "),
+            choices(lang, Risk::ALL),
+            lang.pick(
+                "例如：fq case new --category neighbor --title \"宅基地滴水纠纷\" --party \"李四,532924198001011230,13800000000\" --party 王五\n      \
+                 fq case new --category debt --title \"借款纠纷\" --party \"name=赵六,phone=0872-1234567\" --description-file 案情.txt",
+                "e.g. fq case new --category neighbor --title \"Eaves dripping\" --party \"Li Si,532924198001011230,13800000000\" --party \"Wang Wu\"\n     \
+                 fq case new --category debt --title \"A loan\" --party \"name=Zhao Liu,phone=0872-1234567\" --description-file case.txt",
+            )
+        ),
+        "fq case list" => format!(
+            "{}{}\n{}{}\n{}{}\n{}{}\n{}",
+            lang.pick("状态：", "Status: "),
+            choices(lang, Status::ALL),
+            lang.pick("级别：", "Level: "),
+            choices(lang, Level::ALL),
+            lang.pick("风险等级：", "Risk: "),
+            choices(lang, Risk::ALL),
+            lang.pick("类别：", "Categories: "),
+            choices(lang, Category::ALL),
+            lang.pick(
+                "例如：fq case list --overdue\n      fq case list --risk high --status mediating",
+                "e.g. fq case list --overdue\n     fq case list --risk high --status mediating",
+            )
+        ),
+        "fq case edit" => format!(
+            "{}{}\n{}{}\n{}",
+            lang.pick("类别：", "Categories: "),
+            choices(lang, Category::ALL),
+            lang.pick("风险等级：", "Risk: "),
+            choices(lang, Risk::ALL),
+            lang.pick(
+                "例如：fq case edit 532924101201-2026-d07a-0001 --risk high",
+                "e.g. fq case edit 532924101201-2026-d07a-0001 --risk high",
+            )
+        ),
+        "fq case followup" => format!(
+            "{}{}\n{}",
+            lang.pick("回访结果：", "Outcomes: "),
+            choices(lang, Outcome::ALL),
+            lang.pick(
+                "例如：fq case followup 532924101201-2026-d07a-0001 --outcome honoured --note \"已安装接水槽\"",
+                "e.g. fq case followup 532924101201-2026-d07a-0001 --outcome honoured --note \"gutter fitted\"",
+            )
+        ),
+        "fq case note" => lang
+            .pick(
+                "例如：fq case note 532924101201-2026-d07a-0001 \"双方到场，李四同意加装接水槽\"\n      fq case note 532924101201-2026-d07a-0001 --file 记录.txt",
+                "e.g. fq case note 532924101201-2026-d07a-0001 \"both came; Li Si agrees to fit a gutter\"\n     fq case note 532924101201-2026-d07a-0001 --file note.txt",
+            )
+            .to_owned(),
+        "fq export" => lang
+            .pick(
+                "格式：json、csv（CSV 可用 Excel、WPS 直接打开）。身份证号默认隐藏中间几位，--unmasked 导出完整号码。\n例如：fq export --format csv --out 案件.csv",
+                "Formats: json, csv (CSV opens in Excel and WPS). ID numbers are masked unless --unmasked.\ne.g. fq export --format csv --out cases.csv",
+            )
+            .to_owned(),
+        _ => return None,
+    };
+    Some(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        command(Lang::Zh).debug_assert();
+        command(Lang::En).debug_assert();
+    }
+
+    /// Every text a person reads, in every command, has its two halves.
+    #[test]
+    fn every_help_text_has_chinese_and_english() {
+        fn halves_ok(text: &str) -> bool {
+            let halves: Vec<&str> = text.split(SEP).collect();
+            halves.len() == 2 && halves.iter().all(|h| !h.trim().is_empty())
+        }
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            match cmd.get_about().map(ToString::to_string) {
+                Some(about) if !halves_ok(&about) => missing.push(format!("{path} about: {about:?}")),
+                None if path != "fq" => missing.push(format!("{path}: no about")),
+                _ => {}
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().to_string();
+                match a.get_help().map(ToString::to_string) {
+                    Some(h) if !halves_ok(&h) => missing.push(format!("{path} --{id}: {h:?}")),
+                    None => missing.push(format!("{path} --{id}: no help")),
+                    _ => {}
+                }
+                let names = if a.get_action().takes_values() { a.get_value_names().unwrap_or_default() } else { &[] };
+                for n in names {
+                    if !halves_ok(n) {
+                        missing.push(format!("{path} --{id} value: {n:?}"));
+                    }
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "fq", &mut missing);
+        assert!(missing.is_empty(), "texts without both halves:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn chinese_help_has_no_clap_english() {
+        let mut cmd = command(Lang::Zh);
+        let help = localize_help(&cmd.render_help().to_string(), Lang::Zh);
+        for english in ["Usage", "Options", "Commands", "Print help", "[OPTIONS]", "COMMAND"] {
+            assert!(!help.contains(english), "{english} in:\n{help}");
+        }
+        assert!(help.contains("用法：") && help.contains("命令") && help.contains("显示帮助"), "{help}");
+        let mut new = command(Lang::Zh);
+        let case = new.find_subcommand_mut("case").and_then(|c| c.find_subcommand_mut("new")).map(|c| c.render_help());
+        let case = case.map(|h| h.to_string()).unwrap_or_default();
+        assert!(case.contains("neighbor（邻里纠纷）") && case.contains("例如："), "{case}");
     }
 }

@@ -15,8 +15,9 @@ use anyhow::Context;
 use fq_core::case::CaseId;
 use fq_core::clock::{Clock, SystemClock};
 use fq_core::doc::CaseState;
-use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions};
+use fq_core::ledger::{Identity, InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
 use fq_core::store::ListFilter;
+use fq_core::text::{Escape, SafeWriter};
 
 use crate::cli::Cli;
 use crate::lang::Lang;
@@ -48,8 +49,11 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
     }
     let dir = settings.data_dir(default_data_dir)?;
     let path = dir.join(LEDGER_FILE);
-    let stdout = io::stdout();
-    let out: &mut dyn Write = &mut stdout.lock();
+    // Everything printed passes through one escaping writer: cases hold text
+    // from other devices, and a forged peer's control characters must show as
+    // text, never act on the terminal.
+    let mut safe = SafeWriter::new(io::stdout().lock(), if json { Escape::Json } else { Escape::Human });
+    let out: &mut dyn Write = &mut safe;
     match request {
         Request::Init(init) => match &init.bundle {
             None => {
@@ -59,18 +63,23 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
             }
             Some(file) => {
                 // Everything is checked before the ledger is created: a bundle that does not
-                // fit leaves nothing behind.
+                // fit, or that the county revoked, leaves nothing behind.
                 let bundle = enroll::load(file)?;
-                let mut ledger = init_ledger(&dir, enroll::init_options(&init, &bundle)?)?;
-                enroll::install(&dir, &mut ledger, &bundle)?;
+                let options = enroll::init_options(&init, &bundle)?;
+                let revocations = enroll::newest_revocations(&bundle, &dir, init.revocations.as_deref())?;
+                enroll::check_not_revoked(&bundle, &revocations)?;
+                let mut ledger = init_ledger(&dir, options)?;
+                enroll::install(&dir, &mut ledger, &bundle, &revocations)?;
                 render::initialized(out, lang, json, ledger.identity(), &dir)
             }
         },
-        Request::Enroll { bundle: file } => {
+        Request::Enroll { bundle: file, revocations } => {
             let bundle = enroll::load(&file)?;
+            let list = enroll::newest_revocations(&bundle, &dir, revocations.as_deref())?;
+            enroll::check_not_revoked(&bundle, &list)?;
             let mut ledger = open(&path)?;
             enroll::check_fits(&bundle, ledger.identity())?;
-            let saved = enroll::install(&dir, &mut ledger, &bundle)?;
+            let saved = enroll::install(&dir, &mut ledger, &bundle, &list)?;
             render::enrolled(out, lang, json, ledger.identity(), &bundle, &saved)
         }
         Request::Sync { server } => sync::run(out, &dir, server, lang, json),
@@ -104,7 +113,7 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         }
         Request::Export { format, out: file, unmasked } => {
             let mut ledger = open_read_only(&path)?;
-            let done = export::run(&mut ledger, format, file.as_deref(), unmasked)?;
+            let done = export::run(&mut ledger, lang, format, file.as_deref(), unmasked)?;
             export::receipt(out, lang, json, format, &done, unmasked)
         }
         Request::Audit { limit } => {
@@ -115,7 +124,43 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
     }
 }
 
+/// Why `fq` will not write to a ledger that opens fine.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteRefused {
+    /// The data directory is a township or county server's replica.
+    #[error("{} holds the replica of the {} server {name} ({scope}); servers relay and never write", dir.display(), tier.code())]
+    ServerReplica {
+        /// The data directory.
+        dir: PathBuf,
+        /// The server's tier.
+        tier: Tier,
+        /// The server's name.
+        name: String,
+        /// Its area.
+        scope: String,
+    },
+}
+
+/// Refuses to write into a server's replica: a server relays what devices
+/// wrote and its parent refuses anything a server wrote itself, so a change
+/// made there would never reach the county and every sync would trip over it.
+pub(crate) fn check_device(id: &Identity, path: &Path) -> Result<(), WriteRefused> {
+    if id.tier == Tier::Device {
+        return Ok(());
+    }
+    Err(WriteRefused::ServerReplica {
+        dir: path.parent().unwrap_or(path).to_path_buf(),
+        tier: id.tier,
+        name: id.name.clone(),
+        scope: id.scope.to_string(),
+    })
+}
+
+/// Opens the ledger for a write command: only a device's, and only after a
+/// read-only look that writes nothing (a server's file is never opened for
+/// writing by `fq`).
 fn open(path: &Path) -> anyhow::Result<Ledger> {
+    check_device(open_read_only(path)?.identity(), path)?;
     Ledger::open(path, clock(), LedgerOptions::default()).with_context(|| format!("opening {}", path.display()))
 }
 

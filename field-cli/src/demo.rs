@@ -49,7 +49,7 @@ struct Narrator {
 impl Narrator {
     fn say(&self, zh: &str, en: &str) {
         if !self.json {
-            println!("{}", if self.lang == Lang::Zh { zh } else { en });
+            println!("{}", fq_core::text::escape(if self.lang == Lang::Zh { zh } else { en }));
         }
     }
 
@@ -92,7 +92,9 @@ pub(crate) fn run(lang: Lang, json: bool) -> Result<()> {
         &format!("\nDemo finished in {:.1} s.", started.elapsed().as_secs_f64()),
     );
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut out = fq_core::text::SafeWriter::new(std::io::stdout().lock(), fq_core::text::Escape::Json);
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
     }
     Ok(())
 }

@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 
 use fq_core::case::Role;
 use fq_core::ledger::{Identity, InitOptions, Ledger, Tier};
-use fq_sync_server::ca::{Bundle, BundleError, GrantRole};
+use fq_sync_server::ca::{Bundle, BundleError, GrantRole, RevocationError, RevocationList};
 
 use crate::request::Init;
 
 /// The bundle's file name inside the data directory.
 pub(crate) const BUNDLE_FILE: &str = "bundle.json";
+/// The newest county revocation list this device has seen (from any bundle
+/// it took, or a list file given to `enroll`/`init`), inside the data
+/// directory. Signed public data, not a secret.
+pub(crate) const REVOCATIONS_FILE: &str = "revocations.json";
 
 /// Why a bundle does not fit, or is not there.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,25 @@ pub(crate) enum EnrollError {
         bundle: String,
         /// What was given.
         given: String,
+    },
+    /// The bundle's certificate is on the county's revocation list.
+    #[error("certificate {id} (serial {serial}) is revoked (revocation list version {version})")]
+    Revoked {
+        /// The bundle's subject.
+        id: String,
+        /// Its serial.
+        serial: String,
+        /// The list that revokes it.
+        version: u64,
+    },
+    /// A revocation list file given with `--revocations` is unreadable or not the county CA's.
+    #[error("revocation list {} is invalid", path.display())]
+    BadRevocations {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: RevocationError,
     },
     /// The bundle's area does not cover the ledger's.
     #[error("the bundle's area {bundle} does not cover this device's area {ledger}")]
@@ -134,10 +157,59 @@ pub(crate) fn check_fits(bundle: &Bundle, identity: &Identity) -> Result<(), Enr
     Ok(())
 }
 
-/// Adds the bundle's grant to the ledger and copies the bundle into `dir` (mode 0600).
-pub(crate) fn install(dir: &Path, ledger: &mut Ledger, bundle: &Bundle) -> anyhow::Result<PathBuf> {
+/// The newest revocation list of the bundle's CA among what this device
+/// knows: the bundle's own, the one kept in `dir`, and `extra` (a list file
+/// the county handed over with the bundle). A kept list that no longer
+/// verifies is ignored; an `extra` that does not verify is an error.
+pub(crate) fn newest_revocations(
+    bundle: &Bundle,
+    dir: &Path,
+    extra: Option<&Path>,
+) -> Result<RevocationList, EnrollError> {
+    let mut newest = bundle.revocations().clone();
+    let kept = RevocationList::load(&dir.join(REVOCATIONS_FILE)).ok().filter(|l| l.verify(bundle.ca()).is_ok());
+    let given = match extra {
+        Some(path) => Some(
+            RevocationList::load(path)
+                .and_then(|l| l.verify(bundle.ca()).map(|()| l))
+                .map_err(|source| EnrollError::BadRevocations { path: path.to_owned(), source })?,
+        ),
+        None => None,
+    };
+    for list in kept.into_iter().chain(given) {
+        if list.version() > newest.version() {
+            newest = list;
+        }
+    }
+    Ok(newest)
+}
+
+/// Refuses a bundle whose certificate the county has revoked, as far as this
+/// device knows (see [`newest_revocations`]): a revoked phone's bundle must
+/// not be set up again on another device. A device that knows no newer list
+/// learns it from its township, which refuses a revoked certificate at once.
+pub(crate) fn check_not_revoked(bundle: &Bundle, list: &RevocationList) -> Result<(), EnrollError> {
+    if list.contains(bundle.serial()) {
+        return Err(EnrollError::Revoked {
+            id: bundle.id().to_string(),
+            serial: bundle.serial().to_string(),
+            version: list.version(),
+        });
+    }
+    Ok(())
+}
+
+/// Adds the bundle's grant to the ledger, copies the bundle into `dir`
+/// (mode 0600) and keeps `revocations`, the newest list known, beside it.
+pub(crate) fn install(
+    dir: &Path,
+    ledger: &mut Ledger,
+    bundle: &Bundle,
+    revocations: &RevocationList,
+) -> anyhow::Result<PathBuf> {
     ledger.add_grant(bundle.grant())?;
     let path = dir.join(BUNDLE_FILE);
     bundle.save(&path)?;
+    revocations.save(&dir.join(REVOCATIONS_FILE))?;
     Ok(path)
 }

@@ -16,6 +16,7 @@ use fq_core::clock::Timestamp;
 use fq_core::doc::CaseState;
 use fq_core::ledger::Ledger;
 use fq_core::store::{CaseRow, ListFilter};
+use fq_core::text::{Escape, SafeWriter};
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,23 +24,25 @@ use crate::cli::ExportFormat;
 use crate::lang::Lang;
 use crate::render::{self, cst, mask_id};
 
-/// The CSV columns, in order.
-pub(crate) const CSV_HEADER: [&str; 15] = [
-    "number",
-    "village",
-    "grid",
-    "category",
-    "category_zh",
-    "title",
-    "status",
-    "level",
-    "risk",
-    "recorded_at",
-    "updated_at",
-    "deadline",
-    "responsible",
-    "parties",
-    "conflicts",
+/// The CSV columns, in order, as (Chinese, English) headers. A Chinese file
+/// holds labels (调解成功, 村级, 高); an English one the stable codes
+/// (`settled`, `village`, `high`) and the English category label.
+pub(crate) const CSV_HEADER: [(&str, &str); 15] = [
+    ("编号", "number"),
+    ("村代码", "village"),
+    ("网格", "grid"),
+    ("类别代码", "category"),
+    ("类别", "category_label"),
+    ("标题", "title"),
+    ("状态", "status"),
+    ("级别", "level"),
+    ("风险等级", "risk"),
+    ("登记时间", "recorded_at"),
+    ("更新时间", "updated_at"),
+    ("办结期限", "deadline"),
+    ("责任人", "responsible"),
+    ("当事人", "parties"),
+    ("并发冲突", "conflicts"),
 ];
 
 /// Makes Excel read a CSV file as UTF-8.
@@ -63,14 +66,18 @@ pub(crate) struct Exported {
 /// Writes every case in `format` to `out` (a file) or standard output.
 pub(crate) fn run(
     ledger: &mut Ledger,
+    lang: Lang,
     format: ExportFormat,
     out: Option<&Path>,
     unmasked: bool,
 ) -> anyhow::Result<Exported> {
+    // Text from other devices may hold control characters a forged peer
+    // slipped in: escaped in every export, as JSON escapes in JSON.
+    let escape = if format == ExportFormat::Json { Escape::Json } else { Escape::Human };
     let Some(path) = out else {
         let stdout = io::stdout();
-        let mut sink = BufWriter::new(stdout.lock());
-        let count = write(ledger, format, unmasked, &mut sink)?;
+        let mut sink = SafeWriter::new(BufWriter::new(stdout.lock()), escape);
+        let count = write(ledger, lang, format, unmasked, &mut sink)?;
         sink.flush()?;
         return Ok(Exported { count, out: None });
     };
@@ -81,11 +88,11 @@ pub(crate) fn run(
     let mut tmp =
         tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
     let count = {
-        let mut sink = BufWriter::new(tmp.as_file_mut());
+        let mut sink = SafeWriter::new(BufWriter::new(tmp.as_file_mut()), escape);
         if format == ExportFormat::Csv {
             sink.write_all(UTF8_BOM)?;
         }
-        let count = write(ledger, format, unmasked, &mut sink)?;
+        let count = write(ledger, lang, format, unmasked, &mut sink)?;
         sink.flush().with_context(|| format!("cannot write {}", path.display()))?;
         count
     };
@@ -94,7 +101,13 @@ pub(crate) fn run(
     Ok(Exported { count, out: Some(path.to_path_buf()) })
 }
 
-fn write(ledger: &mut Ledger, format: ExportFormat, unmasked: bool, sink: &mut dyn Write) -> anyhow::Result<usize> {
+fn write(
+    ledger: &mut Ledger,
+    lang: Lang,
+    format: ExportFormat,
+    unmasked: bool,
+    sink: &mut dyn Write,
+) -> anyhow::Result<usize> {
     // The ledger hands cases over one at a time through a callback that cannot
     // fail: keep the first write error and skip the rest.
     let mut failed: Option<anyhow::Error> = None;
@@ -129,10 +142,10 @@ fn write(ledger: &mut Ledger, format: ExportFormat, unmasked: bool, sink: &mut d
         }
         ExportFormat::Csv => {
             let mut csv = csv::Writer::from_writer(&mut *sink);
-            csv.write_record(CSV_HEADER).map_err(io::Error::from)?;
+            csv.write_record(CSV_HEADER.map(|(zh, en)| lang.pick(zh, en))).map_err(io::Error::from)?;
             let count = ledger.export(&ListFilter::default(), |row, state| {
                 if failed.is_none() {
-                    failed = csv.write_record(csv_row(row, &state)).err().map(|e| io::Error::from(e).into());
+                    failed = csv.write_record(csv_row(lang, row, &state)).err().map(|e| io::Error::from(e).into());
                 }
             })?;
             if let Some(e) = failed.take() {
@@ -170,18 +183,19 @@ fn sheet_text(text: &str) -> String {
     }
 }
 
-fn csv_row(row: &CaseRow, state: &CaseState) -> [String; 15] {
+fn csv_row(lang: Lang, row: &CaseRow, state: &CaseState) -> [String; 15] {
     let parties: Vec<&str> = state.parties.iter().map(|p| p.name.as_str()).collect();
+    let word = |code: &'static str, label: &'static str| lang.pick(label, code).to_owned();
     [
         row.number.clone(),
         row.village.clone(),
         row.grid.map(|g| g.to_string()).unwrap_or_default(),
         row.category.code().to_owned(),
-        row.category.zh().to_owned(),
+        lang.label(row.category).to_owned(),
         sheet_text(&row.title),
-        row.status.code().to_owned(),
-        row.level.code().to_owned(),
-        row.risk.code().to_owned(),
+        word(row.status.code(), row.status.zh()),
+        word(row.level.code(), row.level.zh()),
+        word(row.risk.code(), row.risk.zh()),
         sheet_time(row.recorded_at),
         sheet_time(row.updated_at),
         row.deadline.map(sheet_time).unwrap_or_default(),

@@ -19,7 +19,7 @@
 
 use std::ffi::OsString;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 mod cli;
 mod command;
@@ -38,11 +38,15 @@ fn main() {
 
 fn run() -> i32 {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = match cli::Cli::try_parse_from(&args) {
+    // The language is needed before clap has read the arguments: its help and
+    // its errors are in it too.
+    let lang = lang::Lang::from_args(&args);
+    let parsed = cli::command(lang).try_get_matches_from(&args).and_then(|m| cli::Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
-        Err(e) => return message::report_usage(&e, &args),
+        Err(e) => return message::report_usage(&e, &args, lang),
     };
-    let lang = cli.lang.unwrap_or_else(lang::Lang::from_env);
+    let lang = cli.lang.unwrap_or(lang);
     let json = cli.json;
     match command::execute(cli, lang) {
         Ok(()) => 0,

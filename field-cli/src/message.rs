@@ -11,17 +11,20 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 
 use fq_core::case::{Category, EventKind, InputError, Level, Outcome, Risk, Role, Status};
-use fq_core::ledger::LedgerError;
+use fq_core::ledger::{LedgerError, Tier};
 use fq_core::store::StoreError;
 use fq_core::sync::session::SessionError;
 use fq_core::sync::wire::ErrorCode;
+use fq_core::text::{Escape, SafeWriter};
+use fq_sync_server::ca::BundleError;
 use fq_sync_server::client::SyncError;
 use fq_sync_server::net::{CloseCode, ConnectError};
 use serde::Serialize;
 
+use crate::command::WriteRefused;
 use crate::enroll::EnrollError;
 use crate::lang::{Lang, choices};
-use crate::request::ArgError;
+use crate::request::{ArgError, TextFileProblem};
 use crate::sync::AddressError;
 
 /// Exit code of a failure that is not the user's to fix.
@@ -46,6 +49,7 @@ pub(crate) enum Kind {
     InvalidTransition,
     RoleNotAllowed,
     ReadOnly,
+    ServerReplica,
     DamagedCase,
     NewerLedger,
     DiskFull,
@@ -64,6 +68,7 @@ pub(crate) enum Kind {
     NotEnrolled,
     InvalidBundle,
     BundleMismatch,
+    BundleRevoked,
     NoServer,
     InvalidAddress,
     ServerUnreachable,
@@ -87,6 +92,7 @@ impl Kind {
         Kind::InvalidTransition,
         Kind::RoleNotAllowed,
         Kind::ReadOnly,
+        Kind::ServerReplica,
         Kind::DamagedCase,
         Kind::NewerLedger,
         Kind::DiskFull,
@@ -105,6 +111,7 @@ impl Kind {
         Kind::NotEnrolled,
         Kind::InvalidBundle,
         Kind::BundleMismatch,
+        Kind::BundleRevoked,
         Kind::NoServer,
         Kind::InvalidAddress,
         Kind::ServerUnreachable,
@@ -147,38 +154,117 @@ pub(crate) fn report(err: &anyhow::Error, lang: Lang, json: bool) -> i32 {
 }
 
 /// Prints a clap error (usage, or `--help`/`--version`) and returns the exit
-/// code: 0 for help and version, 2 for every usage error.
-pub(crate) fn report_usage(err: &clap::Error, args: &[OsString]) -> i32 {
+/// code: 0 for help and version, 2 for every usage error. Help is printed in
+/// the user's language (see `cli::command`); usage errors are put into words
+/// here, in Chinese from clap's error kind and context, in English by clap.
+pub(crate) fn report_usage(err: &clap::Error, args: &[OsString], lang: Lang) -> i32 {
     use clap::error::ErrorKind;
-    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = err.print();
-        return 0;
-    }
     let json = args.iter().any(|a| a == "--json");
-    let lang = Lang::from_args(args);
-    if json {
-        // clap's own first paragraph, on one line: "the following required
-        // arguments were not provided: --category <CODE>".
-        let rendered = err.to_string();
-        let first = rendered.split("\n\n").next().unwrap_or_default();
-        let first = first.trim().strip_prefix("error:").unwrap_or(first);
-        let detail = first.split_whitespace().collect::<Vec<_>>().join(" ");
-        let message = match lang {
-            Lang::Zh => format!("命令写法不对：{detail}。请运行 fq --help 查看用法。"),
-            Lang::En => format!("the command is not written correctly: {detail}. Run fq --help to see how to use it."),
-        };
-        print(&Problem::user(Kind::Usage, message), true);
-    } else {
-        if lang == Lang::Zh {
-            let _ = writeln!(io::stderr(), "命令写法不对（用法见 fq --help）：");
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = write!(io::stdout(), "{}", crate::cli::localize_help(&err.render().to_string(), lang));
+            return 0;
         }
-        let _ = err.print();
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if !json => {
+            let lead = lang.pick("还要写明做什么，可以用的命令如下：", "say what to do; the commands are:");
+            let help = crate::cli::localize_help(&err.render().to_string(), lang);
+            let _ = write!(SafeWriter::new(io::stderr().lock(), Escape::Human), "{lead}\n\n{help}");
+            return EXIT_USAGE;
+        }
+        _ => {}
     }
+    let path = command_path(args);
+    let message = match lang {
+        Lang::Zh => format!("命令写法不对：{}请运行 {path} --help 查看用法。", usage_zh(err)),
+        Lang::En => {
+            // clap's own first paragraph, on one line: "the following required
+            // arguments were not provided: --category <CODE>".
+            let rendered = err.to_string();
+            let first = rendered.split("\n\n").next().unwrap_or_default();
+            let first = first.trim().strip_prefix("error:").unwrap_or(first);
+            let detail = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("the command is not written correctly: {detail}. Run {path} --help to see how to use it.")
+        }
+    };
+    print(&Problem::user(Kind::Usage, message), json);
     EXIT_USAGE
 }
 
+/// The subcommands named in `args` (`fq case new`), to point at their help.
+fn command_path(args: &[OsString]) -> String {
+    let mut cmd = crate::cli::command(Lang::Zh);
+    let mut path = vec!["fq".to_owned()];
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned());
+    while let Some(word) = words.next() {
+        if word == "--data-dir" || word == "--lang" {
+            words.next();
+            continue;
+        }
+        if word.starts_with('-') {
+            continue;
+        }
+        match cmd.find_subcommand(&word) {
+            Some(sub) => {
+                path.push(word);
+                cmd = sub.clone();
+            }
+            None => break,
+        }
+    }
+    path.join(" ")
+}
+
+/// A clap usage error in Chinese, from its kind and context: what was wrong,
+/// ending with a full stop.
+fn usage_zh(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let get = |kind: ContextKind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) if !v.is_empty() => Some(v.join("、")),
+        Some(ContextValue::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let arg = get(ContextKind::InvalidArg).unwrap_or_default();
+    let value = get(ContextKind::InvalidValue).unwrap_or_default();
+    let suggestion = get(ContextKind::SuggestedSubcommand)
+        .or_else(|| get(ContextKind::SuggestedArg))
+        .or_else(|| get(ContextKind::SuggestedValue))
+        .map(|s| format!("是不是要写“{s}”？"))
+        .unwrap_or_default();
+    match err.kind() {
+        ErrorKind::InvalidSubcommand => {
+            let sub = get(ContextKind::InvalidSubcommand).unwrap_or_default();
+            format!("没有“{sub}”这个命令。{suggestion}")
+        }
+        ErrorKind::UnknownArgument => format!("没有“{arg}”这个选项。{suggestion}"),
+        ErrorKind::MissingRequiredArgument => format!("缺少必填的 {arg}。"),
+        ErrorKind::MissingSubcommand => "还要写明做什么（哪个命令）。".to_owned(),
+        ErrorKind::InvalidValue => {
+            let valid = get(ContextKind::ValidValue).map(|v| format!("可以填写：{v}。")).unwrap_or_default();
+            if value.is_empty() {
+                format!("{arg} 后面要写一个值。{valid}")
+            } else {
+                format!("{arg} 的值“{value}”不对。{valid}{suggestion}")
+            }
+        }
+        ErrorKind::ValueValidation => format!("{arg} 的值“{value}”不对。"),
+        ErrorKind::ArgumentConflict => {
+            let other = get(ContextKind::PriorArg).unwrap_or_default();
+            format!("{arg} 和 {other} 不能同时使用，只写其中一个。")
+        }
+        ErrorKind::NoEquals => format!("{arg} 的值要用等号写在后面，例如 {arg}=值。"),
+        ErrorKind::TooManyValues | ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues => {
+            format!("{arg} 后面写的值的个数不对。")
+        }
+        ErrorKind::InvalidUtf8 => "参数里有不是 UTF-8 编码的字符。".to_owned(),
+        _ => String::new(),
+    }
+}
+
 fn print(problem: &Problem, json: bool) {
-    let mut err = io::stderr().lock();
+    // Messages quote input, which may hold control characters (a case
+    // reference pasted from elsewhere): escaped like everything printed.
+    let mut err = SafeWriter::new(io::stderr().lock(), if json { Escape::Json } else { Escape::Human });
     // Nothing more can be done if standard error itself is gone.
     let _ = if json {
         let value = serde_json::json!({ "error": problem });
@@ -198,6 +284,9 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<EnrollError>() {
             return enroll(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<WriteRefused>() {
+            return write_refused(e, lang);
         }
         if let Some(e) = cause.downcast_ref::<AddressError>() {
             return address(e, lang);
@@ -326,6 +415,35 @@ pub(crate) fn ledger(e: &LedgerError, lang: Lang, whole: &anyhow::Error) -> Prob
     Problem { kind, message, exit }
 }
 
+/// The words for a write `fq` refuses to make.
+fn write_refused(e: &WriteRefused, lang: Lang) -> Problem {
+    match e {
+        WriteRefused::ServerReplica { dir, tier, name, scope } => {
+            let tier_zh = if *tier == Tier::County { "县" } else { "乡镇" };
+            Problem::user(
+                Kind::ServerReplica,
+                match lang {
+                    Lang::Zh => format!(
+                        "{} 是{tier_zh}服务器 {name}（{scope}）的数据目录，不能在这里修改：服务器只转发各台设备的修改，自己写的修改上级不会接收，数据就对不上了。\
+                         请在设备上修改后同步；乡镇干部、县级管理员请用自己的台账修改（fq init --bundle 本人的证书包），再与服务器同步。\
+                         查看这里的数据可以用只读命令，例如 fq case list、fq case show。什么也没有写入。",
+                        dir.display()
+                    ),
+                    Lang::En => format!(
+                        "{} is the data directory of the {} server {name} ({scope}); it cannot be changed here: a server relays \
+                         what devices wrote, and its parent refuses anything a server wrote itself, so the data would no longer \
+                         agree. Make the change on a device and sync it; township officers and county admins use their own ledger \
+                         (fq init --bundle with their own bundle) and sync it with the server. Read-only commands such as \
+                         fq case list and fq case show work here. Nothing was written.",
+                        dir.display(),
+                        tier.code()
+                    ),
+                },
+            )
+        }
+    }
+}
+
 fn damaged_case(lang: Lang, whole: &anyhow::Error) -> String {
     match lang {
         Lang::Zh => format!("案件数据读写出错，可能已损坏：{whole:#}。请把这条信息报给县综治中心。"),
@@ -406,6 +524,43 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
             )
             .to_owned(),
         ),
+        ArgError::MissingText { what } => Problem::user(
+            Kind::InvalidText,
+            match lang {
+                Lang::Zh => {
+                    format!("没有填写{}：请直接写在命令里，或用文件给出（- 表示从标准输入读）。", field_words_zh(what))
+                }
+                Lang::En => {
+                    format!("no {what} given: write it in the command, or give a file (- reads standard input).")
+                }
+            },
+        ),
+        ArgError::TextFile { what, path, problem } => {
+            let file = if path.as_os_str() == "-" {
+                lang.pick("标准输入", "standard input").to_owned()
+            } else {
+                path.display().to_string()
+            };
+            let (zh, en) = match problem {
+                TextFileProblem::Unreadable => {
+                    ("读不出来，请检查文件名和权限", "cannot be read; check the name and permissions")
+                }
+                TextFileProblem::NotUtf8 => (
+                    "不是 UTF-8 编码的纯文本，请用记事本“另存为”UTF-8 格式后再试",
+                    "is not UTF-8 plain text; save it as UTF-8 text (e.g. Save As in Notepad) and try again",
+                ),
+                TextFileProblem::TooBig => {
+                    ("太大了，一段文字最多两万字", "is too big: a text holds at most 20,000 characters")
+                }
+            };
+            Problem::user(
+                Kind::InvalidText,
+                match lang {
+                    Lang::Zh => format!("用来填写{}的{file}{zh}。什么也没有写入。", field_words_zh(what)),
+                    Lang::En => format!("{file}, given for the {what}, {en}. Nothing was written."),
+                },
+            )
+        }
     }
 }
 
@@ -424,7 +579,7 @@ fn enroll(e: &EnrollError, lang: Lang) -> Problem {
         EnrollError::Invalid { path, source } => Problem::user(
             Kind::InvalidBundle,
             if zh {
-                format!("证书包 {} 无法使用：{source}。请向县综治中心重新申领证书包。", path.display())
+                format!("证书包 {} 无法使用：{}。请向县综治中心重新申领证书包。", path.display(), bundle_problem_zh(source))
             } else {
                 format!("the bundle {} cannot be used: {source}. Ask the county centre for a new one.", path.display())
             },
@@ -453,6 +608,50 @@ fn enroll(e: &EnrollError, lang: Lang) -> Problem {
                 format!("the bundle's area {bundle} does not cover this device's area {ledger}. Ask for a bundle for this area.")
             },
         ),
+        EnrollError::Revoked { id, serial, version } => Problem::user(
+            Kind::BundleRevoked,
+            if zh {
+                format!(
+                    "证书 {id}（序列号 {serial}）已被县里吊销（吊销清单第 {version} 版），不能再登记：这通常是丢失或更换过的手机的证书。\
+                     请向县综治中心申领一份新的证书包。什么也没有写入。"
+                )
+            } else {
+                format!(
+                    "certificate {id} (serial {serial}) was revoked by the county (revocation list version {version}) and cannot \
+                     be enrolled: it is usually the certificate of a lost or replaced phone. Ask the county centre for a new \
+                     bundle. Nothing was written."
+                )
+            },
+        ),
+        EnrollError::BadRevocations { path, .. } => Problem::user(
+            Kind::InvalidBundle,
+            if zh {
+                format!("吊销清单文件 {} 读不出来，或不是本县证书中心签发的：请向县综治中心要一份新的吊销清单。", path.display())
+            } else {
+                format!(
+                    "revocation list {} cannot be read or was not signed by this county's CA: ask the county centre for a current one.",
+                    path.display()
+                )
+            },
+        ),
+    }
+}
+
+/// What is wrong with a bundle file, in Chinese.
+fn bundle_problem_zh(e: &BundleError) -> String {
+    match e {
+        BundleError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => "找不到这个文件".to_owned(),
+        BundleError::Io { .. } => "文件读不出来（请检查文件名和权限）".to_owned(),
+        BundleError::TooLarge(_) => "文件太大，不是证书包".to_owned(),
+        BundleError::Decode(_) | BundleError::GrantEncoding => "文件内容不是证书包（可能拷贝时损坏了）".to_owned(),
+        BundleError::Format(v) | BundleError::Outdated(v) => format!("证书包是旧格式（第 {v} 版），本机的 fq 不再读取"),
+        BundleError::Grant(_) | BundleError::Certificate(_) | BundleError::Mismatch { .. } => {
+            "证书包里的证书或授权无效，或前后不一致".to_owned()
+        }
+        BundleError::CaCertificate(_) | BundleError::NotSignedByCa => "证书不是本县证书中心签发的".to_owned(),
+        BundleError::PrivateKey(_) | BundleError::KeyMismatch => "证书包里的私钥无效或与证书不符".to_owned(),
+        BundleError::Revocations(_) => "证书包里的吊销清单无效".to_owned(),
+        _ => "证书包无法读取".to_owned(),
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use chrono::{DateTime, FixedOffset};
 use comfy_table::{ContentArrangement, Table, presets};
-use fq_core::case::{EventKind, IdNumber, Level, Outcome, Risk};
+use fq_core::case::{Category, EventKind, IdNumber, Level, Outcome, Risk};
 use fq_core::clock::Timestamp;
 use fq_core::doc::{Author, CaseState, EventView, FieldConflict, HistoryEntry, PartyView};
 use fq_core::ledger::{CaseView, Identity};
@@ -529,7 +529,11 @@ fn conflicts(out: &mut dyn Write, lang: Lang, all: &[FieldConflict], unmasked: b
         for (i, v) in c.values.iter().enumerate() {
             let device = v.device.as_deref().unwrap_or("?");
             let at = v.at.map(minute).unwrap_or_default();
-            let value = if c.field.ends_with("id_number") && !unmasked { mask_id(&v.value) } else { v.value.clone() };
+            let value = if c.field.ends_with("id_number") && !unmasked {
+                mask_id(&v.value)
+            } else {
+                field_value(lang, &c.field, &v.value)
+            };
             let shown = if i == 0 { lang.pick("  ← 当前显示", "  ← shown") } else { "" };
             let dev = lang.pick("设备", "device");
             writeln!(out, "    {}. 「{value}」 {} {dev} {device} {at}{shown}", i + 1, author(lang, v.author.as_ref()))?;
@@ -538,33 +542,47 @@ fn conflicts(out: &mut dyn Write, lang: Lang, all: &[FieldConflict], unmasked: b
     Ok(())
 }
 
-fn field_name(lang: Lang, field: &str) -> String {
-    let zh = match field {
-        "title" => "标题",
-        "category" => "类别",
-        "risk" => "风险",
-        "grid" => "网格",
-        "responsible" => "责任人",
+/// A field of a case in words: `title` is 标题 / "title", `parties[0].phone`
+/// is 第1个当事人的电话 / "party 1's phone". An unknown field (from a newer
+/// replica) is shown as the document names it.
+pub(crate) fn field_name(lang: Lang, field: &str) -> String {
+    let (zh, en) = match field {
+        "title" => ("标题", "title"),
+        "description" => ("案情描述", "description"),
+        "category" => ("类别", "category"),
+        "risk" => ("风险等级", "risk"),
+        "grid" => ("网格", "grid"),
+        "responsible" => ("责任人", "responsible person"),
+        "parties" => ("当事人", "parties"),
+        "agreement" => ("调解协议", "agreement"),
         f if f.starts_with("parties[") => {
-            let part = match f.rsplit('.').next() {
-                Some("name") => "姓名",
-                Some("id_number") => "身份证号",
-                Some("phone") => "电话",
-                _ => "",
+            let (part_zh, part_en) = match f.rsplit('.').next() {
+                Some("name") => ("姓名", "name"),
+                Some("id_number") => ("身份证号", "ID number"),
+                Some("phone") => ("电话", "phone"),
+                _ => ("信息", "details"),
             };
             let index: String = f.chars().skip_while(|c| *c != '[').skip(1).take_while(|c| *c != ']').collect();
             let n = index.parse::<usize>().map_or(0, |i| i + 1);
             return match lang {
-                Lang::Zh => format!("第{n}个当事人的{part} ({field})"),
-                Lang::En => field.to_owned(),
+                Lang::Zh => format!("第{n}个当事人的{part_zh}"),
+                Lang::En => format!("party {n}'s {part_en}"),
             };
         }
-        _ => "",
+        other => (other, other),
     };
-    match lang {
-        Lang::Zh if !zh.is_empty() => format!("{zh} ({field})"),
-        _ => field.to_owned(),
-    }
+    lang.pick(zh, en).to_owned()
+}
+
+/// A field's value in words: vocabulary codes (`high`, `neighbor`) as their
+/// labels; anything else as it is.
+pub(crate) fn field_value(lang: Lang, field: &str, value: &str) -> String {
+    let label = match field {
+        "risk" => Risk::parse(value).ok().map(|r| lang.label(r)),
+        "category" => Category::parse(value).ok().map(|c| lang.label(c)),
+        _ => None,
+    };
+    label.map_or_else(|| value.to_owned(), str::to_owned)
 }
 
 fn level_label(lang: Lang, code: Option<&str>) -> String {
@@ -692,7 +710,12 @@ mod tests {
 
     #[test]
     fn op_words_translates_edits() {
-        assert_eq!(op_words(Lang::Zh, "edit:title,risk"), "修改：标题 (title)、风险 (risk)");
+        assert_eq!(op_words(Lang::Zh, "edit:title,risk"), "修改：标题、风险等级");
+        assert_eq!(op_words(Lang::Zh, "edit:description,parties"), "修改：案情描述、当事人");
+        assert_eq!(op_words(Lang::En, "edit:title,parties"), "edited: title, parties");
+        assert_eq!(field_name(Lang::Zh, "parties[1].phone"), "第2个当事人的电话");
+        assert_eq!(field_value(Lang::Zh, "risk", "high"), "高");
+        assert_eq!(field_value(Lang::En, "category", "neighbor"), "Neighbour");
         assert_eq!(op_words(Lang::Zh, "note"), "调解记录");
         assert_eq!(op_words(Lang::En, "create"), "recorded the case");
     }

@@ -5,7 +5,7 @@
 //! `case new` creates no case, a wrong code on `init` leaves no file behind.
 //! The ledger checks again what only it can check (scope, transitions).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fq_core::case::{
     AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, Role, Status,
@@ -41,6 +41,66 @@ pub(crate) enum ArgError {
     /// `fq init` without a bundle needs `--role` and `--village`.
     #[error("fq init needs --role and --village, or --bundle")]
     MissingRoleOrVillage,
+    /// Neither the text nor a file to read it from was given.
+    #[error("no {what} given")]
+    MissingText {
+        /// Which field.
+        what: &'static str,
+    },
+    /// A text file (`--description-file` and the like) that cannot be used.
+    #[error("cannot use {} for the {what}: {problem:?}", path.display())]
+    TextFile {
+        /// Which field.
+        what: &'static str,
+        /// The file (`-` for standard input).
+        path: PathBuf,
+        /// What is wrong.
+        problem: TextFileProblem,
+    },
+}
+
+/// What is wrong with a text file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextFileProblem {
+    /// It cannot be read (missing, no permission).
+    Unreadable,
+    /// It is not UTF-8 text (a Word file, GBK-encoded text).
+    NotUtf8,
+    /// It is bigger than any text a case field holds.
+    TooBig,
+}
+
+/// The most bytes read from a text file: every character of the longest
+/// field in 4 bytes, and a byte-order mark.
+const MAX_TEXT_FILE_BYTES: u64 = (MAX_TEXT_CHARS as u64) * 4 + 3;
+
+/// Long text given inline or read from a file (`-`: standard input), so a
+/// description typed in an editor or pasted from a report can be used whole.
+/// A UTF-8 byte-order mark (Notepad writes one) is dropped.
+fn long_text(what: &'static str, inline: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let raw = match (inline, file) {
+        (Some(t), _) => t.to_owned(),
+        (None, None) => return Ok(None),
+        (None, Some(path)) => read_text_file(what, path)?,
+    };
+    Ok(Some(check_text(what, &raw, MAX_TEXT_CHARS)?))
+}
+
+fn read_text_file(what: &'static str, path: &Path) -> Result<String, ArgError> {
+    use std::io::Read;
+    let fail = |problem| ArgError::TextFile { what, path: path.to_owned(), problem };
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().lock().take(MAX_TEXT_FILE_BYTES + 1).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_TEXT_FILE_BYTES + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|_| fail(TextFileProblem::Unreadable))?;
+    if bytes.len() as u64 > MAX_TEXT_FILE_BYTES {
+        return Err(fail(TextFileProblem::TooBig));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| fail(TextFileProblem::NotUtf8))?;
+    Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
 }
 
 /// Options every command shares.
@@ -68,6 +128,8 @@ pub(crate) struct Init {
     pub scope: Option<AdminCode>,
     pub grid: Option<u32>,
     pub bundle: Option<PathBuf>,
+    /// A revocation list file handed over with the bundle.
+    pub revocations: Option<PathBuf>,
 }
 
 impl Init {
@@ -87,7 +149,7 @@ impl Init {
 #[derive(Debug)]
 pub(crate) enum Request {
     Init(Init),
-    Enroll { bundle: PathBuf },
+    Enroll { bundle: PathBuf, revocations: Option<PathBuf> },
     Sync { server: Option<String> },
     New(NewCase),
     List { filter: Filter },
@@ -135,8 +197,9 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             scope: a.village.as_deref().map(AdminCode::parse).transpose()?,
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
             bundle: a.bundle,
+            revocations: a.revocations,
         }),
-        Command::Enroll(a) => Request::Enroll { bundle: a.bundle },
+        Command::Enroll(a) => Request::Enroll { bundle: a.bundle, revocations: a.revocations },
         Command::Sync(a) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
         Command::Case(c) => case(c)?,
         Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
@@ -154,9 +217,9 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
         CaseCommand::New(a) => Request::New(NewCase {
             category: Category::parse(&a.category)?,
             title: check_line("title", &a.title, MAX_TITLE_CHARS)?,
-            description: match a.description.as_deref().map(str::trim) {
-                None | Some("") => String::new(),
-                Some(d) => check_text("description", d, MAX_TEXT_CHARS)?,
+            description: match (a.description.as_deref().map(str::trim), &a.description_file) {
+                (Some(""), _) | (None, None) => String::new(),
+                (d, file) => long_text("description", d, file.as_deref())?.unwrap_or_default(),
             },
             parties: parties(&a.party)?,
             risk: a.risk.as_deref().map(Risk::parse).transpose()?.unwrap_or(Risk::Low),
@@ -182,22 +245,24 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             case: reference(&a.case.case)?,
             edit: FieldEdit {
                 title: a.title.as_deref().map(|t| check_line("title", t, MAX_TITLE_CHARS)).transpose()?,
-                description: a
-                    .description
-                    .as_deref()
-                    .map(|d| check_text("description", d, MAX_TEXT_CHARS))
-                    .transpose()?,
+                description: long_text("description", a.description.as_deref(), a.description_file.as_deref())?,
                 category: a.category.as_deref().map(Category::parse).transpose()?,
                 risk: a.risk.as_deref().map(Risk::parse).transpose()?,
                 grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
                 add_parties: parties(&a.add_party)?,
             },
         },
-        CaseCommand::Note(a) => act(&a.case.case, Action::Note(text("note", &a.text)?))?,
+        CaseCommand::Note(a) => {
+            let note = long_text("note", a.text.as_deref(), a.file.as_deref())?;
+            act(&a.case.case, Action::Note(note.ok_or(ArgError::MissingText { what: "note" })?))?
+        }
         CaseCommand::Assign(a) => act(&a.case.case, Action::Assign(check_line("assignee", &a.to, MAX_NAME_CHARS)?))?,
         CaseCommand::Escalate(a) => act(&a.case.case, Action::Escalate(text("reason", &a.reason)?))?,
         CaseCommand::Accept(a) => act(&a.case, Action::Accept)?,
-        CaseCommand::Settle(a) => act(&a.case.case, Action::Settle(text("agreement", &a.agreement)?))?,
+        CaseCommand::Settle(a) => {
+            let agreement = long_text("agreement", a.agreement.as_deref(), a.agreement_file.as_deref())?;
+            act(&a.case.case, Action::Settle(agreement.ok_or(ArgError::MissingText { what: "agreement" })?))?
+        }
         CaseCommand::Fail(a) => act(&a.case.case, Action::Fail(text("reason", &a.reason)?))?,
         CaseCommand::Confirm(a) => act(
             &a.case.case,

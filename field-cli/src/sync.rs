@@ -65,6 +65,7 @@ pub(crate) fn run(
     {
         let ledger = Ledger::open_read_only(&path, Arc::new(SystemClock))
             .with_context(|| format!("opening {} read-only", path.display()))?;
+        crate::command::check_device(ledger.identity(), &path)?;
         enroll::check_fits(&bundle, ledger.identity())?;
     }
     let text = match server {

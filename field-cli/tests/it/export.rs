@@ -5,12 +5,30 @@ use std::fs;
 use crate::harness::{Fq, ID_OK};
 use crate::schema::assert_valid;
 
-const HEADER: [&str; 15] = [
+const HEADER_ZH: [&str; 15] = [
+    "编号",
+    "村代码",
+    "网格",
+    "类别代码",
+    "类别",
+    "标题",
+    "状态",
+    "级别",
+    "风险等级",
+    "登记时间",
+    "更新时间",
+    "办结期限",
+    "责任人",
+    "当事人",
+    "并发冲突",
+];
+
+const HEADER_EN: [&str; 15] = [
     "number",
     "village",
     "grid",
     "category",
-    "category_zh",
+    "category_label",
     "title",
     "status",
     "level",
@@ -46,12 +64,17 @@ fn export_csv_has_one_row_per_case() {
     let run = fq.run(&["export", "--format", "csv"]);
     assert_eq!(run.code, 0, "{run:?}");
     let (header, rows) = csv_rows(&run.stdout);
-    assert_eq!(header, HEADER);
+    assert_eq!(header, HEADER_ZH);
     assert_eq!(rows.len() as u64, fq.case_count());
     let debt = rows.iter().find(|r| r[3] == "debt").unwrap();
     assert_eq!((debt[4].as_str(), debt[5].as_str(), debt[2].as_str()), ("债务纠纷", "借款, \"三万\"", "2"));
     let water = rows.iter().find(|r| r[3] == "water").unwrap();
-    assert_eq!((water[6].as_str(), water[13].as_str(), water[11].as_str()), ("settled", "甲;乙", ""));
+    assert_eq!((water[6].as_str(), water[13].as_str(), water[11].as_str()), ("调解成功", "甲;乙", ""));
+    // In English: the stable codes.
+    let (header, rows) = csv_rows(&fq.run(&["--lang", "en", "export", "--format", "csv"]).stdout);
+    assert_eq!(header, HEADER_EN);
+    let water = rows.iter().find(|r| r[3] == "water").unwrap();
+    assert_eq!((water[4].as_str(), water[6].as_str(), water[7].as_str()), ("Water", "settled", "village"));
     assert!(rows.iter().all(|r| r[9].ends_with("+08:00")), "{rows:?}");
     assert!(!run.stdout.contains(ID_OK));
 

@@ -157,3 +157,120 @@ fn usage_errors_exit_2_with_and_without_json() {
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("case"), "{help:?}");
 }
+
+/// Terminal controls and bidirectional overrides are refused at input, in a title and in a
+/// party's name, and nothing is written.
+#[test]
+fn case_new_refuses_control_characters_and_bidi_overrides() {
+    let fq = Fq::new();
+    fq.init_mediator();
+    let hostile = ["\u{1b}[2J", "\u{7}", "\u{1b}]0;pwned\u{7}", "\u{202e}", "\u{9b}31m", "a\rb"];
+    for bad in hostile {
+        let title = format!("滴水{bad}纠纷");
+        let run = fq.run(&["--json", "case", "new", "--category", "neighbor", "--title", &title]);
+        assert_eq!(run.code, 2, "{bad:?}: {run:?}");
+        assert_eq!(run.error_json()["error"]["kind"], "unsafe-text", "{run:?}");
+        let party = format!("李{bad}四,13800000000");
+        let run = fq.run(&["case", "new", "--category", "neighbor", "--title", "滴水", "--party", &party]);
+        assert_eq!(run.code, 2, "{bad:?}: {run:?}");
+        assert!(run.stderr.contains("控制字符"), "{run:?}");
+        assert!(!run.stderr.contains('\u{1b}') && !run.stderr.contains('\u{202e}'), "echoed raw: {run:?}");
+    }
+    // Newlines and tabs are fine in long text, not in a title.
+    let run = fq.run(&["case", "new", "--category", "neighbor", "--title", "甲\n乙"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(fq.case_count(), 0);
+    let ok =
+        fq.json(&["case", "new", "--category", "neighbor", "--title", "滴水", "--description", "第一行\n\t第二行"]);
+    assert_eq!(ok["case"]["description"], "第一行\n\t第二行");
+}
+
+/// `--party` never reads one field as another: 16 digits or 5 digits are errors naming them,
+/// and the keyed form says which is which.
+#[test]
+fn case_new_party_input_is_strict() {
+    let fq = Fq::new();
+    fq.init_mediator();
+    for bad in ["李四,5329241980010112", "李四,12345", "name=李四,phone=12345"] {
+        let run = fq.run(&["case", "new", "--category", "debt", "--title", "借款", "--party", bad]);
+        assert_eq!(run.code, 2, "{bad}: {run:?}");
+    }
+    assert_eq!(fq.case_count(), 0);
+    let case = fq.json(&[
+        "case",
+        "new",
+        "--category",
+        "debt",
+        "--title",
+        "借款",
+        "--party",
+        "name=李四,phone=(0872)7654321,id=53292480010112 3",
+    ])["case"]
+        .clone();
+    assert_eq!(case["parties"][0]["phone"], "0872-7654321");
+    assert_eq!(case["parties"][0]["id_number"], "532924800101123");
+}
+
+/// Long text comes from a file or standard input; a file that is not UTF-8 is refused.
+#[test]
+fn long_text_comes_from_a_file_or_stdin() {
+    use std::io::Write;
+    let fq = Fq::new();
+    fq.init_mediator();
+    let file = fq.path("案情.txt");
+    std::fs::write(&file, "\u{feff}两户相邻，屋檐滴水。\r\n雨季积水。\n").unwrap();
+    let case = fq.json(&[
+        "case",
+        "new",
+        "--category",
+        "neighbor",
+        "--title",
+        "滴水",
+        "--description-file",
+        file.to_str().unwrap(),
+    ])["case"]
+        .clone();
+    assert_eq!(case["description"], "两户相邻，屋檐滴水。\n雨季积水。");
+    let number = case["number"].as_str().unwrap().to_owned();
+    let long = "调解记录。".repeat(2_000);
+    let mut cmd = fq.command(&["--json", "case", "note", &number, "--file", "-"]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(long.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown = fq.json(&["case", "show", &number]);
+    assert_eq!(shown["events"][1]["text"], long);
+    let gbk = fq.path("gbk.txt");
+    std::fs::write(&gbk, [0xc0u8, 0xee, 0xcb, 0xc4]).unwrap();
+    let run = fq.run(&["case", "settle", &number, "--agreement-file", gbk.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("UTF-8"), "{run:?}");
+    assert_eq!(fq.json(&["case", "show", &number])["status"], "mediating");
+}
+
+/// A write command on a server's data directory is refused, and the file is not touched.
+#[test]
+fn write_commands_on_a_server_replica_are_refused() {
+    use std::sync::Arc;
+    let fq = Fq::new();
+    std::fs::create_dir_all(fq.data_dir()).unwrap();
+    let init = fq_core::ledger::InitOptions {
+        tier: fq_core::ledger::Tier::Township,
+        name: "tw-101".into(),
+        role: fq_core::case::Role::TownshipOfficer,
+        scope: fq_core::case::AdminCode::parse("532924101").unwrap(),
+        grid: None,
+    };
+    let clock = Arc::new(fq_core::clock::SystemClock);
+    drop(fq_core::ledger::Ledger::init(&fq.ledger_file(), init, clock, Default::default()).unwrap());
+    let before = std::fs::read(fq.ledger_file()).unwrap();
+    let run = fq.run(&["--json", "case", "new", "--category", "neighbor", "--title", "滴水", "--village", VILLAGE]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.error_json()["error"]["kind"], "server-replica");
+    let run = fq.run(&["case", "new", "--category", "neighbor", "--title", "滴水", "--village", VILLAGE]);
+    assert!(run.stderr.contains("服务器") && run.stderr.contains("什么也没有写入"), "{run:?}");
+    assert_eq!(std::fs::read(fq.ledger_file()).unwrap(), before, "the server's file was written");
+    // Reading works.
+    assert_eq!(fq.case_count(), 0);
+}

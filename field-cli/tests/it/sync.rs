@@ -562,3 +562,117 @@ fn sync_survives_twenty_township_kills_during_ingest() {
     assert_eq!(s["counts"]["changes"], total, "every change exactly once: {s:#}");
     assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
 }
+
+/// A forged device (one that skips `fq`'s input checks) sends a case whose title and party
+/// name hold a clear-screen, a window-title rewrite (OSC ... BEL) and a right-to-left
+/// override. The township keeps the data as sent, and a person reading it there sees the
+/// characters escaped, never acted on; `--json` keeps them as JSON escapes.
+#[test]
+fn sync_a_forged_peers_control_characters_are_printed_escaped_on_the_township() {
+    use fq_core::case::{AdminCode, CaseNumber, Category, Level, Party, Risk};
+    use fq_core::doc::{Author, CaseDoc, NewCaseDoc, actor_for};
+
+    let county = County::new();
+    let township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    let title = "滴水\u{1b}[2J\u{1b}]0;pwned\u{7}纠纷\u{202e}txt.exe";
+    let name = "李\u{1b}[31m四";
+    {
+        let clock = Arc::new(SystemClock);
+        let mut device = Ledger::open(&a.ledger_file(), clock, LedgerOptions::default()).unwrap();
+        let village = AdminCode::parse(VILLAGE_A).unwrap();
+        let own = device.identity().replica.device();
+        let number = CaseNumber::new(&village, 2026, own, 99);
+        let party = Party { name: name.into(), id_number: None, phone: None };
+        let new = NewCaseDoc {
+            id: fq_core::case::CaseId::random(),
+            number: &number,
+            village: &village,
+            grid: None,
+            category: Category::Neighbor,
+            title,
+            description: "\u{1b}[2J",
+            parties: std::slice::from_ref(&party),
+            risk: Risk::Low,
+            level: Level::Village,
+        };
+        let author = Author { name: "张三".into(), role: fq_core::case::Role::Mediator };
+        let mut doc = CaseDoc::create(&new, &author, actor_for(own, [7; 8]), device.now()).unwrap();
+        let forged = doc
+            .changes_after(&[])
+            .into_iter()
+            .map(|(_, bytes)| fq_core::ledger::IncomingChange { case: new.id, bytes, signer: None, signature: None })
+            .collect();
+        let report = device.apply_changes(None, forged).unwrap();
+        assert_eq!(report.applied, 1, "{report:?}");
+    }
+    let summary = sync_json(&a, &["--server", &township.addr.to_string()]);
+    assert_eq!((summary["sent"].as_u64(), summary["refused"]["count"].as_u64()), (Some(1), Some(0)), "{summary:#}");
+
+    let mut cmd = fq_command();
+    cmd.env("LANG", "C.UTF-8").arg("--data-dir").arg(county.data("tw-101")).args(["case", "list"]);
+    let list = run(cmd);
+    assert_eq!(list.code, 0, "{list:?}");
+    for raw in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(!list.stdout.contains(raw), "{raw:?} reached the terminal: {list:?}");
+    }
+    assert!(list.stdout.contains("滴水\\u{1b}[2J\\u{1b}]0;pwned\\u{7}纠纷\\u{202e}txt.exe"), "{}", list.stdout);
+    let number =
+        on_server(&county.data("tw-101"), &["case", "list"])["cases"][0]["number"].as_str().unwrap().to_owned();
+    let mut cmd = fq_command();
+    cmd.arg("--data-dir").arg(county.data("tw-101")).args(["case", "show", &number]);
+    let card = run(cmd).stdout;
+    assert!(!card.contains('\u{1b}') && card.contains("李\\u{1b}[31m四"), "{card}");
+    // JSON: escaped as JSON, and the text is exactly what was sent.
+    let mut cmd = fq_command();
+    cmd.arg("--data-dir").arg(county.data("tw-101")).args(["--json", "case", "show", &number]);
+    let shown = run(cmd);
+    assert!(!shown.stdout.contains('\u{202e}') && !shown.stdout.contains('\u{1b}'), "{shown:?}");
+    let view: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!((view["title"].as_str(), view["parties"][0]["name"].as_str()), (Some(title), Some(name)));
+}
+
+/// A revoked certificate's bundle is refused by `enroll` and `init --bundle` when the device
+/// knows the list that revokes it: from a newer bundle it took, or the county's list file
+/// handed over with the bundle.
+#[test]
+fn enroll_refuses_a_revoked_bundle() {
+    let county = County::new();
+    let lost = county.issue("d07", "mediator", VILLAGE_A);
+    county.revoke("d07");
+    // The replacement phone's bundle carries the list that revokes the lost one.
+    let replacement = enrolled_device(&county, "d07b", "mediator", VILLAGE_A, "张三");
+    let out = replacement.run(&["--json", "enroll", "--bundle", lost.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.error_json()["error"]["kind"], "bundle-revoked");
+    let out = replacement.run(&["enroll", "--bundle", lost.to_str().unwrap()]);
+    assert!(out.stderr.contains("已被县里吊销") && out.stderr.contains("什么也没有写入"), "{out:?}");
+    // A new device given the CA's list with the old bundle.
+    let fresh = Fq::new();
+    let list = county.ca().join("revocations.json");
+    let out = fresh.run(&[
+        "init",
+        "--bundle",
+        lost.to_str().unwrap(),
+        "--revocations",
+        list.to_str().unwrap(),
+        "--name",
+        "张三",
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(!fresh.ledger_file().exists(), "a refused init leaves nothing");
+    // A list from another county's CA is no list at all.
+    let foreign = County::new();
+    let forged = foreign.ca().join("revocations.json");
+    let out = fresh.run(&[
+        "--json",
+        "init",
+        "--bundle",
+        lost.to_str().unwrap(),
+        "--revocations",
+        forged.to_str().unwrap(),
+        "--name",
+        "张三",
+    ]);
+    assert_eq!(out.error_json()["error"]["kind"], "invalid-bundle", "{out:?}");
+}
