@@ -245,10 +245,13 @@ fn story(rt: &Runtime, dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
     stop(rt, &mut binju)?;
     let failed = rt.block_on(sync_once(&mut a.ledger, &a.bundle, binju.addr, &quick_options(), |_| {}));
     match failed {
-        Err(err) => n.say(
-            &format!("  手机 A 同步失败（服务器不可达：{err}），本机数据不受影响，继续离线工作。"),
-            &format!("  Phone A cannot sync ({err}); its data is untouched and it keeps working offline."),
-        ),
+        Err(err) => {
+            let err = anyhow::Error::from(err);
+            n.say(
+                &format!("  手机 A 同步失败：{}", crate::message::describe(&err, Lang::Zh).message),
+                &format!("  Phone A cannot sync: {}", crate::message::describe(&err, Lang::En).message),
+            )
+        }
         Ok(_) => bail!("a sync to a stopped server succeeded"),
     }
     binju = restart(rt, binju, &binju_bundle, county_srv.addr)?;
@@ -359,8 +362,8 @@ fn story(rt: &Runtime, dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
     let mut rows = Vec::new();
     let mut all_equal = true;
     let replicas: Vec<(String, Ledger)> = vec![
-        ("宾居镇服务器 / 宾居镇 server".into(), open_read_only(&binju.dir)?),
-        ("金牛镇服务器 / 金牛镇 server".into(), open_read_only(&jinniu.dir)?),
+        (server_name(n.lang, "binju").into(), open_read_only(&binju.dir)?),
+        (server_name(n.lang, "jinniu").into(), open_read_only(&jinniu.dir)?),
     ];
     for (label, l) in
         replicas.iter().map(|(s, l)| (s.as_str(), l)).chain(devices.iter().map(|d| (d.name.as_str(), &d.ledger)))
@@ -484,7 +487,7 @@ fn sync(rt: &Runtime, n: &Narrator, dev: &mut Device, server: SocketAddr) -> Res
         &format!(
             "  {} ⇄ {}：发送 {} 条，接收 {} 条，被拒 {} 条，{} 字节",
             dev.name,
-            report.server.id,
+            server_name(n.lang, report.server.id.as_str()),
             s.sent,
             s.received,
             s.refused_by_peer,
@@ -493,7 +496,7 @@ fn sync(rt: &Runtime, n: &Narrator, dev: &mut Device, server: SocketAddr) -> Res
         &format!(
             "  {} ⇄ {}: sent {}, received {}, refused {}, {} bytes",
             dev.name,
-            report.server.id,
+            server_name(n.lang, report.server.id.as_str()),
             s.sent,
             s.received,
             s.refused_by_peer,
@@ -550,6 +553,16 @@ fn print_case(n: &Narrator, s: &CaseState) {
             s.level.en()
         ),
     );
+}
+
+/// The demo's servers by their certificate ids, as people name them.
+fn server_name<'a>(lang: Lang, id: &'a str) -> &'a str {
+    match id {
+        "county" => lang.pick("县服务器", "county server"),
+        "binju" => lang.pick("宾居镇服务器", "宾居镇 server"),
+        "jinniu" => lang.pick("金牛镇服务器", "金牛镇 server"),
+        other => other,
+    }
 }
 
 fn field_label(field: &str) -> &str {
