@@ -556,7 +556,7 @@ fn print_case(n: &Narrator, s: &CaseState) {
 }
 
 /// The demo's servers by their certificate ids, as people name them.
-fn server_name<'a>(lang: Lang, id: &'a str) -> &'a str {
+fn server_name(lang: Lang, id: &str) -> &str {
     match id {
         "county" => lang.pick("县服务器", "county server"),
         "binju" => lang.pick("宾居镇服务器", "宾居镇 server"),
