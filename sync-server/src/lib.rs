@@ -76,6 +76,8 @@
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod journal;
+pub mod limits;
 mod link;
 pub mod net;
 mod replica;
