@@ -40,11 +40,10 @@ pub(crate) fn report_usage(err: &clap::Error, args: &[OsString]) -> u8 {
     let lang = Lang::from_args(args);
     let mut out = io::stderr().lock();
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        let _ = writeln!(
-            out,
-            "{}",
-            lang.pick("缺少要做的事：请写明命令，例如 fq-server run、fq-server status 或 fq-server ca init。", "")
-        );
+        if lang == Lang::Zh {
+            let _ =
+                writeln!(out, "缺少要做的事：请写明命令，例如 fq-server run、fq-server status 或 fq-server ca init。");
+        }
         let _ = write!(out, "{}", err.render());
         return EXIT_USAGE;
     }
