@@ -19,7 +19,7 @@
 //! max_connections_per_peer = 4
 //! max_streams_per_connection = 2
 //! input_budget_mib = 128
-//! input_budget_per_peer_mib = 8
+//! input_budget_per_peer_mib = 4
 //! ```
 //!
 //! [`ServerConfig::memory_bound`] turns the limits into the most memory the server can be made
@@ -254,7 +254,7 @@ pub struct FileConfig {
     pub max_streams_per_connection: Option<u64>,
     /// MiB of unfinished input all peers together may make the server hold (default 128).
     pub input_budget_mib: Option<u64>,
-    /// MiB of unfinished input one certificate may make the server hold (default 8, at least 1:
+    /// MiB of unfinished input one certificate may make the server hold (default 4, at least 1:
     /// a frame may be 1 MiB).
     pub input_budget_per_peer_mib: Option<u64>,
 }
@@ -420,9 +420,9 @@ mod tests {
         let config = ServerConfig::new(Tier::County, "127.0.0.1:0".parse().unwrap(), "d".into(), "b".into());
         let bound = config.memory_bound();
         // docs/OPERATIONS.md, "Limits": keep the two in step.
-        assert_eq!(bound.per_connection.div_ceil(1024), 1_824, "{bound:?}");
-        assert_eq!(bound.per_peer.div_ceil(MIB), 24, "{bound:?}");
-        assert_eq!(bound.server.div_ceil(MIB), 1_488, "{bound:?}");
+        assert_eq!(bound.per_connection, 3_188_972, "{bound:?}");
+        assert_eq!(bound.per_peer.div_ceil(MIB), 21, "{bound:?}");
+        assert_eq!(bound.server.div_ceil(MIB), 1_099, "{bound:?}");
     }
 
     #[test]

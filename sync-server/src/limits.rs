@@ -40,9 +40,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// says.
 pub const DEFAULT_INPUT_BUDGET_BYTES: usize = 128 * MIB;
 /// Bytes of unfinished input one certificate may make the server hold, unless the config says:
-/// two frames of the largest size with room to spare, or the recovery digest of a scope of
-/// about 170,000 cases (48 bytes a case).
-pub const DEFAULT_INPUT_BUDGET_PER_PEER_BYTES: usize = 8 * MIB;
+/// four frames of the largest size (a device pushes one at a time), or the recovery digest of
+/// a scope of about 87,000 cases (48 bytes a case; a county records a few thousand a year). It
+/// is half of what one certificate's connections and streams could otherwise hold in frames
+/// (4 × 2 × 1 MiB), so it binds first.
+pub const DEFAULT_INPUT_BUDGET_PER_PEER_BYTES: usize = 4 * MIB;
 /// One mebibyte.
 pub const MIB: usize = 1024 * 1024;
 

@@ -57,7 +57,8 @@ pub(crate) fn report_usage(err: &clap::Error, args: &[OsString]) -> u8 {
 /// A usage mistake in Chinese, from clap's context.
 fn usage_zh(err: &clap::Error) -> String {
     let get = |kind| err.get(kind).map(context_text).unwrap_or_default();
-    let arg = get(ContextKind::InvalidArg);
+    // clap names an argument with its value's placeholder (`--tier <TIER>`): the name is enough.
+    let arg = without_placeholders(&get(ContextKind::InvalidArg));
     let value = get(ContextKind::InvalidValue);
     let valid = get(ContextKind::ValidValue);
     let suggested = [ContextKind::SuggestedArg, ContextKind::SuggestedSubcommand, ContextKind::SuggestedValue]
@@ -81,7 +82,7 @@ fn usage_zh(err: &clap::Error) -> String {
         ErrorKind::MissingRequiredArgument => format!("缺少必填的参数：{arg}。"),
         ErrorKind::MissingSubcommand => "缺少命令：请写明要做什么。".to_owned(),
         ErrorKind::ArgumentConflict => {
-            format!("参数 {arg} 不能和 {} 一起使用。", get(ContextKind::PriorArg))
+            format!("参数 {arg} 不能和 {} 一起使用。", without_placeholders(&get(ContextKind::PriorArg)))
         }
         ErrorKind::TooManyValues | ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues => {
             format!("参数 {arg} 的值的个数不对。")
@@ -92,6 +93,11 @@ fn usage_zh(err: &clap::Error) -> String {
         _ => "命令写法不对。".to_owned(),
     };
     format!("命令写法不对：{what}用法见 fq-server --help。")
+}
+
+/// `--tier <TIER>、--listen <ADDR>` as `--tier、--listen`.
+fn without_placeholders(text: &str) -> String {
+    text.split('、').map(|a| a.split_whitespace().next().unwrap_or_default()).collect::<Vec<_>>().join("、")
 }
 
 /// A clap context value as text: lists joined with the Chinese list separator.

@@ -413,7 +413,17 @@ pub fn server_endpoint(
         .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
     let mut endpoint_config = match &net.reset_key {
         Some(key) => {
-            quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes())))
+            let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+            // quinn drops, without a reset, packets whose connection id it does not recognise as
+            // its own, and by default it signs its ids with a key drawn per process: derive that
+            // key from the reset key too, so a restarted server knows its predecessor's ids.
+            let tag = ring::hmac::sign(&hmac, b"fq connection ids v1");
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&tag.as_ref()[..8]);
+            let cid_key = u64::from_le_bytes(cid_key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(hmac));
+            config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            config
         }
         None => quinn::EndpointConfig::default(),
     };
