@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p fq-sync-server --bench operations
 //! FQ_OPS_RUNS=9 FQ_OPS_CHANGES=5000 cargo bench -p fq-sync-server --bench operations
+//! FQ_OPS=sigterm,restart cargo bench -p fq-sync-server --bench operations   # some parts only
 //! ```
 //!
 //! 1. **Connections**: resident memory per authenticated, idle connection, and per open session
@@ -51,10 +52,20 @@ fn main() {
     let setup = Setup::new();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("--- operations: fq-server {} ---", setup.binary.display());
-    rt.block_on(connections(&setup));
-    rt.block_on(attack(&setup));
-    sigterm(&setup, runs, &rt);
-    restart(&setup, runs, changes, &rt);
+    let only = std::env::var("FQ_OPS").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if part("connections") {
+        rt.block_on(connections(&setup));
+    }
+    if part("attack") {
+        rt.block_on(attack(&setup));
+    }
+    if part("sigterm") {
+        sigterm(&setup, runs, &rt);
+    }
+    if part("restart") {
+        restart(&setup, runs, changes, &rt);
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -289,6 +300,7 @@ fn sigterm(setup: &Setup, runs: usize, rt: &tokio::runtime::Runtime) {
     let bundle = &setup.devices[0];
     for _ in 0..runs {
         // A device that synced and keeps its connection open, as one mid-sync would.
+        let _guard = rt.enter();
         let endpoint = client_endpoint("127.0.0.1:0".parse().unwrap(), bundle, &options().net).unwrap();
         let conn = rt.block_on(async {
             let mut ledger = device(bundle, 1);

@@ -95,8 +95,9 @@ async fn read(
                             let tracked = tracker.feed(&bytes);
                             if let Err(over) = charge.take(tracked.charge) {
                                 // Nothing more of this stream reaches the session: the actor
-                                // ends it.
-                                let _ = replica.send(Command::OverBudget { id, over }).await;
+                                // ends it, and only then gives back what it held.
+                                let held = Some(Arc::clone(charge));
+                                let _ = replica.send(Command::OverBudget { id, over, held }).await;
                                 let _ = recv.stop(VarInt::from_u32(STOP_CODE));
                                 return;
                             }
@@ -104,12 +105,17 @@ async fn read(
                         }
                         Command::Input { id, bytes, release }
                     }
+                    // The session keeps its unfinished frame until the actor retires it: the
+                    // stream's charge goes with the command, and is given back after that.
                     Ok(None) => {
-                        let _ = replica.send(Command::Ended { id, reason: "the peer finished the stream".into() }).await;
+                        let reason = "the peer finished the stream".into();
+                        let held = budget.take().map(|(_, charge)| charge);
+                        let _ = replica.send(Command::Ended { id, reason, held }).await;
                         return;
                     }
                     Err(e) => {
-                        let _ = replica.send(Command::Ended { id, reason: read_end(&e).into() }).await;
+                        let held = budget.take().map(|(_, charge)| charge);
+                        let _ = replica.send(Command::Ended { id, reason: read_end(&e).into(), held }).await;
                         return;
                     }
                 };

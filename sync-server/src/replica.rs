@@ -83,6 +83,8 @@ pub(crate) enum Command {
         id: SessionId,
         /// Whose share was spent.
         over: OverBudget,
+        /// The stream's charge, given back once the session (and its decoder) is gone.
+        held: Option<Arc<Charge>>,
     },
     /// The stream ended (finished by the peer, reset, or the connection was lost).
     Ended {
@@ -90,6 +92,8 @@ pub(crate) enum Command {
         id: SessionId,
         /// Why, for the log.
         reason: String,
+        /// The stream's charge, given back once the session (and its decoder) is gone.
+        held: Option<Arc<Charge>>,
     },
     /// Tests only: the actor panics, as a bug would make it.
     #[cfg(test)]
@@ -311,8 +315,8 @@ impl Actor {
                     charge.release(bytes);
                 }
             }
-            Command::OverBudget { id, over } => self.over_budget(id, over),
-            Command::Ended { id, reason } => {
+            Command::OverBudget { id, over, held: _held } => self.over_budget(id, over),
+            Command::Ended { id, reason, held: _held } => {
                 if let Some(live) = self.sessions.remove(&id) {
                     self.emit(&live.out, Outgoing::Finish);
                     let caught_up = live.session.is_caught_up();
