@@ -1060,6 +1060,42 @@ mod tests {
     }
 
     #[test]
+    fn sync_words_never_show_the_servers_text_in_chinese() {
+        let codes = [
+            ErrorCode::BadFrame,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Unauthorized,
+            ErrorCode::TooLarge,
+            ErrorCode::Internal,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Busy,
+            ErrorCode::Other(99),
+        ];
+        let english = |text: &str| text.split(|c: char| !c.is_ascii_alphabetic()).any(|w| w.len() >= 3 && w != "fq");
+        for code in codes {
+            let err = anyhow::Error::from(SyncError::Server { code, text: "the server could not save".into() });
+            let zh = describe(&err, Lang::Zh);
+            assert!(!english(&zh.message), "English in {code:?}: {}", zh.message);
+            if code != ErrorCode::ShuttingDown {
+                // English output keeps the server's own words for the operator.
+                let en = describe(&err, Lang::En);
+                assert!(en.message.contains("the server could not save"), "{}", en.message);
+            }
+        }
+        let lost = [
+            SyncError::Lost("reset by peer".into()),
+            SyncError::Refused { code: None, reason: "goodbye".into() },
+            SyncError::Refused { code: Some(CloseCode::TooManyConnections), reason: "too many".into() },
+            SyncError::Busy { addr: "10.0.0.5:4433".parse().unwrap() },
+            SyncError::Stalled(std::time::Duration::from_secs(60)),
+        ];
+        for e in lost {
+            let zh = describe(&anyhow::Error::from(e), Lang::Zh);
+            assert!(!english(&zh.message), "English in {}", zh.message);
+        }
+    }
+
+    #[test]
     fn report_broken_pipe_exits_zero() {
         let err = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing the list");
         assert_eq!(report(&err, Lang::En, false), 0);

@@ -249,3 +249,51 @@ async fn logs_carry_no_escape_bytes_when_not_on_a_terminal() {
         }
     }
 }
+
+/// A township's link to a county that is killed and restarted ends at the township's next
+/// packet (a keep-alive, 1 s here) with a stateless reset, and the township dials again. The
+/// idle timeout is 120 s, as in the field: without the reset the link would stay dead past the
+/// harness's 60 s bound.
+#[test]
+fn township_link_notices_a_restarted_county_at_once() {
+    let county = County::new();
+    let dir = tempfile::tempdir().unwrap();
+    county.issue("county", "county", "532924");
+    county.issue("tw-101", "township", TOWNSHIP);
+    let config =
+        crate::process::write_config_text(dir.path(), "link.toml", "keep_alive_secs = 1\nsync_interval_secs = 2\n");
+    let county_data = dir.path().join("county");
+    let county_bundle = county.bundle_path("county");
+    let spec = |listen| RunSpec {
+        tier: "county",
+        listen,
+        data_dir: &county_data,
+        bundle: &county_bundle,
+        upstream: None,
+        config: None,
+    };
+    let mut county_server = ServerProcess::start(Path::new(FQ_SERVER), &spec("127.0.0.1:0"));
+    let county_addr = county_server.addr;
+    let township = ServerProcess::start(
+        Path::new(FQ_SERVER),
+        &RunSpec {
+            tier: "township",
+            listen: "127.0.0.1:0",
+            data_dir: &dir.path().join("tw"),
+            bundle: &county.bundle_path("tw-101"),
+            upstream: Some(county_addr),
+            config: Some(&config),
+        },
+    );
+    township.wait_log("session caught up", |l| l["peer"] == "county");
+    county_server.signal("KILL");
+    county_server.wait_exit(WAIT).unwrap();
+    let listen = county_addr.to_string();
+    let _county_again = ServerProcess::start(Path::new(FQ_SERVER), &spec(&listen));
+    township.wait_log("upstream disconnected", |l| l["reason"] == "reset by the peer");
+    let start = Instant::now();
+    while township.logs().iter().filter(|l| l["message"] == "upstream connected").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the township never dialed again:\n{}", township.dump());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
