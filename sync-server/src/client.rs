@@ -68,10 +68,8 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        let mut net = NetConfig::default();
-        net.keep_alive_interval = SYNC_KEEP_ALIVE;
         Self {
-            net,
+            net: NetConfig { keep_alive_interval: SYNC_KEEP_ALIVE, ..NetConfig::default() },
             connect_timeout: CONNECT_TIMEOUT,
             stall_timeout: STALL_TIMEOUT,
             session: SessionConfig::default(),
