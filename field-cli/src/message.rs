@@ -74,6 +74,7 @@ pub(crate) enum Kind {
     ServerUnreachable,
     ServerRefused,
     SyncFailed,
+    ServerNameNotFound,
 }
 
 impl Kind {
@@ -117,6 +118,7 @@ impl Kind {
         Kind::ServerUnreachable,
         Kind::ServerRefused,
         Kind::SyncFailed,
+        Kind::ServerNameNotFound,
     ];
 }
 
@@ -672,10 +674,25 @@ fn address(e: &AddressError, lang: Lang) -> Problem {
                 Lang::En => format!("server address \"{input}\" is not valid: write HOST:PORT, e.g. 10.0.0.5:4433."),
             },
         ),
+        // A failure, not bad input: the same name works once the network's name service does.
+        AddressError::NameNotFound { host } => Problem::failure(
+            Kind::ServerNameNotFound,
+            match lang {
+                Lang::Zh => format!(
+                    "找不到服务器“{host}”：查不到这个名字对应的地址。请检查服务器地址有没有写错，或者本机网络的域名解析（DNS）是否正常；也可以直接用服务器的 IP 地址，例如 fq sync --server 10.0.0.5:4433。本机数据没有改动。"
+                ),
+                Lang::En => format!(
+                    "cannot find the server \"{host}\": the name does not resolve to an address. Check that the address is spelled right and that this network's name service (DNS) works, or use the server's IP address, e.g. fq sync --server 10.0.0.5:4433. Nothing on this device was changed."
+                ),
+            },
+        ),
     }
 }
 
-/// The words for a failed sync. Every one says whether local data changed.
+/// The words for a failed sync. Every one says whether local data changed. No text from the
+/// server or from the network library reaches Chinese output: the server's reasons travel as
+/// stable codes ([`ErrorCode`], [`CloseCode`]) and are told here in the user's words; the
+/// English particulars stay in English output.
 fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
     let zh = lang == Lang::Zh;
     let unchanged = lang.pick("本机数据没有改动。", "Nothing on this device was changed.");
@@ -692,10 +709,18 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("cannot reach the sync server {addr} (no answer within {} s): check the signal and the address, then try again. {unchanged}", after.as_secs())
             },
         ),
+        SyncError::Busy { addr } => Problem::failure(
+            Kind::ServerUnreachable,
+            if zh {
+                format!("同步服务器 {addr} 现在太忙（同时连接的设备已满）或正在重启，拒绝了连接：请过几分钟再同步。{unchanged}")
+            } else {
+                format!("the sync server {addr} refused the connection: it is too busy (full) or restarting. Sync again in a few minutes. {unchanged}")
+            },
+        ),
         e if e.is_unreachable() => Problem::failure(
             Kind::ServerUnreachable,
             if zh {
-                format!("连不上同步服务器：{whole:#}。请检查网络信号和服务器地址后再试。{unchanged}")
+                format!("连不上同步服务器：连接没有建立起来。请检查网络信号和服务器地址后再试。{unchanged}")
             } else {
                 format!("cannot reach the sync server: {whole:#}. Check the signal and the address, then try again. {unchanged}")
             },
@@ -717,6 +742,14 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("the server is shutting down for maintenance; sync again in a few minutes. {kept}")
             },
         ),
+        SyncError::Refused { code: Some(CloseCode::TooManyConnections), .. } => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("同一证书连到服务器的连接太多，服务器关闭了较早的一个：请确认没有别的设备在用本机的证书（证书包不能复制给别人），然后再同步一次。{kept}")
+            } else {
+                format!("too many connections to the server with this certificate, and it closed an older one: make sure no other device uses this device's certificate (a bundle must not be copied), then sync again. {kept}")
+            },
+        ),
         SyncError::Connect { source: ConnectError::OutOfScope { server_scope, own_scope, .. }, .. } => Problem::failure(
             Kind::ServerRefused,
             if zh {
@@ -732,7 +765,7 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
         SyncError::Refused { code: Some(CloseCode::WrongPeer), reason } => Problem::failure(
             Kind::ServerRefused,
             if zh {
-                format!("服务器不接受本机（{reason}）：请核对服务器地址，村里的设备同步到本乡镇的服务器。{unchanged}")
+                format!("服务器不接受本机（本机不属于它负责的区域）：请核对服务器地址，村里的设备同步到本乡镇的服务器。{unchanged}")
             } else {
                 format!("the server does not take this device ({reason}): check the address; village devices sync with their township's server. {unchanged}")
             },
@@ -741,7 +774,7 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
             Kind::ServerRefused,
             if zh {
                 format!(
-                    "无法和服务器建立安全连接：服务器的证书不是本县颁发的，或者服务器不接受本机的证书（{whole:#}）。请核对服务器地址，或联系县综治中心。{unchanged}"
+                    "无法和服务器建立安全连接：服务器的证书不是本县颁发的，或者服务器不接受本机的证书。请核对服务器地址，或联系县综治中心。{unchanged}"
                 )
             } else {
                 format!(
@@ -757,15 +790,80 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("the server did not acknowledge for {} s and the sync stopped (the link may be unstable). {kept} Try again later.", ms / 1000)
             },
         ),
+        SyncError::Server { code, text } => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("同步中断：{}{kept}", server_code_zh(*code))
+            } else {
+                format!("the sync stopped: the server ended the session ({}: {text}). {kept}", server_code_en(*code))
+            },
+        ),
+        SyncError::Stalled(after) => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("服务器 {} 秒没有任何回应，同步中断（网络可能断了）。{kept}请稍后再试。", after.as_secs())
+            } else {
+                format!("the server went silent for {} s and the sync stopped (the link may be down). {kept} Try again later.", after.as_secs())
+            },
+        ),
         SyncError::Ledger(l) => ledger(l, lang, whole),
         _ => Problem::failure(
             Kind::SyncFailed,
             if zh {
-                format!("同步中断：{whole:#}。{kept}请稍后再试。")
+                format!("同步中断：{}{kept}请稍后再试。", sync_cause_zh(e))
             } else {
                 format!("the sync stopped: {whole:#}. {kept} Try again later.")
             },
         ),
+    }
+}
+
+/// What the server meant by an error code, in Chinese, with what to do.
+fn server_code_zh(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::BadFrame => {
+            "服务器读不懂本机发去的数据（数据格式错误）。请把 fq 更新到最新版本；如果还不行，请联系县综治中心。"
+                .to_owned()
+        }
+        ErrorCode::UnsupportedVersion => "本机的 fq 与服务器的版本不兼容，请把 fq 更新到最新版本。".to_owned(),
+        ErrorCode::Unauthorized => {
+            "服务器认为本机无权同步这些数据（证书与本机的区域不符）。请联系县综治中心核对证书。".to_owned()
+        }
+        ErrorCode::TooLarge => {
+            "本机一次发去的数据超出了服务器的限制。请再同步一次；如果反复出现，请联系县综治中心。".to_owned()
+        }
+        ErrorCode::Internal => "服务器内部出错（例如无法保存）。请稍后再同步。".to_owned(),
+        ErrorCode::ShuttingDown => "服务器正在关闭维护，请过几分钟再同步。".to_owned(),
+        ErrorCode::Busy => "服务器现在太忙，请过几分钟再同步。".to_owned(),
+        ErrorCode::Other(n) => {
+            format!("服务器结束了同步（代码 {n}）。请稍后再同步；如果反复出现，请把 fq 更新到最新版本。")
+        }
+    }
+}
+
+/// The stable name of an error code, for English output.
+fn server_code_en(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::BadFrame => "bad-frame".to_owned(),
+        ErrorCode::UnsupportedVersion => "unsupported-version".to_owned(),
+        ErrorCode::Unauthorized => "unauthorized".to_owned(),
+        ErrorCode::TooLarge => "too-large".to_owned(),
+        ErrorCode::Internal => "internal".to_owned(),
+        ErrorCode::ShuttingDown => "shutting-down".to_owned(),
+        ErrorCode::Busy => "busy".to_owned(),
+        ErrorCode::Other(n) => format!("code {n}"),
+    }
+}
+
+/// Why a sync stopped, in Chinese, for the failures that have no sentence of their own.
+fn sync_cause_zh(e: &SyncError) -> String {
+    match e {
+        SyncError::Lost(_) => "与服务器的连接断开了（自动重连一次也没有成功）。".to_owned(),
+        SyncError::Refused { code: Some(code), .. } => format!("服务器关闭了连接（代码 {}）。", code.code()),
+        SyncError::Refused { code: None, .. } => "服务器关闭了连接。".to_owned(),
+        SyncError::Session(_) => "服务器发来的数据有误，本机结束了同步。".to_owned(),
+        SyncError::Endpoint(_) => "本机的网络无法使用。".to_owned(),
+        _ => "连接出了问题（用 --lang en 可以看到英文的详细原因）。".to_owned(),
     }
 }
 
@@ -1158,6 +1256,42 @@ mod tests {
         let p = describe(&err, Lang::Zh);
         assert_eq!((p.kind, p.exit), (Kind::NotEnrolled, EXIT_USAGE));
         assert!(p.message.contains("先用 fq enroll --bundle 登记本机"));
+    }
+
+    #[test]
+    fn sync_words_never_show_the_servers_text_in_chinese() {
+        let codes = [
+            ErrorCode::BadFrame,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Unauthorized,
+            ErrorCode::TooLarge,
+            ErrorCode::Internal,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Busy,
+            ErrorCode::Other(99),
+        ];
+        let english = |text: &str| text.split(|c: char| !c.is_ascii_alphabetic()).any(|w| w.len() >= 3 && w != "fq");
+        for code in codes {
+            let err = anyhow::Error::from(SyncError::Server { code, text: "the server could not save".into() });
+            let zh = describe(&err, Lang::Zh);
+            assert!(!english(&zh.message), "English in {code:?}: {}", zh.message);
+            if code != ErrorCode::ShuttingDown {
+                // English output keeps the server's own words for the operator.
+                let en = describe(&err, Lang::En);
+                assert!(en.message.contains("the server could not save"), "{}", en.message);
+            }
+        }
+        let lost = [
+            SyncError::Lost("reset by peer".into()),
+            SyncError::Refused { code: None, reason: "goodbye".into() },
+            SyncError::Refused { code: Some(CloseCode::TooManyConnections), reason: "too many".into() },
+            SyncError::Busy { addr: "10.0.0.5:4433".parse().unwrap() },
+            SyncError::Stalled(std::time::Duration::from_secs(60)),
+        ];
+        for e in lost {
+            let zh = describe(&anyhow::Error::from(e), Lang::Zh);
+            assert!(!english(&zh.message), "English in {}", zh.message);
+        }
     }
 
     #[test]

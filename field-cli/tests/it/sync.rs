@@ -398,6 +398,77 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
     assert_eq!(rows(&a.data_dir(), VILLAGE_A).len(), 200);
 }
 
+/// Issue 6: the township is killed (SIGKILL) and restarted on its address while a device's
+/// `fq sync` uploads. The restarted township resets the old connection as soon as the device's
+/// next packet arrives, `fq sync` dials once more by itself and resumes from the acknowledged
+/// position: it completes (no 60 s stall; the harness would kill it at 60 s), nothing
+/// acknowledged is lost, and every change is on the township exactly once.
+#[test]
+fn sync_completes_across_a_township_restart_without_a_second_command() {
+    let county = County::new();
+    let mut township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let addr = township.addr;
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    bulk_changes(&a.ledger_file(), VILLAGE_A, 300, 9);
+    let out = a.data_dir().with_file_name("sync.out");
+    let err = a.data_dir().with_file_name("sync.err");
+    let mut upload = a.command(&["--json", "sync", "--server", &addr.to_string()]);
+    upload
+        .env("FQ_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut upload = upload.spawn().unwrap();
+
+    township.wait_log("changes applied", |l| l["peer"] == "d07");
+    let device_acked = || {
+        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
+    };
+    eventually("the device's first acknowledgement", Duration::from_secs(20), || device_acked() > 0);
+    township.signal("KILL");
+    township.wait_exit(Duration::from_secs(10)).expect("SIGKILL ends the server");
+    let acked = device_acked();
+    assert!(acked < 3_000, "the upload was over before the kill ({acked} acknowledged)");
+    let restarted = county.start("tw-101", "township", &addr.to_string(), None, None);
+
+    let exit = wait_bounded(&mut upload, crate::harness::RUN_TIMEOUT);
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(exit.success(), "fq sync failed across the restart: {exit:?}\n{stderr}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_valid("sync-summary.v1.schema.json", &summary);
+    assert_eq!(summary["refused"]["count"], 0, "{summary:#}");
+    // The device came back to the new process by itself.
+    restarted.wait_log("session started", |l| l["peer"] == "d07");
+    let held = status(&county.data("tw-101"));
+    assert_eq!(held["counts"]["changes"], 3_000, "every change exactly once: {held:#}");
+    assert!(held["counts"]["changes"].as_i64().unwrap() >= acked);
+    assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
+}
+
+/// Issue 6: a server name that cannot be looked up is not a "bad address" but its own message.
+#[test]
+fn sync_to_a_name_that_cannot_be_found_says_so() {
+    let county = County::new();
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    let before = file_bytes(&a.ledger_file());
+    let out = sync(&a, &["--server", "nosuchhost.invalid:4433"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("找不到服务器“nosuchhost.invalid”")
+            && out.stderr.contains("域名解析（DNS）")
+            && out.stderr.contains("IP 地址"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("地址:端口"), "not told as a format mistake: {out:?}");
+    let json = a.run(&["--json", "sync", "--server", "nosuchhost.invalid:4433"]).error_json();
+    assert_eq!(json["error"]["kind"], "server-name-not-found");
+    assert_valid("error.v1.schema.json", &json);
+    let en = a.run(&["--lang", "en", "sync", "--server", "nosuchhost.invalid:4433"]);
+    assert!(en.stderr.contains("cannot find the server \"nosuchhost.invalid\""), "{en:?}");
+    assert_eq!(file_bytes(&a.ledger_file()), before, "nothing on the device changed");
+    assert!(!a.data_dir().join("sync.json").exists(), "a name that was never found is not remembered");
+}
+
 fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }

@@ -4,9 +4,12 @@
 
 mod ca;
 mod county;
+mod language;
+mod limits;
 mod lossy;
 mod process;
 mod relay;
+mod restart;
 mod revocation;
 mod schema;
 mod server;

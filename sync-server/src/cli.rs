@@ -1,0 +1,187 @@
+//! The raw command line of `fq-server`, as clap sees it.
+//!
+//! Help texts are Chinese with the English after them (as `fq`'s), and clap's own words
+//! (headings, the help and version flags) are replaced by bilingual ones ([`command`]). Values
+//! an operator types (addresses, division codes, ids, roles) are kept as text here and checked
+//! by `main` with the library's parsers, so that a mistake gets a message in the operator's
+//! language (`message`), not clap's English.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use fq_core::lang::Lang;
+
+/// 枫桥案件台账的乡镇、县同步服务器和县证书中心 / Township and county sync server and county CA of the fq case ledger
+#[derive(Debug, Parser)]
+#[command(name = "fq-server", version)]
+pub(crate) struct Cli {
+    /// 输出 JSON（供程序读取）/ Print what was done as one JSON object
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// 显示语言 zh 或 en，默认看 LANG（未设置、C、POSIX 时为中文）/ Language zh or en; default from LANG (Chinese if unset, C or POSIX)
+    #[arg(long, global = true, value_parser = parse_lang, value_name = "zh|en")]
+    pub lang: Option<Lang>,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CliCommand {
+    /// 运行乡镇或县同步服务器（直到收到 SIGTERM 或 SIGINT）/ Run a township or county sync server (until SIGTERM or SIGINT)
+    Run(RunArgs),
+    /// 查看服务器台账：身份、数量、对端、最近的拒收（只读，可在服务器运行时使用）/ Show a server's identity, counts, peers and recent refusals (read-only, works while it runs)
+    Status(StatusArgs),
+    /// 县证书中心：建立、签发、吊销证书 / The county's certificate authority: init, issue, revoke
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// The tier of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TierArg {
+    /// 县服务器 / county server
+    County,
+    /// 乡镇服务器 / township server
+    Township,
+}
+
+/// How the server logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    /// 每条事件一行文字，用所选语言 / One line of text per event, in the chosen language
+    Human,
+    /// 每条事件一个 JSON 对象，事件名为固定的英文 / One JSON object per event, with stable English event names
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// 服务器层级：county（县）或 township（乡镇）/ Tier: county or township
+    #[arg(long, value_enum, hide_possible_values = true)]
+    pub tier: TierArg,
+    /// 监听的 UDP 地址，例如 0.0.0.0:4433 / UDP address to listen on, e.g. 0.0.0.0:4433
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// 服务器台账所在目录（首次运行时在此建立 ledger.db）/ Directory of the server's replica (ledger.db is created there on first run)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// 本服务器的证书包（由 fq-server ca issue --role county|township 签发）/ The server's bundle (from fq-server ca issue --role county|township)
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    pub bundle: PathBuf,
+    /// 县服务器地址（仅乡镇服务器）/ The county server's address (township servers only)
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Option<String>,
+    /// 配置文件（TOML 或 JSON），可设置项见 docs/OPERATIONS.md / Settings file, TOML or JSON (see docs/OPERATIONS.md)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// 日志格式：human（默认，文字）或 json；用 RUST_LOG 过滤 / Log format: human (default) or json; filter with RUST_LOG
+    #[arg(long, value_enum, default_value = "human", hide_default_value = true, hide_possible_values = true)]
+    pub log_format: LogFormatArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// 服务器台账所在目录 / Directory of the server's replica
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// 建立县证书中心（密钥、证书、空的签发记录和吊销列表）/ Create the county CA (key, certificate, empty ledger and revocation list)
+    Init(InitArgs),
+    /// 为设备或服务器签发证书包 / Issue a certificate bundle for a device or server
+    Issue(IssueArgs),
+    /// 吊销签发给某个编号的全部证书 / Revoke every certificate issued to an id
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// 证书中心目录（不存在则建立；不能已有证书中心）/ Directory for the CA (created if missing; must not already hold a CA)
+    #[arg(long, value_name = "CA_DIR")]
+    pub dir: PathBuf,
+    /// 县的6位行政区划代码，例如 532924 / The county's 6-digit division code, e.g. 532924
+    #[arg(long, value_name = "CODE")]
+    pub county: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IssueArgs {
+    /// 证书中心目录 / The CA directory
+    #[arg(long, value_name = "CA_DIR")]
+    pub ca: PathBuf,
+    /// 持有者（设备或服务器）的编号，如 d07：1-64个字母、数字、. _ - / Holder's id, e.g. d07: 1-64 of A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    pub id: String,
+    /// 角色：county、township、mediator、grid-worker、township-officer、county-admin / Role: county, township, mediator, grid-worker, township-officer, county-admin
+    #[arg(long)]
+    pub role: String,
+    /// 角色负责的区划代码：县级6位，乡镇9位，调解员和网格员12位 / Division code of the role: 6 digits for county roles, 9 for township roles, 12 for mediators and grid workers
+    #[arg(long, value_name = "CODE")]
+    pub scope: String,
+    /// 要写出的证书包文件（权限0600，不能已存在）/ Bundle file to write (mode 0600; must not exist)
+    #[arg(long, value_name = "BUNDLE_FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    /// 证书中心目录 / The CA directory
+    #[arg(long, value_name = "CA_DIR")]
+    pub ca: PathBuf,
+    /// 要吊销证书的编号 / Id whose certificates are revoked
+    #[arg(long)]
+    pub id: String,
+}
+
+/// clap's parser for `--lang`.
+fn parse_lang(text: &str) -> Result<Lang, String> {
+    text.parse().map_err(|_| format!("{text:?}: zh | en"))
+}
+
+/// The help layout: clap's English headings replaced by bilingual ones.
+const HELP_TEMPLATE: &str = "{about-with-newline}\n用法 / Usage: {usage}\n\n{all-args}{after-help}";
+
+/// The command line, with bilingual headings, help and version flags at every level.
+pub(crate) fn command() -> Command {
+    localize(Cli::command(), true)
+}
+
+fn localize(cmd: Command, top: bool) -> Command {
+    let cmd = cmd
+        .help_template(HELP_TEMPLATE)
+        .subcommand_help_heading("命令 / Commands")
+        .disable_help_subcommand(true)
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .mut_args(|arg| if arg.get_help_heading().is_none() { arg.help_heading("选项 / Options") } else { arg })
+        .arg(
+            Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(ArgAction::Help)
+                .help("显示帮助 / Print help")
+                .help_heading("选项 / Options"),
+        );
+    let cmd = if top {
+        cmd.arg(
+            Arg::new("version")
+                .short('V')
+                .long("version")
+                .action(ArgAction::Version)
+                .help("显示版本 / Print version")
+                .help_heading("选项 / Options"),
+        )
+    } else {
+        cmd
+    };
+    cmd.mut_subcommands(|sub| localize(sub, false))
+}
+
+/// Parses the arguments (the first is the program's name).
+pub(crate) fn parse(args: &[OsString]) -> Result<Cli, clap::Error> {
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
