@@ -24,6 +24,9 @@ pub(crate) struct Cli {
     /// 显示语言，默认看 LANG（未设置时为中文）/ Language; default from LANG (Chinese if unset)
     #[arg(long, global = true, value_parser = crate::lang::parse, value_name = "zh|en")]
     pub lang: Option<Lang>,
+    /// 从文件读台账口令（供脚本用，文件须仅本人可读）；也可设 FQ_PASSPHRASE / Read the ledger passphrase from FILE (scripts; owner-only file); FQ_PASSPHRASE also works
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -45,6 +48,31 @@ pub(crate) enum Command {
     Audit(AuditArgs),
     /// 演示 / A guided demo
     Demo,
+    /// 加密旧版未加密的台账 / Encrypt a ledger made before encryption
+    Encrypt(EncryptArgs),
+    /// 台账口令 / The ledger's passphrase
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    /// 口令连续输错几次后清除本机密钥（默认10）/ Wrong passphrases before the key is erased (default 10)
+    #[arg(long, value_name = "N")]
+    pub wipe_after: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PassphraseCommand {
+    /// 更改台账口令（先输旧口令，再输两遍新口令）/ Change the passphrase (old one, then the new one twice)
+    Change(PassphraseChangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PassphraseChangeArgs {
+    /// 从文件读新口令（供脚本用）/ Read the new passphrase from FILE (scripts)
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +93,9 @@ pub(crate) struct InitArgs {
     /// 县里发的证书包：角色和区划取自证书包，并登记本机 / Certificate bundle from the county: role and area come from it, and the device is enrolled
     #[arg(long, value_name = "BUNDLE_FILE")]
     pub bundle: Option<PathBuf>,
+    /// 口令连续输错几次后清除本机密钥（默认10）/ Wrong passphrases before the key is erased (default 10)
+    #[arg(long, value_name = "N")]
+    pub wipe_after: Option<String>,
 }
 
 #[derive(Debug, Args)]
