@@ -18,6 +18,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use fq_core::vault::Passphrase;
 use std::time::Duration;
 
 use fq_core::ledger::Tier;
@@ -68,6 +70,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on one dial of the county.
     pub connect_timeout: Duration,
+    /// The secret of `--encrypt --key-file`: the replica is encrypted at rest with a data key
+    /// wrapped by it (ADR 10). `None`: a plain replica.
+    pub encryption: Option<Passphrase>,
 }
 
 impl ServerConfig {
@@ -86,6 +91,7 @@ impl ServerConfig {
             session: SessionConfig::default(),
             shutdown_grace: SHUTDOWN_GRACE,
             connect_timeout: CONNECT_TIMEOUT,
+            encryption: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fq_core::ledger::{LedgerError, Tier};
+use fq_core::vault::{KdfParams, Passphrase, Protection, Vault, VaultError, WipePolicy};
 use fq_sync_server::ca::{
     AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, InitError, IssueError, OpenError, RevokeError, SubjectId,
 };
@@ -52,6 +53,18 @@ enum Command {
     /// Run the county's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Encrypt a server replica made without --encrypt (stop the server first).
+    Encrypt(EncryptArgs),
+}
+
+#[derive(Debug, Args)]
+struct EncryptArgs {
+    /// Directory of the server's replica.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// File holding the replica's secret (mode 0600, 16 characters or more).
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +105,12 @@ struct RunArgs {
     /// Log format (filter with RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Keep the replica encrypted at rest, its key wrapped by the secret in --key-file.
+    #[arg(long, requires = "key_file")]
+    encrypt: bool,
+    /// File holding the replica's secret, readable by the service user only (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +118,9 @@ struct StatusArgs {
     /// Directory of the server's replica.
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// The key file of an encrypted replica (as given to `run --key-file`).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +196,7 @@ fn run() -> anyhow::Result<()> {
         Command::Ca(CaCommand::Init(args)) => ca_init(&args, now, cli.json),
         Command::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, cli.json),
         Command::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, cli.json),
+        Command::Encrypt(args) => encrypt(&args, cli.json),
     }
 }
 
@@ -266,6 +289,9 @@ fn run_server(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut config = ServerConfig::new(tier, args.listen, args.data_dir, args.bundle);
     config.upstream = args.upstream;
+    if let Some(file) = &args.key_file {
+        config.encryption = Some(read_key_file(file)?);
+    }
     if let Some(path) = &args.config {
         config.apply(&FileConfig::load(path)?);
     }
@@ -322,8 +348,16 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
 }
 
 fn show_status(args: &StatusArgs, json: bool) -> anyhow::Result<()> {
-    let status =
-        status::read(&args.data_dir).with_context(|| format!("server data directory {}", args.data_dir.display()))?;
+    let key = match &args.key_file {
+        Some(file) => {
+            let secret = read_key_file(file)?;
+            let vault = Vault::for_ledger(&args.data_dir.join(server::LEDGER_FILE));
+            Some(vault.unlock(&secret).with_context(|| format!("replica key {}", vault.key_path().display()))?)
+        }
+        None => None,
+    };
+    let status = status::read_with_key(&args.data_dir, key.as_ref())
+        .with_context(|| format!("server data directory {}", args.data_dir.display()))?;
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &status).context("cannot write json output")?;
@@ -382,6 +416,68 @@ fn report(json: bool, value: &serde_json::Value, human: &str) -> anyhow::Result<
     out.flush().context("cannot write output")
 }
 
+/// The fewest characters a server's key file may hold: it is made by a machine
+/// (`head -c 32 /dev/urandom | base64`), so it can be long.
+const MIN_KEY_FILE_CHARS: usize = 16;
+
+/// Reads a server's key file: readable by the service user only (like an ssh key), one line;
+/// a final line break is not part of the secret.
+fn read_key_file(path: &Path) -> anyhow::Result<Passphrase> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(BadInput(format!(
+            "key file {} is readable by its group or others: run chmod 600 {} (and chown it to the service user)",
+            path.display(),
+            path.display()
+        ))
+        .into());
+    }
+    if meta.len() > 4096 {
+        return Err(BadInput(format!("key file {} is larger than a key", path.display())).into());
+    }
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("key file {}", path.display()))?);
+    let secret = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if secret.chars().count() < MIN_KEY_FILE_CHARS {
+        return Err(BadInput(format!(
+            "key file {} holds fewer than {MIN_KEY_FILE_CHARS} characters: make one with head -c 32 /dev/urandom | base64 > FILE",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(Passphrase::new(secret.to_owned()))
+}
+
+/// `fq-server encrypt`: the plain replica into an encrypted one, checked before it replaces
+/// the plain file (which a failure leaves as it was).
+fn encrypt(args: &EncryptArgs, json: bool) -> anyhow::Result<()> {
+    let secret = read_key_file(&args.key_file)?;
+    let path = args.data_dir.join(server::LEDGER_FILE);
+    let vault = Vault::for_ledger(&path);
+    if vault.protection()? == Protection::Plain {
+        // Brings an older file to the current schema before it is copied.
+        drop(
+            fq_core::ledger::Ledger::open(&path, std::sync::Arc::new(fq_core::clock::SystemClock), Default::default())
+                .with_context(|| format!("replica {}", path.display()))?,
+        );
+    }
+    vault
+        .encrypt(&secret, WipePolicy::Never, KdfParams::DEFAULT)
+        .with_context(|| format!("encrypting replica {}", path.display()))?;
+    // Replicas made before encryption were 0755/0644.
+    fq_core::vault::private_dir(&args.data_dir)?;
+    report(
+        json,
+        &json!({ "ok": true, "ledger": path.display().to_string(), "key_file": vault.key_path().display().to_string() }),
+        &format!(
+            "replica {} is encrypted; run the server with --encrypt --key-file {}",
+            path.display(),
+            args.key_file.display()
+        ),
+    )
+}
+
 /// 2 when the operator's input was at fault, 1 for any other failure.
 fn exit_code(err: &anyhow::Error) -> u8 {
     let bad_input = err.chain().any(|cause| {
@@ -393,6 +489,16 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.downcast_ref::<ServeError>().is_some_and(ServeError::is_bad_input)
             || cause.is::<ConfigError>()
             || cause.downcast_ref::<LedgerError>().is_some_and(|e| matches!(e, LedgerError::NotInitialized))
+            || cause.downcast_ref::<VaultError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    VaultError::WrongPassphrase { .. }
+                        | VaultError::KeyMissing { .. }
+                        | VaultError::AlreadyEncrypted
+                        | VaultError::NoLedger
+                        | VaultError::WeakPassphrase { .. }
+                )
+            })
     });
     if bad_input { 2 } else { 1 }
 }

@@ -284,9 +284,8 @@ fn sync_reports_a_change_outside_the_device_scope_and_the_server_audits_it() {
     let b = Fq::new();
     b.json(&["init", "--village", VILLAGE_B, "--name", "李四", "--role", "mediator"]);
     b.json(&["case", "new", "--category", "debt", "--title", "借款纠纷"]);
-    let clock = Arc::new(SystemClock);
-    let mut from = Ledger::open(&b.ledger_file(), clock.clone(), LedgerOptions::default()).unwrap();
-    let mut into = Ledger::open(&a.ledger_file(), clock, LedgerOptions::default()).unwrap();
+    let mut from = crate::harness::open_ledger(&b.ledger_file());
+    let mut into = crate::harness::open_ledger(&a.ledger_file());
     let changes = from.changes_since(0, 100).unwrap();
     into.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
     drop((from, into));
@@ -344,7 +343,7 @@ fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
         }
     }
     let changes = scratch.changes_since(0, u32::MAX).unwrap();
-    let mut device = Ledger::open(path, clock, LedgerOptions::default()).unwrap();
+    let mut device = crate::harness::open_ledger(path);
     device.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
 }
 
@@ -363,7 +362,7 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
     // acknowledgement, while the later batches are still on their way.
     township.wait_log("changes applied", |l| l["peer"] == "d07");
     let device_acked = || {
-        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        let device = crate::harness::open_ledger_read_only(&a.ledger_file());
         device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
     };
     let start = Instant::now();
@@ -549,7 +548,7 @@ fn sync_survives_twenty_township_kills_during_ingest() {
             Ledger::open_read_only(&county.data("tw-101").join("ledger.db"), Arc::new(SystemClock)).unwrap();
         township_ledger.integrity_check().unwrap();
         let held = township_ledger.counts().unwrap()[1];
-        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        let device = crate::harness::open_ledger_read_only(&a.ledger_file());
         let acked = device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0);
         assert!(held >= acked, "kill {kills}: township holds {held} changes but had acknowledged {acked}");
         assert_eq!(township_ledger.duplicate_log_rows().unwrap(), 0);
