@@ -354,6 +354,13 @@ fn show_status(args: &StatusArgs, json: bool) -> anyhow::Result<()> {
             let vault = Vault::for_ledger(&args.data_dir.join(server::LEDGER_FILE));
             Some(vault.unlock(&secret).with_context(|| format!("replica key {}", vault.key_path().display()))?)
         }
+        None if Vault::for_ledger(&args.data_dir.join(server::LEDGER_FILE)).protection()? == Protection::Encrypted => {
+            return Err(BadInput(format!(
+                "the replica in {} is encrypted: give its key file with --key-file FILE",
+                args.data_dir.display()
+            ))
+            .into());
+        }
         None => None,
     };
     let status = status::read_with_key(&args.data_dir, key.as_ref())

@@ -128,6 +128,7 @@ fn case_writes_on_a_full_disk_fail_clearly_and_keep_what_was_saved() {
     let mut failed = None;
     for _ in 0..20 {
         let mut cmd = Command::new("sh");
+        cmd.env(crate::harness::PASSPHRASE_ENV, crate::harness::PASSPHRASE);
         cmd.arg("-c").arg(&script).arg(crate::harness::FQ).arg(fq.data_dir()).arg(&long);
         let out = crate::harness::run(cmd);
         assert!(!out.stderr.contains("panicked"), "{out:?}");
