@@ -437,8 +437,9 @@ impl Vault {
     }
 
     /// Removes what an interrupted [`Vault::encrypt`] left: the unfinished copy, and the old
-    /// plain file's second name (overwritten first if it no longer is the ledger file).
-    fn sweep(&self) -> Result<(), VaultError> {
+    /// plain file's second name (overwritten first if it no longer is the ledger file). Cheap
+    /// when there is nothing to do; callers run it whenever they unlock.
+    pub fn sweep(&self) -> Result<(), VaultError> {
         let _ = fs::remove_file(self.side_file(".encrypting"));
         let old = self.side_file(".plain");
         let Ok(old_meta) = fs::metadata(&old) else { return Ok(()) };

@@ -452,6 +452,17 @@ fn pin(e: &PinError, lang: Lang, whole: &anyhow::Error) -> Problem {
             )
             .to_owned(),
         ),
+        PinError::NoChosenPassphrase => Problem::user(
+            Kind::NoPassphrase,
+            lang.pick(
+                "台账要加密，需要设置口令，但这里没有终端可以输入：请在终端里运行（会让您输入两遍）；脚本可以用 \
+                 --passphrase-file 文件（文件须只有本人能读：chmod 600 文件）或环境变量 FQ_PASSPHRASE 给出口令。什么都没有建立。",
+                "the ledger is encrypted and needs a passphrase, but there is no terminal to ask on: run this in a terminal \
+                 (it asks twice), or (scripts) give --passphrase-file FILE (readable by you only: chmod 600 FILE) or set \
+                 FQ_PASSPHRASE. Nothing was set up.",
+            )
+            .to_owned(),
+        ),
         PinError::NoNewPassphrase => Problem::user(
             Kind::NoPassphrase,
             lang.pick(
@@ -1222,6 +1233,26 @@ mod tests {
         let p = describe(&err, Lang::Zh);
         assert_eq!((p.kind, p.exit), (Kind::NotEnrolled, EXIT_USAGE));
         assert!(p.message.contains("先用 fq enroll --bundle 登记本机"));
+    }
+
+    #[test]
+    fn vault_wrong_passphrase_warns_before_the_last_tries() {
+        let wrong = |left: u32| {
+            let e = VaultError::WrongPassphrase { failed: 10 - left, tries_left: Some(left) };
+            describe(&anyhow::Error::from(e).context("opening /x/ledger.db"), Lang::Zh)
+        };
+        assert!(wrong(5).message.contains("还能再试 5 次"), "{}", wrong(5).message);
+        assert!(wrong(3).message.contains("警告：再输错 3 次"), "{}", wrong(3).message);
+        assert_eq!((wrong(1).kind, wrong(1).exit), (Kind::WrongPassphrase, EXIT_USAGE));
+        let erased = describe(&anyhow::Error::from(VaultError::Erased { failed: 10 }), Lang::Zh);
+        assert_eq!((erased.kind, erased.exit), (Kind::KeyErased, EXIT_USAGE));
+        assert!(
+            erased.message.contains("fq init --bundle") && erased.message.contains("fq sync"),
+            "{}",
+            erased.message
+        );
+        let none = describe(&anyhow::Error::from(PinError::NoPassphrase), Lang::Zh);
+        assert_eq!((none.kind, none.exit), (Kind::NoPassphrase, EXIT_USAGE));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub(crate) enum PinError {
     /// No terminal to ask on, and no file or variable given.
     #[error("no passphrase: no terminal to ask on, and no --passphrase-file or {PASSPHRASE_ENV}")]
     NoPassphrase,
+    /// `init` or `encrypt` with no terminal and no file or variable.
+    #[error("no passphrase for the new ledger: no terminal to ask on, and no --passphrase-file or {PASSPHRASE_ENV}")]
+    NoChosenPassphrase,
     /// `passphrase change` with no terminal and no `--new-passphrase-file`.
     #[error("no new passphrase: no terminal to ask on, and no --new-passphrase-file")]
     NoNewPassphrase,
@@ -90,7 +93,7 @@ impl Source {
             return Ok(p);
         }
         if !io::stdin().is_terminal() {
-            return Err(PinError::NoPassphrase);
+            return Err(PinError::NoChosenPassphrase);
         }
         self.twice()
     }
@@ -112,7 +115,7 @@ impl Source {
             "Choose the ledger passphrase (8 characters or more, not only digits): ",
         );
         let again = self.lang.pick("请再输入一遍：", "Type it again: ");
-        confirm(|prompt| rpassword::prompt_password(prompt).map(|s| Zeroizing::new(s)), first, again)
+        confirm(|prompt| rpassword::prompt_password(prompt).map(Zeroizing::new), first, again)
     }
 }
 

@@ -128,6 +128,8 @@ impl Place {
                 Ok(Unlocked { path, key: None })
             }
             Protection::Encrypted => {
+                // A plain copy left by an `fq encrypt` cut short must not outlive it.
+                self.vault.sweep()?;
                 let passphrase = self.source.current()?;
                 let key = self.vault.unlock(&passphrase)?;
                 Ok(Unlocked { path, key: Some(key) })
@@ -154,6 +156,10 @@ impl Place {
     /// known good and a passphrase was given; a refused init leaves nothing behind.
     pub(crate) fn create(&self, init: InitOptions, wipe_after: Option<u32>) -> anyhow::Result<Ledger> {
         let path = self.ledger_path().to_owned();
+        if fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            // An init cut short before SQLite wrote anything: nothing to keep.
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
         match self.vault.protection()? {
             Protection::Absent => {}
             Protection::Plain => {

@@ -318,7 +318,10 @@ fn replica_key(config: &ServerConfig, path: &Path) -> Result<Option<DataKey>, Se
             let key = vault.create(secret, WipePolicy::Never, KdfParams::DEFAULT).map_err(key_err)?;
             Ok(Some(key))
         }
-        (Protection::Encrypted, Some(secret)) => Ok(Some(vault.unlock(secret).map_err(key_err)?)),
+        (Protection::Encrypted, Some(secret)) => {
+            vault.sweep().map_err(key_err)?;
+            Ok(Some(vault.unlock(secret).map_err(key_err)?))
+        }
         (Protection::Plain, Some(_)) => Err(mismatch(EncryptionProblem::NotYetEncrypted)),
         (Protection::Encrypted, None) => Err(mismatch(EncryptionProblem::NeedsKey)),
         (Protection::KeyLost, _) => Err(key_err(VaultError::KeyMissing { path: vault.key_path().to_owned() })),

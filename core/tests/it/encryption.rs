@@ -95,3 +95,37 @@ fn vault_key_opens_the_ledger_it_made() {
     let l = Ledger::open_read_only_with_key(&path, Arc::new(clock), Some(&key)).unwrap();
     assert_eq!(l.enrolment().unwrap().as_deref(), Some("{\"bundle\":1}"));
 }
+
+#[test]
+fn vault_encrypt_failing_leaves_the_plain_file_and_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = ManualClock::new(T0);
+    let mut l = Ledger::init(
+        &path,
+        init(Role::Mediator, VILLAGE, "张三", &clock),
+        Arc::new(clock.clone()),
+        LedgerOptions::default(),
+    )
+    .unwrap();
+    l.create_case(new_case("宅基地滴水纠纷")).unwrap();
+    let vault = Vault::for_ledger(&path);
+    let pass = Passphrase::new("门前有3棵柿子树".into());
+    // The ledger is still open (a running server): the copy is refused, nothing changes.
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(
+        vault.encrypt(&pass, WipePolicy::Never, FAST),
+        Err(fq_core::vault::VaultError::Store(StoreError::InUse))
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(!vault.key_path().exists(), "no key file left");
+    assert_eq!(vault.protection().unwrap(), Protection::Plain);
+    drop(l);
+    let key = vault.encrypt(&pass, WipePolicy::Never, FAST).unwrap();
+    assert_eq!(vault.protection().unwrap(), Protection::Encrypted);
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| n == "ledger.db" || n == "ledger.key"), "no copy or old file left: {names:?}");
+    let l = Ledger::open_read_only_with_key(&path, Arc::new(clock), Some(&key)).unwrap();
+    assert_eq!(l.counts().unwrap()[0], 1);
+}
