@@ -414,6 +414,11 @@ fn store(e: &StoreError, lang: Lang, whole: &anyhow::Error) -> Problem {
         StoreError::CopyDiffers { what } => Problem::failure(
             Kind::EncryptionFailed,
             if zh {
+                let what = match *what {
+                    "page authentication" => "页面校验不通过",
+                    "log head" => "修改日志的末尾不同",
+                    _ => "案件、修改或审计记录的数量不同",
+                };
                 format!("加密后的副本和原台账不一致（{what}），已放弃加密，原台账没有改动。请把这条信息报给县综治中心。")
             } else {
                 format!("the encrypted copy differs from the ledger ({what}); encryption was abandoned and the ledger is unchanged. Report this to the county centre.")
@@ -497,7 +502,9 @@ fn pin(e: &PinError, lang: Lang, whole: &anyhow::Error) -> Problem {
             Problem::user(
                 Kind::PassphraseFile,
                 if zh {
-                    format!("读不到口令文件 {path}（{source}）：请核对文件名。")
+                    // The system's reason is in English: the path and the fix say enough.
+                    let _ = source;
+                    format!("读不到口令文件 {path}：请核对文件名，以及文件是否存在、是否不超过一行。")
                 } else {
                     format!("cannot read the passphrase file {path} ({source}): check the name.")
                 },
@@ -572,7 +579,7 @@ fn vault(e: &VaultError, lang: Lang, whole: &anyhow::Error) -> Problem {
         VaultError::Damaged { why } => Problem::failure(
             Kind::DamagedKey,
             if zh {
-                format!("台账的密钥文件已损坏（{why}），台账打不开。请不要删除任何文件，联系县综治中心。")
+                "台账的密钥文件已损坏，台账打不开。请不要删除任何文件，联系县综治中心。".to_owned()
             } else {
                 format!("the ledger's key file is damaged ({why}); the ledger cannot be opened. Delete nothing and contact the county centre.")
             },
