@@ -294,3 +294,25 @@ pub fn private_file(fq: &Fq, name: &str, text: &str) -> PathBuf {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+#[test]
+fn wipe_after_sets_how_many_wrong_passphrases_erase_the_ledger() {
+    let fq = Fq::new();
+    let out =
+        fq.run(&["--json", "init", "--village", VILLAGE, "--name", "张三", "--role", "mediator", "--wipe-after", "2"]);
+    assert_eq!(out.error_json()["error"]["kind"], "invalid-number", "below 3 is refused");
+    assert!(!fq.data_dir().exists());
+    fq.json(&["init", "--village", VILLAGE, "--name", "张三", "--role", "mediator", "--wipe-after", "3"]);
+    fq.new_case();
+    let wrong = |n: u32| {
+        let mut cmd = fq.command(&["case", "list"]);
+        cmd.env(PASSPHRASE_ENV, format!("猜错的口令第{n}次"));
+        run(cmd)
+    };
+    assert!(wrong(1).stderr.contains("警告：再输错 2 次"), "warned from the first try of three");
+    assert!(wrong(2).stderr.contains("警告：再输错 1 次"));
+    let last = wrong(3);
+    assert_eq!(last.code, 2);
+    assert!(last.stderr.contains("已经清除"), "{last:?}");
+    assert!(!fq.ledger_file().exists() && !fq.data_dir().join("ledger.key").exists());
+}
