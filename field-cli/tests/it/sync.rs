@@ -718,3 +718,56 @@ fn encrypted_township_serves_and_its_key_file_opens_it_for_fq() {
     assert!(again.stderr.is_empty(), "no warning once encrypted: {again:?}");
     assert_eq!(crate::encryption::readable(&a.data_dir(), &needles), Vec::<String>::new());
 }
+
+#[test]
+fn fq_server_encrypt_migrates_a_stopped_plain_replica_and_refuses_a_running_one() {
+    let county = County::new();
+    let mut township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    crate::encryption::write_cases(&a);
+    assert_eq!(sync(&a, &["--server", &township.addr.to_string()]).code, 0);
+    let data = county.data("tw-101");
+    let key = county.path("tw-101.key");
+    std::fs::write(&key, "tw-101 secret: 0b8e2f4c6a1d3e5f7a9c\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let encrypt =
+        || fq_server_run(&["encrypt", "--data-dir", data.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    let before = on_server(&data, &["case", "list"]);
+    let busy = encrypt();
+    assert_eq!(busy.code, 1, "refused while the server runs: {busy:?}");
+    assert!(busy.stderr.contains("another program is using the ledger"), "{busy:?}");
+    assert!(!data.join("ledger.key").exists(), "nothing changed");
+    township.signal("TERM");
+    township.wait_exit(Duration::from_secs(30)).expect("the township stops");
+    let done = encrypt();
+    assert_eq!(done.code, 0, "{done:?}");
+    let mut cmd = fq_command();
+    cmd.arg("--data-dir").arg(&data).arg("--passphrase-file").arg(&key).args(["--json", "case", "list"]);
+    assert_eq!(run(cmd).json(), before, "every case kept");
+    assert_eq!(crate::encryption::readable(&data, &crate::encryption::needles()), Vec::<String>::new());
+    // It now runs only with its key.
+    let spec = RunSpec {
+        tier: "township",
+        listen: "127.0.0.1:0",
+        data_dir: &data,
+        bundle: &county.path("tw-101.bundle.json"),
+        upstream: None,
+        config: None,
+    };
+    let plain_run = fq_server_run(&[
+        "run",
+        "--tier",
+        "township",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--bundle",
+        spec.bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(plain_run.code, 2, "{plain_run:?}");
+    assert!(plain_run.stderr.contains("--encrypt --key-file"), "{plain_run:?}");
+    let again =
+        ServerProcess::start_with(&fq_server(), &spec, &["--encrypt".as_ref(), "--key-file".as_ref(), key.as_os_str()]);
+    assert_eq!(sync(&a, &["--server", &again.addr.to_string()]).code, 0);
+}
