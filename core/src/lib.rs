@@ -12,3 +12,4 @@ pub mod store;
 pub mod sync;
 pub mod text;
 pub mod trust;
+pub mod vault;

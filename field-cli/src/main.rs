@@ -7,7 +7,11 @@
 //! - `command`: runs a request against the ledger.
 //! - `render`: what people see (sentences, tables, case cards) and `--json`.
 //! - `export`: JSON and CSV exports.
-//! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`).
+//! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`),
+//!   kept inside the encrypted ledger.
+//! - `pin`: asking for the ledger's passphrase (terminal without echo, `--passphrase-file`,
+//!   `FQ_PASSPHRASE`).
+//! - `vault`: the ledger unlocked and opened; `init`, `encrypt` and `passphrase change`.
 //! - `sync`: `fq sync` with the township or county server (the driver is
 //!   `fq_sync_server::client`).
 //! - `lang`: the user's language and the labels of the interface.
@@ -28,9 +32,11 @@ mod enroll;
 mod export;
 mod lang;
 mod message;
+mod pin;
 mod render;
 mod request;
 mod sync;
+mod vault;
 
 fn main() {
     std::process::exit(run())

@@ -3,25 +3,24 @@
 //! The order keeps a failed sync harmless: everything is checked first (a ledger, a bundle
 //! that fits it, a server address), then the server is dialed, and only once it answered is
 //! the ledger opened for writing. An unreachable server leaves the device's data untouched.
-//! The address used is remembered in `DIR/sync.json` for the next `fq sync`.
+//! The passphrase is asked for once, before dialing; the certificate bundle is read from the
+//! encrypted ledger. The address used is remembered in `DIR/sync.json` (mode 0600) for the
+//! next `fq sync`.
 
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fq_core::clock::SystemClock;
-use fq_core::ledger::{Ledger, LedgerError, LedgerOptions};
 use fq_sync_server::client::{self, Progress, SyncOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::command::LEDGER_FILE;
 use crate::enroll;
 use crate::lang::Lang;
 use crate::render;
+use crate::vault::Place;
 
 /// Where the last server address is kept, inside the data directory.
 pub(crate) const SERVER_FILE: &str = "sync.json";
@@ -59,22 +58,20 @@ struct Remembered {
 /// Runs `fq sync` on the ledger in `dir`.
 pub(crate) fn run(
     out: &mut dyn Write,
-    dir: &Path,
+    place: &Place,
     server: Option<String>,
     lang: Lang,
     json: bool,
 ) -> anyhow::Result<()> {
-    let path = dir.join(LEDGER_FILE);
-    if !path.exists() {
-        return Err(LedgerError::NotInitialized.into());
-    }
-    let bundle = enroll::installed(dir)?;
-    {
-        let ledger = Ledger::open_read_only(&path, Arc::new(SystemClock))
-            .with_context(|| format!("opening {} read-only", path.display()))?;
-        crate::command::check_device(ledger.identity(), &path)?;
+    let dir = place.dir();
+    let unlocked = place.unlock()?;
+    let bundle = {
+        let ledger = unlocked.open_read_only()?;
+        crate::command::check_device(ledger.identity(), place.ledger_path())?;
+        let bundle = enroll::installed(&ledger, dir)?;
         enroll::check_fits(&bundle, ledger.identity())?;
-    }
+        bundle
+    };
     let text = match server {
         Some(s) => s,
         None => remembered(dir).ok_or(AddressError::NoServer)?,
@@ -99,8 +96,7 @@ pub(crate) fn run(
         }
     };
     remember(dir, &text)?;
-    let mut ledger = Ledger::open(&path, Arc::new(SystemClock), LedgerOptions::default())
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut ledger = unlocked.open()?;
     let report = runtime.block_on(dialed.sync(&mut ledger, |p| show(&bar, lang, p)));
     bar.finish_and_clear();
     render::sync_summary(out, lang, json, &text, &report?)
@@ -145,7 +141,8 @@ fn remembered(dir: &Path) -> Option<String> {
 fn remember(dir: &Path, server: &str) -> anyhow::Result<()> {
     let path = dir.join(SERVER_FILE);
     let bytes = serde_json::to_vec(&Remembered { server: server.to_owned() })?;
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    // Owner-only like every file in the data directory: it says where this device syncs.
+    fq_core::vault::write_private(&path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn progress_bar(json: bool) -> ProgressBar {

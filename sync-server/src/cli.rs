@@ -35,6 +35,18 @@ pub(crate) enum CliCommand {
     /// 县证书中心：建立、签发、吊销证书 / The county's certificate authority: init, issue, revoke
     #[command(subcommand)]
     Ca(CaCommand),
+    /// 把不加密时建立的服务器台账加密（先停止服务器）/ Encrypt a server replica made without --encrypt (stop the server first)
+    Encrypt(EncryptArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    /// 服务器台账所在目录 / Directory of the server's replica
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// 存放台账密钥的文件（权限0600，至少16个字符）/ File holding the replica's secret (mode 0600, 16 characters or more)
+    #[arg(long, value_name = "FILE")]
+    pub key_file: PathBuf,
 }
 
 /// The tier of a server.
@@ -78,6 +90,12 @@ pub(crate) struct RunArgs {
     /// 日志格式：human（默认，文字）或 json；用 RUST_LOG 过滤 / Log format: human (default) or json; filter with RUST_LOG
     #[arg(long, value_enum, default_value = "human", hide_default_value = true, hide_possible_values = true)]
     pub log_format: LogFormatArg,
+    /// 台账加密保存，密钥由 --key-file 中的密文保护 / Keep the replica encrypted at rest, its key wrapped by the secret in --key-file
+    #[arg(long, requires = "key_file")]
+    pub encrypt: bool,
+    /// 存放台账密钥的文件，只有服务账户可读（权限0600）/ File holding the replica's secret, readable by the service user only (mode 0600)
+    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +103,9 @@ pub(crate) struct StatusArgs {
     /// 服务器台账所在目录 / Directory of the server's replica
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// 加密台账的密钥文件（与 run --key-file 相同）/ The key file of an encrypted replica (as given to run --key-file)
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

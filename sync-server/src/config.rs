@@ -27,6 +27,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use fq_core::vault::Passphrase;
 use std::time::Duration;
 
 use fq_core::ledger::Tier;
@@ -94,6 +96,9 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// What peers may make the server hold.
     pub limits: Limits,
+    /// The secret of `--encrypt --key-file`: the replica is encrypted at rest with a data key
+    /// wrapped by it (ADR 10). `None`: a plain replica.
+    pub encryption: Option<Passphrase>,
 }
 
 /// Bytes a connection or a stream costs the server besides its buffers: quinn's connection state
@@ -148,6 +153,7 @@ impl ServerConfig {
             shutdown_grace: SHUTDOWN_GRACE,
             connect_timeout: CONNECT_TIMEOUT,
             limits: Limits::default(),
+            encryption: None,
         }
     }
 

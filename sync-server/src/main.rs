@@ -24,6 +24,7 @@ use fq_core::case::InputError;
 use fq_core::lang::Lang;
 use fq_core::ledger::Tier;
 use fq_core::text::{Escape, SafeWriter};
+use fq_core::vault::{KdfParams, Passphrase, Protection, Vault, WipePolicy};
 use fq_sync_server::ca::{AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, SubjectId};
 use fq_sync_server::config::{FileConfig, ServerConfig};
 use fq_sync_server::journal::{self, LogFormat};
@@ -32,7 +33,8 @@ use fq_sync_server::status::{self, Status};
 use serde_json::json;
 
 use crate::cli::{
-    CaCommand, Cli, CliCommand, InitArgs, IssueArgs, LogFormatArg, RevokeArgs, RunArgs, StatusArgs, TierArg,
+    CaCommand, Cli, CliCommand, EncryptArgs, InitArgs, IssueArgs, LogFormatArg, RevokeArgs, RunArgs, StatusArgs,
+    TierArg,
 };
 use crate::message::{role_words, tier_words};
 
@@ -93,6 +95,32 @@ pub(crate) enum BadInput {
         /// The file.
         path: PathBuf,
     },
+    /// A key file readable by its group or others.
+    #[error("key file {} is readable by its group or others", path.display())]
+    KeyFileOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file larger than any key.
+    #[error("key file {} is larger than a key", path.display())]
+    KeyFileTooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file holding too short a secret.
+    #[error("key file {} holds fewer than {min} characters", path.display())]
+    KeyFileTooShort {
+        /// The file.
+        path: PathBuf,
+        /// The fewest characters.
+        min: usize,
+    },
+    /// `status` on an encrypted replica without `--key-file`.
+    #[error("the replica in {} is encrypted: give its key file with --key-file", dir.display())]
+    ReplicaEncrypted {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// `ca issue --out` names a file in a directory that does not exist.
     #[error("directory of {} does not exist", path.display())]
     OutDirMissing {
@@ -118,6 +146,7 @@ fn run(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         CliCommand::Ca(CaCommand::Init(args)) => ca_init(&args, now, out),
         CliCommand::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, out),
         CliCommand::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, out),
+        CliCommand::Encrypt(args) => encrypt(&args, out),
     }
 }
 
@@ -267,6 +296,9 @@ fn run_server(args: RunArgs, lang: Lang) -> anyhow::Result<()> {
     };
     let mut config = ServerConfig::new(tier, listen, args.data_dir, args.bundle);
     config.upstream = upstream;
+    if let Some(key) = &args.key_file {
+        config.encryption = Some(read_key_file(key)?);
+    }
     if let Some(file) = &file {
         config.apply(file);
     }
@@ -313,8 +345,20 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn show_status(args: &StatusArgs, out: Output) -> anyhow::Result<()> {
-    let status =
-        status::read(&args.data_dir).with_context(|| format!("server data directory {}", args.data_dir.display()))?;
+    let ledger = args.data_dir.join(server::LEDGER_FILE);
+    let key = match &args.key_file {
+        Some(file) => {
+            let secret = read_key_file(file)?;
+            let vault = Vault::for_ledger(&ledger);
+            Some(vault.unlock(&secret).with_context(|| format!("replica key {}", vault.key_path().display()))?)
+        }
+        None if Vault::for_ledger(&ledger).protection()? == Protection::Encrypted => {
+            return Err(BadInput::ReplicaEncrypted { dir: args.data_dir.clone() }.into());
+        }
+        None => None,
+    };
+    let status = status::read_with_key(&args.data_dir, key.as_ref())
+        .with_context(|| format!("server data directory {}", args.data_dir.display()))?;
     let mut w = SafeWriter::new(io::stdout().lock(), if out.json { Escape::Json } else { Escape::Human });
     if out.json {
         serde_json::to_writer(&mut w, &status).context("cannot write json output")?;
@@ -422,6 +466,69 @@ fn refusal_zh(detail: &str) -> String {
 
 fn open_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
     CertificateAuthority::open(dir).with_context(|| format!("ca directory {}", dir.display()))
+}
+
+/// The fewest characters a server's key file may hold: it is made by a machine
+/// (`head -c 32 /dev/urandom | base64`), so it can be long.
+const MIN_KEY_FILE_CHARS: usize = 16;
+/// The largest key file read.
+const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// Reads a server's key file: readable by the service user only (like an ssh key), one line;
+/// a final line break is not part of the secret.
+fn read_key_file(path: &Path) -> anyhow::Result<Passphrase> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(BadInput::KeyFileOpen { path: path.to_owned() }.into());
+    }
+    if meta.len() > MAX_KEY_FILE_BYTES {
+        return Err(BadInput::KeyFileTooLarge { path: path.to_owned() }.into());
+    }
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("key file {}", path.display()))?);
+    let secret = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if secret.chars().count() < MIN_KEY_FILE_CHARS {
+        return Err(BadInput::KeyFileTooShort { path: path.to_owned(), min: MIN_KEY_FILE_CHARS }.into());
+    }
+    Ok(Passphrase::new(secret.to_owned()))
+}
+
+/// `fq-server encrypt`: the plain replica into an encrypted one, checked before it replaces
+/// the plain file (which a failure leaves as it was).
+fn encrypt(args: &EncryptArgs, out: Output) -> anyhow::Result<()> {
+    let secret = read_key_file(&args.key_file)?;
+    let path = args.data_dir.join(server::LEDGER_FILE);
+    let vault = Vault::for_ledger(&path);
+    if vault.protection()? == Protection::Plain {
+        // Brings an older file to the current schema before it is copied.
+        drop(
+            fq_core::ledger::Ledger::open(&path, std::sync::Arc::new(fq_core::clock::SystemClock), Default::default())
+                .with_context(|| format!("replica {}", path.display()))?,
+        );
+    }
+    vault
+        .encrypt(&secret, WipePolicy::Never, KdfParams::DEFAULT)
+        .with_context(|| format!("encrypting replica {}", path.display()))?;
+    // Replicas made before encryption were 0755/0644.
+    fq_core::vault::private_dir(&args.data_dir)?;
+    let human = if out.zh() {
+        format!(
+            "服务器台账 {} 已加密；以后运行服务器时请加上 --encrypt --key-file {}",
+            path.display(),
+            args.key_file.display()
+        )
+    } else {
+        format!(
+            "replica {} is encrypted; run the server with --encrypt --key-file {}",
+            path.display(),
+            args.key_file.display()
+        )
+    };
+    out.report(
+        &json!({ "ok": true, "ledger": path.display().to_string(), "key_file": vault.key_path().display().to_string() }),
+        &human,
+    )
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -15,11 +15,12 @@ use fq_core::lang::Lang;
 use fq_core::ledger::LedgerError;
 use fq_core::store::StoreError;
 use fq_core::trust::GrantError;
+use fq_core::vault::VaultError;
 use fq_sync_server::ca::{BundleError, GrantRole, InitError, IssueError, OpenError, RevocationError, RevokeError};
 use fq_sync_server::config::ConfigError;
 use fq_sync_server::journal::InstallError;
 use fq_sync_server::net::EndpointError;
-use fq_sync_server::server::ServeError;
+use fq_sync_server::server::{EncryptionProblem, ServeError};
 
 use crate::BadInput;
 
@@ -133,6 +134,8 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> (String, u8) {
             Some((revoke(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
         } else if let Some(e) = cause.downcast_ref::<OpenError>() {
             Some((open_ca(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
+        } else if let Some(e) = cause.downcast_ref::<VaultError>() {
+            Some(vault(e, lang))
         } else if let Some(e) = cause.downcast_ref::<LedgerError>() {
             let user = matches!(e, LedgerError::NotInitialized);
             Some((status_ledger(e, lang), if user { EXIT_USAGE } else { EXIT_FAILURE }))
@@ -217,6 +220,111 @@ fn bad_input(e: &BadInput, lang: Lang) -> String {
                 format!("directory of {} does not exist: create it first, or write elsewhere.", path.display())
             }
         }
+        BadInput::KeyFileOpen { path } => {
+            if zh {
+                format!(
+                    "密钥文件 {} 同组或其他用户也能读：请运行 chmod 600 {}，并把它交给运行服务器的账户（chown）。",
+                    path.display(),
+                    path.display()
+                )
+            } else {
+                format!(
+                    "key file {} is readable by its group or others: run chmod 600 {} (and chown it to the service user).",
+                    path.display(),
+                    path.display()
+                )
+            }
+        }
+        BadInput::KeyFileTooLarge { path } => {
+            if zh {
+                format!("{} 太大了，不是密钥文件：请检查 --key-file。", path.display())
+            } else {
+                format!("{} is larger than a key: check --key-file.", path.display())
+            }
+        }
+        BadInput::KeyFileTooShort { path, min } => {
+            if zh {
+                format!(
+                    "密钥文件 {} 里的密钥不到 {min} 个字符：请用 head -c 32 /dev/urandom | base64 > 文件 生成一个。",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "key file {} holds fewer than {min} characters: make one with head -c 32 /dev/urandom | base64 > FILE.",
+                    path.display()
+                )
+            }
+        }
+        BadInput::ReplicaEncrypted { dir } => {
+            if zh {
+                format!("{} 里的服务器台账是加密的：请用 --key-file 给出它的密钥文件。", dir.display())
+            } else {
+                format!("the replica in {} is encrypted: give its key file with --key-file.", dir.display())
+            }
+        }
+    }
+}
+
+/// An encrypted replica's key problem, in words.
+fn vault(e: &VaultError, lang: Lang) -> (String, u8) {
+    let zh = lang == Lang::Zh;
+    match e {
+        VaultError::WrongPassphrase { .. } => (
+            lang.pick(
+                "密钥文件打不开这个加密台账：请确认 --key-file 是这台服务器当初用的那个文件。",
+                "the key file does not open this encrypted replica: check that --key-file is the file this server was set up with.",
+            )
+            .to_owned(),
+            EXIT_USAGE,
+        ),
+        VaultError::KeyMissing { path } => (
+            if zh {
+                format!("台账是加密的，但它的密钥文件 {} 不见了：请从备份中恢复它（与 ledger.db 一起备份）。", path.display())
+            } else {
+                format!("the replica is encrypted but its key file {} is missing: restore it from the backup made with ledger.db.", path.display())
+            },
+            EXIT_USAGE,
+        ),
+        VaultError::AlreadyEncrypted => (
+            lang.pick("台账已经是加密的，不需要再加密。", "the replica is already encrypted.").to_owned(),
+            EXIT_USAGE,
+        ),
+        VaultError::NoLedger => (
+            lang.pick(
+                "这个目录里没有服务器台账（ledger.db）：请检查 --data-dir。",
+                "there is no replica (ledger.db) in this directory: check --data-dir.",
+            )
+            .to_owned(),
+            EXIT_USAGE,
+        ),
+        VaultError::WeakPassphrase { .. } => (
+            lang.pick(
+                "密钥文件里的密钥太弱：请用 head -c 32 /dev/urandom | base64 > 文件 生成一个。",
+                "the key in the key file is too weak: make one with head -c 32 /dev/urandom | base64 > FILE.",
+            )
+            .to_owned(),
+            EXIT_USAGE,
+        ),
+        VaultError::Store(StoreError::InUse) => (
+            lang.pick(
+                "台账正被别的程序使用（服务器还在运行？）：请先停止服务器（systemctl stop fq-server）再试。什么也没有改动。",
+                "another program is using the ledger (is the server still running?): stop the server first (systemctl stop fq-server) and try again. Nothing was changed.",
+            )
+            .to_owned(),
+            EXIT_FAILURE,
+        ),
+        VaultError::Damaged { .. } => (
+            lang.pick(
+                "台账的密钥文件（ledger.key）已损坏：请从备份中恢复 ledger.key 和 ledger.db。",
+                "the replica's key file (ledger.key) is damaged: restore ledger.key and ledger.db from the backup.",
+            )
+            .to_owned(),
+            EXIT_FAILURE,
+        ),
+        other => (
+            with_detail(lang, "加密台账的密钥处理失败。", "the replica's key could not be handled", &other.to_string()),
+            EXIT_FAILURE,
+        ),
     }
 }
 
@@ -429,6 +537,19 @@ fn serve(e: &ServeError, lang: Lang) -> String {
                 "the replica thread stopped unexpectedly (see the log above): restart the server; what was acknowledged is saved, and peers resend the rest.",
             )
             .to_owned(),
+        ServeError::Encryption { path, problem } => match (problem, zh) {
+            (EncryptionProblem::NotYetEncrypted, true) => format!(
+                "服务器台账 {} 还没有加密：请先停止服务器，运行 fq-server encrypt --data-dir 目录 --key-file 密钥文件，再用 --encrypt 启动。",
+                path.display()
+            ),
+            (EncryptionProblem::NotYetEncrypted, false) => format!(
+                "replica {} is not encrypted yet: stop the server, run fq-server encrypt --data-dir DIR --key-file FILE, then start it with --encrypt.",
+                path.display()
+            ),
+            (_, true) => format!("服务器台账 {} 是加密的：请用 --encrypt --key-file 密钥文件 启动。", path.display()),
+            (_, false) => format!("replica {} is encrypted: run with --encrypt --key-file FILE.", path.display()),
+        },
+        ServeError::Key { source, .. } => vault(source, lang).0,
         _ => with_detail(lang, "服务器无法启动。", "the server cannot start", &e.to_string()),
     }
 }
@@ -497,6 +618,12 @@ fn ledger_words(e: &LedgerError, lang: Lang) -> String {
             )
             .to_owned(),
         LedgerError::NotInitialized => lang.pick("这里没有台账。", "there is no ledger here.").to_owned(),
+        LedgerError::Store(StoreError::InUse) => lang
+            .pick(
+                "台账正被别的程序使用，请稍后再试（或先停止正在使用它的程序）。",
+                "another program is using the ledger; try again later (or stop the program using it).",
+            )
+            .to_owned(),
         other => match lang {
             Lang::Zh => "台账读写失败（用 --lang en 可以看到英文的详细原因）。".to_owned(),
             Lang::En => format!("{other}."),

@@ -48,6 +48,7 @@ use fq_core::case::Role;
 use fq_core::clock::SystemClock;
 use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
 use fq_core::sync::session::Side;
+use fq_core::vault::{DataKey, KdfParams, Protection, Vault, VaultError, WipePolicy};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -146,6 +147,23 @@ pub enum ServeError {
         #[source]
         source: LedgerError,
     },
+    /// The replica's encryption does not match `--encrypt`, or its key cannot be unwrapped.
+    #[error("replica {path}: {problem}")]
+    Encryption {
+        /// The ledger file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: EncryptionProblem,
+    },
+    /// The replica's key could not be made or unwrapped.
+    #[error("replica key {path}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: VaultError,
+    },
     /// The revocation list file named in the config is unreadable or not from this CA.
     #[error("revocation list {path}")]
     Revocations {
@@ -190,9 +208,28 @@ impl ServeError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Bundle { .. } | Self::WrongBundle { .. } | Self::UpstreamOnCounty | Self::ReplicaMismatch { .. }
+            Self::Bundle { .. }
+                | Self::WrongBundle { .. }
+                | Self::UpstreamOnCounty
+                | Self::ReplicaMismatch { .. }
+                | Self::Encryption { .. }
+                | Self::Key { source: VaultError::WrongPassphrase { .. } | VaultError::KeyMissing { .. }, .. }
         )
     }
+}
+
+/// How a replica's encryption and `--encrypt` disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncryptionProblem {
+    /// The replica is plain but `--encrypt` was given.
+    #[error(
+        "the replica is not encrypted yet: stop the server and run fq-server encrypt --data-dir DIR --key-file FILE"
+    )]
+    NotYetEncrypted,
+    /// The replica is encrypted but no `--encrypt --key-file` was given.
+    #[error("the replica is encrypted: run with --encrypt --key-file FILE")]
+    NeedsKey,
 }
 
 /// A bound server, ready to [`Server::run`].
@@ -314,16 +351,46 @@ fn saved_revocations_path(config: &ServerConfig) -> Option<PathBuf> {
     (!same).then_some(saved)
 }
 
+/// The replica's data key (`None` for a plain replica), checking that the replica's
+/// encryption matches `--encrypt`. On first run with `--encrypt` the data directory is made
+/// private and a new key is wrapped by the key file's secret. A server's key is never erased
+/// on a wrong key file (ADR 10): that is an operator's mistake, not a thief.
+fn replica_key(config: &ServerConfig, path: &Path) -> Result<Option<DataKey>, ServeError> {
+    let vault = Vault::for_ledger(path);
+    let key_err = |source| ServeError::Key { path: vault.key_path().to_owned(), source };
+    let mismatch = |problem| ServeError::Encryption { path: path.to_owned(), problem };
+    let protection = vault.protection().map_err(key_err)?;
+    match (protection, &config.encryption) {
+        (Protection::Absent, None) => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+            Ok(None)
+        }
+        (Protection::Plain, None) => Ok(None),
+        (Protection::Absent, Some(secret)) => {
+            fq_core::vault::private_dir(&config.data_dir).map_err(key_err)?;
+            let key = vault.create(secret, WipePolicy::Never, KdfParams::DEFAULT).map_err(key_err)?;
+            Ok(Some(key))
+        }
+        (Protection::Encrypted, Some(secret)) => {
+            vault.sweep().map_err(key_err)?;
+            Ok(Some(vault.unlock(secret).map_err(key_err)?))
+        }
+        (Protection::Plain, Some(_)) => Err(mismatch(EncryptionProblem::NotYetEncrypted)),
+        (Protection::Encrypted, None) => Err(mismatch(EncryptionProblem::NeedsKey)),
+        (Protection::KeyLost, _) => Err(key_err(VaultError::KeyMissing { path: vault.key_path().to_owned() })),
+    }
+}
+
 /// Opens the replica, or creates it on first run from the bundle's identity.
 fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeError> {
     let path = config.data_dir.join(LEDGER_FILE);
     let ledger_err = |source| ServeError::Ledger { path: path.clone(), source };
     let clock = Arc::new(SystemClock);
+    let key = replica_key(config, &path)?;
     let mut ledger = if path.exists() {
-        Ledger::open(&path, clock, LedgerOptions::default()).map_err(ledger_err)?
+        Ledger::open(&path, clock, LedgerOptions { key, ..Default::default() }).map_err(ledger_err)?
     } else {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
         let role = match config.tier {
             Tier::County => Role::CountyAdmin,
             _ => Role::TownshipOfficer,
@@ -335,7 +402,8 @@ fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeE
             scope: bundle.scope().clone(),
             grid: None,
         };
-        let ledger = Ledger::init(&path, init, clock, LedgerOptions::default()).map_err(ledger_err)?;
+        let ledger =
+            Ledger::init(&path, init, clock, LedgerOptions { key, ..Default::default() }).map_err(ledger_err)?;
         info!(path = %path.display(), tier = config.tier.code(), scope = %bundle.scope(), "replica created");
         ledger
     };

@@ -61,14 +61,36 @@ fn data_dir_comes_from_fq_data_dir_variable() {
 }
 
 /// The commands of `fq`: allowed right after `fq` or another command word.
-const COMMAND_WORDS: [&str; 21] = [
-    "fq", "demo", "init", "enroll", "sync", "case", "new", "list", "show", "edit", "note", "assign", "escalate",
-    "accept", "settle", "fail", "confirm", "followup", "archive", "export", "audit",
+const COMMAND_WORDS: [&str; 24] = [
+    "fq",
+    "demo",
+    "encrypt",
+    "passphrase",
+    "change",
+    "init",
+    "enroll",
+    "sync",
+    "case",
+    "new",
+    "list",
+    "show",
+    "edit",
+    "note",
+    "assign",
+    "escalate",
+    "accept",
+    "settle",
+    "fail",
+    "confirm",
+    "followup",
+    "archive",
+    "export",
+    "audit",
 ];
 
 /// Words that are names, not English prose: formats, the locale names.
-const NAMES: [&str; 12] =
-    ["FQ_DATA_DIR", "UTF", "Excel", "WPS", "CSV", "JSON", "POSIX", "QUIC", "json", "csv", "zh", "en"];
+const NAMES: [&str; 13] =
+    ["FQ_DATA_DIR", "FQ_PASSPHRASE", "UTF", "Excel", "WPS", "CSV", "JSON", "POSIX", "QUIC", "json", "csv", "zh", "en"];
 
 /// The stable codes people may type (categories, statuses, roles...): allowed
 /// only where they are offered as input, i.e. right before their label
