@@ -367,15 +367,12 @@ pub(crate) struct AuditArgs {
 }
 
 /// The separator between the Chinese and the English half of a text.
+#[cfg(test)]
 const SEP: &str = " / ";
 
-/// The half of `text` (`中文 / English`) for `lang`; a text without the
-/// separator is shown as it is.
+/// The half of `text` (`中文 / English`) for `lang`.
 fn half(text: &str, lang: Lang) -> String {
-    match text.split_once(SEP) {
-        Some((zh, en)) => (if lang == Lang::Zh { zh } else { en }).trim().to_owned(),
-        None => text.to_owned(),
-    }
+    lang.half(text).to_owned()
 }
 
 /// The command line for `lang`: every text in that language, clap's own

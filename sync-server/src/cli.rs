@@ -16,11 +16,11 @@ use fq_core::lang::Lang;
 #[derive(Debug, Parser)]
 #[command(name = "fq-server", version)]
 pub(crate) struct Cli {
-    /// 输出 JSON（供程序读取）/ Print what was done as one JSON object
+    /// 输出 JSON（供程序读取） / Print what was done as one JSON object
     #[arg(long, global = true)]
     pub json: bool,
-    /// 显示语言 zh 或 en，默认看 LANG（未设置、C、POSIX 时为中文）/ Language zh or en; default from LANG (Chinese if unset, C or POSIX)
-    #[arg(long, global = true, value_parser = parse_lang, value_name = "zh|en")]
+    /// 显示语言 zh 或 en，默认看 LANG（未设置、C、POSIX 时为中文） / Language zh or en; default from LANG (Chinese if unset, C or POSIX)
+    #[arg(long, global = true, value_parser = parse_lang, value_name = "zh|en / zh|en")]
     pub lang: Option<Lang>,
     #[command(subcommand)]
     pub command: CliCommand,
@@ -28,24 +28,24 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CliCommand {
-    /// 运行乡镇或县同步服务器（直到收到 SIGTERM 或 SIGINT）/ Run a township or county sync server (until SIGTERM or SIGINT)
+    /// 运行乡镇或县同步服务器（直到收到 SIGTERM 或 SIGINT） / Run a township or county sync server (until SIGTERM or SIGINT)
     Run(RunArgs),
-    /// 查看服务器台账：身份、数量、对端、最近的拒收（只读，可在服务器运行时使用）/ Show a server's identity, counts, peers and recent refusals (read-only, works while it runs)
+    /// 查看服务器台账：身份、数量、对端、最近的拒收（只读，可在服务器运行时使用） / Show a server's identity, counts, peers and recent refusals (read-only, works while it runs)
     Status(StatusArgs),
     /// 县证书中心：建立、签发、吊销证书 / The county's certificate authority: init, issue, revoke
     #[command(subcommand)]
     Ca(CaCommand),
-    /// 把不加密时建立的服务器台账加密（先停止服务器）/ Encrypt a server replica made without --encrypt (stop the server first)
+    /// 把不加密时建立的服务器台账加密（先停止服务器） / Encrypt a server replica made without --encrypt (stop the server first)
     Encrypt(EncryptArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct EncryptArgs {
     /// 服务器台账所在目录 / Directory of the server's replica
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "目录 / DIR")]
     pub data_dir: PathBuf,
-    /// 存放台账密钥的文件（权限0600，至少16个字符）/ File holding the replica's secret (mode 0600, 16 characters or more)
-    #[arg(long, value_name = "FILE")]
+    /// 存放台账密钥的文件（权限0600，至少16个字符） / File holding the replica's secret (mode 0600, 16 characters or more)
+    #[arg(long, value_name = "文件 / FILE")]
     pub key_file: PathBuf,
 }
 
@@ -69,48 +69,55 @@ pub(crate) enum LogFormatArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// 服务器层级：county（县）或 township（乡镇）/ Tier: county or township
-    #[arg(long, value_enum, hide_possible_values = true)]
+    /// 服务器层级：county（县）或 township（乡镇） / Tier: county or township
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "层级 / TIER")]
     pub tier: TierArg,
     /// 监听的 UDP 地址，例如 0.0.0.0:4433 / UDP address to listen on, e.g. 0.0.0.0:4433
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "地址 / ADDR")]
     pub listen: String,
-    /// 服务器台账所在目录（首次运行时在此建立 ledger.db）/ Directory of the server's replica (ledger.db is created there on first run)
-    #[arg(long, value_name = "DIR")]
+    /// 服务器台账所在目录（首次运行时在此建立 ledger.db） / Directory of the server's replica (ledger.db is created there on first run)
+    #[arg(long, value_name = "目录 / DIR")]
     pub data_dir: PathBuf,
-    /// 本服务器的证书包（由 fq-server ca issue --role county|township 签发）/ The server's bundle (from fq-server ca issue --role county|township)
-    #[arg(long, value_name = "BUNDLE_FILE")]
+    /// 本服务器的证书包（由 fq-server ca issue --role county|township 签发） / The server's bundle (from fq-server ca issue --role county|township)
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
     pub bundle: PathBuf,
-    /// 县服务器地址（仅乡镇服务器）/ The county server's address (township servers only)
-    #[arg(long, value_name = "ADDR")]
+    /// 县服务器地址（仅乡镇服务器） / The county server's address (township servers only)
+    #[arg(long, value_name = "地址 / ADDR")]
     pub upstream: Option<String>,
     /// 配置文件（TOML 或 JSON），可设置项见 docs/OPERATIONS.md / Settings file, TOML or JSON (see docs/OPERATIONS.md)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "文件 / FILE")]
     pub config: Option<PathBuf>,
     /// 日志格式：human（默认，文字）或 json；用 RUST_LOG 过滤 / Log format: human (default) or json; filter with RUST_LOG
-    #[arg(long, value_enum, default_value = "human", hide_default_value = true, hide_possible_values = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "human",
+        hide_default_value = true,
+        hide_possible_values = true,
+        value_name = "格式 / FORMAT"
+    )]
     pub log_format: LogFormatArg,
     /// 台账加密保存，密钥由 --key-file 中的密文保护 / Keep the replica encrypted at rest, its key wrapped by the secret in --key-file
     #[arg(long, requires = "key_file")]
     pub encrypt: bool,
-    /// 存放台账密钥的文件，只有服务账户可读（权限0600）/ File holding the replica's secret, readable by the service user only (mode 0600)
-    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    /// 存放台账密钥的文件，只有服务账户可读（权限0600） / File holding the replica's secret, readable by the service user only (mode 0600)
+    #[arg(long, value_name = "文件 / FILE", requires = "encrypt")]
     pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// 服务器台账所在目录 / Directory of the server's replica
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "目录 / DIR")]
     pub data_dir: PathBuf,
-    /// 加密台账的密钥文件（与 run --key-file 相同）/ The key file of an encrypted replica (as given to run --key-file)
-    #[arg(long, value_name = "FILE")]
+    /// 加密台账的密钥文件（与 run --key-file 相同） / The key file of an encrypted replica (as given to run --key-file)
+    #[arg(long, value_name = "文件 / FILE")]
     pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CaCommand {
-    /// 建立县证书中心（密钥、证书、空的签发记录和吊销列表）/ Create the county CA (key, certificate, empty ledger and revocation list)
+    /// 建立县证书中心（密钥、证书、空的签发记录和吊销列表） / Create the county CA (key, certificate, empty ledger and revocation list)
     Init(InitArgs),
     /// 为设备或服务器签发证书包 / Issue a certificate bundle for a device or server
     Issue(IssueArgs),
@@ -120,40 +127,40 @@ pub(crate) enum CaCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
-    /// 证书中心目录（不存在则建立；不能已有证书中心）/ Directory for the CA (created if missing; must not already hold a CA)
-    #[arg(long, value_name = "CA_DIR")]
+    /// 证书中心目录（不存在则建立；不能已有证书中心） / Directory for the CA (created if missing; must not already hold a CA)
+    #[arg(long, value_name = "证书中心目录 / CA_DIR")]
     pub dir: PathBuf,
     /// 县的6位行政区划代码，例如 532924 / The county's 6-digit division code, e.g. 532924
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "代码 / CODE")]
     pub county: String,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct IssueArgs {
     /// 证书中心目录 / The CA directory
-    #[arg(long, value_name = "CA_DIR")]
+    #[arg(long, value_name = "证书中心目录 / CA_DIR")]
     pub ca: PathBuf,
     /// 持有者（设备或服务器）的编号，如 d07：1-64个字母、数字、. _ - / Holder's id, e.g. d07: 1-64 of A-Z a-z 0-9 . _ -
-    #[arg(long)]
+    #[arg(long, value_name = "编号 / ID")]
     pub id: String,
     /// 角色：county、township、mediator、grid-worker、township-officer、county-admin / Role: county, township, mediator, grid-worker, township-officer, county-admin
-    #[arg(long)]
+    #[arg(long, value_name = "角色 / ROLE")]
     pub role: String,
     /// 角色负责的区划代码：县级6位，乡镇9位，调解员和网格员12位 / Division code of the role: 6 digits for county roles, 9 for township roles, 12 for mediators and grid workers
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "代码 / CODE")]
     pub scope: String,
-    /// 要写出的证书包文件（权限0600，不能已存在）/ Bundle file to write (mode 0600; must not exist)
-    #[arg(long, value_name = "BUNDLE_FILE")]
+    /// 要写出的证书包文件（权限0600，不能已存在） / Bundle file to write (mode 0600; must not exist)
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
     pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct RevokeArgs {
     /// 证书中心目录 / The CA directory
-    #[arg(long, value_name = "CA_DIR")]
+    #[arg(long, value_name = "证书中心目录 / CA_DIR")]
     pub ca: PathBuf,
     /// 要吊销证书的编号 / Id whose certificates are revoked
-    #[arg(long)]
+    #[arg(long, value_name = "编号 / ID")]
     pub id: String,
 }
 
@@ -162,47 +169,79 @@ fn parse_lang(text: &str) -> Result<Lang, String> {
     text.parse().map_err(|_| format!("{text:?}: zh | en"))
 }
 
-/// The help layout: clap's English headings replaced by bilingual ones.
-const HELP_TEMPLATE: &str = "{about-with-newline}\n用法 / Usage: {usage}\n\n{all-args}{after-help}";
-
-/// The command line, with bilingual headings, help and version flags at every level.
-pub(crate) fn command() -> Command {
-    localize(Cli::command(), true)
+/// The command line in `lang`: every text (written `中文 / English` above) in that language,
+/// clap's own headings, flags and placeholders too.
+pub(crate) fn command(lang: Lang) -> Command {
+    // The options every command takes come after each command's own.
+    let mut order = 900;
+    let root = Cli::command().mut_args(|a| {
+        order += 1;
+        a.display_order(order)
+    });
+    localize(root, lang, true)
 }
 
-fn localize(cmd: Command, top: bool) -> Command {
-    let cmd = cmd
-        .help_template(HELP_TEMPLATE)
-        .subcommand_help_heading("命令 / Commands")
+fn localize(cmd: Command, lang: Lang, top: bool) -> Command {
+    let options = lang.pick("选项", "Options");
+    let mut cmd = cmd
+        .help_template(if lang == Lang::Zh {
+            "{about-with-newline}\n用法：{usage}\n\n{all-args}{after-help}"
+        } else {
+            "{about-with-newline}\nUsage: {usage}\n\n{all-args}{after-help}"
+        })
+        .subcommand_help_heading(lang.pick("命令", "Commands"))
+        .subcommand_value_name(lang.pick("命令", "COMMAND"))
         .disable_help_subcommand(true)
         .disable_help_flag(true)
         .disable_version_flag(true)
-        .mut_args(|arg| if arg.get_help_heading().is_none() { arg.help_heading("选项 / Options") } else { arg })
+        .mut_args(|arg| {
+            let mut arg = arg;
+            if let Some(help) = arg.get_help().map(ToString::to_string) {
+                arg = arg.help(lang.half(&help).to_owned());
+            }
+            let names: Vec<String> =
+                arg.get_value_names().unwrap_or_default().iter().map(|n| lang.half(n).to_owned()).collect();
+            if !names.is_empty() && arg.get_action().takes_values() {
+                arg = arg.value_names(names);
+            }
+            arg.help_heading(options)
+        })
         .arg(
             Arg::new("help")
                 .short('h')
                 .long("help")
                 .action(ArgAction::Help)
-                .help("显示帮助 / Print help")
-                .help_heading("选项 / Options"),
+                .help(lang.pick("显示帮助", "Print help"))
+                .help_heading(options),
         );
+    if let Some(about) = cmd.get_about().map(ToString::to_string) {
+        cmd = cmd.about(lang.half(&about).to_owned());
+    }
     let cmd = if top {
         cmd.arg(
             Arg::new("version")
                 .short('V')
                 .long("version")
                 .action(ArgAction::Version)
-                .help("显示版本 / Print version")
-                .help_heading("选项 / Options"),
+                .help(lang.pick("显示版本", "Print version"))
+                .help_heading(options),
         )
     } else {
         cmd
     };
-    cmd.mut_subcommands(|sub| localize(sub, false))
+    cmd.mut_subcommands(|sub| localize(sub, lang, false))
+}
+
+/// What clap still writes in English inside a rendered help or usage, in Chinese.
+pub(crate) fn localize_help(text: &str, lang: Lang) -> String {
+    if lang == Lang::En {
+        return text.to_owned();
+    }
+    text.replace("[OPTIONS]", "[选项]").replace("[default: ", "[默认：")
 }
 
 /// Parses the arguments (the first is the program's name).
 pub(crate) fn parse(args: &[OsString]) -> Result<Cli, clap::Error> {
-    let matches = command().try_get_matches_from(args)?;
+    let matches = command(Lang::from_args(args)).try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
 }

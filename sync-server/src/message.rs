@@ -34,18 +34,18 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 /// from clap's own facts (which argument, which value, what was expected), never in clap's
 /// English words.
 pub(crate) fn report_usage(err: &clap::Error, args: &[OsString]) -> u8 {
+    let lang = Lang::from_args(args);
     if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = err.print();
+        let _ = write!(io::stdout().lock(), "{}", crate::cli::localize_help(&err.render().to_string(), lang));
         return 0;
     }
-    let lang = Lang::from_args(args);
     let mut out = io::stderr().lock();
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         if lang == Lang::Zh {
             let _ =
                 writeln!(out, "缺少要做的事：请写明命令，例如 fq-server run、fq-server status 或 fq-server ca init。");
         }
-        let _ = write!(out, "{}", err.render());
+        let _ = write!(out, "{}", crate::cli::localize_help(&err.render().to_string(), lang));
         return EXIT_USAGE;
     }
     let _ = match lang {
