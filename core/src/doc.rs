@@ -34,6 +34,10 @@ use crate::case::{
 };
 use crate::clock::Timestamp;
 
+mod timeline;
+
+pub use timeline::{AuditConflict, ChangeEffect, ChangeNode, ConflictKind, ConflictSide, FieldChange, Timeline};
+
 /// The document schema this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
