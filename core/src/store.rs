@@ -1051,6 +1051,10 @@ impl Store {
     /// Log rows that name no case come as a case without a row. `chains` is
     /// [`Store::log_chains`], from which each row's `prev_chain` is taken.
     /// Reading is streamed: memory holds one case at a time.
+    ///
+    /// Made for a check of a file that may have been altered: a value of the
+    /// wrong type or shape in a row is reported with its case (a case row in
+    /// `row_error`, a log row in `bad_log`), never a reason to stop.
     pub fn scan_cases(
         &self,
         only: Option<CaseId>,
@@ -1084,59 +1088,78 @@ impl Store {
         let prev_chain = |seq: i64| match chains.binary_search_by_key(&seq, |(s, _)| *s) {
             Ok(i) | Err(i) => i.checked_sub(1).and_then(|j| chains.get(j)).map_or(0, |(_, c)| *c),
         };
-        let mut next_log = || -> Result<Option<(i64, RawLogRow)>, StoreError> {
+        let mut next_log = || -> Result<Option<(i64, Result<RawLogRow, (i64, String)>)>, StoreError> {
             let Some(r) = log_rows.next().map_err(sq("scan log"))? else { return Ok(None) };
             let case_rowid: i64 = r.get(0).map_err(sq("scan log"))?;
-            let raw = RawLogRow {
-                log_seq: r.get(1).map_err(sq("scan log"))?,
-                hash_key: r.get(2).map_err(sq("scan log"))?,
-                from: r.get(3).map_err(sq("scan log"))?,
-                signer: r.get(4).map_err(sq("scan log"))?,
-                signature: r.get(5).map_err(sq("scan log"))?,
-                chain: r.get(6).map_err(sq("scan log"))?,
-                received: r.get(7).map_err(sq("scan log"))?,
-            };
-            Ok(Some((case_rowid, raw)))
+            let log_seq: i64 = r.get(1).map_err(sq("scan log"))?;
+            let raw = (|| -> Result<RawLogRow, String> {
+                Ok(RawLogRow {
+                    log_seq,
+                    hash_key: lenient_blob(r, 2)?.ok_or("hash_key")?,
+                    from: lenient_blob(r, 3)?,
+                    signer: lenient_blob(r, 4)?,
+                    signature: lenient_blob(r, 5)?,
+                    chain: r.get::<_, i64>(6).map_err(|_| "chain")?,
+                    received: r.get::<_, Option<i64>>(7).map_err(|_| "received_sec")?,
+                })
+            })();
+            Ok(Some((case_rowid, raw.map_err(|what| (log_seq, what)))))
         };
         let mut pending_log = next_log()?;
-        let mut read_case = || -> Result<Option<(i64, CaseRow, Option<Vec<u8>>)>, StoreError> {
+        let mut read_case = || -> Result<Option<CaseRead>, StoreError> {
             let Some(r) = case_rows.next().map_err(sq("scan cases"))? else { return Ok(None) };
             let rowid: i64 = r.get(0).map_err(sq("scan cases"))?;
-            let row = read_case_row_at(r, 1).map_err(sq("scan cases"))?;
-            let snapshot: Option<Vec<u8>> = r.get(16).map_err(sq("scan cases"))?;
-            Ok(Some((rowid, row, snapshot)))
+            let id = r.get::<_, Vec<u8>>(1).ok().and_then(|b| case_id(&b).ok());
+            let row = read_case_row_at(r, 1).map_err(|e| e.to_string());
+            let snapshot = lenient_blob(r, 16).unwrap_or(None);
+            Ok(Some(CaseRead { rowid, id, row, snapshot }))
         };
         let mut pending_case = read_case()?;
         loop {
             let next_rowid = match (&pending_case, &pending_log) {
                 (None, None) => return Ok(()),
-                (Some((c, _, _)), Some((l, _))) => (*c).min(*l),
-                (Some((c, _, _)), None) => *c,
+                (Some(c), Some((l, _))) => c.rowid.min(*l),
+                (Some(c), None) => c.rowid,
                 (None, Some((l, _))) => *l,
             };
-            let (row, snapshot) = match pending_case.take() {
-                Some((rowid, row, snapshot)) if rowid == next_rowid => {
+            let read = match pending_case.take() {
+                Some(c) if c.rowid == next_rowid => {
                     pending_case = read_case()?;
-                    (Some(row), snapshot)
+                    Some(c)
                 }
                 other => {
                     pending_case = other;
-                    (None, None)
+                    None
                 }
             };
-            let (case, village) =
-                row.as_ref().map_or((CaseId::from_bytes([0; 16]), String::new()), |r| (r.id, r.village.clone()));
+            let (id, row, row_error, snapshot) = match read {
+                Some(CaseRead { id, row: Ok(row), snapshot, .. }) => (Some(row.id).or(id), Some(row), None, snapshot),
+                Some(CaseRead { id, row: Err(e), snapshot, .. }) => (id, None, Some(e), snapshot),
+                None => (None, None, None, None),
+            };
+            let case = id.unwrap_or(CaseId::from_bytes([0; 16]));
+            let village = row.as_ref().map(|r| r.village.clone()).unwrap_or_default();
             let mut entries = Vec::new();
+            let mut bad_log = Vec::new();
             while let Some((rowid, raw)) = pending_log.take() {
                 if rowid != next_rowid {
                     pending_log = Some((rowid, raw));
                     break;
                 }
-                let prev = prev_chain(raw.log_seq);
-                entries.push(raw.into_entry(case, &village, prev)?);
+                match raw {
+                    Ok(raw) => {
+                        let (seq, prev) = (raw.log_seq, prev_chain(raw.log_seq));
+                        match raw.into_entry(case, &village, prev) {
+                            Ok(e) => entries.push(e),
+                            Err(e) => bad_log.push((seq, e.to_string())),
+                        }
+                    }
+                    Err(bad) => bad_log.push(bad),
+                }
                 pending_log = next_log()?;
             }
-            if !each(StoredCase { rowid: next_rowid, row, snapshot, log: entries }) {
+            let stored = StoredCase { rowid: next_rowid, id, row, row_error, snapshot, log: entries, bad_log };
+            if !each(stored) {
                 return Ok(());
             }
         }
@@ -1194,12 +1217,38 @@ fn read_case_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<CaseRo
 pub struct StoredCase {
     /// The case's row id (what log rows refer to it by).
     pub rowid: i64,
-    /// Its projected row; `None` when log rows name a case that has none.
+    /// The case id, when its row has a readable one.
+    pub id: Option<CaseId>,
+    /// Its projected row; `None` when log rows name a case that has none, or
+    /// when the row does not read (see `row_error`).
     pub row: Option<CaseRow>,
+    /// Why the row does not read, if it does not.
+    pub row_error: Option<String>,
     /// Its saved document; `None` when the row has no snapshot.
     pub snapshot: Option<Vec<u8>>,
     /// Its log rows, in log order.
     pub log: Vec<LogEntry>,
+    /// Log rows that do not read: (position, which value).
+    pub bad_log: Vec<(i64, String)>,
+}
+
+/// A case row as [`Store::scan_cases`] reads it.
+struct CaseRead {
+    rowid: i64,
+    id: Option<CaseId>,
+    row: Result<CaseRow, String>,
+    snapshot: Option<Vec<u8>>,
+}
+
+/// A BLOB column, also accepting TEXT (a hand edit with the sqlite3 shell
+/// easily stores one); anything else names the column.
+fn lenient_blob(r: &rusqlite::Row<'_>, i: usize) -> Result<Option<Vec<u8>>, String> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i).map_err(|e| e.to_string())? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+        _ => Err(r.as_ref().column_name(i).map_or_else(|_| format!("column {i}"), ToOwned::to_owned)),
+    }
 }
 
 /// A log row as [`Store::scan_cases`] reads it, before its case is known.

@@ -279,9 +279,19 @@ pub fn verify(
 
 /// Checks one case; never fails: whatever is wrong becomes a failure.
 fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
-    let mut out = CaseResult { changes: stored.log.len() as u64, ..CaseResult::default() };
-    let number = stored.row.as_ref().map(|r| r.number.clone());
-    let case = stored.row.as_ref().map(|r| r.id);
+    let mut out = CaseResult { changes: (stored.log.len() + stored.bad_log.len()) as u64, ..CaseResult::default() };
+    // The document is loaded first: it names the case when its row does not read.
+    let (mut doc, load_error) = match stored.snapshot.as_ref().map(|s| CaseDoc::load(s, cx.actor.clone())) {
+        Some(Ok(d)) => (Some(d), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+        None => (None, None),
+    };
+    let number = match (&stored.row, doc.as_mut()) {
+        (Some(r), _) => Some(r.number.clone()),
+        (None, Some(d)) => d.read(&cx.policy).ok().map(|s| s.number),
+        (None, None) => None,
+    };
+    let case = stored.row.as_ref().map(|r| r.id).or(stored.id);
     let fail = |out: &mut CaseResult, check: Check, code: &str, change: Option<&Hash>, log_seq: Option<i64>, params| {
         out.failures.push(Failure {
             check,
@@ -293,22 +303,33 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
             params,
         });
     };
-    let Some(row) = stored.row else {
-        let seqs: Vec<i64> = stored.log.iter().map(|e| e.log_seq).collect();
-        let first = seqs.first().copied();
-        fail(&mut out, Check::Chain, "log-rows-without-case", None, first, serde_json::json!({ "log_seqs": seqs }));
-        return out;
-    };
+    for (seq, what) in &stored.bad_log {
+        fail(&mut out, Check::Chain, "unreadable-log-row", None, Some(*seq), serde_json::json!({ "value": what }));
+    }
+    let row = stored.row;
+    if row.is_none() {
+        match &stored.row_error {
+            Some(error) => {
+                let params = serde_json::json!({ "error": error });
+                fail(&mut out, Check::Projection, "unreadable-case-row", None, None, params);
+            }
+            None => {
+                let seqs: Vec<i64> = stored.log.iter().map(|e| e.log_seq).collect();
+                let first = seqs.first().copied();
+                let params = serde_json::json!({ "log_seqs": seqs });
+                fail(&mut out, Check::Chain, "log-rows-without-case", None, first, params);
+                return out;
+            }
+        }
+    }
     let Some(snapshot) = stored.snapshot else {
         fail(&mut out, Check::Chain, "missing-document", None, None, serde_json::json!({}));
         return out;
     };
-    let mut doc = match CaseDoc::load(&snapshot, cx.actor.clone()) {
-        Ok(d) => d,
-        Err(e) => {
-            fail(&mut out, Check::Chain, "damaged-document", None, None, serde_json::json!({ "error": e.to_string() }));
-            return out;
-        }
+    let Some(mut doc) = doc else {
+        let params = serde_json::json!({ "error": load_error.unwrap_or_default() });
+        fail(&mut out, Check::Chain, "damaged-document", None, None, params);
+        return out;
     };
     let heads = doc.heads();
     if doc::snapshot_heads(&snapshot).is_some_and(|h| h != heads) {
@@ -317,7 +338,7 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
     let timeline = doc.timeline();
     let hashes: Vec<Hash> = timeline.nodes.iter().map(|n| n.hash).collect();
     let devices: BTreeMap<Hash, Option<DeviceId>> = timeline.nodes.iter().map(|n| (n.hash, n.device)).collect();
-    let village = AdminCode::parse(&row.village).ok();
+    let village = AdminCode::parse(&row.as_ref().map_or_else(|| doc.village(), |r| r.village.clone())).ok();
     let mut logged: BTreeSet<Hash> = BTreeSet::new();
     let mut signer_of: BTreeMap<Hash, [u8; 32]> = BTreeMap::new();
     for entry in &stored.log {
@@ -409,6 +430,7 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
     }
     match doc.read(&cx.policy) {
         Ok(state) => {
+            let Some(row) = row else { return out };
             let want = projection(&mut doc, &state);
             let differs = differing_columns(&row, &want);
             if !differs.is_empty() {
