@@ -617,6 +617,11 @@ impl Ledger {
         }
     }
 
+    /// The projected row of a case, if this ledger holds it.
+    pub fn case_row(&self, case: CaseId) -> Result<Option<CaseRow>, LedgerError> {
+        Ok(self.store.case_row(case)?)
+    }
+
     /// Lists cases; reads only projected rows.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<CaseRow>, LedgerError> {
         Ok(self.store.list(filter)?)

@@ -99,7 +99,7 @@ pub(crate) fn run(
 }
 
 /// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).
-fn options() -> SyncOptions {
+pub(crate) fn options() -> SyncOptions {
     let mut options = SyncOptions::default();
     if let Some(ms) = std::env::var(CONNECT_TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok())
         && ms > 0
@@ -109,7 +109,7 @@ fn options() -> SyncOptions {
     options
 }
 
-fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
+pub(crate) fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
     let invalid = || AddressError::Invalid { input: text.to_owned() };
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -117,7 +117,7 @@ fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
     text.to_socket_addrs().map_err(|_| invalid())?.next().ok_or_else(invalid)
 }
 
-fn remembered(dir: &Path) -> Option<String> {
+pub(crate) fn remembered(dir: &Path) -> Option<String> {
     let bytes = std::fs::read(dir.join(SERVER_FILE)).ok()?;
     let saved: Remembered = serde_json::from_slice(&bytes).ok()?;
     Some(saved.server).filter(|s| !s.trim().is_empty())

@@ -354,6 +354,15 @@ fn write_status(out: &mut impl Write, s: &Status) -> io::Result<()> {
                 "  {} {} {}: holds their log to {}, they acknowledged ours to {}, last sync {when}",
                 p.tier, p.scope, p.replica, p.their_seq, p.acked_seq
             )?;
+            if let Some(lag) = &p.lag {
+                writeln!(
+                    out,
+                    "    at the end of its last session ({}): it lacked {} of our changes, owed us {}",
+                    lag.at.to_rfc3339(),
+                    lag.lacks,
+                    lag.owes
+                )?;
+            }
         }
     }
     if !s.refusals.is_empty() {

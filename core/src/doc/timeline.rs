@@ -591,7 +591,12 @@ impl CaseDoc {
                     Err(_) => Vec::new(),
                 }
             };
-            let old = old.into_iter().filter(|(v, _)| !v.is_empty()).map(|(v, id)| self.side(v, None, &id)).collect();
+            let old: Vec<ConflictSide> =
+                old.into_iter().filter(|(v, _)| !v.is_empty()).map(|(v, id)| self.side(v, None, &id)).collect();
+            if old.is_empty() && new.is_none() {
+                // An empty field set up by the first change: nothing to show.
+                continue;
+            }
             fields.push(FieldChange { field, old, new });
         }
         if let Ok(text) = obj_at(&self.doc, &ROOT, "description") {

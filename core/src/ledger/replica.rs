@@ -303,6 +303,18 @@ impl Ledger {
         Ok(Some(lag))
     }
 
+    /// Records that a session with `peer` just caught up: nothing was
+    /// missing either way at that moment. No count is needed (one cheap
+    /// write, made each time a long-lived session catches up).
+    pub fn record_caught_up(&mut self, peer: ReplicaId) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        let lag = PeerLag { lacks: 0, owes: 0, at: self.clock.now() };
+        let tx = self.store.transaction()?;
+        tx.set_peer_lag(peer, &lag)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Keeps a grant verified against the county CA; returns what it says.
     pub fn add_grant(&mut self, grant: &SignedGrant) -> Result<GrantRow, LedgerError> {
         self.check_writable()?;
