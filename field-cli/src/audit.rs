@@ -98,6 +98,10 @@ pub(crate) fn run(out: &mut dyn Write, dir: &Path, request: Audit, lang: Lang, j
             Ok(())
         }
         Audit::Resolve { case, field, value } => {
+            // A server's replica only relays: refused before it is opened for writing.
+            if open_read_only(&path)?.identity().tier != Tier::Device {
+                return Err(audit::ResolveFailed::Resolve(audit::ResolveError::ServerReplica).into());
+            }
             let mut ledger = Ledger::open(&path, Arc::new(SystemClock), LedgerOptions::default())
                 .with_context(|| format!("opening {}", path.display()))?;
             let id = ledger.resolve(&case)?;
