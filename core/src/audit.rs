@@ -42,7 +42,7 @@ pub use compare::{
     CaseDiff, ChangeSummary, CompareError, CompareReport, Comparison, bucket_of, bucket_sums, cases_in_buckets,
     change_lists, sum_bits,
 };
-pub use verify::{Check, Failure, VerifyOptions, VerifyReport, verify};
+pub use verify::{Check, Failure, SignatureMemo, VerifyOptions, VerifyReport, verify};
 
 /// How far a device time may be from the receive time before the history
 /// flags it, unless `fq audit history --skew` says otherwise.

@@ -1019,9 +1019,10 @@ pub(crate) fn project(state: &CaseState, conflicts: usize, open: usize) -> CaseR
     }
 }
 
-/// The projected row a document gives (what `verify` compares a stored row with).
-pub(crate) fn projection(doc: &mut CaseDoc, state: &CaseState) -> CaseRow {
-    let open = doc.open_conflict_fields();
+/// The projected row a document gives (what `verify` compares a stored row
+/// with), from its timeline already read.
+pub(crate) fn projection(doc: &mut CaseDoc, timeline: &doc::Timeline, state: &CaseState) -> CaseRow {
+    let open = doc.open_conflict_fields_with(timeline);
     let fields = open.iter().filter(|(k, _)| *k == ConflictKind::Field).count();
     project(state, fields, open.len())
 }
@@ -1347,7 +1348,9 @@ fn apply_case(
         return Ok(doc);
     }
     let had_doc = doc.is_some();
-    let conflicts_before = doc.as_mut().map_or_else(Vec::new, |d| d.open_conflict_fields());
+    // What the case had open before, as its row counted it (rows from before
+    // schema 4: its field conflicts).
+    let conflicts_before = tx.open_conflicts(case)?.unwrap_or(0);
     let before_village = doc.as_mut().map(|d| d.village());
     // A new case whose changes all passed: the scratch document already holds exactly them
     // (the same changes make the same document in any order), so they are not applied again.
@@ -1411,14 +1414,13 @@ fn apply_case(
         }
         report.applied += 1;
     }
-    let new: Vec<&(ConflictKind, String)> = conflicts.iter().filter(|c| !conflicts_before.contains(c)).collect();
-    if !new.is_empty() {
+    if conflicts.len() > conflicts_before as usize {
         let fields: Vec<&str> = conflicts.iter().map(|(_, f)| f.as_str()).collect();
         let detail = format!("case {}: concurrent edits now disagree on {}", state.number, fields.join(", "));
         let params = serde_json::json!({
             "number": state.number,
-            "fields": new.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>(),
-            "kinds": new.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "fields": fields,
+            "kinds": conflicts.iter().map(|(k, _)| k).collect::<Vec<_>>(),
         });
         let record = NewAudit {
             kind: "conflict",

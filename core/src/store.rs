@@ -1000,6 +1000,25 @@ impl Store {
             .map_err(sq("count unacknowledged"))
     }
 
+    /// How many rows of changes received from a peer have no receive time
+    /// (a health check: since schema 4 every one has).
+    pub fn received_without_time(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM changes WHERE received_from IS NOT NULL AND received_sec IS NULL")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sq("count receive times"))
+    }
+
+    /// This connection's page cache setting (`PRAGMA cache_size`).
+    pub fn cache_size(&self) -> Result<i64, StoreError> {
+        self.conn.pragma_query_value(None, "cache_size", |r| r.get(0)).map_err(sq("read cache size"))
+    }
+
+    /// Sets this connection's page cache (`PRAGMA cache_size`: pages, or KiB if negative).
+    pub fn set_cache_size(&self, value: i64) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", value).map_err(sq("set cache size"))
+    }
+
     /// Every grant this replica holds.
     pub fn grants(&self) -> Result<Vec<GrantRow>, StoreError> {
         let mut stmt = self
@@ -1460,6 +1479,17 @@ impl Tx<'_> {
     /// The saved document of a case.
     pub fn snapshot(&self, case: CaseId) -> Result<Option<Vec<u8>>, StoreError> {
         snapshot_get(&self.tx, case)
+    }
+
+    /// How many conflicts a case's row counts open (its field conflicts for
+    /// a row from before schema 4), as this transaction sees it.
+    pub fn open_conflicts(&self, case: CaseId) -> Result<Option<u32>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT coalesce(open_conflicts, conflicts) FROM cases WHERE id = ?1")
+            .map_err(sq("prepare case"))?
+            .query_row([case.as_bytes()], |r| r.get(0))
+            .optional()
+            .map_err(sq("read case"))
     }
 
     /// Inserts or replaces a case's projected row and snapshot; returns its

@@ -306,9 +306,14 @@ impl CaseDoc {
     /// The open conflicts of every kind, by kind and field. Field conflicts
     /// come first, as [`CaseDoc::conflicts`] lists them.
     pub fn open_conflict_fields(&mut self) -> Vec<(ConflictKind, String)> {
+        let timeline = self.timeline();
+        self.open_conflict_fields_with(&timeline)
+    }
+
+    /// [`CaseDoc::open_conflict_fields`] with the document's timeline already read.
+    pub fn open_conflict_fields_with(&mut self, timeline: &Timeline) -> Vec<(ConflictKind, String)> {
         let mut out: Vec<(ConflictKind, String)> =
             self.conflicts().into_iter().map(|c| (ConflictKind::Field, c.field)).collect();
-        let timeline = self.timeline();
         if timeline.has_concurrency() {
             out.extend(
                 self.text_conflicts(&timeline).into_iter().filter(AuditConflict::is_open).map(|c| (c.kind, c.field)),
@@ -385,11 +390,19 @@ impl CaseDoc {
 
     /// Which changes edited the description: its text right after each
     /// differs from its text right before. The first change creates it.
+    ///
+    /// Comparing texts costs a walk of the text per change, so only changes
+    /// that may have edited it are compared: fq's own edits say so in their
+    /// message (`edit:…description…`), and a change whose message is not
+    /// fq's is always compared.
     fn description_edits(&mut self, timeline: &Timeline) -> Vec<bool> {
         let Ok(text) = obj_at(&self.doc, &ROOT, "description") else { return vec![false; timeline.nodes.len()] };
         (0..timeline.nodes.len())
             .map(|i| {
-                if timeline.nodes[i].deps.is_empty() {
+                let node = &timeline.nodes[i];
+                let may_edit =
+                    node.author.is_none() || (node.op.starts_with("edit:") && node.op.contains("description"));
+                if node.deps.is_empty() || !may_edit {
                     return false;
                 }
                 let before = self.doc.text_at(&text, &timeline.deps_heads(i));
@@ -440,8 +453,10 @@ impl CaseDoc {
         out
     }
 
-    /// The lifecycle events with the change that recorded each.
-    fn event_nodes(&mut self, timeline: &Timeline) -> Vec<EventNode> {
+    /// The lifecycle events with the change that recorded each (only for the
+    /// events that set the status when `status_only`: finding an event's
+    /// change walks the document's operations).
+    fn event_nodes(&mut self, timeline: &Timeline, status_only: bool) -> Vec<EventNode> {
         let Ok(list) = obj_at(&self.doc, &ROOT, "events") else { return Vec::new() };
         let mut out = Vec::new();
         for i in 0..self.doc.length(&list) {
@@ -449,7 +464,11 @@ impl CaseDoc {
             let Some(kind) = get_str(&self.doc, &ev, "kind").and_then(|k| EventKind::parse(&k).ok()) else {
                 continue;
             };
-            let node = self.doc.hash_for_opid(&ev).and_then(|h| timeline.position(&h.0));
+            let node = if status_only && !sets_status(kind) {
+                None
+            } else {
+                self.doc.hash_for_opid(&ev).and_then(|h| timeline.position(&h.0))
+            };
             let level = match kind {
                 EventKind::EscalationAccepted | EventKind::Recorded => get_str(&self.doc, &ev, "level"),
                 _ => get_str(&self.doc, &ev, "to"),
@@ -460,7 +479,7 @@ impl CaseDoc {
     }
 
     fn lifecycle_conflicts(&mut self, timeline: &Timeline) -> Vec<AuditConflict> {
-        let events = self.event_nodes(timeline);
+        let events = self.event_nodes(timeline, true);
         let status: Vec<(usize, &EventNode)> =
             events.iter().enumerate().filter(|(_, e)| sets_status(e.kind) && e.node.is_some()).collect();
         let mut contradictions = Vec::new();
@@ -516,7 +535,7 @@ impl CaseDoc {
     /// The lifecycle events in list order: kind, the level an acceptance or
     /// escalation names, and the change that recorded each.
     pub fn lifecycle(&mut self, timeline: &Timeline) -> Vec<(EventKind, Option<String>, Option<Hash>)> {
-        self.event_nodes(timeline)
+        self.event_nodes(timeline, false)
             .into_iter()
             .map(|e| (e.kind, e.level, e.node.and_then(|n| timeline.nodes.get(n)).map(|n| n.hash)))
             .collect()
@@ -617,7 +636,7 @@ impl CaseDoc {
             fields.push(FieldChange { field: format!("parties[{p}]"), old: Vec::new(), new: name });
         }
         let events = self
-            .event_nodes(timeline)
+            .event_nodes(timeline, false)
             .iter()
             .enumerate()
             .filter(|(_, e)| e.node == Some(i))

@@ -368,6 +368,12 @@ impl Ledger {
         Ok(duplicates)
     }
 
+    /// How many changes received from a peer were logged without a receive
+    /// time (a healthy ledger of schema 4 has none).
+    pub fn received_without_time(&self) -> Result<i64, LedgerError> {
+        Ok(self.store.received_without_time()?)
+    }
+
     /// The grant of a signing key, if this ledger holds it.
     pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, LedgerError> {
         Ok(self.store.grant(signer)?)

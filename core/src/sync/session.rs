@@ -617,15 +617,27 @@ impl Session {
             (State::Streaming, Message::Grant { bytes }) => {
                 // A grant that does not verify is ignored: changes signed by
                 // its key are refused as unknown signers and reported back.
-                if let Ok(g) = SignedGrant::decode(&bytes, &self.creds.ca) {
-                    ledger.add_grant(&g)?;
-                    // The peer sends its own grant first, before any push: it
-                    // names the peer in the audit (a relay, a device).
-                    if !std::mem::replace(&mut self.peer_grant_seen, true)
-                        && let Some(peer) = self.peer.clone()
-                    {
-                        ledger.record_peer_grant(&peer, &g.grant.public_key)?;
-                    }
+                // A grant held already, byte for byte, was verified when it was kept.
+                let held = trust::claimed_key(&bytes)
+                    .map(|k| ledger.grant(&k))
+                    .transpose()?
+                    .flatten()
+                    .filter(|g| g.bytes == bytes)
+                    .map(|g| g.signer);
+                let key = match held {
+                    Some(key) => Some(key),
+                    None => match SignedGrant::decode(&bytes, &self.creds.ca) {
+                        Ok(g) => Some(ledger.add_grant(&g)?.signer),
+                        Err(_) => None,
+                    },
+                };
+                // The peer sends its own grant first, before any push: it
+                // names the peer in the audit (a relay, a device).
+                if let Some(key) = key
+                    && !std::mem::replace(&mut self.peer_grant_seen, true)
+                    && let Some(peer) = self.peer.clone()
+                {
+                    ledger.record_peer_grant(&peer, &key)?;
                 }
                 Ok(())
             }
