@@ -488,7 +488,7 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
     for h in hashes.iter().filter(|h| !logged.contains(*h)) {
         fail(&mut out, Check::Chain, "change-not-in-log", Some(h), None, serde_json::json!({}));
     }
-    let state = doc.read(&cx.policy);
+    let state = doc.read_for_row(&cx.policy);
     // An escalation is accepted by the level it was sent to (finding each
     // event's change costs a walk, so only when the case has an acceptance).
     let accepted = state.as_ref().is_ok_and(|s| s.events.iter().any(|e| e.kind == EventKind::EscalationAccepted));

@@ -312,9 +312,13 @@ impl CaseDoc {
 
     /// [`CaseDoc::open_conflict_fields`] with the document's timeline already read.
     pub fn open_conflict_fields_with(&mut self, timeline: &Timeline) -> Vec<(ConflictKind, String)> {
+        // Without two changes made apart there is nothing to disagree on.
+        if !timeline.has_concurrency() {
+            return Vec::new();
+        }
         let mut out: Vec<(ConflictKind, String)> =
             self.conflicts().into_iter().map(|c| (ConflictKind::Field, c.field)).collect();
-        if timeline.has_concurrency() {
+        {
             out.extend(
                 self.text_conflicts(&timeline).into_iter().filter(AuditConflict::is_open).map(|c| (c.kind, c.field)),
             );
