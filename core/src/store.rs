@@ -1107,7 +1107,7 @@ impl Store {
         let prev_chain = |seq: i64| match chains.binary_search_by_key(&seq, |(s, _)| *s) {
             Ok(i) | Err(i) => i.checked_sub(1).and_then(|j| chains.get(j)).map_or(0, |(_, c)| *c),
         };
-        let mut next_log = || -> Result<Option<(i64, Result<RawLogRow, (i64, String)>)>, StoreError> {
+        let mut next_log = || -> Result<Option<(i64, ScannedRow)>, StoreError> {
             let Some(r) = log_rows.next().map_err(sq("scan log"))? else { return Ok(None) };
             let case_rowid: i64 = r.get(0).map_err(sq("scan log"))?;
             let log_seq: i64 = r.get(1).map_err(sq("scan log"))?;
@@ -1269,6 +1269,10 @@ fn lenient_blob(r: &rusqlite::Row<'_>, i: usize) -> Result<Option<Vec<u8>>, Stri
         _ => Err(r.as_ref().column_name(i).map_or_else(|_| format!("column {i}"), ToOwned::to_owned)),
     }
 }
+
+/// A log row as [`Store::scan_cases`] reads it, or (position, which value)
+/// when it does not read.
+type ScannedRow = Result<RawLogRow, (i64, String)>;
 
 /// A log row as [`Store::scan_cases`] reads it, before its case is known.
 #[derive(Debug)]

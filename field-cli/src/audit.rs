@@ -110,18 +110,22 @@ pub(crate) fn run(out: &mut dyn Write, dir: &Path, request: Audit, lang: Lang, j
                 return json_line(out, &json!({ "ok": true, "resolved": done }));
             }
             let field = field_label(lang, &done.field);
+            let written = match done.field.as_str() {
+                "status" => event_words(lang, &done.value, None),
+                other => self::value(lang, other, &done.value, false),
+            };
             match lang {
                 Lang::Zh => writeln!(
                     out,
                     "已解决案件 {} 的 {field} 冲突：写入「{}」。同步后各级都会看到这个值，原来的各个值仍记录在 fq audit history 中。",
                     done.number,
-                    clip(&done.value, 80)
+                    clip(&written, 80)
                 )?,
                 Lang::En => writeln!(
                     out,
                     "Resolved the {field} conflict of case {}: wrote \"{}\". Once synced every tier shows it; the earlier values stay in fq audit history.",
                     done.number,
-                    clip(&done.value, 80)
+                    clip(&written, 80)
                 )?,
             }
             Ok(())
@@ -154,7 +158,7 @@ pub(crate) fn run(out: &mut dyn Write, dir: &Path, request: Audit, lang: Lang, j
                 bar.set_position(done);
             };
             bar.set_message(lang.pick("校验中", "verifying").to_owned());
-            let report = audit::verify(&ledger, &VerifyOptions { case, ca, threads: 0 }, &progress)?;
+            let report = audit::verify(&ledger, &VerifyOptions { case, ca, threads: 0, memo: None }, &progress)?;
             bar.finish_and_clear();
             if report.whole {
                 remember_verify(dir, &report);
@@ -551,7 +555,7 @@ fn conflicts(out: &mut dyn Write, lang: Lang, json: bool, found: &[CaseConflicts
     let count: usize = found.iter().map(|c| c.conflicts.len()).sum();
     match lang {
         Lang::Zh => writeln!(out, "共 {} 件案件、{count} 处冲突。", found.len())?,
-        Lang::En => writeln!(out, "{count} conflicts in {} cases.", found.len())?,
+        Lang::En => writeln!(out, "{count} conflicts in {} case(s).", found.len())?,
     }
     Ok(())
 }

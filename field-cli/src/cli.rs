@@ -328,8 +328,11 @@ pub(crate) struct ConflictsArgs {
 pub(crate) struct ResolveArgs {
     #[command(flatten)]
     pub case: CaseRef,
-    /// 有冲突的字段（如 title、description、status、parties[0].phone）/ The field in conflict
-    #[arg(long, value_name = "FIELD")]
+    #[arg(
+        long,
+        value_name = "FIELD",
+        help = "有冲突的字段（如 title、description、status、parties[0].phone）/ The field in conflict"
+    )]
     pub field: String,
     /// 正确的值 / The right value
     #[arg(long, value_name = "VALUE")]

@@ -357,7 +357,7 @@ fn write_status(out: &mut impl Write, s: &Status) -> io::Result<()> {
             if let Some(lag) = &p.lag {
                 writeln!(
                     out,
-                    "    at the end of its last session ({}): it lacked {} of our changes, owed us {}",
+                    "    when its last session ended or caught up ({}): it lacked {} of our changes, owed us {}",
                     lag.at.to_rfc3339(),
                     lag.lacks,
                     lag.owes

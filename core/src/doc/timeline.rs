@@ -320,10 +320,10 @@ impl CaseDoc {
             self.conflicts().into_iter().map(|c| (ConflictKind::Field, c.field)).collect();
         {
             out.extend(
-                self.text_conflicts(&timeline).into_iter().filter(AuditConflict::is_open).map(|c| (c.kind, c.field)),
+                self.text_conflicts(timeline).into_iter().filter(AuditConflict::is_open).map(|c| (c.kind, c.field)),
             );
             out.extend(
-                self.lifecycle_conflicts(&timeline)
+                self.lifecycle_conflicts(timeline)
                     .into_iter()
                     .filter(AuditConflict::is_open)
                     .map(|c| (c.kind, c.field)),
