@@ -502,13 +502,13 @@ fn summary(out: &mut dyn Write, lang: Lang, json: bool, s: &Summary, last: Optio
         if let Some(lag) = &p.lag {
             line.push_str(&match lang {
                 Lang::Zh => format!(
-                    "；上次会话结束时（{}）它还缺本机 {} 条修改、还欠本机 {} 条",
+                    "；最近一次同步追平或结束时（{}）它还缺本机 {} 条修改、还欠本机 {} 条",
                     minute(lag.at),
                     lag.lacks,
                     lag.owes
                 ),
                 Lang::En => format!(
-                    "; when its last session ended ({}) it lacked {} of our changes and owed us {}",
+                    "; when its last session caught up or ended ({}) it lacked {} of our changes and owed us {}",
                     minute(lag.at),
                     lag.lacks,
                     lag.owes

@@ -259,7 +259,7 @@ fn audit_a_conflict_is_seen_at_township_and_county_and_resolved_by_the_county_ad
     let text = audit_text(&county_data, None, &[]);
     assert_eq!(text.code, 0, "{text:?}");
     assert!(
-        text.stdout.contains("下级 tw-101（乡镇服务器）") && text.stdout.contains("上次会话结束时"),
+        text.stdout.contains("下级 tw-101（乡镇服务器）") && text.stdout.contains("最近一次同步追平或结束时"),
         "{}",
         text.stdout
     );
