@@ -34,6 +34,10 @@ use crate::case::{
 };
 use crate::clock::Timestamp;
 
+mod timeline;
+
+pub use timeline::{AuditConflict, ChangeEffect, ChangeNode, ConflictKind, ConflictSide, FieldChange, Timeline};
+
 /// The document schema this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -616,7 +620,18 @@ impl CaseDoc {
 
     /// Reads the case, deriving status, level and deadline.
     pub fn read(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
-        let events = self.events()?;
+        self.read_with(policy, true)
+    }
+
+    /// [`CaseDoc::read`] without who wrote each event (`author` and `device`
+    /// are left empty): what a projected row is made of, at a fraction of the
+    /// cost (finding an event's change walks the document's operations).
+    pub fn read_for_row(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
+        self.read_with(policy, false)
+    }
+
+    fn read_with(&mut self, policy: &DeadlinePolicy, who: bool) -> Result<CaseState, DocError> {
+        let events = self.events(who)?;
         let d = &self.doc;
         if get_i64(d, &ROOT, "schema") != Some(SCHEMA_VERSION) {
             return Err(DocError::Malformed("unknown schema version"));
@@ -671,7 +686,7 @@ impl CaseDoc {
         Ok(state)
     }
 
-    fn events(&mut self) -> Result<Vec<EventView>, DocError> {
+    fn events(&mut self, who: bool) -> Result<Vec<EventView>, DocError> {
         let list = obj_at(&self.doc, &ROOT, "events")?;
         let mut out = Vec::new();
         for i in 0..self.doc.length(&list) {
@@ -683,7 +698,7 @@ impl CaseDoc {
                 _ => get_str(d, &ev, "to"),
             };
             let text = get_str(d, &ev, "text");
-            let (author, device, _) = self.provenance(&ev);
+            let (author, device, _) = if who { self.provenance(&ev) } else { (None, None, None) };
             let d = &self.doc;
             out.push(EventView {
                 kind,
@@ -805,8 +820,40 @@ fn unpack_snapshot(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DocError>
 /// uLEB128 length and the bytes) and the heads (uLEB128 count, 32 bytes each).
 /// Only the column data after them is compressed.
 pub fn snapshot_heads(bytes: &[u8]) -> Option<Vec<Hash>> {
-    let raw = unpack_snapshot(bytes).ok()?;
-    let bytes: &[u8] = &raw;
+    let Some(packed) = bytes.strip_prefix(PACKED_SNAPSHOT) else {
+        return match header_heads(bytes) {
+            Header::Heads(h) => Some(h),
+            Header::Short | Header::Invalid => None,
+        };
+    };
+    // The header is at the start of the inflated bytes: inflate only as much
+    // as it needs (a digest reads every case's heads; inflating whole
+    // snapshots made it several times slower).
+    let mut decoder = flate2::read::DeflateDecoder::new(packed);
+    let mut raw = Vec::new();
+    // A case's header (a few actors, one or two heads) is a few hundred bytes.
+    let mut want: u64 = 512;
+    loop {
+        let read = (&mut decoder).take(want - raw.len() as u64).read_to_end(&mut raw).ok()?;
+        match header_heads(&raw) {
+            Header::Heads(h) => return Some(h),
+            Header::Short if read > 0 && want < MAX_SNAPSHOT_BYTES => want = want.saturating_mul(8),
+            Header::Short | Header::Invalid => return None,
+        }
+    }
+}
+
+/// What the start of a snapshot says of its heads.
+enum Header {
+    /// The heads, sorted.
+    Heads(Vec<Hash>),
+    /// The bytes end before the heads do.
+    Short,
+    /// Not a document chunk this parser understands.
+    Invalid,
+}
+
+fn header_heads(bytes: &[u8]) -> Header {
     fn uleb(b: &[u8], at: &mut usize) -> Option<usize> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -820,26 +867,37 @@ pub fn snapshot_heads(bytes: &[u8]) -> Option<Vec<Hash>> {
         None
     }
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    if bytes.get(..4)? != MAGIC || *bytes.get(8)? != 0 {
-        return None;
+    match (bytes.get(..4), bytes.get(8)) {
+        (Some(m), Some(0)) if m == MAGIC => {}
+        (Some(m), _) if m != MAGIC => return Header::Invalid,
+        (Some(_), Some(_)) => return Header::Invalid,
+        _ => return Header::Short,
     }
     let mut at = 9;
-    let len = uleb(bytes, &mut at)?;
-    let end = at.checked_add(len)?;
-    let chunk = bytes.get(..end)?;
-    for _ in 0..uleb(chunk, &mut at)? {
-        let n = uleb(chunk, &mut at)?;
-        at = at.checked_add(n)?;
+    let parse = |at: &mut usize| -> Option<Vec<Hash>> {
+        let len = uleb(bytes, at)?;
+        let end = at.checked_add(len)?;
+        // Only the part of the chunk at hand: the heads come before the columns.
+        let chunk = bytes.get(..end.min(bytes.len()))?;
+        for _ in 0..uleb(chunk, at)? {
+            let n = uleb(chunk, at)?;
+            *at = at.checked_add(n)?;
+        }
+        let count = uleb(chunk, at)?;
+        let mut heads = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
+            let h: Hash = chunk.get(*at..at.checked_add(32)?)?.try_into().ok()?;
+            heads.push(h);
+            *at += 32;
+        }
+        heads.sort_unstable();
+        Some(heads)
+    };
+    match parse(&mut at) {
+        Some(h) => Header::Heads(h),
+        // Ran out of bytes: more may help, unless the chunk itself ended.
+        None => Header::Short,
     }
-    let count = uleb(chunk, &mut at)?;
-    let mut heads = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        let h: Hash = chunk.get(at..at.checked_add(32)?)?.try_into().ok()?;
-        heads.push(h);
-        at += 32;
-    }
-    heads.sort_unstable();
-    Some(heads)
 }
 
 /// Parses a peer's change, refusing what Automerge 0.12 mishandles.

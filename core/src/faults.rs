@@ -19,6 +19,12 @@ pub enum Bug {
     DropMissingDeps = 4,
     /// Accept and send changes regardless of scope.
     IgnoreScope = 8,
+    /// Record no receive time for changes from elsewhere.
+    NoReceiveTime = 16,
+    /// `audit::verify` skips checking change signatures.
+    VerifySkipsSignatures = 32,
+    /// The compare answer leaves out the last case of every bucket it lists.
+    CompareDropsCases = 64,
 }
 
 #[cfg(feature = "sim-faults")]

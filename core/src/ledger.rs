@@ -21,16 +21,17 @@ use crate::case::{
 };
 use crate::clock::{Clock, Timestamp};
 use crate::doc::{
-    self, Author, CaseDoc, CaseState, DeadlinePolicy, DocError, FieldConflict, FieldEdit, Hash, HistoryEntry,
-    NewCaseDoc, NewEvent,
+    self, Author, CaseDoc, CaseState, ConflictKind, DeadlinePolicy, DocError, FieldConflict, FieldEdit, Hash,
+    HistoryEntry, NewCaseDoc, NewEvent,
 };
 use crate::faults::{self, Bug};
-use crate::store::{AuditEntry, CaseRow, ListFilter, OpenMode, PendingChange, Store, StoreError, Tx};
+use crate::store::{AuditEntry, CaseRow, ListFilter, NewAudit, OpenMode, PendingChange, Store, StoreError, Tx};
 use crate::trust::{self, GrantRole};
 use crate::vault::DataKey;
 
 mod replica;
 
+pub(crate) use replica::resolve_key;
 pub use replica::{OutgoingBatch, PeerInfo, chain_position, heads_digest};
 
 /// How many case documents a ledger keeps loaded (about 20 KiB each).
@@ -491,6 +492,23 @@ impl Ledger {
         &self.identity
     }
 
+    /// The file underneath, for the audit's reads (which only `store` turns
+    /// into SQL).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A case's document, through the cache.
+    pub(crate) fn case_doc(&mut self, case: CaseId) -> Result<&mut CaseDoc, LedgerError> {
+        self.doc(case)
+    }
+
+    /// The actor id documents are loaded with (never used to write by a
+    /// read-only ledger).
+    pub(crate) fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
     /// The deadline policy in force.
     pub fn policy(&self) -> &DeadlinePolicy {
         &self.policy
@@ -517,7 +535,7 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_writable(&self) -> Result<(), LedgerError> {
+    pub(crate) fn check_writable(&self) -> Result<(), LedgerError> {
         if self.read_only {
             return Err(LedgerError::ReadOnly);
         }
@@ -594,9 +612,9 @@ impl Ledger {
         let mut doc = CaseDoc::create(&fresh, &author, self.actor.clone(), now)?;
         let state = doc.read(&self.policy)?;
         let hashes = doc.heads();
-        let rowid = put_doc(&tx, &mut doc, &state)?;
+        let (rowid, _) = put_doc(&tx, &mut doc, &state)?;
         for h in &hashes {
-            tx.log_change(rowid, h, None, None, None)?;
+            tx.log_change(rowid, h, None, None, None, None)?;
         }
         tx.commit()?;
         self.cache_put(id, doc);
@@ -628,6 +646,11 @@ impl Ledger {
                 })
             }
         }
+    }
+
+    /// The projected row of a case, if this ledger holds it.
+    pub fn case_row(&self, case: CaseId) -> Result<Option<CaseRow>, LedgerError> {
+        Ok(self.store.case_row(case)?)
     }
 
     /// Lists cases; reads only projected rows.
@@ -765,7 +788,7 @@ impl Ledger {
     }
 
     /// Runs one local change on a case in one transaction.
-    fn modify(
+    pub(crate) fn modify(
         &mut self,
         case: CaseId,
         op: impl FnOnce(&CaseState, &mut CaseDoc, &Author, Timestamp) -> Result<Option<Hash>, LedgerError>,
@@ -786,8 +809,8 @@ impl Ledger {
             };
             let tx = self.store.transaction()?;
             let state = doc.read(&policy)?;
-            let rowid = put_doc(&tx, &mut doc, &state)?;
-            tx.log_change(rowid, &hash, None, None, None)?;
+            let (rowid, _) = put_doc(&tx, &mut doc, &state)?;
+            tx.log_change(rowid, &hash, None, None, None, None)?;
             tx.commit()?;
             Ok(state)
         })();
@@ -1015,8 +1038,9 @@ fn read_identity(store: &Store) -> Result<Option<Identity>, LedgerError> {
     }))
 }
 
-/// The projected row of a case state.
-fn project(state: &CaseState, conflicts: usize) -> CaseRow {
+/// The projected row of a case state, with its open conflicts: of fields
+/// (`conflicts`) and of every kind the audit lists (`open`).
+pub(crate) fn project(state: &CaseState, conflicts: usize, open: usize) -> CaseRow {
     CaseRow {
         id: state.id,
         number: state.number.clone(),
@@ -1034,14 +1058,29 @@ fn project(state: &CaseState, conflicts: usize) -> CaseRow {
         title: state.title.clone(),
         responsible: state.responsible.clone(),
         conflicts: u32::try_from(conflicts).unwrap_or(u32::MAX),
+        open_conflicts: Some(u32::try_from(open).unwrap_or(u32::MAX)),
     }
 }
 
-/// Saves a document and its projected row; returns the case's row id.
-fn put_doc(tx: &Tx<'_>, doc: &mut CaseDoc, state: &CaseState) -> Result<i64, LedgerError> {
-    let conflicts = doc.conflicts().len();
+/// The projected row a document gives (what `verify` compares a stored row
+/// with), from its timeline already read.
+pub(crate) fn projection(doc: &mut CaseDoc, timeline: &doc::Timeline, state: &CaseState) -> CaseRow {
+    let open = doc.open_conflict_fields_with(timeline);
+    let fields = open.iter().filter(|(k, _)| *k == ConflictKind::Field).count();
+    project(state, fields, open.len())
+}
+
+/// Saves a document and its projected row; returns the case's row id and
+/// its open conflicts.
+fn put_doc(
+    tx: &Tx<'_>,
+    doc: &mut CaseDoc,
+    state: &CaseState,
+) -> Result<(i64, Vec<(ConflictKind, String)>), LedgerError> {
+    let open = doc.open_conflict_fields();
+    let fields = open.iter().filter(|(k, _)| *k == ConflictKind::Field).count();
     let snapshot = doc.save();
-    Ok(tx.put_case(&project(state, conflicts), &snapshot)?)
+    Ok((tx.put_case(&project(state, fields, open.len()), &snapshot)?, open))
 }
 
 struct Candidate {
@@ -1052,6 +1091,8 @@ struct Candidate {
     signer: Option<[u8; 32]>,
     signature: Option<Vec<u8>>,
     received_from: Option<ReplicaId>,
+    /// When it arrived here (a pending change: when it first arrived).
+    received_at: Timestamp,
     from_pending: bool,
     /// The author's scope, from its grant (signed admission only).
     scope: Option<AdminCode>,
@@ -1074,7 +1115,30 @@ struct ApplyCtx<'a, 't> {
 /// What [`ApplyCtx::admit`] learnt of one signing key.
 struct Signer {
     public: [u8; 32],
-    grant: Result<(VerifyingKey, Option<AdminCode>), (RefuseReason, String)>,
+    grant: Result<(VerifyingKey, Option<AdminCode>), Why>,
+}
+
+/// Why a change was refused, for the audit record: the reason and the
+/// parameters its words are made from at output (`detail` is the English
+/// text kept for logs and older readers).
+#[derive(Clone)]
+struct Why {
+    reason: RefuseReason,
+    detail: String,
+    params: serde_json::Value,
+}
+
+impl Why {
+    fn new(reason: RefuseReason, detail: impl Into<String>) -> Self {
+        Why { reason, detail: detail.into(), params: serde_json::json!({}) }
+    }
+
+    fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        if let Some(map) = self.params.as_object_mut() {
+            map.insert(key.to_owned(), value.into());
+        }
+        self
+    }
 }
 
 impl ApplyCtx<'_, '_> {
@@ -1082,33 +1146,43 @@ impl ApplyCtx<'_, '_> {
         &self,
         report: &mut ApplyReport,
         case: CaseId,
-        hash: Option<Hash>,
-        reason: RefuseReason,
-        detail: String,
+        change: (Option<Hash>, Option<[u8; 32]>),
+        why: Why,
     ) -> Result<(), LedgerError> {
+        let (hash, signer) = change;
+        let Why { reason, detail, params } = why;
         let kind = if reason == RefuseReason::Quarantined { "quarantined" } else { "refused" };
         let hex = hash.map(|h| h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
         let text = match hex {
             Some(h) => format!("change {h}: {} ({detail})", reason.code()),
             None => format!("{} ({detail})", reason.code()),
         };
-        self.tx.audit(self.now, kind, Some(case), self.peer, &text)?;
+        let record = NewAudit {
+            kind,
+            case: Some(case),
+            peer: self.peer,
+            detail: &text,
+            code: Some(reason.code()),
+            change: hash,
+            signer,
+            params: Some(params),
+        };
+        self.tx.audit(self.now, &record)?;
         report.refused.push(Refusal { case, hash, reason, detail });
         Ok(())
     }
 
     /// Checks signature, grant and role; returns the author's scope.
-    fn admit(&self, c: &Candidate) -> Result<Option<AdminCode>, (RefuseReason, String)> {
+    fn admit(&self, c: &Candidate) -> Result<Option<AdminCode>, Why> {
         if self.admission == Admission::Open || faults::on(Bug::IgnoreScope) {
             return Ok(None);
         }
         let (Some(signer), Some(signature)) = (&c.signer, &c.signature) else {
-            return Err((RefuseReason::BadSignature, "the change is not signed".into()));
+            return Err(Why::new(RefuseReason::BadSignature, "the change is not signed").with("why", "unsigned"));
         };
-        let sig: &[u8; 64] = signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| (RefuseReason::BadSignature, "signature is not 64 bytes".into()))?;
+        let sig: &[u8; 64] = signature.as_slice().try_into().map_err(|_| {
+            Why::new(RefuseReason::BadSignature, "signature is not 64 bytes").with("why", "signature-length")
+        })?;
         let mut signers = self.signers.borrow_mut();
         let known = match signers.iter().position(|s| &s.public == signer) {
             Some(i) => &signers[i],
@@ -1118,25 +1192,36 @@ impl ApplyCtx<'_, '_> {
             }
         };
         let (key, scope) = known.grant.clone()?;
-        trust::verify_change_with(&key, &c.hash, sig).map_err(|e| (RefuseReason::BadSignature, e.to_string()))?;
+        trust::verify_change_with(&key, &c.hash, sig)
+            .map_err(|e| Why::new(RefuseReason::BadSignature, e.to_string()).with("why", "does-not-verify"))?;
         Ok(scope)
     }
 
     /// The grant of a signing key: its decompressed key and its scope, or why
     /// changes it signed are refused.
-    fn grant_of(&self, signer: &[u8; 32]) -> Result<(VerifyingKey, Option<AdminCode>), (RefuseReason, String)> {
+    fn grant_of(&self, signer: &[u8; 32]) -> Result<(VerifyingKey, Option<AdminCode>), Why> {
         let grant = match self.tx.grant(signer) {
             Ok(Some(g)) => g,
-            Ok(None) => return Err((RefuseReason::UnknownSigner, "no grant for the signing key".into())),
-            Err(e) => return Err((RefuseReason::UnknownSigner, e.to_string())),
+            Ok(None) => {
+                return Err(
+                    Why::new(RefuseReason::UnknownSigner, "no grant for the signing key").with("why", "no-grant")
+                );
+            }
+            Err(e) => return Err(Why::new(RefuseReason::UnknownSigner, e.to_string()).with("why", "grant-unreadable")),
         };
-        let key = VerifyingKey::from_bytes(signer)
-            .map_err(|_| (RefuseReason::BadSignature, trust::SignatureError::PublicKey.to_string()))?;
-        let role = GrantRole::parse(&grant.role).map_err(|e| (RefuseReason::Role, e.to_string()))?;
+        let key = VerifyingKey::from_bytes(signer).map_err(|_| {
+            Why::new(RefuseReason::BadSignature, trust::SignatureError::PublicKey.to_string()).with("why", "bad-key")
+        })?;
+        let role = GrantRole::parse(&grant.role)
+            .map_err(|e| Why::new(RefuseReason::Role, e.to_string()).with("why", "unknown-role"))?;
         if role.is_server() {
-            return Err((RefuseReason::Role, format!("{} is a server; servers relay but never write", grant.subject)));
+            let detail = format!("{} is a server; servers relay but never write", grant.subject);
+            return Err(Why::new(RefuseReason::Role, detail)
+                .with("why", "server-wrote")
+                .with("subject", grant.subject));
         }
-        let scope = AdminCode::parse(&grant.scope).map_err(|e| (RefuseReason::UnknownSigner, e.to_string()))?;
+        let scope = AdminCode::parse(&grant.scope)
+            .map_err(|e| Why::new(RefuseReason::UnknownSigner, e.to_string()).with("why", "grant-unreadable"))?;
         Ok((key, Some(scope)))
     }
 }
@@ -1171,6 +1256,7 @@ fn apply_case(
                 signer: p.signer,
                 signature: p.signature,
                 received_from: p.received_from,
+                received_at: p.received_at.unwrap_or(cx.now),
                 from_pending: true,
                 scope: None,
             });
@@ -1180,7 +1266,8 @@ fn apply_case(
         let change = match doc::parse_change(&c.bytes) {
             Ok(change) => change,
             Err(e) => {
-                cx.refuse(report, case, None, RefuseReason::Malformed, e.to_string())?;
+                let why = Why::new(RefuseReason::Malformed, e.to_string()).with("error", e.to_string());
+                cx.refuse(report, case, (None, c.signer), why)?;
                 continue;
             }
         };
@@ -1202,6 +1289,7 @@ fn apply_case(
             signer: c.signer,
             signature: c.signature,
             received_from: cx.from,
+            received_at: cx.now,
             from_pending: false,
             scope: None,
         });
@@ -1214,11 +1302,11 @@ fn apply_case(
                 c.scope = scope;
                 admitted.push(c);
             }
-            Err((reason, detail)) => {
+            Err(why) => {
                 if c.from_pending {
                     tx.remove_pending(&c.hash)?;
                 }
-                cx.refuse(report, case, Some(c.hash), reason, detail)?;
+                cx.refuse(report, case, (Some(c.hash), c.signer), why)?;
             }
         }
     }
@@ -1243,7 +1331,9 @@ fn apply_case(
                 }
                 let scope = c.scope.as_ref().map(ToString::to_string).unwrap_or_default();
                 let detail = format!("village {village} is outside the author's area {scope}");
-                cx.refuse(report, case, Some(c.hash), RefuseReason::OutOfScope, detail)?;
+                let why =
+                    Why::new(RefuseReason::OutOfScope, detail).with("village", village.as_str()).with("scope", scope);
+                cx.refuse(report, case, (Some(c.hash), c.signer), why)?;
             } else if kept.iter().any(|k| k.hash == c.hash) {
                 report.duplicates += 1;
             } else {
@@ -1289,6 +1379,7 @@ fn apply_case(
                 received_from: c.received_from,
                 signer: c.signer,
                 signature: c.signature.clone(),
+                received_at: Some(c.received_at),
             };
             if !faults::on(Bug::DropMissingDeps) {
                 tx.put_pending(&p, cx.now)?;
@@ -1300,7 +1391,9 @@ fn apply_case(
         return Ok(doc);
     }
     let had_doc = doc.is_some();
-    let conflicts_before = doc.as_mut().map_or(0, |d| d.conflicts().len());
+    // What the case had open before, as its row counted it (rows from before
+    // schema 4: its field conflicts).
+    let conflicts_before = tx.open_conflicts(case)?.unwrap_or(0);
     let before_village = doc.as_mut().map(|d| d.village());
     // A new case whose changes all passed: the scratch document already holds exactly them
     // (the same changes make the same document in any order), so they are not applied again.
@@ -1317,20 +1410,27 @@ fn apply_case(
     };
     let problem = match &applied {
         Ok(state) if state.id != case => {
-            Some((RefuseReason::Quarantined, "the change belongs to another case".to_owned()))
+            Some(Why::new(RefuseReason::Quarantined, "the change belongs to another case").with("why", "another-case"))
         }
-        Ok(state) if before_village.as_ref().is_some_and(|v| v != &state.village) => {
-            Some((RefuseReason::Quarantined, "the change moves the case to another village".to_owned()))
-        }
+        Ok(state) if before_village.as_ref().is_some_and(|v| v != &state.village) => Some(
+            Why::new(RefuseReason::Quarantined, "the change moves the case to another village")
+                .with("why", "moves-village")
+                .with("village", state.village.as_str()),
+        ),
         Ok(state) => {
             ready.iter().find(|c| c.scope.as_ref().is_some_and(|scope| !within(scope, &state.village))).map(|c| {
                 let scope = c.scope.as_ref().map(ToString::to_string).unwrap_or_default();
-                (RefuseReason::OutOfScope, format!("village {} is outside the author's area {scope}", state.village))
+                let detail = format!("village {} is outside the author's area {scope}", state.village);
+                Why::new(RefuseReason::OutOfScope, detail).with("village", state.village.as_str()).with("scope", scope)
             })
         }
-        Err(e) => Some((RefuseReason::Quarantined, format!("cannot apply: {e}"))),
+        Err(e) => Some(
+            Why::new(RefuseReason::Quarantined, format!("cannot apply: {e}"))
+                .with("why", "cannot-apply")
+                .with("error", e.to_string()),
+        ),
     };
-    if let Some((reason, detail)) = problem {
+    if let Some(why) = problem {
         // Refuse the whole group: the document may be half-changed, so it is
         // reloaded from the last commit. Authors of the same case share its
         // village, so one bad author rarely travels with good ones; those are
@@ -1339,7 +1439,7 @@ fn apply_case(
             if c.from_pending {
                 tx.remove_pending(&c.hash)?;
             }
-            cx.refuse(report, case, Some(c.hash), reason, detail.clone())?;
+            cx.refuse(report, case, (Some(c.hash), c.signer), why.clone())?;
         }
         let reloaded = match tx.snapshot(case)? {
             Some(bytes) if had_doc => Some(CaseDoc::load(&bytes, cx.actor.clone())?),
@@ -1348,18 +1448,33 @@ fn apply_case(
         return Ok(reloaded);
     }
     let state = applied?;
-    let rowid = put_doc(tx, &mut target, &state)?;
+    let (rowid, conflicts) = put_doc(tx, &mut target, &state)?;
     for c in &ready {
-        tx.log_change(rowid, &c.hash, c.received_from, c.signer.as_ref(), c.signature.as_deref())?;
+        let received = (!faults::on(Bug::NoReceiveTime)).then_some(c.received_at);
+        tx.log_change(rowid, &c.hash, c.received_from, c.signer.as_ref(), c.signature.as_deref(), received)?;
         if c.from_pending {
             tx.remove_pending(&c.hash)?;
         }
         report.applied += 1;
     }
-    let conflicts: Vec<String> = target.conflicts().into_iter().map(|c| c.field).collect();
-    if conflicts.len() > conflicts_before {
-        let detail = format!("case {}: concurrent edits now disagree on {}", state.number, conflicts.join(", "));
-        tx.audit(cx.now, "conflict", Some(case), cx.peer, &detail)?;
+    if conflicts.len() > conflicts_before as usize {
+        let fields: Vec<&str> = conflicts.iter().map(|(_, f)| f.as_str()).collect();
+        let detail = format!("case {}: concurrent edits now disagree on {}", state.number, fields.join(", "));
+        let params = serde_json::json!({
+            "number": state.number,
+            "fields": fields,
+            "kinds": conflicts.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        });
+        let record = NewAudit {
+            kind: "conflict",
+            case: Some(case),
+            peer: cx.peer,
+            detail: &detail,
+            code: Some("conflict"),
+            params: Some(params),
+            ..NewAudit::default()
+        };
+        tx.audit(cx.now, &record)?;
     }
     Ok(Some(target))
 }

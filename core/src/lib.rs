@@ -1,5 +1,6 @@
 //! fq core
 #![warn(missing_docs)]
+pub mod audit;
 pub mod case;
 pub mod clock;
 pub mod county;

@@ -12,7 +12,16 @@
 //!   [`LogEntry::hash_key`]).
 //! - `pending`: changes received before their dependencies; applied when the
 //!   rest arrives.
-//! - `audit`: refused changes, quarantined input, merges.
+//! - `audit`: refused changes, quarantined input, merges; since schema 4 with
+//!   a stable code, the change, its signer and parameters, so that words are
+//!   made at output in the reader's language (older rows keep their text).
+//!
+//! Schema 4 (ADR 20) adds what the merge audit reads: the time this replica
+//! received each change (`changes.received_sec`, unix seconds, NULL for a
+//! change written here, whose own time is its receive time), the open
+//! conflicts of each case (`cases.open_conflicts`, NULL until the case is next
+//! written), the structured audit columns, and per peer the key of its grant
+//! and the lag recorded at the end of its last session.
 //!
 //! # Durability
 //! WAL with `synchronous=FULL`: a committed transaction survives a crash or a
@@ -41,7 +50,7 @@ use crate::doc::Hash;
 use crate::vault::DataKey;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// How many leading bytes of a change hash a log row keeps (see
 /// [`LogEntry::hash_key`]): enough to find the change among the few of its
@@ -163,6 +172,11 @@ pub struct CaseRow {
     pub responsible: Option<String>,
     /// How many fields hold concurrent values.
     pub conflicts: u32,
+    /// Open conflicts of every kind the audit lists (fields with concurrent
+    /// values, concurrent text edits, contradicting lifecycle events); `None`
+    /// for a row last written before schema 4. Not part of `case list`.
+    #[serde(skip)]
+    pub open_conflicts: Option<u32>,
 }
 
 /// Filters for [`Store::list`]; `None` means any.
@@ -216,6 +230,10 @@ pub struct LogEntry {
     /// to it, so a peer's saved position can be checked in one lookup (a
     /// restored backup that re-received changes in another order is caught).
     pub chain: i64,
+    /// When this replica received the change, to the second (its own clock);
+    /// `None` for a change written here (its own time is when it was
+    /// received) and for rows logged before schema 4.
+    pub received_at: Option<Timestamp>,
 }
 
 /// A change kept until its dependencies arrive.
@@ -233,6 +251,22 @@ pub struct PendingChange {
     pub signer: Option<[u8; 32]>,
     /// Signature that travelled with it.
     pub signature: Option<Vec<u8>>,
+    /// When it arrived (kept as its receive time once it is applied).
+    pub received_at: Option<Timestamp>,
+}
+
+/// What a server recorded at the end of a session with a child: how far
+/// apart the two were when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerLag {
+    /// Changes of this replica's log in the peer's scope that the peer had
+    /// not acknowledged (and that did not come from it).
+    pub lacks: i64,
+    /// Positions of the peer's log this replica did not hold, as far as the
+    /// peer's last word on its log head says.
+    pub owes: i64,
+    /// When it was recorded (this replica's clock).
+    pub at: Timestamp,
 }
 
 /// What this replica knows of a peer.
@@ -253,6 +287,12 @@ pub struct PeerRow {
     pub acked_seq: i64,
     /// When they last synced (local clock).
     pub last_sync: Option<Timestamp>,
+    /// The public key of the peer's own grant (the first grant it sent in a
+    /// session), which names it: `grants` holds its subject, role and scope.
+    #[serde(skip)]
+    pub signer: Option<[u8; 32]>,
+    /// The lag recorded at the end of the last session with it (servers).
+    pub lag: Option<PeerLag>,
 }
 
 /// A verified grant this replica has seen.
@@ -283,8 +323,39 @@ pub struct AuditEntry {
     pub case: Option<CaseId>,
     /// The replica or peer concerned, if any.
     pub peer: Option<String>,
-    /// Details in words.
+    /// Details in words (English; written for older readers and logs). Since
+    /// schema 4 the words people read are made from `code` and `params`.
     pub detail: String,
+    /// A stable code (the refusal reason, `conflict`); `None` on rows written
+    /// before schema 4, which only have `detail`.
+    pub code: Option<String>,
+    /// The change concerned (hex of its hash), if any.
+    pub change: Option<String>,
+    /// The public key that signed the change (hex), if any.
+    pub signer: Option<String>,
+    /// Parameters of the record (JSON object), if any.
+    pub params: Option<serde_json::Value>,
+}
+
+/// An audit record to write.
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit<'a> {
+    /// `refused`, `quarantined`, `conflict`, ...
+    pub kind: &'a str,
+    /// The case concerned.
+    pub case: Option<CaseId>,
+    /// The peer it came from (replica id text).
+    pub peer: Option<&'a str>,
+    /// Words for older readers and logs.
+    pub detail: &'a str,
+    /// The stable code.
+    pub code: Option<&'a str>,
+    /// The change concerned.
+    pub change: Option<Hash>,
+    /// Its signer.
+    pub signer: Option<[u8; 32]>,
+    /// Parameters, a JSON object.
+    pub params: Option<serde_json::Value>,
 }
 
 /// How hard a commit waits for the disk.
@@ -319,14 +390,15 @@ const SCHEMA: &str = "
         village TEXT NOT NULL, grid INTEGER,
         level TEXT NOT NULL, status TEXT NOT NULL, category TEXT NOT NULL, risk TEXT NOT NULL,
         deadline INTEGER, recorded_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-        title TEXT NOT NULL, responsible TEXT, conflicts INTEGER NOT NULL DEFAULT 0);
+        title TEXT NOT NULL, responsible TEXT, conflicts INTEGER NOT NULL DEFAULT 0,
+        open_conflicts INTEGER);
      CREATE TABLE docs (case_rowid INTEGER PRIMARY KEY, snapshot BLOB NOT NULL);
      CREATE TABLE changes (
         log_seq INTEGER PRIMARY KEY,
         hash_key BLOB NOT NULL,
         case_rowid INTEGER NOT NULL,
         chain INTEGER NOT NULL,
-        received_from BLOB, signer BLOB, signature BLOB);
+        received_from BLOB, signer BLOB, signature BLOB, received_sec INTEGER);
      CREATE INDEX changes_signed ON changes(case_rowid) WHERE signature IS NOT NULL;
      CREATE TABLE pending (
         hash BLOB PRIMARY KEY, case_id BLOB NOT NULL, bytes BLOB NOT NULL,
@@ -334,11 +406,13 @@ const SCHEMA: &str = "
      CREATE INDEX pending_case ON pending(case_id);
      CREATE TABLE audit (
         seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL,
-        case_id BLOB, peer TEXT, detail TEXT NOT NULL);
+        case_id BLOB, peer TEXT, detail TEXT NOT NULL,
+        code TEXT, change_hash BLOB, signer BLOB, params TEXT);
      CREATE TABLE peers (
         replica BLOB PRIMARY KEY, tier TEXT NOT NULL, scope TEXT NOT NULL,
         their_seq INTEGER NOT NULL DEFAULT 0, their_hash BLOB,
-        acked_seq INTEGER NOT NULL DEFAULT 0, last_sync INTEGER) WITHOUT ROWID;
+        acked_seq INTEGER NOT NULL DEFAULT 0, last_sync INTEGER,
+        signer BLOB, lag_lacks INTEGER, lag_owes INTEGER, lag_at INTEGER) WITHOUT ROWID;
      CREATE TABLE grants (
         signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
         scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;";
@@ -408,6 +482,18 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE changes;
      ALTER TABLE changes_v3 RENAME TO changes;
      CREATE INDEX changes_signed ON changes(case_rowid) WHERE signature IS NOT NULL;",
+    // 4: the merge audit (ADR 20). Columns only, added in place: an existing
+    // file keeps every row and reads NULL where nothing was recorded.
+    "ALTER TABLE cases ADD COLUMN open_conflicts INTEGER;
+     ALTER TABLE changes ADD COLUMN received_sec INTEGER;
+     ALTER TABLE audit ADD COLUMN code TEXT;
+     ALTER TABLE audit ADD COLUMN change_hash BLOB;
+     ALTER TABLE audit ADD COLUMN signer BLOB;
+     ALTER TABLE audit ADD COLUMN params TEXT;
+     ALTER TABLE peers ADD COLUMN signer BLOB;
+     ALTER TABLE peers ADD COLUMN lag_lacks INTEGER;
+     ALTER TABLE peers ADD COLUMN lag_owes INTEGER;
+     ALTER TABLE peers ADD COLUMN lag_at INTEGER;",
 ];
 
 /// Prepared statements kept per connection: more than this module has.
@@ -914,18 +1000,44 @@ impl Store {
 
     /// The newest `limit` audit records, newest first.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_where(&[], None, limit)
+    }
+
+    /// The newest `limit` audit records of the given kinds (all kinds if
+    /// none is given) written at or after `since`, newest first.
+    pub fn audit_where(
+        &self,
+        kinds: &[&str],
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let kinds = serde_json::Value::from(kinds.to_vec()).to_string();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT seq, at, kind, case_id, peer, detail FROM audit ORDER BY seq DESC LIMIT ?1")
+            .prepare_cached(
+                "SELECT seq, at, kind, case_id, peer, detail, code, change_hash, signer, params FROM audit
+                 WHERE at >= ?1 AND (json_array_length(?2) = 0 OR kind IN (SELECT value FROM json_each(?2)))
+                 ORDER BY seq DESC LIMIT ?3",
+            )
             .map_err(sq("prepare audit"))?;
         let rows = stmt
-            .query_map([limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<Vec<u8>>>(3)?, r.get(4)?, r.get(5)?))
+            .query_map(params![since.map_or(i64::MIN, |t| t.0), kinds, limit], |r| {
+                Ok((
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<Vec<u8>>>(3)?, r.get(4)?, r.get(5)?),
+                    (
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<Vec<u8>>>(7)?,
+                        r.get::<_, Option<Vec<u8>>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
+                    ),
+                ))
             })
             .map_err(sq("read audit"))?;
+        let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let mut out = Vec::new();
         for row in rows {
-            let (seq, at, kind, case, peer, detail) = row.map_err(sq("read audit"))?;
+            let ((seq, at, kind, case, peer, detail), (code, change, signer, params)) =
+                row.map_err(sq("read audit"))?;
             out.push(AuditEntry {
                 seq,
                 at: Timestamp(at),
@@ -933,9 +1045,273 @@ impl Store {
                 case: case.map(|c| case_id(&c)).transpose()?,
                 peer,
                 detail,
+                code,
+                change: change.map(hex),
+                signer: signer.map(hex),
+                // A record this build cannot read is still shown by its words.
+                params: params.and_then(|p| serde_json::from_str(&p).ok()),
             });
         }
         Ok(out)
+    }
+
+    /// How many audit records of the given kinds were written at or after `since`.
+    pub fn count_audit(&self, kinds: &[&str], since: Timestamp) -> Result<i64, StoreError> {
+        let kinds = serde_json::Value::from(kinds.to_vec()).to_string();
+        self.conn
+            .prepare_cached("SELECT count(*) FROM audit WHERE at >= ?1 AND kind IN (SELECT value FROM json_each(?2))")
+            .and_then(|mut s| s.query_row(params![since.0, kinds], |r| r.get(0)))
+            .map_err(sq("count audit"))
+    }
+
+    /// The cases `fq audit conflicts` must look at, by row id: those with open
+    /// conflicts, and those whose count is unknown (last written before
+    /// schema 4), inside `within`.
+    pub fn conflicted_cases(&self, within: Option<&AdminCode>) -> Result<Vec<(i64, CaseRow)>, StoreError> {
+        let (low, high) = match within {
+            Some(w) => (w.to_string(), format!("{w}~")),
+            None => (String::new(), "~".to_owned()),
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT rowid, {CASE_COLUMNS} FROM cases
+                 WHERE (conflicts > 0 OR open_conflicts IS NULL OR open_conflicts > 0)
+                   AND village >= ?1 AND village < ?2
+                 ORDER BY number"
+            ))
+            .map_err(sq("prepare conflicts"))?;
+        let rows = stmt
+            .query_map(params![low, high], |r| {
+                let rowid: i64 = r.get(0)?;
+                Ok((rowid, read_case_row_at(r, 1)?))
+            })
+            .map_err(sq("read conflicts"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sq("read conflicts"))
+    }
+
+    /// A case's row id and projected row.
+    pub fn case_with_rowid(&self, case: CaseId) -> Result<Option<(i64, CaseRow)>, StoreError> {
+        self.conn
+            .prepare_cached(&format!("SELECT rowid, {CASE_COLUMNS} FROM cases WHERE id = ?1"))
+            .map_err(sq("prepare case"))?
+            .query_row([case.as_bytes()], |r| Ok((r.get(0)?, read_case_row_at(r, 1)?)))
+            .optional()
+            .map_err(sq("read case"))
+    }
+
+    /// Every log row of the given cases (by row id), in log order. On a
+    /// server the relay index serves it; a device reads its (small) log.
+    pub fn logs_of(&self, case_rowids: &[i64]) -> Result<Vec<LogEntry>, StoreError> {
+        let ids = serde_json::Value::from(case_rowids.to_vec()).to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.case_rowid IN (SELECT value FROM json_each(?1)) ORDER BY c.log_seq"
+            ))
+            .map_err(sq("prepare case log"))?;
+        let rows = stmt.query_map([ids], read_log_row).map_err(sq("read case log"))?;
+        rows.map(|r| r.map_err(sq("read case log")).and_then(ParseLog::parse)).collect()
+    }
+
+    /// How many log rows after `after` belong to cases inside `scope` and did
+    /// not come from `peer`: what `peer` still lacks of this log. A server
+    /// reads it through its relay indexes.
+    pub fn count_unacked(&self, after: i64, scope: &AdminCode, peer: ReplicaId) -> Result<i64, StoreError> {
+        let end = format!("{scope}~");
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE k.village >= ?1 AND k.village < ?2 AND c.log_seq > ?3
+                   AND (c.received_from IS NULL OR c.received_from != ?4)",
+            )
+            .and_then(|mut s| s.query_row(params![scope.as_str(), end, after, peer.as_bytes()], |r| r.get(0)))
+            .map_err(sq("count unacknowledged"))
+    }
+
+    /// How many rows of changes received from a peer have no receive time
+    /// (a health check: since schema 4 every one has).
+    pub fn received_without_time(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM changes WHERE received_from IS NOT NULL AND received_sec IS NULL")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sq("count receive times"))
+    }
+
+    /// This connection's page cache setting (`PRAGMA cache_size`).
+    pub fn cache_size(&self) -> Result<i64, StoreError> {
+        self.conn.pragma_query_value(None, "cache_size", |r| r.get(0)).map_err(sq("read cache size"))
+    }
+
+    /// Sets this connection's page cache (`PRAGMA cache_size`: pages, or KiB if negative).
+    pub fn set_cache_size(&self, value: i64) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", value).map_err(sq("set cache size"))
+    }
+
+    /// Every grant this replica holds.
+    pub fn grants(&self) -> Result<Vec<GrantRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT signer, bytes, subject, role, scope FROM grants ORDER BY subject")
+            .map_err(sq("prepare grants"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .map_err(sq("read grants"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (signer, bytes, subject, role, scope) = row.map_err(sq("read grants"))?;
+            out.push(GrantRow { signer: key32(signer)?, bytes, subject, role, scope });
+        }
+        Ok(out)
+    }
+
+    /// (cases with open conflicts, open conflicts, cases whose count is not
+    /// known because they were last written before schema 4).
+    pub fn conflict_counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(sum(open_conflicts > 0), 0), coalesce(sum(open_conflicts), 0),
+                        coalesce(sum(open_conflicts IS NULL), 0)
+                 FROM cases",
+            )
+            .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+            .map_err(sq("count conflicts"))
+    }
+
+    /// Makes this connection keep up to `mib` MiB of the file in memory: a
+    /// whole-file check reads the log in case order and returns to the same
+    /// pages often.
+    pub fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -i64::from(mib) * 1024).map_err(sq("set cache size"))
+    }
+
+    /// Every (log position, chain) of the log, in order: what `verify` checks
+    /// each row's chain against (the chain of the row before it).
+    pub fn log_chains(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT log_seq, chain FROM changes ORDER BY log_seq").map_err(sq("prepare chains"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sq("read chains"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sq("read chains"))
+    }
+
+    /// Every case (or one) with its snapshot and log rows, in case row order,
+    /// handed to `each` one case at a time; `each` returns false to stop.
+    /// Log rows that name no case come as a case without a row. `chains` is
+    /// [`Store::log_chains`], from which each row's `prev_chain` is taken.
+    /// Reading is streamed: memory holds one case at a time.
+    ///
+    /// Made for a check of a file that may have been altered: a value of the
+    /// wrong type or shape in a row is reported with its case (a case row in
+    /// `row_error`, a log row in `bad_log`), never a reason to stop.
+    pub fn scan_cases(
+        &self,
+        only: Option<CaseId>,
+        chains: &[(i64, i64)],
+        mut each: impl FnMut(StoredCase) -> bool,
+    ) -> Result<(), StoreError> {
+        let only_rowid = match only {
+            Some(c) => match self.case_with_rowid(c)? {
+                Some((rowid, _)) => Some(rowid),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        let (low, high) = only_rowid.map_or((i64::MIN, i64::MAX), |r| (r, r));
+        let mut cases = self
+            .conn
+            .prepare(&format!(
+                "SELECT k.rowid, {CASE_COLUMNS}, d.snapshot FROM cases k LEFT JOIN docs d ON d.case_rowid = k.rowid
+                 WHERE k.rowid BETWEEN ?1 AND ?2 ORDER BY k.rowid"
+            ))
+            .map_err(sq("prepare case scan"))?;
+        let mut log = self
+            .conn
+            .prepare(
+                "SELECT case_rowid, log_seq, hash_key, received_from, signer, signature, chain, received_sec
+                 FROM changes WHERE case_rowid BETWEEN ?1 AND ?2 ORDER BY case_rowid, log_seq",
+            )
+            .map_err(sq("prepare log scan"))?;
+        let mut case_rows = cases.query(params![low, high]).map_err(sq("scan cases"))?;
+        let mut log_rows = log.query(params![low, high]).map_err(sq("scan log"))?;
+        let prev_chain = |seq: i64| match chains.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) | Err(i) => i.checked_sub(1).and_then(|j| chains.get(j)).map_or(0, |(_, c)| *c),
+        };
+        let mut next_log = || -> Result<Option<(i64, ScannedRow)>, StoreError> {
+            let Some(r) = log_rows.next().map_err(sq("scan log"))? else { return Ok(None) };
+            let case_rowid: i64 = r.get(0).map_err(sq("scan log"))?;
+            let log_seq: i64 = r.get(1).map_err(sq("scan log"))?;
+            let raw = (|| -> Result<RawLogRow, String> {
+                Ok(RawLogRow {
+                    log_seq,
+                    hash_key: lenient_blob(r, 2)?.ok_or("hash_key")?,
+                    from: lenient_blob(r, 3)?,
+                    signer: lenient_blob(r, 4)?,
+                    signature: lenient_blob(r, 5)?,
+                    chain: r.get::<_, i64>(6).map_err(|_| "chain")?,
+                    received: r.get::<_, Option<i64>>(7).map_err(|_| "received_sec")?,
+                })
+            })();
+            Ok(Some((case_rowid, raw.map_err(|what| (log_seq, what)))))
+        };
+        let mut pending_log = next_log()?;
+        let mut read_case = || -> Result<Option<CaseRead>, StoreError> {
+            let Some(r) = case_rows.next().map_err(sq("scan cases"))? else { return Ok(None) };
+            let rowid: i64 = r.get(0).map_err(sq("scan cases"))?;
+            let id = r.get::<_, Vec<u8>>(1).ok().and_then(|b| case_id(&b).ok());
+            let row = read_case_row_at(r, 1).map_err(|e| e.to_string());
+            let snapshot = lenient_blob(r, 16).unwrap_or(None);
+            Ok(Some(CaseRead { rowid, id, row, snapshot }))
+        };
+        let mut pending_case = read_case()?;
+        loop {
+            let next_rowid = match (&pending_case, &pending_log) {
+                (None, None) => return Ok(()),
+                (Some(c), Some((l, _))) => c.rowid.min(*l),
+                (Some(c), None) => c.rowid,
+                (None, Some((l, _))) => *l,
+            };
+            let read = match pending_case.take() {
+                Some(c) if c.rowid == next_rowid => {
+                    pending_case = read_case()?;
+                    Some(c)
+                }
+                other => {
+                    pending_case = other;
+                    None
+                }
+            };
+            let (id, row, row_error, snapshot) = match read {
+                Some(CaseRead { id, row: Ok(row), snapshot, .. }) => (Some(row.id).or(id), Some(row), None, snapshot),
+                Some(CaseRead { id, row: Err(e), snapshot, .. }) => (id, None, Some(e), snapshot),
+                None => (None, None, None, None),
+            };
+            let case = id.unwrap_or(CaseId::from_bytes([0; 16]));
+            let village = row.as_ref().map(|r| r.village.clone()).unwrap_or_default();
+            let mut entries = Vec::new();
+            let mut bad_log = Vec::new();
+            while let Some((rowid, raw)) = pending_log.take() {
+                if rowid != next_rowid {
+                    pending_log = Some((rowid, raw));
+                    break;
+                }
+                match raw {
+                    Ok(raw) => {
+                        let (seq, prev) = (raw.log_seq, prev_chain(raw.log_seq));
+                        match raw.into_entry(case, &village, prev) {
+                            Ok(e) => entries.push(e),
+                            Err(e) => bad_log.push((seq, e.to_string())),
+                        }
+                    }
+                    Err(bad) => bad_log.push(bad),
+                }
+                pending_log = next_log()?;
+            }
+            let stored = StoredCase { rowid: next_rowid, id, row, row_error, snapshot, log: entries, bad_log };
+            if !each(stored) {
+                return Ok(());
+            }
+        }
     }
 
     /// Runs SQLite's integrity check; `Ok(())` if the file is sound.
@@ -976,15 +1352,20 @@ fn apply_key(conn: &Connection, key: &DataKey) -> Result<(), StoreError> {
 }
 
 const CASE_COLUMNS: &str = "id, number, village, grid, level, status, category, risk, \
-                            deadline, recorded_at, updated_at, title, responsible, conflicts";
+                            deadline, recorded_at, updated_at, title, responsible, conflicts, open_conflicts";
 
 fn read_case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaseRow> {
+    read_case_row_at(r, 0)
+}
+
+/// A [`CaseRow`] from [`CASE_COLUMNS`] starting at column `at`.
+fn read_case_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<CaseRow> {
     let bad = |i: usize, what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("bad {what}").into())
+        rusqlite::Error::FromSqlConversionFailure(at + i, rusqlite::types::Type::Text, format!("bad {what}").into())
     };
-    let id: Vec<u8> = r.get(0)?;
+    let id: Vec<u8> = r.get(at)?;
     let id: [u8; 16] = id.try_into().map_err(|_| bad(0, "case id"))?;
-    let text = |i: usize| r.get::<_, String>(i);
+    let text = |i: usize| r.get::<_, String>(at + i);
     let village = text(2)?;
     // County and township are the 6- and 9-digit prefixes of the village.
     let prefix = |n: usize| village.get(..n).unwrap_or_default().to_owned();
@@ -993,19 +1374,93 @@ fn read_case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaseRow> {
         number: text(1)?,
         county: prefix(6),
         township: prefix(9),
-        grid: r.get(3)?,
+        grid: r.get(at + 3)?,
         level: Level::parse(&text(4)?).map_err(|_| bad(4, "level"))?,
         status: Status::parse(&text(5)?).map_err(|_| bad(5, "status"))?,
         category: Category::parse(&text(6)?).map_err(|_| bad(6, "category"))?,
         risk: Risk::parse(&text(7)?).map_err(|_| bad(7, "risk"))?,
-        deadline: r.get::<_, Option<i64>>(8)?.map(Timestamp),
-        recorded_at: Timestamp(r.get(9)?),
-        updated_at: Timestamp(r.get(10)?),
+        deadline: r.get::<_, Option<i64>>(at + 8)?.map(Timestamp),
+        recorded_at: Timestamp(r.get(at + 9)?),
+        updated_at: Timestamp(r.get(at + 10)?),
         title: text(11)?,
-        responsible: r.get(12)?,
-        conflicts: r.get(13)?,
+        responsible: r.get(at + 12)?,
+        conflicts: r.get(at + 13)?,
+        open_conflicts: r.get(at + 14)?,
         village,
     })
+}
+
+/// One case as a whole-file check reads it (see [`Store::scan_cases`]).
+#[derive(Debug, Clone)]
+pub struct StoredCase {
+    /// The case's row id (what log rows refer to it by).
+    pub rowid: i64,
+    /// The case id, when its row has a readable one.
+    pub id: Option<CaseId>,
+    /// Its projected row; `None` when log rows name a case that has none, or
+    /// when the row does not read (see `row_error`).
+    pub row: Option<CaseRow>,
+    /// Why the row does not read, if it does not.
+    pub row_error: Option<String>,
+    /// Its saved document; `None` when the row has no snapshot.
+    pub snapshot: Option<Vec<u8>>,
+    /// Its log rows, in log order.
+    pub log: Vec<LogEntry>,
+    /// Log rows that do not read: (position, which value).
+    pub bad_log: Vec<(i64, String)>,
+}
+
+/// A case row as [`Store::scan_cases`] reads it.
+struct CaseRead {
+    rowid: i64,
+    id: Option<CaseId>,
+    row: Result<CaseRow, String>,
+    snapshot: Option<Vec<u8>>,
+}
+
+/// A BLOB column, also accepting TEXT (a hand edit with the sqlite3 shell
+/// easily stores one); anything else names the column.
+fn lenient_blob(r: &rusqlite::Row<'_>, i: usize) -> Result<Option<Vec<u8>>, String> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i).map_err(|e| e.to_string())? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+        _ => Err(r.as_ref().column_name(i).map_or_else(|_| format!("column {i}"), ToOwned::to_owned)),
+    }
+}
+
+/// A log row as [`Store::scan_cases`] reads it, or (position, which value)
+/// when it does not read.
+type ScannedRow = Result<RawLogRow, (i64, String)>;
+
+/// A log row as [`Store::scan_cases`] reads it, before its case is known.
+#[derive(Debug)]
+struct RawLogRow {
+    log_seq: i64,
+    hash_key: Vec<u8>,
+    from: Option<Vec<u8>>,
+    signer: Option<Vec<u8>>,
+    signature: Option<Vec<u8>>,
+    chain: i64,
+    received: Option<i64>,
+}
+
+impl RawLogRow {
+    fn into_entry(self, case: CaseId, village: &str, prev_chain: i64) -> Result<LogEntry, StoreError> {
+        (
+            self.log_seq,
+            case.as_bytes().to_vec(),
+            self.hash_key,
+            self.from,
+            self.signer,
+            self.signature,
+            village.to_owned(),
+            self.chain,
+            prev_chain,
+            self.received,
+        )
+            .parse()
+    }
 }
 
 fn case_id(b: &[u8]) -> Result<CaseId, StoreError> {
@@ -1034,7 +1489,8 @@ fn snapshot_get(conn: &Connection, case: CaseId) -> Result<Option<Vec<u8>>, Stor
         .map_err(sq("read snapshot"))
 }
 
-const PEER_COLUMNS: &str = "replica, tier, scope, their_seq, their_hash, acked_seq, last_sync";
+const PEER_COLUMNS: &str =
+    "replica, tier, scope, their_seq, their_hash, acked_seq, last_sync, signer, lag_lacks, lag_owes, lag_at";
 
 fn read_peer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PeerRow, StoreError>> {
     let replica: Vec<u8> = r.get(0)?;
@@ -1044,6 +1500,8 @@ fn read_peer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PeerRow, Stor
     let their_seq: i64 = r.get(3)?;
     let acked_seq: i64 = r.get(5)?;
     let last_sync: Option<i64> = r.get(6)?;
+    let signer: Option<Vec<u8>> = r.get(7)?;
+    let lag: (Option<i64>, Option<i64>, Option<i64>) = (r.get(8)?, r.get(9)?, r.get(10)?);
     Ok((|| {
         Ok(PeerRow {
             replica: replica_id(&replica)?,
@@ -1053,6 +1511,11 @@ fn read_peer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PeerRow, Stor
             their_hash: hash.map(hash32).transpose()?.unwrap_or([0; 32]),
             acked_seq,
             last_sync: last_sync.map(Timestamp),
+            signer: signer.map(key32).transpose()?,
+            lag: match lag {
+                (Some(lacks), Some(owes), Some(at)) => Some(PeerLag { lacks, owes, at: Timestamp(at) }),
+                _ => None,
+            },
         })
     })())
 }
@@ -1079,12 +1542,13 @@ fn grant_get(conn: &Connection, signer: &[u8; 32]) -> Result<Option<GrantRow>, S
 /// The columns [`read_log_row`] reads, from `changes c JOIN cases k`. The
 /// chain of the row before is one lookup by primary key.
 const LOG_COLUMNS: &str = "c.log_seq, k.id, c.hash_key, c.received_from, c.signer, c.signature, k.village, c.chain, \
-     coalesce((SELECT p.chain FROM changes p WHERE p.log_seq < c.log_seq ORDER BY p.log_seq DESC LIMIT 1), 0)";
+     coalesce((SELECT p.chain FROM changes p WHERE p.log_seq < c.log_seq ORDER BY p.log_seq DESC LIMIT 1), 0), \
+     c.received_sec";
 
-type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64, i64);
+type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64, i64, Option<i64>);
 
 fn read_log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRaw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
 trait ParseLog {
@@ -1093,7 +1557,7 @@ trait ParseLog {
 
 impl ParseLog for LogRaw {
     fn parse(self) -> Result<LogEntry, StoreError> {
-        let (log_seq, case, hash_key, from, signer, signature, village, chain, prev_chain) = self;
+        let (log_seq, case, hash_key, from, signer, signature, village, chain, prev_chain, received) = self;
         if hash_key.is_empty() || hash_key.len() > 32 {
             return Err(StoreError::BadValue { what: "change hash key" });
         }
@@ -1107,6 +1571,7 @@ impl ParseLog for LogRaw {
             signature,
             village,
             chain,
+            received_at: received.map(|s| Timestamp(s.saturating_mul(1000))),
         })
     }
 }
@@ -1179,6 +1644,17 @@ impl Tx<'_> {
         snapshot_get(&self.tx, case)
     }
 
+    /// How many conflicts a case's row counts open (its field conflicts for
+    /// a row from before schema 4), as this transaction sees it.
+    pub fn open_conflicts(&self, case: CaseId) -> Result<Option<u32>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT coalesce(open_conflicts, conflicts) FROM cases WHERE id = ?1")
+            .map_err(sq("prepare case"))?
+            .query_row([case.as_bytes()], |r| r.get(0))
+            .optional()
+            .map_err(sq("read case"))
+    }
+
     /// Inserts or replaces a case's projected row and snapshot; returns its
     /// local row id. (`row.county` and `row.township` are not stored: they
     /// are read back as prefixes of `row.village`.)
@@ -1187,13 +1663,15 @@ impl Tx<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO cases(id, number, village, grid, level, status, category, risk,
-                                   deadline, recorded_at, updated_at, title, responsible, conflicts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                                   deadline, recorded_at, updated_at, title, responsible, conflicts,
+                                   open_conflicts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT(id) DO UPDATE SET number=excluded.number, village=excluded.village, grid=excluded.grid,
                    level=excluded.level, status=excluded.status, category=excluded.category,
                    risk=excluded.risk, deadline=excluded.deadline, recorded_at=excluded.recorded_at,
                    updated_at=excluded.updated_at, title=excluded.title,
-                   responsible=excluded.responsible, conflicts=excluded.conflicts
+                   responsible=excluded.responsible, conflicts=excluded.conflicts,
+                   open_conflicts=excluded.open_conflicts
                  RETURNING rowid",
             )
             .map_err(sq("prepare case upsert"))?
@@ -1213,6 +1691,7 @@ impl Tx<'_> {
                     row.title,
                     row.responsible,
                     row.conflicts,
+                    row.open_conflicts,
                 ],
                 |r| r.get(0),
             )
@@ -1227,6 +1706,8 @@ impl Tx<'_> {
 
     /// Appends a change to the log; returns its position. The row keeps the
     /// first [`KEY_BYTES`] bytes of `hash`; the chain is of the full hash.
+    /// `received_at` is when a change from elsewhere arrived (kept to the
+    /// second); `None` for a change written here.
     pub fn log_change(
         &self,
         case_rowid: i64,
@@ -1234,6 +1715,7 @@ impl Tx<'_> {
         received_from: Option<ReplicaId>,
         signer: Option<&[u8; 32]>,
         signature: Option<&[u8]>,
+        received_at: Option<Timestamp>,
     ) -> Result<i64, StoreError> {
         let prev: i64 = self
             .tx
@@ -1246,8 +1728,8 @@ impl Tx<'_> {
         let chain = chain_next(prev, hash);
         self.tx
             .prepare_cached(
-                "INSERT INTO changes(hash_key, case_rowid, received_from, signer, signature, chain)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO changes(hash_key, case_rowid, received_from, signer, signature, chain, received_sec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(sq("prepare log"))?
             .execute(params![
@@ -1256,7 +1738,8 @@ impl Tx<'_> {
                 received_from.map(|r| r.as_bytes().to_vec()),
                 signer.map(|s| s.to_vec()),
                 signature,
-                chain
+                chain,
+                received_at.map(|t| t.0.div_euclid(1000))
             ])
             .map_err(sq("append log"))?;
         Ok(self.tx.last_insert_rowid())
@@ -1277,7 +1760,7 @@ impl Tx<'_> {
                 p.bytes,
                 p.received_from.map(|r| r.as_bytes().to_vec()),
                 p.signature,
-                at.0,
+                p.received_at.map_or(at.0, |t| t.0),
                 p.signer.map(|s| s.to_vec())
             ])
             .map_err(sq("keep pending change"))?;
@@ -1288,7 +1771,9 @@ impl Tx<'_> {
     pub fn pending_for(&self, case: CaseId) -> Result<Vec<PendingChange>, StoreError> {
         let mut stmt = self
             .tx
-            .prepare_cached("SELECT hash, bytes, received_from, signature, signer FROM pending WHERE case_id = ?1")
+            .prepare_cached(
+                "SELECT hash, bytes, received_from, signature, signer, received_at FROM pending WHERE case_id = ?1",
+            )
             .map_err(sq("prepare pending"))?;
         let rows = stmt
             .query_map([case.as_bytes()], |r| {
@@ -1298,12 +1783,13 @@ impl Tx<'_> {
                     r.get::<_, Option<Vec<u8>>>(2)?,
                     r.get(3)?,
                     r.get::<_, Option<Vec<u8>>>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })
             .map_err(sq("read pending"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (hash, bytes, from, signature, signer) = row.map_err(sq("read pending"))?;
+            let (hash, bytes, from, signature, signer, received_at) = row.map_err(sq("read pending"))?;
             out.push(PendingChange {
                 hash: hash32(hash)?,
                 case,
@@ -1311,6 +1797,7 @@ impl Tx<'_> {
                 received_from: from.map(|f| replica_id(&f)).transpose()?,
                 signer: signer.map(key32).transpose()?,
                 signature,
+                received_at: Some(Timestamp(received_at)),
             });
         }
         Ok(out)
@@ -1327,19 +1814,50 @@ impl Tx<'_> {
     }
 
     /// Writes an audit record.
-    pub fn audit(
-        &self,
-        at: Timestamp,
-        kind: &str,
-        case: Option<CaseId>,
-        peer: Option<&str>,
-        detail: &str,
-    ) -> Result<(), StoreError> {
+    pub fn audit(&self, at: Timestamp, record: &NewAudit<'_>) -> Result<(), StoreError> {
+        let params = record.params.as_ref().map(ToString::to_string);
         self.tx
-            .prepare_cached("INSERT INTO audit(at, kind, case_id, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .prepare_cached(
+                "INSERT INTO audit(at, kind, case_id, peer, detail, code, change_hash, signer, params)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
             .map_err(sq("prepare audit"))?
-            .execute(params![at.0, kind, case.map(|c| c.as_bytes().to_vec()), peer, detail])
+            .execute(params![
+                at.0,
+                record.kind,
+                record.case.map(|c| c.as_bytes().to_vec()),
+                record.peer,
+                record.detail,
+                record.code,
+                record.change.map(|h| h.to_vec()),
+                record.signer.map(|k| k.to_vec()),
+                params
+            ])
             .map_err(sq("write audit"))?;
+        Ok(())
+    }
+
+    /// Records which grant a peer holds (the first grant it sent in a
+    /// session), creating the peer's row if this is the first word of it.
+    pub fn set_peer_signer(&self, peer: &PeerRow, signer: &[u8; 32]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO peers(replica, tier, scope, signer) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(replica) DO UPDATE SET signer = excluded.signer",
+            )
+            .map_err(sq("prepare peer"))?
+            .execute(params![peer.replica.as_bytes(), peer.tier, peer.scope, signer])
+            .map_err(sq("write peer"))?;
+        Ok(())
+    }
+
+    /// Records the lag with a peer at the end of a session.
+    pub fn set_peer_lag(&self, replica: ReplicaId, lag: &PeerLag) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE peers SET lag_lacks = ?2, lag_owes = ?3, lag_at = ?4 WHERE replica = ?1")
+            .map_err(sq("prepare peer"))?
+            .execute(params![replica.as_bytes(), lag.lacks, lag.owes, lag.at.0])
+            .map_err(sq("write peer"))?;
         Ok(())
     }
 
@@ -1433,6 +1951,7 @@ mod tests {
             title: title.into(),
             responsible: None,
             conflicts: 0,
+            open_conflicts: Some(0),
         }
     }
 

@@ -61,7 +61,7 @@ pub(crate) enum Command {
     Case(CaseCommand),
     /// 导出全部案件 / Export every case
     Export(ExportArgs),
-    /// 查看本机审计记录（拒收的修改、并发冲突） / Show this replica's audit log (refused changes, conflicts)
+    /// 合并审计：概要、冲突、经过、校验、比对、拒收 / Merge audit: summary, conflicts, history, verify, compare, refusals
     Audit(AuditArgs),
     /// 演示：在本机跑一遍完整的县、乡、村流程 / A guided demo: the whole county, township and village story on this machine
     Demo,
@@ -359,8 +359,97 @@ pub(crate) struct ExportArgs {
     pub unmasked: bool,
 }
 
+/// `fq audit`: the summary, or one of the audit's commands.
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// 列出所有并发冲突（字段的多个值、同时修改的文字、相互矛盾的办理事件） / Every open conflict
+    Conflicts(ConflictsArgs),
+    /// 写入一个新值来解决冲突（在设备或本人的台账上） / Settle a conflict by writing a new value
+    Resolve(ResolveArgs),
+    /// 一件案件的完整经过：谁在哪台设备、何时改了什么 / The full timeline of one case
+    History(HistoryArgs),
+    /// 校验整个台账：签名、权限、哈希链、案件列表、数据库完整性 / Check the whole replica
+    Verify(VerifyArgs),
+    /// 与上级服务器比对，列出双方各缺哪些修改（不改动任何数据） / Compare with the parent server
+    Compare(CompareArgs),
+    /// 本机拒收的修改 / Changes this replica refused
+    Refused(RefusedArgs),
+    /// 原始审计记录 / The raw audit records
+    Log(LogArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConflictsArgs {
+    /// 只看这件案件 / Only this case
+    #[arg(long, value_name = "案件 / CASE")]
+    pub case: Option<String>,
+    /// 只看这天以后的（如 2026-11-01） / Only since this date (e.g. 2026-11-01)
+    #[arg(long, value_name = "日期 / DATE")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResolveArgs {
+    #[command(flatten)]
+    pub case: CaseRef,
+    #[arg(
+        long,
+        value_name = "字段 / FIELD",
+        help = "有冲突的字段，如 title（标题）、description（案情描述）、status（办理状态）、parties[0].phone（第1个当事人的电话） / The field in conflict, e.g. title, description, status, parties[0].phone"
+    )]
+    pub field: String,
+    /// 正确的值 / The right value
+    #[arg(long, value_name = "值 / VALUE")]
+    pub value: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    #[command(flatten)]
+    pub case: CaseRef,
+    /// 设备时间与收到时间允许相差几分钟（默认10） / Allowed clock difference in minutes (default 10)
+    #[arg(long, value_name = "分钟 / MINUTES")]
+    pub skew: Option<String>,
+    /// 显示完整身份证号 / Show full ID numbers
+    #[arg(long)]
+    pub unmasked: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// 只校验这件案件（数据库完整性仍整体检查） / Only this case
+    #[arg(long, value_name = "案件 / CASE")]
+    pub case: Option<String>,
+    /// 用证书包里的县级根证书核对授权（服务器目录需要；设备默认用本机证书包） / Check grants against the CA of this bundle
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// 上级服务器地址（设备默认用上次同步的） / The parent server (default for a device: the last one synced with)
+    #[arg(long, value_name = "地址 / ADDR")]
+    pub server: Option<String>,
+    /// 用这个证书包连接（服务器目录用服务器自己的证书包） / Connect with this bundle (a server's own, for a server's directory)
+    #[arg(long, value_name = "证书包 / BUNDLE_FILE")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RefusedArgs {
+    /// 只看这天以后的（如 2026-11-01） / Only since this date (e.g. 2026-11-01)
+    #[arg(long, value_name = "日期 / DATE")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
     /// 最多显示几条（默认50） / At most this many records (default 50)
     #[arg(long, value_name = "数量 / N")]
     pub limit: Option<String>,

@@ -1,7 +1,7 @@
 //! Runs a validated request against the ledger and hands the result to
 //! `render`.
 //!
-//! Read-only commands (`case list`, `case show`, `export`, `audit`) open the
+//! Read-only commands (`case list`, `case show`, `export`, `audit` but `audit resolve`) open the
 //! ledger read-only, so they work beside a running server and never create a
 //! file. Write commands open it read-write; each ledger operation is one
 //! SQLite transaction, committed before the confirmation is printed. Either
@@ -21,7 +21,7 @@ use crate::lang::Lang;
 use crate::render::{self, Written};
 use crate::request::{self, Action, Filter, Request};
 use crate::vault::Place;
-use crate::{demo, enroll, export, sync};
+use crate::{audit, demo, enroll, export, sync};
 
 /// The ledger's file name inside the data directory.
 pub(crate) const LEDGER_FILE: &str = "ledger.db";
@@ -112,10 +112,7 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
             let done = export::run(&mut ledger, lang, format, file.as_deref(), unmasked)?;
             export::receipt(out, lang, json, format, &done, unmasked)
         }
-        Request::Audit { limit } => {
-            let ledger = open_read_only()?;
-            render::audit(out, lang, json, &ledger.audit(limit)?)
-        }
+        Request::Audit(request) => audit::run(out, &place, request, lang, json),
         Request::Demo => demo::run(lang, json),
     }
 }

@@ -6,6 +6,7 @@
 //!   is opened, so bad input writes nothing.
 //! - `command`: runs a request against the ledger.
 //! - `render`: what people see (sentences, tables, case cards) and `--json`.
+//! - `audit`: the merge audit (`fq audit` and its commands) and its words.
 //! - `export`: JSON and CSV exports.
 //! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`),
 //!   kept inside the encrypted ledger.
@@ -25,6 +26,7 @@ use std::ffi::OsString;
 
 use clap::FromArgMatches;
 
+mod audit;
 mod cli;
 mod command;
 mod demo;

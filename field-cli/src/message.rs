@@ -10,6 +10,7 @@
 use std::ffi::OsString;
 use std::io::{self, Write};
 
+use fq_core::audit::{CompareError, ResolveError, ResolveFailed};
 use fq_core::case::{Category, EventKind, InputError, Level, Outcome, Risk, Role, Status};
 use fq_core::ledger::{LedgerError, Tier};
 use fq_core::store::StoreError;
@@ -22,6 +23,7 @@ use fq_sync_server::client::SyncError;
 use fq_sync_server::net::{CloseCode, ConnectError};
 use serde::Serialize;
 
+use crate::audit::{Findings, findings_words};
 use crate::command::WriteRefused;
 use crate::enroll::EnrollError;
 use crate::lang::{Lang, choices};
@@ -92,6 +94,12 @@ pub(crate) enum Kind {
     KeyRejected,
     EncryptionFailed,
     ServerLedger,
+    InvalidDate,
+    AuditFindings,
+    UnknownField,
+    NoConflict,
+    CompareUnsupported,
+    NotParent,
 }
 
 impl Kind {
@@ -150,6 +158,12 @@ impl Kind {
         Kind::KeyRejected,
         Kind::EncryptionFailed,
         Kind::ServerLedger,
+        Kind::InvalidDate,
+        Kind::AuditFindings,
+        Kind::UnknownField,
+        Kind::NoConflict,
+        Kind::CompareUnsupported,
+        Kind::NotParent,
     ];
 }
 
@@ -323,6 +337,22 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
         }
         if let Some(e) = cause.downcast_ref::<LockError>() {
             return lock(e, lang);
+        }
+        if let Some(f) = cause.downcast_ref::<Findings>() {
+            return Problem::failure(Kind::AuditFindings, findings_words(lang, f));
+        }
+        if let Some(e) = cause.downcast_ref::<ResolveFailed>() {
+            return match e {
+                ResolveFailed::Resolve(r) => resolve(r, lang),
+                ResolveFailed::Ledger(l) => ledger(l, lang, err),
+                _ => Problem::failure(
+                    Kind::Failure,
+                    match lang {
+                        Lang::Zh => format!("操作失败：{err:#}"),
+                        Lang::En => format!("the operation failed: {err:#}"),
+                    },
+                ),
+            };
         }
         if let Some(e) = cause.downcast_ref::<EnrollError>() {
             return enroll(e, lang);
@@ -798,6 +828,13 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
             )
             .to_owned(),
         ),
+        ArgError::Date { input } => Problem::user(
+            Kind::InvalidDate,
+            match lang {
+                Lang::Zh => format!("日期“{input}”不对：请写成 年-月-日，例如 2026-11-01。"),
+                Lang::En => format!("date \"{input}\" is not valid: write YEAR-MONTH-DAY, e.g. 2026-11-01."),
+            },
+        ),
         ArgError::NoDataDir => Problem::user(
             Kind::NoDataDir,
             lang.pick(
@@ -1087,6 +1124,26 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
             },
         ),
         SyncError::Ledger(l) => ledger(l, lang, whole),
+        SyncError::Compare(CompareError::Ledger(l)) => ledger(l, lang, whole),
+        SyncError::Compare(CompareError::NotSupported(_)) => Problem::failure(
+            Kind::CompareUnsupported,
+            lang.pick(
+                "上级服务器的 fq-server 版本太旧，不支持比对：请先升级上级服务器。双方数据都没有改动。",
+                "the parent server's fq-server is too old to answer a comparison: upgrade it first. Nothing was changed on either side.",
+            )
+            .to_owned(),
+        ),
+        SyncError::Compare(CompareError::NotParent { claimed, own }) => Problem::failure(
+            Kind::NotParent,
+            match lang {
+                Lang::Zh => format!(
+                    "这台服务器（{claimed}）不是本台账（{own}）的上级：设备与本乡镇的服务器比对，乡镇服务器与县服务器比对。双方数据都没有改动。"
+                ),
+                Lang::En => format!(
+                    "that server ({claimed}) is not the parent of this replica ({own}): a device compares with its township's server, a township with the county's. Nothing was changed."
+                ),
+            },
+        ),
         _ => Problem::failure(
             Kind::SyncFailed,
             if zh {
@@ -1144,6 +1201,51 @@ fn sync_cause_zh(e: &SyncError) -> String {
         SyncError::Session(_) => "服务器发来的数据有误，本机结束了同步。".to_owned(),
         SyncError::Endpoint(_) => "本机的网络无法使用。".to_owned(),
         _ => "连接出了问题（用 --lang en 可以看到英文的详细原因）。".to_owned(),
+    }
+}
+
+/// The words for a conflict `fq audit resolve` cannot settle.
+fn resolve(e: &ResolveError, lang: Lang) -> Problem {
+    match e {
+        ResolveError::UnknownField(field) => Problem::user(
+            Kind::UnknownField,
+            match lang {
+                Lang::Zh => format!(
+                    "没有“{field}”这个字段。可以解决冲突的字段：title（标题）、category（类别）、risk（风险）、grid（网格）、responsible（责任人）、description（案情描述）、agreement（调解协议）、status（办理状态）、parties[序号].name/id_number/phone（当事人，序号从0开始）。"
+                ),
+                Lang::En => format!(
+                    "there is no field \"{field}\". Fields that can be resolved: title, category, risk, grid, responsible, description, agreement, status, parties[N].name/id_number/phone (N from 0)."
+                ),
+            },
+        ),
+        ResolveError::NoConflict { field, number } => Problem::user(
+            Kind::NoConflict,
+            match lang {
+                Lang::Zh => format!(
+                    "案件 {number} 的{}没有未解决的冲突，不需要解决：先运行 fq audit conflicts --case {number} 查看；要改内容请用 fq case edit。",
+                    crate::audit::field_label(lang, field)
+                ),
+                Lang::En => format!(
+                    "case {number} has no open conflict on {field}: see fq audit conflicts --case {number}; to change it anyway use fq case edit."
+                ),
+            },
+        ),
+        ResolveError::NotASide { value, choices } => Problem::user(
+            Kind::InvalidInput,
+            match lang {
+                Lang::Zh => format!("“{value}”不是相互矛盾的办理事件之一，可以选：{}。", choices.join("、")),
+                Lang::En => format!("\"{value}\" is not one of the conflicting events; choose one of: {}.", choices.join(", ")),
+            },
+        ),
+        ResolveError::ServerReplica => Problem::user(
+            Kind::ServerReplica,
+            lang.pick(
+                "这是服务器的台账，服务器只转发、不写入：请在本人的设备或县级管理员的台账上解决冲突，再同步。",
+                "this is a server's replica; servers relay and never write: resolve it on your own device or admin replica, then sync.",
+            )
+            .to_owned(),
+        ),
+        _ => Problem::user(Kind::InvalidInput, e.to_string()),
     }
 }
 

@@ -20,7 +20,7 @@ use fq_core::case::{Category, EventKind, IdNumber, Level, Outcome, Risk};
 use fq_core::clock::Timestamp;
 use fq_core::doc::{Author, CaseState, EventView, FieldConflict, HistoryEntry, PartyView};
 use fq_core::ledger::{CaseView, Identity};
-use fq_core::store::{AuditEntry, CaseRow};
+use fq_core::store::CaseRow;
 use fq_core::sync::wire::RefuseReason;
 use fq_sync_server::ca::Bundle;
 use fq_sync_server::client::SyncReport;
@@ -262,7 +262,7 @@ pub(crate) fn sync_summary(
 }
 
 /// A byte count for people: `812 B`, `12.4 KB`, `3.1 MB`.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const KB: f64 = 1024.0;
     let f = n as f64;
     if f < KB {
@@ -352,7 +352,7 @@ fn acted(lang: Lang, action: &Action, s: &CaseState) -> String {
     }
 }
 
-fn table() -> Table {
+pub(crate) fn table() -> Table {
     let mut t = Table::new();
     t.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     t
@@ -415,7 +415,7 @@ fn deadline(lang: Lang, deadline: Option<Timestamp>, open: bool, now: Timestamp)
     }
 }
 
-fn author(lang: Lang, a: Option<&Author>) -> String {
+pub(crate) fn author(lang: Lang, a: Option<&Author>) -> String {
     match a {
         Some(a) => match lang {
             Lang::Zh => format!("{}（{}）", a.name, lang.label(a.role)),
@@ -589,7 +589,7 @@ fn level_label(lang: Lang, code: Option<&str>) -> String {
     code.and_then(|c| Level::parse(c).ok()).map_or_else(String::new, |l| lang.label(l).to_owned())
 }
 
-fn event(lang: Lang, e: &EventView) -> String {
+pub(crate) fn event(lang: Lang, e: &EventView) -> String {
     let label = lang.label(e.kind);
     let sep = lang.pick("：", ": ");
     let text = e.text.as_deref().map(|t| format!("{sep}{t}")).unwrap_or_default();
@@ -638,47 +638,6 @@ fn history_line(lang: Lang, h: &HistoryEntry) -> String {
     let device = h.device.as_deref().unwrap_or("?");
     let dev = lang.pick("设备", "device");
     format!("{}  {}  {}  {dev} {device}", minute(h.at), op_words(lang, &h.op), author(lang, h.author.as_ref()))
-}
-
-/// `audit`: a table, or `{"entries":[..],"count":n}`.
-pub(crate) fn audit(out: &mut dyn Write, lang: Lang, json: bool, entries: &[AuditEntry]) -> anyhow::Result<()> {
-    if json {
-        return json_line(out, &json!({ "entries": entries, "count": entries.len() }));
-    }
-    if entries.is_empty() {
-        writeln!(
-            out,
-            "{}",
-            lang.pick(
-                "没有审计记录：没有被拒收的修改，也没有并发冲突。",
-                "No audit records: nothing refused, no conflicts."
-            )
-        )?;
-        return Ok(());
-    }
-    let mut t = table();
-    t.set_header(match lang {
-        Lang::Zh => ["时间", "类型", "案件", "来源", "详情"],
-        Lang::En => ["Time", "Kind", "Case", "From", "Detail"],
-    });
-    for e in entries {
-        let kind = match (lang, e.kind.as_str()) {
-            (Lang::Zh, "refused") => "拒收",
-            (Lang::Zh, "quarantined") => "隔离",
-            (Lang::Zh, "conflict") => "并发修改",
-            (Lang::Zh, "merged") => "合并",
-            (_, other) => other,
-        };
-        t.add_row([
-            minute(e.at),
-            kind.to_owned(),
-            e.case.map(|c| c.to_string()).unwrap_or_default(),
-            e.peer.clone().unwrap_or_default(),
-            e.detail.clone(),
-        ]);
-    }
-    writeln!(out, "{t}")?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use fq_core::case::{
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
 
-use crate::cli::{CaseCommand, Cli, Command, ExportFormat, PassphraseCommand};
+use fq_core::clock::Timestamp;
+
+use crate::cli::{AuditCommand, CaseCommand, Cli, Command, ExportFormat, PassphraseCommand};
 
 /// The longest person name the ledger keeps, in characters (as in the core).
 const MAX_NAME_CHARS: usize = 50;
@@ -56,6 +58,12 @@ pub(crate) enum ArgError {
         path: PathBuf,
         /// What is wrong.
         problem: TextFileProblem,
+    },
+    /// A date that does not parse.
+    #[error("invalid date {input:?}: expected YYYY-MM-DD")]
+    Date {
+        /// What was given.
+        input: String,
     },
 }
 
@@ -160,10 +168,23 @@ pub(crate) enum Request {
     Edit { case: String, edit: FieldEdit },
     Act { case: String, action: Action },
     Export { format: ExportFormat, out: Option<PathBuf>, unmasked: bool },
-    Audit { limit: u32 },
+    Audit(Audit),
     Demo,
     Encrypt { wipe_after: Option<u32> },
     PassphraseChange { new_file: Option<PathBuf> },
+}
+
+/// `fq audit` and its commands, validated.
+#[derive(Debug)]
+pub(crate) enum Audit {
+    Summary,
+    Conflicts { case: Option<String>, since: Option<Timestamp> },
+    Resolve { case: String, field: String, value: String },
+    History { case: String, skew_ms: i64, unmasked: bool },
+    Verify { case: Option<String>, bundle: Option<PathBuf> },
+    Compare { server: Option<String>, bundle: Option<PathBuf> },
+    Refused { since: Option<Timestamp> },
+    Log { limit: u32 },
 }
 
 /// `case list` filters; `overdue` becomes a time when the ledger is open.
@@ -209,9 +230,7 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
         Command::Sync(a) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
         Command::Case(c) => case(c)?,
         Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
-        Command::Audit(a) => Request::Audit {
-            limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?.unwrap_or(DEFAULT_AUDIT_LIMIT),
-        },
+        Command::Audit(a) => Request::Audit(audit(a.command)?),
         Command::Demo => Request::Demo,
         Command::Encrypt(a) => {
             Request::Encrypt { wipe_after: a.wipe_after.as_deref().map(|n| number("wipe-after", n)).transpose()? }
@@ -294,6 +313,64 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
     })
 }
 
+fn audit(command: Option<AuditCommand>) -> anyhow::Result<Audit> {
+    let optional_case = |c: Option<String>| c.as_deref().map(reference).transpose();
+    Ok(match command {
+        None => Audit::Summary,
+        Some(AuditCommand::Conflicts(a)) => {
+            Audit::Conflicts { case: optional_case(a.case)?, since: a.since.as_deref().map(date).transpose()? }
+        }
+        Some(AuditCommand::Resolve(a)) => {
+            let value = a.value.trim().to_owned();
+            let field = a.field.trim().to_owned();
+            // The field and value are checked now: a wrong one writes nothing.
+            fq_core::audit::parse_field(&field, &value)?;
+            match field.as_str() {
+                "description" | "agreement" => check_text(text_field(&field), &value, MAX_TEXT_CHARS)?,
+                _ => check_line("value", &value, MAX_TITLE_CHARS)?,
+            };
+            Audit::Resolve { case: reference(&a.case.case)?, field, value }
+        }
+        Some(AuditCommand::History(a)) => Audit::History {
+            case: reference(&a.case.case)?,
+            skew_ms: a
+                .skew
+                .as_deref()
+                .map(|m| number("skew", m))
+                .transpose()?
+                .map_or(fq_core::audit::DEFAULT_SKEW_MS, |minutes| i64::from(minutes) * 60_000),
+            unmasked: a.unmasked,
+        },
+        Some(AuditCommand::Verify(a)) => Audit::Verify { case: optional_case(a.case)?, bundle: a.bundle },
+        Some(AuditCommand::Compare(a)) => {
+            Audit::Compare { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()), bundle: a.bundle }
+        }
+        Some(AuditCommand::Refused(a)) => Audit::Refused { since: a.since.as_deref().map(date).transpose()? },
+        Some(AuditCommand::Log(a)) => Audit::Log {
+            limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?.unwrap_or(DEFAULT_AUDIT_LIMIT),
+        },
+    })
+}
+
+/// The name a long-text check reports for a resolved field.
+fn text_field(field: &str) -> &'static str {
+    if field == "agreement" { "agreement" } else { "description" }
+}
+
+/// A date as people type it (`2026-11-01`, China time, from midnight), or an
+/// RFC 3339 time.
+fn date(input: &str) -> Result<Timestamp, ArgError> {
+    let text = input.trim();
+    let bad = || ArgError::Date { input: input.to_owned() };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Timestamp(t.timestamp_millis()));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad())?;
+    let midnight = day.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
+    // China Standard Time, UTC+8, no daylight saving.
+    Ok(Timestamp(midnight.and_utc().timestamp_millis() - 8 * 3_600_000))
+}
+
 fn act(case: &str, action: Action) -> Result<Request, InputError> {
     Ok(Request::Act { case: reference(case)?, action })
 }
@@ -337,5 +414,13 @@ mod tests {
         assert_eq!(number("grid", " 3 ").unwrap(), 3);
         assert!(matches!(number("grid", "三"), Err(ArgError::Number { what: "grid", .. })));
         assert!(number("limit", "-1").is_err());
+    }
+
+    #[test]
+    fn date_is_midnight_in_china() {
+        // 2026-11-01 00:00 in Beijing is 2026-10-31 16:00 UTC.
+        assert_eq!(date("2026-11-01").unwrap(), Timestamp(1_793_491_200_000 - 8 * 3_600_000));
+        assert_eq!(date("2026-11-01T00:00:00+08:00").unwrap(), date("2026-11-01").unwrap());
+        assert!(matches!(date("11/01/2026"), Err(ArgError::Date { .. })));
     }
 }

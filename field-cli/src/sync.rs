@@ -103,7 +103,7 @@ pub(crate) fn run(
 }
 
 /// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).
-fn options() -> SyncOptions {
+pub(crate) fn options() -> SyncOptions {
     let mut options = SyncOptions::default();
     if let Some(ms) = std::env::var(CONNECT_TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok())
         && ms > 0
@@ -113,10 +113,7 @@ fn options() -> SyncOptions {
     options
 }
 
-/// The server's address: an `IP:PORT`, or a `NAME:PORT` looked up by the system's name service.
-/// A name that is well formed but cannot be looked up is told apart from a badly written
-/// address: the first needs the network (or the IP address), the second a correction.
-fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
+pub(crate) fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
     let invalid = || AddressError::Invalid { input: text.to_owned() };
     let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
@@ -132,7 +129,7 @@ fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
     (host, port).to_socket_addrs().map_err(|_| not_found())?.next().ok_or_else(not_found)
 }
 
-fn remembered(dir: &Path) -> Option<String> {
+pub(crate) fn remembered(dir: &Path) -> Option<String> {
     let bytes = std::fs::read(dir.join(SERVER_FILE)).ok()?;
     let saved: Remembered = serde_json::from_slice(&bytes).ok()?;
     Some(saved.server).filter(|s| !s.trim().is_empty())

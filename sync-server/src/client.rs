@@ -22,6 +22,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use fq_core::audit::{CompareError, CompareReport, Comparison};
 use fq_core::clock::{Clock, SystemClock};
 use fq_core::ledger::{Ledger, LedgerError};
 use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, SessionError, Side, Stats};
@@ -175,6 +176,10 @@ pub enum SyncError {
     /// The local ledger failed.
     #[error("the local ledger failed")]
     Ledger(#[source] LedgerError),
+    /// A comparison (`fq audit compare`) failed: the server is older, not our
+    /// parent, or sent something we refuse.
+    #[error("the comparison failed")]
+    Compare(#[source] CompareError),
 }
 
 impl SyncError {
@@ -511,6 +516,41 @@ fn add(total: &mut Stats, s: &Stats) {
     total.refused_here += s.refused_here;
     total.bytes_out += s.bytes_out;
     total.bytes_in += s.bytes_in;
+}
+
+impl Dialed {
+    /// Compares the ledger with the server's data in its scope, read-only on
+    /// both sides (`fq audit compare`, ADR 22), then hangs up.
+    pub async fn compare(self, ledger: &mut Ledger) -> Result<CompareReport, SyncError> {
+        let result = self.run_compare(ledger).await;
+        CloseCode::Done.close(&self.connection);
+        HangUp { endpoint: self.endpoint }.wait().await;
+        result
+    }
+
+    async fn run_compare(&self, ledger: &mut Ledger) -> Result<CompareReport, SyncError> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| lost(&e))?;
+        let mut comparison = Comparison::new(ledger, Some(self.server.scope.clone())).map_err(SyncError::Compare)?;
+        let mut buf = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            while let Some(frame) = comparison.poll_transmit() {
+                send.write_all(&frame).await.map_err(write_error)?;
+            }
+            if comparison.is_done() {
+                break;
+            }
+            let read = tokio::time::timeout(self.options.stall_timeout, recv.read(&mut buf)).await;
+            match read {
+                Err(_) => return Err(SyncError::Stalled(self.options.stall_timeout)),
+                Ok(Ok(Some(n))) => comparison.handle_input(ledger, &buf[..n]).map_err(SyncError::Compare)?,
+                Ok(Ok(None)) => return Err(SyncError::Lost("the server ended the stream".into())),
+                Ok(Err(e)) => return Err(read_error(e)),
+            }
+        }
+        let _ = send.finish();
+        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, drain(&mut recv)).await;
+        comparison.report().cloned().ok_or(SyncError::Lost("the comparison ended without a result".into()))
+    }
 }
 
 /// A closed connection whose close the server has yet to see.

@@ -227,6 +227,7 @@ pub const EVENTS: &[(&str, &str)] = &[
     ("recovered by digest", "已按摘要补齐缺少的修改"),
     ("cannot start a session", "无法开始会话"),
     ("cannot read the upstream position", "无法读取与上级服务器的同步位置"),
+    ("cannot record the peer's lag", "无法记录下级还缺、还欠多少修改"),
     (
         "cannot save the received changes; closing every session, peers will resend",
         "无法保存收到的修改：关闭全部会话，对端会重新发送",

@@ -409,6 +409,24 @@ fn write_status(out: &mut impl Write, s: &Status, lang: Lang) -> io::Result<()> 
                     p.acked_seq
                 )?,
             }
+            if let Some(lag) = &p.lag {
+                match lang {
+                    Lang::En => writeln!(
+                        out,
+                        "    when its last session ended or caught up ({}): it lacked {} of our changes, owed us {}",
+                        lag.at.to_rfc3339(),
+                        lag.lacks,
+                        lag.owes
+                    )?,
+                    Lang::Zh => writeln!(
+                        out,
+                        "    最近一次同步追平或结束时（{}）：它还缺本服务器 {} 条修改，还欠本服务器 {} 条",
+                        lag.at.to_rfc3339(),
+                        lag.lacks,
+                        lag.owes
+                    )?,
+                }
+            }
         }
     }
     if !s.refusals.is_empty() {

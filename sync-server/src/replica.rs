@@ -318,6 +318,7 @@ impl Actor {
             Command::OverBudget { id, over, held: _held } => self.over_budget(id, over),
             Command::Ended { id, reason, held: _held } => {
                 if let Some(live) = self.sessions.remove(&id) {
+                    self.record_lag(&live);
                     self.emit(&live.out, Outgoing::Finish);
                     let caught_up = live.session.is_caught_up();
                     log_end(id, &live, &reason, caught_up);
@@ -427,8 +428,10 @@ impl Actor {
     /// Handles a session's events, queues its frames, and retires it if it has ended.
     fn flush(&mut self, id: SessionId) {
         let Some(live) = self.sessions.get_mut(&id) else { return };
+        let mut caught_up = false;
         while let Some(event) = live.session.poll_event() {
             log_event(id, live, &event);
+            caught_up |= event == Event::CaughtUp;
             if let Event::Connected(info) = &event {
                 let expected = tier_of(live.peer.role);
                 if info.tier != expected {
@@ -452,12 +455,37 @@ impl Actor {
             frames.push(Outgoing::Finish);
         }
         let out = live.out.clone();
+        // A township's session with its county stays open for hours: its lag
+        // is recorded each time it catches up, not only when it ends.
+        let lag = (caught_up && live.side == Side::Parent && !live.session.is_inspection())
+            .then(|| live.session.peer().map(|p| p.replica))
+            .flatten();
         for o in frames {
             self.emit(&out, o);
         }
+        if let Some(peer) = lag
+            && let Err(e) = self.ledger.record_caught_up(peer)
+        {
+            warn!(session = id, error = %e, "cannot record the peer's lag");
+        }
         if closed && let Some(live) = self.sessions.remove(&id) {
+            self.record_lag(&live);
             let reason = live.session.close_reason().unwrap_or("closed by this server").to_owned();
             log_end(id, &live, &reason, false);
+        }
+    }
+
+    /// After a session with a child: records how far apart the two were when
+    /// it ended, so `fq-server status` and `fq audit` show each child's lag
+    /// without dialing it (the county never dials its townships). Nothing is
+    /// recorded for an inspection, which writes nothing.
+    fn record_lag(&mut self, live: &Live) {
+        if live.side != Side::Parent || live.session.is_inspection() {
+            return;
+        }
+        let (Some(peer), Some(head)) = (live.session.peer(), live.session.peer_log_head()) else { return };
+        if let Err(e) = self.ledger.record_lag(peer.replica, head) {
+            warn!(peer = %live.peer.id, error = %e, "cannot record the peer's lag");
         }
     }
 

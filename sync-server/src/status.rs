@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use fq_core::audit::Names;
 use fq_core::clock::{SystemClock, Timestamp};
 use fq_core::ledger::{Identity, Ledger, LedgerError};
-use fq_core::store::AuditEntry;
+use fq_core::store::{AuditEntry, PeerLag};
 use fq_core::vault::DataKey;
 use serde::Serialize;
 
@@ -66,6 +67,11 @@ pub struct PeerStatus {
     pub acked_seq: i64,
     /// When they last synced (ms since the epoch), if ever.
     pub last_sync: Option<Timestamp>,
+    /// The certificate id the peer presented (its grant's subject), if known.
+    pub subject: Option<String>,
+    /// For a child: what it still lacked and owed when its last session
+    /// ended (ADR 23).
+    pub lag: Option<PeerLag>,
 }
 
 /// Reads the status of the plain replica in `data_dir`.
@@ -78,16 +84,19 @@ pub fn read_with_key(data_dir: &Path, key: Option<&DataKey>) -> Result<Status, L
     let clock = Arc::new(SystemClock);
     let ledger = Ledger::open_read_only_with_key(&data_dir.join(LEDGER_FILE), clock, key)?;
     let [cases, changes, pending, audit] = ledger.counts()?;
+    let names = Names::of(&ledger)?;
     let mut peers: Vec<PeerStatus> = ledger
         .peers()?
         .into_iter()
         .map(|p| PeerStatus {
             replica: p.replica.to_string(),
+            subject: names.replica(p.replica).subject,
             tier: p.tier,
             scope: p.scope,
             their_seq: p.their_seq,
             acked_seq: p.acked_seq,
             last_sync: p.last_sync,
+            lag: p.lag,
         })
         .collect();
     peers.sort_by(|a, b| b.last_sync.cmp(&a.last_sync).then_with(|| a.replica.cmp(&b.replica)));

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, OutgoingChange, RefuseReason, Tier};
 use crate::case::{AdminCode, CaseId, ReplicaId};
 use crate::doc::{self, CaseDoc, Hash};
-use crate::store::{GrantRow, LogEntry, PeerRow, StoreError, chain_next};
+use crate::store::{GrantRow, LogEntry, PeerLag, PeerRow, StoreError, chain_next};
 use crate::sync::wire::LogPosition;
 use crate::trust::SignedGrant;
 
@@ -72,7 +72,7 @@ pub(super) type DocHashes = HashMap<CaseId, Vec<Hash>>;
 /// here has no signature, but a change made to fit it would have to match a
 /// given 80-bit value: 2^80 tries. Rows from schema 1 have chain 0, which
 /// fits no hash; they keep 8-byte keys and are matched by key alone.
-pub(super) fn resolve_key(hashes: &[Hash], row: &LogEntry) -> Option<Hash> {
+pub(crate) fn resolve_key(hashes: &[Hash], row: &LogEntry) -> Option<Hash> {
     let mut found: Vec<&Hash> = hashes.iter().filter(|h| h.starts_with(&row.hash_key)).collect();
     if row.chain != 0 {
         found.retain(|h| chain_next(row.prev_chain, h) == row.chain);
@@ -223,6 +223,8 @@ impl Ledger {
             their_hash: upto.map_or_else(|| known.as_ref().map_or([0; 32], |k| k.their_hash), |p| p.hash),
             acked_seq: known.as_ref().map_or(0, |k| k.acked_seq),
             last_sync: Some(now),
+            signer: None,
+            lag: None,
         };
         self.apply_with(Some(peer.replica), changes, Admission::Signed, |tx, report| {
             // A change from a signer whose grant has not arrived yet may be
@@ -249,10 +251,66 @@ impl Ledger {
                 their_hash: [0; 32],
                 acked_seq: 0,
                 last_sync: Some(now),
+                signer: None,
+                lag: None,
             };
             tx.set_peer_received(&row)?;
         }
         tx.set_peer_acked(peer.replica, upto, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that `peer` holds the grant of `signer` (its own grant, the
+    /// first it sent in a session), so the audit can name it. Writes only
+    /// when that is news.
+    pub fn record_peer_grant(&mut self, peer: &PeerInfo, signer: &[u8; 32]) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        if self.store.peer(peer.replica)?.is_some_and(|p| p.signer.as_ref() == Some(signer)) {
+            return Ok(());
+        }
+        let row = PeerRow {
+            replica: peer.replica,
+            tier: peer.tier.code().to_owned(),
+            scope: peer.scope.to_string(),
+            their_seq: 0,
+            their_hash: [0; 32],
+            acked_seq: 0,
+            last_sync: None,
+            signer: Some(*signer),
+            lag: None,
+        };
+        let tx = self.store.transaction()?;
+        tx.set_peer_signer(&row, signer)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records, at the end of a session with a child, how far apart the two
+    /// were: the changes of this ledger in the child's scope the child has
+    /// not acknowledged (leaving out those that came from it), and the
+    /// positions of its log not held here, from `peer_log_head` (the child's
+    /// last word on its log head). A peer never seen before is skipped.
+    pub fn record_lag(&mut self, peer: ReplicaId, peer_log_head: i64) -> Result<Option<PeerLag>, LedgerError> {
+        self.check_writable()?;
+        let Some(row) = self.store.peer(peer)? else { return Ok(None) };
+        let scope = AdminCode::parse(&row.scope).map_err(LedgerError::Input)?;
+        let lacks = self.store.count_unacked(row.acked_seq, &scope, peer)?;
+        let lag = PeerLag { lacks, owes: peer_log_head.saturating_sub(row.their_seq).max(0), at: self.clock.now() };
+        let tx = self.store.transaction()?;
+        tx.set_peer_lag(peer, &lag)?;
+        tx.commit()?;
+        Ok(Some(lag))
+    }
+
+    /// Records that a session with `peer` just caught up: nothing was
+    /// missing either way at that moment. No count is needed (one cheap
+    /// write, made each time a long-lived session catches up).
+    pub fn record_caught_up(&mut self, peer: ReplicaId) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        let lag = PeerLag { lacks: 0, owes: 0, at: self.clock.now() };
+        let tx = self.store.transaction()?;
+        tx.set_peer_lag(peer, &lag)?;
         tx.commit()?;
         Ok(())
     }
@@ -308,6 +366,12 @@ impl Ledger {
             }
         }
         Ok(duplicates)
+    }
+
+    /// How many changes received from a peer were logged without a receive
+    /// time (a healthy ledger of schema 4 has none).
+    pub fn received_without_time(&self) -> Result<i64, LedgerError> {
+        Ok(self.store.received_without_time()?)
     }
 
     /// The grant of a signing key, if this ledger holds it.
@@ -382,6 +446,7 @@ mod tests {
             signature: None,
             village: "532924101201".into(),
             chain,
+            received_at: None,
         }
     }
 

@@ -27,6 +27,13 @@
 //! Any decode error, out-of-turn message or unauthorized hello ends the
 //! session with an `Error` frame; the caller drops the stream and the next
 //! session starts from the saved positions.
+//!
+//! # Inspection (ADR 22)
+//! A child may open with `Inspect` instead of `Hello` (`fq audit compare`,
+//! driven by [`crate::audit::Comparison`]). The parent answers with its Hello
+//! and then only answers queries about its data in the child's scope (bucket
+//! sums, case digests, change lists). Nothing is pushed, applied or
+//! recorded on either side.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -36,6 +43,7 @@ use super::wire::{
     self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
     MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, Message, PROTOCOL_VERSION, Refused,
 };
+use crate::audit;
 use crate::case::{AdminCode, CaseId};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
@@ -230,6 +238,8 @@ enum State {
     Hello,
     /// Exchanging pushes.
     Streaming,
+    /// Answering a child's read-only inspection.
+    Inspecting,
     /// Ended; nothing more is sent or accepted.
     Closed,
 }
@@ -289,6 +299,14 @@ pub struct Session {
     caught_up_reported: bool,
     stats: Stats,
     error: Option<String>,
+    /// The peer's log head, as its hello and its last `Done` said.
+    peer_log_head: Option<i64>,
+    /// Whether the peer's own grant (the first it sends) has been seen.
+    peer_grant_seen: bool,
+    /// Whether the peer opened a read-only inspection.
+    inspecting: bool,
+    /// The digest of the inspected scope, computed once per inspection.
+    inspected: Option<Vec<(CaseId, Hash)>>,
 }
 
 impl Session {
@@ -331,6 +349,10 @@ impl Session {
             caught_up_reported: false,
             stats: Stats::default(),
             error: None,
+            peer_log_head: None,
+            peer_grant_seen: false,
+            inspecting: false,
+            inspected: None,
         };
         if side == Side::Child {
             s.send_hello(ledger, expected_peer)?;
@@ -346,6 +368,17 @@ impl Session {
     /// Totals so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The peer's log head, as its hello and its last `Done` said.
+    pub fn peer_log_head(&self) -> Option<i64> {
+        self.peer_log_head
+    }
+
+    /// Whether this is a parent answering a read-only inspection: nothing was
+    /// or will be written.
+    pub fn is_inspection(&self) -> bool {
+        self.inspecting
     }
 
     /// Whether the session has ended (see [`Session::close_reason`]).
@@ -408,6 +441,8 @@ impl Session {
             State::Closed => None,
             State::Hello => Some(Timestamp(self.started.0 + self.cfg.hello_timeout_ms)),
             State::Streaming => self.in_flight.front().map(|f| Timestamp(f.sent_at.0 + self.ack_allowance_ms(f))),
+            // Queries come when the child asks; QUIC's idle timeout ends a dead one.
+            State::Inspecting => None,
         }
     }
 
@@ -527,28 +562,49 @@ impl Session {
                 self.state = State::Closed;
                 Err(SessionError::Peer { code, text })
             }
-            (State::Hello, Message::Hello { replica, tier, scope, have, min_version, max_version, .. }) => {
-                if wire::negotiate_version(min_version, max_version).is_none() {
-                    return Err(SessionError::Version { min: min_version, max: max_version });
-                }
-                if let Some(limit) = &self.creds.peer_scope_limit
-                    && !limit.contains(&scope)
-                {
-                    return Err(SessionError::Unauthorized { claimed: scope.to_string(), allowed: limit.to_string() });
-                }
-                // A child dials its parent: the parent must cover the child.
-                let me = ledger.identity();
-                let fits = match self.side {
-                    Side::Child => scope.contains(&me.scope) && tier != Tier::Device,
-                    Side::Parent => me.scope.contains(&scope),
-                };
-                if !fits {
-                    return Err(SessionError::Unauthorized {
-                        claimed: format!("{} {scope}", tier.code()),
-                        allowed: me.scope.to_string(),
-                    });
-                }
+            (State::Hello, Message::Inspect { replica, tier, scope, min_version, max_version })
+                if self.side == Side::Parent =>
+            {
+                self.check_peer(ledger, tier, &scope, min_version, max_version)?;
                 let peer = PeerInfo { replica, tier, scope };
+                self.send_hello(ledger, None)?;
+                self.state = State::Inspecting;
+                self.inspecting = true;
+                self.events.push_back(Event::Connected(peer.clone()));
+                self.peer = Some(peer);
+                Ok(())
+            }
+            (State::Inspecting, Message::SumsQuery { bits }) => {
+                let digest = self.inspected_digest(ledger)?;
+                let sums = audit::bucket_sums(digest, bits);
+                self.send(&Message::Sums { bits, sums })
+            }
+            (State::Inspecting, Message::CasesQuery { bits, buckets }) => {
+                let wanted: BTreeSet<u32> = buckets.into_iter().collect();
+                let entries = audit::cases_in_buckets(self.inspected_digest(ledger)?, bits, &wanted);
+                let parts = entries.chunks(MAX_DIGEST_ENTRIES).count().max(1);
+                if entries.is_empty() {
+                    self.send(&Message::Digest { part: 0, last: true, entries: Vec::new() })?;
+                }
+                for (i, chunk) in entries.chunks(MAX_DIGEST_ENTRIES).enumerate() {
+                    let part = u32::try_from(i).unwrap_or(u32::MAX);
+                    self.send(&Message::Digest { part, last: i + 1 == parts, entries: chunk.to_vec() })?;
+                }
+                Ok(())
+            }
+            (State::Inspecting, Message::ChangesQuery { cases }) => {
+                let scope = self.peer_scope()?;
+                for case in cases {
+                    for frame in audit::change_lists(ledger, case, &scope)? {
+                        self.send(&frame)?;
+                    }
+                }
+                self.send(&Message::Done { log_head: ledger.log_head()? })
+            }
+            (State::Hello, Message::Hello { replica, tier, scope, have, min_version, max_version, log_head }) => {
+                self.check_peer(ledger, tier, &scope, min_version, max_version)?;
+                let peer = PeerInfo { replica, tier, scope };
+                self.peer_log_head = Some(log_head);
                 if self.side == Side::Parent {
                     self.send_hello(ledger, Some(replica))?;
                 }
@@ -561,8 +617,27 @@ impl Session {
             (State::Streaming, Message::Grant { bytes }) => {
                 // A grant that does not verify is ignored: changes signed by
                 // its key are refused as unknown signers and reported back.
-                if let Ok(g) = SignedGrant::decode(&bytes, &self.creds.ca) {
-                    ledger.add_grant(&g)?;
+                // A grant held already, byte for byte, was verified when it was kept.
+                let held = trust::claimed_key(&bytes)
+                    .map(|k| ledger.grant(&k))
+                    .transpose()?
+                    .flatten()
+                    .filter(|g| g.bytes == bytes)
+                    .map(|g| g.signer);
+                let key = match held {
+                    Some(key) => Some(key),
+                    None => match SignedGrant::decode(&bytes, &self.creds.ca) {
+                        Ok(g) => Some(ledger.add_grant(&g)?.signer),
+                        Err(_) => None,
+                    },
+                };
+                // The peer sends its own grant first, before any push: it
+                // names the peer in the audit (a relay, a device).
+                if let Some(key) = key
+                    && !std::mem::replace(&mut self.peer_grant_seen, true)
+                    && let Some(peer) = self.peer.clone()
+                {
+                    ledger.record_peer_grant(&peer, &key)?;
                 }
                 Ok(())
             }
@@ -583,12 +658,55 @@ impl Session {
                 Ok(())
             }
             (State::Streaming, Message::Want { cases }) => self.send_wanted(ledger, cases, now),
-            (State::Streaming, Message::Done { .. }) => {
+            (State::Streaming, Message::Done { log_head }) => {
                 self.peer_done = true;
+                self.peer_log_head = Some(log_head);
                 Ok(())
             }
             (_, other) => Err(SessionError::Unexpected(other.name())),
         }
+    }
+
+    /// Checks a peer's hello (or inspection): a common version, a scope its
+    /// certificate allows, and the tree's shape (a child dials its parent,
+    /// which must cover it).
+    fn check_peer(
+        &self,
+        ledger: &Ledger,
+        tier: Tier,
+        scope: &AdminCode,
+        min_version: u8,
+        max_version: u8,
+    ) -> Result<(), SessionError> {
+        if wire::negotiate_version(min_version, max_version).is_none() {
+            return Err(SessionError::Version { min: min_version, max: max_version });
+        }
+        if let Some(limit) = &self.creds.peer_scope_limit
+            && !limit.contains(scope)
+        {
+            return Err(SessionError::Unauthorized { claimed: scope.to_string(), allowed: limit.to_string() });
+        }
+        let me = ledger.identity();
+        let fits = match self.side {
+            Side::Child => scope.contains(&me.scope) && tier != Tier::Device,
+            Side::Parent => me.scope.contains(scope),
+        };
+        if !fits {
+            return Err(SessionError::Unauthorized {
+                claimed: format!("{} {scope}", tier.code()),
+                allowed: me.scope.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The digest of the inspecting child's scope, read once per inspection.
+    fn inspected_digest(&mut self, ledger: &Ledger) -> Result<&[(CaseId, Hash)], SessionError> {
+        if self.inspected.is_none() {
+            let scope = self.peer_scope()?;
+            self.inspected = Some(ledger.digest(&scope)?);
+        }
+        Ok(self.inspected.as_deref().unwrap_or_default())
     }
 
     fn send_own_grant(&mut self) -> Result<(), SessionError> {

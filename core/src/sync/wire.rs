@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | 4 | payload length | `u32` big-endian, at most [`MAX_FRAME_BYTES`]; the prefix is not counted |
 //! | 1 | protocol version | [`PROTOCOL_VERSION`] |
-//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error |
+//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error; a read-only inspection (ADR 22): 9 inspect, 10 sums query, 11 sums, 12 cases query, 13 changes query, 14 change list |
 //! | rest | body | the message's fields in order, nothing after them |
 //!
 //! Integers are big-endian and fixed width. A string is `u16 length | UTF-8`, a byte string
@@ -53,6 +53,14 @@ pub const MAX_HEADS_PER_CASE: usize = 64;
 pub const MAX_TEXT_BYTES: usize = 1024;
 /// Most refusals in one ack.
 pub const MAX_REFUSALS: usize = 4096;
+/// Most bits of case id an inspection buckets cases by (65,536 buckets).
+pub const MAX_SUM_BITS: u8 = 16;
+/// Most buckets asked for in one cases query.
+pub const MAX_QUERY_BUCKETS: usize = 16_384;
+/// Most cases asked for in one changes query.
+pub const MAX_QUERY_CASES: usize = 4096;
+/// Most changes listed in one change list (a case with more is listed in several).
+pub const MAX_LISTED_CHANGES: usize = 8192;
 
 /// Bytes of the length prefix in front of every payload.
 pub const PREFIX_BYTES: usize = 4;
@@ -70,6 +78,12 @@ const KIND_DIGEST: u8 = 5;
 const KIND_WANT: u8 = 6;
 const KIND_DONE: u8 = 7;
 const KIND_ERROR: u8 = 8;
+const KIND_INSPECT: u8 = 9;
+const KIND_SUMS_QUERY: u8 = 10;
+const KIND_SUMS: u8 = 11;
+const KIND_CASES_QUERY: u8 = 12;
+const KIND_CHANGES_QUERY: u8 = 13;
+const KIND_CHANGE_LIST: u8 = 14;
 
 const FLAG_SIGNER: u8 = 0b01;
 const FLAG_SIGNATURE: u8 = 0b10;
@@ -83,6 +97,8 @@ const MIN_REFUSED_BYTES: usize = 16 + 32 + 1 + 2;
 const DIGEST_ENTRY_BYTES: usize = 16 + 32;
 /// case 16, head count 4.
 const MIN_WANT_CASE_BYTES: usize = 16 + 4;
+/// hash 32, time 8, device 8, message length 2.
+const MIN_LISTED_CHANGE_BYTES: usize = 32 + 8 + 8 + 2;
 const HASH_BYTES: usize = 32;
 
 /// Frames are reassembled in a buffer that is released, rather than kept, when it grew past
@@ -190,6 +206,19 @@ pub struct Refused {
     pub reason: RefuseReason,
     /// Why, for a person; at most [`MAX_TEXT_BYTES`] (see [`clip_text`]).
     pub text: String,
+}
+
+/// One change of a case as an inspection lists it: enough to name it for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedChange {
+    /// The change hash.
+    pub hash: Hash,
+    /// Its device time (ms since the epoch).
+    pub at: i64,
+    /// The device that made it (the first 8 bytes of its actor).
+    pub device: [u8; 8],
+    /// Its message (`fq1|op|role|name`), at most [`MAX_TEXT_BYTES`].
+    pub message: String,
 }
 
 /// Why a session is being ended, sent in [`Message::Error`].
@@ -322,6 +351,59 @@ pub enum Message {
         /// Why, for a person; at most [`MAX_TEXT_BYTES`] (see [`clip_text`]).
         text: String,
     },
+    /// A child's first message instead of [`Message::Hello`]: it asks for a
+    /// read-only inspection of the parent's data in its scope (`fq audit
+    /// compare`). The parent answers with its Hello and then only answers
+    /// queries; neither side writes anything. An older parent does not know
+    /// the kind and ends the session with `bad-frame`.
+    Inspect {
+        /// The sender's replica id.
+        replica: ReplicaId,
+        /// The sender's tier.
+        tier: Tier,
+        /// The division the sender holds, as in a Hello.
+        scope: AdminCode,
+        /// The oldest protocol version the sender speaks.
+        min_version: u8,
+        /// The newest protocol version the sender speaks.
+        max_version: u8,
+    },
+    /// Asks for the bucket sums of the inspected scope at `bits`.
+    SumsQuery {
+        /// Cases are put in buckets by the first `bits` bits of their id, at most [`MAX_SUM_BITS`].
+        bits: u8,
+    },
+    /// The bucket sums: for each of the `2^bits` buckets, the first 8 bytes of SHA-256 over
+    /// its cases' (id, heads hash) pairs in id order; all zero for an empty bucket.
+    Sums {
+        /// The bits asked for.
+        bits: u8,
+        /// One sum per bucket, `2^bits` of them.
+        sums: Vec<[u8; 8]>,
+    },
+    /// Asks for the (case id, heads hash) pairs of some buckets; the answer is [`Message::Digest`]
+    /// parts, the last one marked.
+    CasesQuery {
+        /// The bucket width, as in the sums.
+        bits: u8,
+        /// The buckets, at most [`MAX_QUERY_BUCKETS`], each below `2^bits`.
+        buckets: Vec<u32>,
+    },
+    /// Asks for the changes of some cases; the answer is one [`Message::ChangeList`] per case
+    /// (or more for a very long case), then [`Message::Done`].
+    ChangesQuery {
+        /// The cases, at most [`MAX_QUERY_CASES`].
+        cases: Vec<CaseId>,
+    },
+    /// The changes a replica holds of one case (none: it does not hold the case).
+    ChangeList {
+        /// The case.
+        case: CaseId,
+        /// Its number there (empty when it does not hold the case).
+        number: String,
+        /// The changes, at most [`MAX_LISTED_CHANGES`].
+        changes: Vec<ListedChange>,
+    },
 }
 
 impl Message {
@@ -336,6 +418,12 @@ impl Message {
             Message::Want { .. } => "want",
             Message::Done { .. } => "done",
             Message::Error { .. } => "error",
+            Message::Inspect { .. } => "inspect",
+            Message::SumsQuery { .. } => "sums query",
+            Message::Sums { .. } => "sums",
+            Message::CasesQuery { .. } => "cases query",
+            Message::ChangesQuery { .. } => "changes query",
+            Message::ChangeList { .. } => "change list",
         }
     }
 
@@ -349,6 +437,12 @@ impl Message {
             Message::Want { .. } => KIND_WANT,
             Message::Done { .. } => KIND_DONE,
             Message::Error { .. } => KIND_ERROR,
+            Message::Inspect { .. } => KIND_INSPECT,
+            Message::SumsQuery { .. } => KIND_SUMS_QUERY,
+            Message::Sums { .. } => KIND_SUMS,
+            Message::CasesQuery { .. } => KIND_CASES_QUERY,
+            Message::ChangesQuery { .. } => KIND_CHANGES_QUERY,
+            Message::ChangeList { .. } => KIND_CHANGE_LIST,
         }
     }
 }
@@ -572,6 +666,58 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
             w.u16(code.code())?;
             w.string("error text", text, MAX_TEXT_BYTES)?;
         }
+        Message::Inspect { replica, tier, scope, min_version, max_version } => {
+            check_hello(0, &LogPosition::START, *min_version, *max_version)
+                .map_err(|what| EncodeError::BadValue { what })?;
+            w.put(replica.as_bytes())?;
+            w.u8(tier_code(*tier))?;
+            w.string("scope", scope.as_str(), MAX_TEXT_BYTES)?;
+            w.u8(*min_version)?;
+            w.u8(*max_version)?;
+        }
+        Message::SumsQuery { bits } => {
+            check_bits(*bits).map_err(|what| EncodeError::BadValue { what })?;
+            w.u8(*bits)?;
+        }
+        Message::Sums { bits, sums } => {
+            check_bits(*bits).map_err(|what| EncodeError::BadValue { what })?;
+            if sums.len() != 1 << bits {
+                return Err(EncodeError::BadValue { what: "sums count" });
+            }
+            w.u8(*bits)?;
+            w.count("sums", sums.len(), 1 << MAX_SUM_BITS)?;
+            for sum in sums {
+                w.put(sum)?;
+            }
+        }
+        Message::CasesQuery { bits, buckets } => {
+            check_bits(*bits).map_err(|what| EncodeError::BadValue { what })?;
+            if buckets.iter().any(|b| u64::from(*b) >= 1 << bits) {
+                return Err(EncodeError::BadValue { what: "bucket" });
+            }
+            w.u8(*bits)?;
+            w.count("buckets", buckets.len(), MAX_QUERY_BUCKETS)?;
+            for b in buckets {
+                w.u32(*b)?;
+            }
+        }
+        Message::ChangesQuery { cases } => {
+            w.count("queried cases", cases.len(), MAX_QUERY_CASES)?;
+            for case in cases {
+                w.put(case.as_bytes())?;
+            }
+        }
+        Message::ChangeList { case, number, changes } => {
+            w.put(case.as_bytes())?;
+            w.string("case number", number, MAX_TEXT_BYTES)?;
+            w.count("listed changes", changes.len(), MAX_LISTED_CHANGES)?;
+            for c in changes {
+                w.put(&c.hash)?;
+                w.i64(c.at)?;
+                w.put(&c.device)?;
+                w.string("change message", &c.message, MAX_TEXT_BYTES)?;
+            }
+        }
     }
     Ok(w.finish())
 }
@@ -632,6 +778,70 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             let text = r.string("error text", MAX_TEXT_BYTES)?.to_owned();
             Message::Error { code, text }
         }
+        KIND_INSPECT => {
+            let replica = ReplicaId::from_bytes(r.array("replica id")?);
+            let tier = tier_from_code(r.u8("tier")?).ok_or(DecodeError::BadValue { what: "tier" })?;
+            let scope = canonical_scope(r.string("scope", MAX_TEXT_BYTES)?)?;
+            let min_version = r.u8("min version")?;
+            let max_version = r.u8("max version")?;
+            check_hello(0, &LogPosition::START, min_version, max_version)
+                .map_err(|what| DecodeError::BadValue { what })?;
+            Message::Inspect { replica, tier, scope, min_version, max_version }
+        }
+        KIND_SUMS_QUERY => {
+            let bits = r.u8("sum bits")?;
+            check_bits(bits).map_err(|what| DecodeError::BadValue { what })?;
+            Message::SumsQuery { bits }
+        }
+        KIND_SUMS => {
+            let bits = r.u8("sum bits")?;
+            check_bits(bits).map_err(|what| DecodeError::BadValue { what })?;
+            let count = r.count("sums", 1 << MAX_SUM_BITS, 8)?;
+            if count != 1 << bits {
+                return Err(DecodeError::BadValue { what: "sums count" });
+            }
+            let mut sums = Vec::with_capacity(count);
+            for _ in 0..count {
+                sums.push(r.array("sum")?);
+            }
+            Message::Sums { bits, sums }
+        }
+        KIND_CASES_QUERY => {
+            let bits = r.u8("sum bits")?;
+            check_bits(bits).map_err(|what| DecodeError::BadValue { what })?;
+            let count = r.count("buckets", MAX_QUERY_BUCKETS, 4)?;
+            let mut buckets = Vec::with_capacity(count);
+            for _ in 0..count {
+                let b = r.u32("bucket")?;
+                if u64::from(b) >= 1 << bits {
+                    return Err(DecodeError::BadValue { what: "bucket" });
+                }
+                buckets.push(b);
+            }
+            Message::CasesQuery { bits, buckets }
+        }
+        KIND_CHANGES_QUERY => {
+            let count = r.count("queried cases", MAX_QUERY_CASES, 16)?;
+            let mut cases = Vec::with_capacity(count);
+            for _ in 0..count {
+                cases.push(CaseId::from_bytes(r.array("case id")?));
+            }
+            Message::ChangesQuery { cases }
+        }
+        KIND_CHANGE_LIST => {
+            let case = CaseId::from_bytes(r.array("case id")?);
+            let number = r.string("case number", MAX_TEXT_BYTES)?.to_owned();
+            let count = r.count("listed changes", MAX_LISTED_CHANGES, MIN_LISTED_CHANGE_BYTES)?;
+            let mut changes = Vec::with_capacity(count);
+            for _ in 0..count {
+                let hash = r.array("change hash")?;
+                let at = r.i64("change time")?;
+                let device = r.array("device")?;
+                let message = r.string("change message", MAX_TEXT_BYTES)?.to_owned();
+                changes.push(ListedChange { hash, at, device, message });
+            }
+            Message::ChangeList { case, number, changes }
+        }
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
     r.finish()?;
@@ -641,13 +851,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
 fn decode_hello(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let replica = ReplicaId::from_bytes(r.array("replica id")?);
     let tier = tier_from_code(r.u8("tier")?).ok_or(DecodeError::BadValue { what: "tier" })?;
-    let raw = r.string("scope", MAX_TEXT_BYTES)?;
-    // Only the canonical digits: `AdminCode::parse` also accepts full-width digits and spaces,
-    // which would let one scope travel as many byte strings.
-    let scope = AdminCode::parse(raw)
-        .ok()
-        .filter(|code| code.as_str() == raw)
-        .ok_or(DecodeError::BadValue { what: "scope" })?;
+    let scope = canonical_scope(r.string("scope", MAX_TEXT_BYTES)?)?;
     let log_head = r.i64("log head")?;
     let have = LogPosition { seq: r.i64("have seq")?, hash: r.array("have hash")? };
     let min_version = r.u8("min version")?;
@@ -700,6 +904,17 @@ fn decode_ack(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         refused.push(Refused { case, hash, reason, text });
     }
     Ok(Message::Ack { batch, upto, applied, duplicates, pending, refused })
+}
+
+/// A division code exactly as `AdminCode::parse` accepts it unchanged: only the canonical
+/// digits (the parser also accepts full-width digits and spaces, which would let one scope
+/// travel as many byte strings).
+fn canonical_scope(raw: &str) -> Result<AdminCode, DecodeError> {
+    AdminCode::parse(raw).ok().filter(|code| code.as_str() == raw).ok_or(DecodeError::BadValue { what: "scope" })
+}
+
+fn check_bits(bits: u8) -> Result<(), &'static str> {
+    if bits > MAX_SUM_BITS { Err("sum bits") } else { Ok(()) }
 }
 
 fn check_position(seq: i64, what: &'static str) -> Result<(), &'static str> {
@@ -1288,7 +1503,7 @@ mod tests {
         assert_eq!(decode(&[]), Err(DecodeError::Truncated { what: "version" }));
         assert_eq!(decode(&[2, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 2 }));
         assert_eq!(decode(&[PROTOCOL_VERSION, 0]), Err(DecodeError::UnknownKind { kind: 0 }));
-        assert_eq!(decode(&[PROTOCOL_VERSION, 9]), Err(DecodeError::UnknownKind { kind: 9 }));
+        assert_eq!(decode(&[PROTOCOL_VERSION, 15]), Err(DecodeError::UnknownKind { kind: 15 }));
 
         let mut done = vec![PROTOCOL_VERSION, KIND_DONE];
         done.extend_from_slice(&(-1i64).to_be_bytes());

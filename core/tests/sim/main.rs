@@ -148,6 +148,21 @@ fn sim_catches_dropped_changes_with_missing_dependencies() {
 }
 
 #[test]
+fn sim_catches_missing_receive_times() {
+    assert_caught(Bug::NoReceiveTime, &["without a receive time"]);
+}
+
+#[test]
+fn sim_catches_verify_that_skips_signatures() {
+    assert_caught(Bug::VerifySkipsSignatures, &["tampered signature"]);
+}
+
+#[test]
+fn sim_catches_compare_that_drops_cases() {
+    assert_caught(Bug::CompareDropsCases, &["compare"]);
+}
+
+#[test]
 fn sim_catches_ignored_scope() {
     assert_caught(Bug::IgnoreScope, &["outside its scope", "outside its author's scope"]);
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use fq_core::audit::{self, Comparison, VerifyOptions};
 use fq_core::case::{AdminCode, CaseId, Category, Party, Risk, Role};
 use fq_core::clock::{ManualClock, Timestamp};
 use fq_core::doc::{FieldEdit, Hash};
@@ -152,6 +153,8 @@ struct World {
     /// is outside what the protocol can repair).
     step: u64,
     last_reinstall: u64,
+    /// The step at which `fq audit compare` runs mid-run against the truth.
+    compare_at: u64,
 }
 
 impl World {
@@ -177,6 +180,7 @@ impl World {
             imported: BTreeSet::new(),
             step: 0,
             last_reinstall: 0,
+            compare_at: 0,
         };
         let county = w.add_node("county", Kind::County, GrantRole::CountyServer, COUNTY, None)?;
         w.add_node("admin", Kind::Device, GrantRole::CountyAdmin, COUNTY, Some(county))?;
@@ -254,6 +258,7 @@ impl World {
 
     fn run(&mut self) -> Sim<()> {
         let steps = self.rng.random_range(150..300u64);
+        self.compare_at = self.rng.random_range(steps / 2..steps);
         for step in 0..steps {
             self.step = step;
             self.now += self.rng.random_range(50..5_000);
@@ -273,9 +278,143 @@ impl World {
                 _ => self.timeouts()?,
             }
             self.check_bounds()?;
+            if step == self.compare_at {
+                self.compare_mid_run()?;
+            }
         }
         self.heal()?;
-        self.check_invariants()
+        self.check_invariants()?;
+        self.check_audit()
+    }
+
+    /// `fq audit compare` on one live link, while replicas still differ: it
+    /// must name exactly the cases whose digests differ, and write nothing.
+    fn compare_mid_run(&mut self) -> Sim<()> {
+        let live: Vec<usize> = (0..self.links.len())
+            .filter(|&k| {
+                let l = &self.links[k];
+                self.nodes[l.child].ledger.is_some() && self.nodes[l.parent].ledger.is_some()
+            })
+            .collect();
+        let Some(&k) = live.get(self.rng.random_range(0..live.len().max(1))) else { return Ok(()) };
+        let (c, p) = (self.links[k].child, self.links[k].parent);
+        let scope = self.nodes[c].scope.clone();
+        let mine: BTreeMap<CaseId, Hash> =
+            self.nodes[c].ledger().digest(&scope).map_err(|e| e.to_string())?.into_iter().collect();
+        let theirs: BTreeMap<CaseId, Hash> =
+            self.nodes[p].ledger().digest(&scope).map_err(|e| e.to_string())?.into_iter().collect();
+        let mut truth: BTreeSet<CaseId> = mine.keys().chain(theirs.keys()).copied().collect();
+        truth.retain(|case| mine.get(case) != theirs.get(case));
+        let report = self.compare(c, p)?;
+        let found: BTreeSet<CaseId> = report.cases.iter().map(|d| d.case).collect();
+        if found != truth {
+            return Err(format!(
+                "compare {}→{} named {} differing cases, the digests differ on {}",
+                self.nodes[c].name,
+                self.nodes[p].name,
+                found.len(),
+                truth.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a comparison between child `c` and parent `p` in memory.
+    fn compare(&mut self, c: usize, p: usize) -> Sim<audit::CompareReport> {
+        let before = (self.nodes[c].ledger().counts(), self.nodes[p].ledger().counts());
+        let now = self.node_now(p);
+        let child_scope = self.nodes[c].scope.clone();
+        let parent_scope = self.nodes[p].scope.clone();
+        let mut cmp = Comparison::new(self.nodes[c].ledger(), Some(parent_scope)).map_err(|e| e.to_string())?;
+        let creds = self.creds(p, Some(child_scope));
+        let mut parent = Session::new(Side::Parent, self.nodes[p].ledger(), creds, SessionConfig::default(), None, now)
+            .map_err(|e| e.to_string())?;
+        for _ in 0..10_000 {
+            if cmp.is_done() {
+                break;
+            }
+            while let Some(f) = cmp.poll_transmit() {
+                parent.handle_input(self.nodes[p].ledger(), &f, now).map_err(|e| format!("compare: {e}"))?;
+            }
+            while let Some(f) = parent.poll_transmit() {
+                cmp.handle_input(self.nodes[c].ledger(), &f).map_err(|e| format!("compare: {e}"))?;
+            }
+        }
+        let after = (self.nodes[c].ledger().counts(), self.nodes[p].ledger().counts());
+        if format!("{before:?}") != format!("{after:?}") {
+            return Err("compare wrote to a replica".into());
+        }
+        cmp.report().cloned().ok_or_else(|| "compare did not finish".to_owned())
+    }
+
+    /// After healing: `verify` passes on every replica (a device that
+    /// imported another village's case is told about those changes only), `compare` finds nothing between each child and its parent,
+    /// every received change has a receive time, and a signature altered in
+    /// the county's file is found.
+    fn check_audit(&mut self) -> Sim<()> {
+        // Replicas of one county hold the same changes: a signature found
+        // valid at one is not checked again at the next (the memo holds
+        // only valid ones, so an altered signature is always checked).
+        let memo = Some(Arc::new(audit::SignatureMemo::default()));
+        let with_ca = VerifyOptions { ca: Some(self.ca.verifying_key()), threads: 1, memo, ..VerifyOptions::default() };
+        let quiet = |_: u64, _: u64| {};
+        for i in 1..self.nodes.len() {
+            let opts = &with_ca;
+            let imported: BTreeSet<CaseId> = self.imported.iter().filter(|(by, _)| *by == i).map(|(_, c)| *c).collect();
+            let name = self.nodes[i].name.clone();
+            let r = audit::verify(self.nodes[i].ledger(), opts, &quiet).map_err(|e| format!("{name}: verify: {e}"))?;
+            // An imported case's changes are not this device's own: unsigned
+            // ones are another device's, signed ones may be signed by keys
+            // whose grants never reached this device. Nothing else may fail.
+            let unexpected = r.failures.iter().find(|f| !f.case.is_some_and(|c| imported.contains(&c)));
+            if let Some(f) = unexpected.or(r.failures.first().filter(|_| !r.integrity)) {
+                return Err(format!("{name}: verify failed: {} on case {:?} change {:?}", f.code, f.number, f.change));
+            }
+            let missing = self.nodes[i].ledger().received_without_time().map_err(|e| e.to_string())?;
+            if missing > 0 {
+                return Err(format!("{name}: {missing} changes received without a receive time"));
+            }
+        }
+        for k in 0..self.links.len() {
+            let (c, p) = (self.links[k].child, self.links[k].parent);
+            let report = self.compare(c, p)?;
+            if let Some(d) = report.cases.first() {
+                return Err(format!(
+                    "compare {}→{} after healing: case {:?} differs ({} lacking here, {} there)",
+                    self.nodes[c].name,
+                    self.nodes[p].name,
+                    d.number,
+                    d.here_lacks.len(),
+                    d.there_lacks.len()
+                ));
+            }
+        }
+        self.tampered_county_is_caught(&with_ca)
+    }
+
+    /// Alters one signature in the county's file, as an intruder with the
+    /// sqlite3 shell would: `verify` must name that change, and only it.
+    fn tampered_county_is_caught(&mut self, opts: &VerifyOptions) -> Sim<()> {
+        let path = self.nodes[0].path.clone();
+        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        let row: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT log_seq, signature FROM changes WHERE signature IS NOT NULL ORDER BY log_seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        let Some((seq, mut signature)) = row else { return Ok(()) };
+        signature[0] ^= 0x01;
+        conn.execute("UPDATE changes SET signature = ?1 WHERE log_seq = ?2", rusqlite::params![signature, seq])
+            .map_err(|e| e.to_string())?;
+        drop(conn);
+        let r = audit::verify(self.nodes[0].ledger(), opts, &|_, _| {}).map_err(|e| e.to_string())?;
+        let named: Vec<(String, Option<i64>)> = r.failures.iter().map(|f| (f.code.clone(), f.log_seq)).collect();
+        if named != [("bad-signature".to_owned(), Some(seq))] {
+            return Err(format!("a tampered signature at county log position {seq} went unnoticed: {named:?}"));
+        }
+        Ok(())
     }
 
     fn tick_clocks(&mut self) {

@@ -80,13 +80,13 @@ fn case_show_lists_concurrent_edits_with_every_author() {
 fn audit_shows_conflict_records() {
     let fq = Fq::new();
     let number = conflicting_titles(&fq);
-    let audit = fq.json(&["audit"]);
+    let audit = fq.json(&["audit", "log"]);
     assert_valid("audit.v1.schema.json", &audit);
     let entries = audit["entries"].as_array().unwrap();
     assert!(
         entries.iter().any(|e| e["kind"] == "conflict" && e["detail"].as_str().unwrap().contains(&number)),
         "{audit:#}"
     );
-    let table = fq.run(&["audit"]).stdout;
+    let table = fq.run(&["audit", "log"]).stdout;
     assert!(table.contains("并发修改"), "{table}");
 }

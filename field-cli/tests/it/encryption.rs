@@ -265,7 +265,7 @@ fn encrypt_keeps_every_case_change_and_audit_record_of_a_plain_ledger() {
     let snapshot = |fq: &Fq| -> BTreeMap<String, Value> {
         let mut all = BTreeMap::new();
         all.insert("list".into(), fq.json(&["case", "list"]));
-        all.insert("audit".into(), fq.json(&["audit", "--limit", "1000"]));
+        all.insert("audit".into(), fq.json(&["audit", "log", "--limit", "1000"]));
         for n in &numbers {
             all.insert(n.clone(), fq.json(&["case", "show", n, "--history", "--unmasked"]));
         }

@@ -61,7 +61,7 @@ fn data_dir_comes_from_fq_data_dir_variable() {
 }
 
 /// The commands of `fq`: allowed right after `fq` or another command word.
-const COMMAND_WORDS: [&str; 24] = [
+const COMMAND_WORDS: [&str; 31] = [
     "fq",
     "demo",
     "encrypt",
@@ -86,6 +86,13 @@ const COMMAND_WORDS: [&str; 24] = [
     "archive",
     "export",
     "audit",
+    "conflicts",
+    "resolve",
+    "history",
+    "verify",
+    "compare",
+    "refused",
+    "log",
 ];
 
 /// Words that are names, not English prose: formats, the locale names.
@@ -106,6 +113,8 @@ fn codes() -> std::collections::BTreeSet<&'static str> {
         .chain(Role::ALL.iter().map(|r| r.code()))
         .chain(Outcome::ALL.iter().map(|o| o.code()))
         .chain(EventKind::ALL.iter().map(|e| e.code()))
+        // The fields `fq audit resolve --field` takes.
+        .chain(["title", "description", "category", "risk", "grid", "responsible", "parties", "agreement", "status"])
         .collect()
 }
 
@@ -116,7 +125,7 @@ fn codes() -> std::collections::BTreeSet<&'static str> {
 /// user's own `input`.
 pub(crate) fn english_words(text: &str, input: &[&str]) -> Vec<String> {
     let codes = codes();
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_./=:@'+|".contains(c);
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_./=:@'+|[]".contains(c);
     let mut found = Vec::new();
     let mut prev = String::new();
     let mut rest = text;
@@ -201,6 +210,13 @@ fn chinese_output_of_every_command_has_no_english_words() {
         "case archive",
         "export",
         "audit",
+        "audit conflicts",
+        "audit resolve",
+        "audit history",
+        "audit verify",
+        "audit compare",
+        "audit refused",
+        "audit log",
     ] {
         let mut args: Vec<&str> = path.split_whitespace().collect();
         args.push("--help");
@@ -232,6 +248,12 @@ fn chinese_output_of_every_command_has_no_english_words() {
         &["case", "followup", n, "--outcome", "honoured", "--note", "已履行"],
         &["case", "show", n, "--history"],
         &["audit"],
+        &["audit", "conflicts"],
+        &["audit", "history", n],
+        &["audit", "verify"],
+        &["audit", "refused"],
+        &["audit", "log"],
+        &["audit", "resolve", n, "--field", "title", "--value", "x"],
         &["case", "archive", n],
         &["case", "list", "--overdue"],
     ] {

@@ -2,6 +2,7 @@
 //! directory and reads its `--json` output, as a script or the app would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod conflict;
 mod crash;
 mod encryption;

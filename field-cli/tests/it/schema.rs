@@ -67,7 +67,14 @@ fn schemas_validate_every_json_output() {
     let out = fq.path("cases.csv");
     let receipt = fq.json(&["export", "--format", "csv", "--out", out.to_str().unwrap()]);
     assert_valid("export-receipt.v1.schema.json", &receipt);
-    assert_valid("audit.v1.schema.json", &fq.json(&["audit"]));
+    assert_valid("audit-summary.v1.schema.json", &fq.json(&["audit"]));
+    assert_valid("audit.v1.schema.json", &fq.json(&["audit", "log"]));
+    assert_valid("audit-conflicts.v1.schema.json", &fq.json(&["audit", "conflicts"]));
+    assert_valid("audit-refused.v1.schema.json", &fq.json(&["audit", "refused", "--since", "2026-01-01"]));
+    assert_valid("audit-history.v1.schema.json", &fq.json(&["audit", "history", number]));
+    assert_valid("audit-verify.v1.schema.json", &fq.json(&["audit", "verify"]));
+    // Verified once, the summary says when.
+    assert!(fq.json(&["audit"])["last_verify"]["passed"] == true);
     for bad in [
         vec!["--json", "case", "new", "--category", "ufo", "--title", "x"],
         vec!["--json", "case", "note", "nope", "x"],
