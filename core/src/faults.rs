@@ -19,6 +19,8 @@ pub enum Bug {
     DropMissingDeps = 4,
     /// Accept and send changes regardless of scope.
     IgnoreScope = 8,
+    /// Install a county policy older than the one in force.
+    AcceptOlderPolicy = 16,
 }
 
 #[cfg(feature = "sim-faults")]

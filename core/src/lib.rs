@@ -7,6 +7,8 @@ pub mod doc;
 pub mod faults;
 pub mod lang;
 pub mod ledger;
+pub mod policy;
+pub mod roster;
 pub mod sample;
 pub mod store;
 pub mod sync;

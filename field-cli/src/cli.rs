@@ -153,6 +153,9 @@ pub(crate) struct NewArgs {
     /// 风险等级，不写时为“低” / Risk (default low)
     #[arg(long, value_name = "风险 / RISK")]
     pub risk: Option<String>,
+    /// 风险标记，可写多次，如 criminal-risk（民转刑风险） / A risk flag, repeatable, e.g. criminal-risk
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub flag: Vec<String>,
     /// 网格编号 / Grid number
     #[arg(long, value_name = "编号 / N")]
     pub grid: Option<String>,
@@ -234,6 +237,12 @@ pub(crate) struct EditArgs {
     /// 增加当事人，可写多次，写法同 fq case new 的 --party / Add a party, repeatable, written as for fq case new --party
     #[arg(long, value_name = "当事人 / PARTY")]
     pub add_party: Vec<String>,
+    /// 加上风险标记，可写多次 / Add a risk flag, repeatable
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub add_flag: Vec<String>,
+    /// 去掉风险标记，可写多次 / Take a risk flag off, repeatable
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub remove_flag: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use fq_core::case::{
-    AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, Role, Status,
-    check_line, check_text,
+    AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, RiskFlag, Role,
+    Status, check_line, check_text,
 };
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
@@ -223,6 +223,7 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             },
             parties: parties(&a.party)?,
             risk: a.risk.as_deref().map(Risk::parse).transpose()?.unwrap_or(Risk::Low),
+            flags: flags(&a.flag)?,
             village: a.village.as_deref().map(AdminCode::parse).transpose()?,
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
         }),
@@ -250,6 +251,8 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
                 risk: a.risk.as_deref().map(Risk::parse).transpose()?,
                 grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
                 add_parties: parties(&a.add_party)?,
+                add_flags: flags(&a.add_flag)?,
+                remove_flags: flags(&a.remove_flag)?,
             },
         },
         CaseCommand::Note(a) => {
@@ -295,6 +298,10 @@ fn reference(input: &str) -> Result<String, InputError> {
         "" => Err(InputError::CaseRef { input: input.to_owned() }),
         r => Ok(r.to_owned()),
     }
+}
+
+fn flags(inputs: &[String]) -> Result<Vec<RiskFlag>, InputError> {
+    inputs.iter().map(|f| RiskFlag::parse(f)).collect()
 }
 
 fn parties(inputs: &[String]) -> Result<Vec<Party>, InputError> {

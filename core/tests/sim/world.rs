@@ -334,6 +334,7 @@ impl World {
                     description: format!("情况说明{n}"),
                     parties: vec![Party { name: format!("当事人{n}"), id_number: None, phone: None }],
                     risk: if n % 10 == 0 { Risk::High } else { Risk::Low },
+                    flags: Vec::new(),
                     village: Some(village),
                     grid: None,
                 })

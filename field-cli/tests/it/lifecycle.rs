@@ -201,6 +201,7 @@ fn case_list_overdue_marks_cases_past_deadline() {
         description: String::new(),
         parties: Vec::new(),
         risk: Risk::Medium,
+        flags: Vec::new(),
         village: None,
         grid: None,
     };

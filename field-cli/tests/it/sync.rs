@@ -335,6 +335,7 @@ fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
                 description: String::new(),
                 parties: Vec::new(),
                 risk: fq_core::case::Risk::Low,
+                flags: Vec::new(),
                 village: None,
                 grid: None,
             })
