@@ -1002,6 +1002,24 @@ impl Ledger {
         Ok(self.store.list(filter)?)
     }
 
+    /// Every case inside `within` with its projected events, one at a time:
+    /// what reports are computed from (no document is loaded).
+    pub fn scan(&self, within: &AdminCode, each: impl FnMut(&CaseRow, &[EventRow])) -> Result<usize, LedgerError> {
+        Ok(self.store.scan(within, each)?)
+    }
+
+    /// The cases inside `within` that may need attention by `due_before`
+    /// (see `crate::todo`): read from projected rows only.
+    pub fn attention(
+        &self,
+        within: &AdminCode,
+        due_before: Timestamp,
+        level: Level,
+    ) -> Result<Vec<CaseRow>, LedgerError> {
+        let visits = u32::try_from(self.policy.policy().follow_up_days.len()).unwrap_or(u32::MAX);
+        Ok(self.store.attention(within, due_before, level, visits)?)
+    }
+
     /// A case with its conflicts and, if asked, its full history.
     pub fn show(&mut self, case: CaseId, history: bool) -> Result<CaseView, LedgerError> {
         let policy = Arc::clone(&self.policy);

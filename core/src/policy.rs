@@ -25,6 +25,8 @@
 //! | 4 + n | `text`: the policy's TOML, at most [`MAX_POLICY_TEXT_BYTES`] |
 //! | 4 | `staff` count, at most [`MAX_STAFF`] |
 //! | … | each: `id` short, `name` short, `role` u8 (1 grid worker, 2 mediator, 3 township officer, 4 county admin), `scope` short, `grid` u16 (0: none) |
+//! | 4 | `areas` count, at most [`MAX_AREAS`] |
+//! | … | each: `code` short, `name` short: the names of the county, its townships and villages, for reports |
 //! | 64 | Ed25519 signature by the county CA over `b"fq policy v1\0"` and every byte above |
 //!
 //! # Invariants
@@ -55,6 +57,27 @@ pub const MAX_POLICY_BYTES: usize = 768 * 1024;
 pub const MAX_FOLLOW_UPS: usize = 6;
 /// The longest deadline or follow-up delay a policy may set, in days.
 pub const MAX_POLICY_DAYS: u32 = 365;
+/// Most named divisions a policy may carry (a county has a few hundred).
+pub const MAX_AREAS: usize = 5_000;
+
+/// A division's name, as the county writes it (宾居镇), for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Area {
+    /// Its code.
+    pub code: AdminCode,
+    /// Its name.
+    pub name: String,
+}
+
+/// The names of a county's divisions: the county, its townships and villages.
+pub fn areas_of(county: &crate::county::County) -> Vec<Area> {
+    let mut out = vec![Area { code: county.code.clone(), name: county.name.clone() }];
+    for t in &county.townships {
+        out.push(Area { code: t.code.clone(), name: t.name.clone() });
+        out.extend(t.villages.iter().map(|v| Area { code: v.code.clone(), name: v.name.clone() }));
+    }
+    out
+}
 
 const MAGIC: &[u8; 4] = b"fqP1";
 /// Domain separation: a policy signature can never pass for a grant's or a
@@ -345,21 +368,23 @@ pub struct SignedPolicy {
     issued_at: Timestamp,
     text: String,
     roster: Vec<Staff>,
+    areas: Vec<Area>,
     signature: [u8; SIGNATURE_BYTES],
     policy: Policy,
     bytes: Vec<u8>,
 }
 
 impl SignedPolicy {
-    /// Signs a policy text and roster with the CA key. The text must parse
-    /// and the roster be consistent: the CA never signs what replicas would
-    /// refuse.
+    /// Signs a policy text, roster and division names with the CA key. The
+    /// text must parse and the roster be consistent: the CA never signs what
+    /// replicas would refuse.
     pub fn sign(
         county: &AdminCode,
         version: u64,
         issued_at: Timestamp,
         text: &str,
         roster: Vec<Staff>,
+        areas: Vec<Area>,
         ca_key: &SigningKey,
     ) -> Result<SignedPolicy, PolicyError> {
         if county.level() != AdminLevel::County {
@@ -370,7 +395,8 @@ impl SignedPolicy {
         }
         let policy = Policy::parse(text)?;
         Roster::new(roster.clone())?;
-        let body = encode_body(county, version, issued_at, text, &roster)?;
+        check_areas(county, &areas)?;
+        let body = encode_body(county, version, issued_at, text, &roster, &areas)?;
         let signature = ca_key.sign(&signed_message(&body)).to_bytes();
         let mut bytes = body;
         bytes.extend_from_slice(&signature);
@@ -383,6 +409,7 @@ impl SignedPolicy {
             issued_at,
             text: text.to_owned(),
             roster,
+            areas,
             signature,
             policy,
             bytes,
@@ -438,6 +465,15 @@ impl SignedPolicy {
             let grid = u16::from_be_bytes(r.array()?);
             roster.push(Staff { id, name, role, scope, grid: (grid != 0).then_some(u32::from(grid)) });
         }
+        let count = r.u32()? as usize;
+        if count > MAX_AREAS || count > r.buf.len() / 2 {
+            return Err(PolicyError::Malformed("area count"));
+        }
+        let mut areas = Vec::with_capacity(count);
+        for _ in 0..count {
+            let code = AdminCode::parse(r.short()?).map_err(|_| PolicyError::Malformed("area code"))?;
+            areas.push(Area { code, name: r.short()?.to_owned() });
+        }
         let signature: [u8; SIGNATURE_BYTES] = r.array()?;
         if !r.buf.is_empty() {
             return Err(PolicyError::Malformed("trailing bytes"));
@@ -445,13 +481,14 @@ impl SignedPolicy {
         // One policy, one encoding: re-encoding what was read must give the
         // same bytes (a non-canonical copy could carry a different meaning
         // under the same signature).
-        let body = encode_body(&county, version, issued_at, &text, &roster)?;
+        let body = encode_body(&county, version, issued_at, &text, &roster, &areas)?;
         if body.as_slice() != &bytes[..bytes.len() - SIGNATURE_BYTES] {
             return Err(PolicyError::Malformed("not the canonical encoding"));
         }
         let policy = Policy::parse(&text)?;
         Roster::new(roster.clone())?;
-        Ok(SignedPolicy { county, version, issued_at, text, roster, signature, policy, bytes: bytes.to_vec() })
+        check_areas(&county, &areas)?;
+        Ok(SignedPolicy { county, version, issued_at, text, roster, areas, signature, policy, bytes: bytes.to_vec() })
     }
 
     /// The county that signed it.
@@ -484,6 +521,11 @@ impl SignedPolicy {
         &self.roster
     }
 
+    /// The names of the county's divisions.
+    pub fn areas(&self) -> &[Area] {
+        &self.areas
+    }
+
     /// The signed bytes, as sent and stored.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -499,6 +541,7 @@ impl SignedPolicy {
             issued_at: self.issued_at.0,
             policy: self.text.clone(),
             roster: self.roster.clone(),
+            areas: self.areas.clone(),
             signature: hex(&self.signature),
         };
         serde_json::to_vec_pretty(&file).map_err(|e| PolicyError::Json(e.to_string()))
@@ -519,7 +562,14 @@ impl SignedPolicy {
             return Err(PolicyError::Json(format!("format {} (expected {POLICY_FORMAT})", file.format)));
         }
         let signature = unhex(&file.signature).ok_or(PolicyError::Malformed("signature"))?;
-        let mut bytes = encode_body(&file.county, file.version, Timestamp(file.issued_at), &file.policy, &file.roster)?;
+        let mut bytes = encode_body(
+            &file.county,
+            file.version,
+            Timestamp(file.issued_at),
+            &file.policy,
+            &file.roster,
+            &file.areas,
+        )?;
         bytes.extend_from_slice(&signature);
         Ok(bytes)
     }
@@ -534,7 +584,24 @@ struct PolicyJson {
     issued_at: i64,
     policy: String,
     roster: Vec<Staff>,
+    #[serde(default)]
+    areas: Vec<Area>,
     signature: String,
+}
+
+/// Division names must lie in the county, each code named once.
+fn check_areas(county: &AdminCode, areas: &[Area]) -> Result<(), PolicyError> {
+    if areas.len() > MAX_AREAS {
+        return Err(PolicyError::Malformed("too many areas"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for a in areas {
+        let name_ok = crate::case::check_line("name", &a.name, 50).is_ok_and(|n| n == a.name);
+        if !county.contains(&a.code) || !seen.insert(&a.code) || !name_ok {
+            return Err(PolicyError::Malformed("an area outside the county, named twice, or badly named"));
+        }
+    }
+    Ok(())
 }
 
 fn signed_message(body: &[u8]) -> Vec<u8> {
@@ -550,6 +617,7 @@ fn encode_body(
     issued_at: Timestamp,
     text: &str,
     roster: &[Staff],
+    areas: &[Area],
 ) -> Result<Vec<u8>, PolicyError> {
     if text.len() > MAX_POLICY_TEXT_BYTES {
         return Err(PolicyError::TooLarge(text.len()));
@@ -572,6 +640,14 @@ fn encode_body(
         short(&mut out, s.scope.as_str())?;
         let grid = s.grid.map_or(Ok(0), u16::try_from).map_err(|_| PolicyError::Malformed("staff grid"))?;
         out.extend_from_slice(&grid.to_be_bytes());
+    }
+    if areas.len() > MAX_AREAS {
+        return Err(PolicyError::Malformed("too many areas"));
+    }
+    out.extend_from_slice(&u32::try_from(areas.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for a in areas {
+        short(&mut out, a.code.as_str())?;
+        short(&mut out, &a.name)?;
     }
     Ok(out)
 }
@@ -681,6 +757,11 @@ impl PolicyInForce {
         &self.roster
     }
 
+    /// The name of a division, if the policy named it.
+    pub fn area_name(&self, code: &str) -> Option<&str> {
+        self.signed.as_ref()?.areas.iter().find(|a| a.code.as_str() == code).map(|a| a.name.as_str())
+    }
+
     /// The signed policy, unless this is the default.
     pub fn signed(&self) -> Option<&SignedPolicy> {
         self.signed.as_ref()
@@ -705,6 +786,13 @@ mod tests {
         vec![Staff { scope: id.area().unwrap(), id, name: "张三".into(), role: Role::Mediator, grid: None }]
     }
 
+    fn areas() -> Vec<Area> {
+        vec![
+            Area { code: county(), name: "宾川县".into() },
+            Area { code: AdminCode::parse("532924101").unwrap(), name: "宾居镇".into() },
+        ]
+    }
+
     #[test]
     fn policy_parse_keeps_defaults_and_refuses_typos_and_nonsense() {
         assert_eq!(Policy::parse("").unwrap(), Policy::default());
@@ -723,11 +811,22 @@ mod tests {
 
     #[test]
     fn signed_policy_round_trips_and_refuses_forgery() {
-        let s = SignedPolicy::sign(&county(), 3, Timestamp(1_000), "[deadlines]\nvillage = 10\n", roster(), &key(1))
-            .unwrap();
+        let s = SignedPolicy::sign(
+            &county(),
+            3,
+            Timestamp(1_000),
+            "[deadlines]\nvillage = 10\n",
+            roster(),
+            areas(),
+            &key(1),
+        )
+        .unwrap();
         let back = SignedPolicy::decode(s.as_bytes(), &key(1).verifying_key()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.policy().deadlines.village, 10);
+        assert_eq!(back.areas(), areas());
+        let outside = vec![Area { code: AdminCode::parse("530102").unwrap(), name: "五华区".into() }];
+        assert!(SignedPolicy::sign(&county(), 1, Timestamp(0), "", vec![], outside, &key(1)).is_err());
         let json = s.to_json().unwrap();
         assert_eq!(SignedPolicy::from_json(&json, &key(1).verifying_key()).unwrap(), s);
         // Another CA.
@@ -758,12 +857,15 @@ mod tests {
 
     #[test]
     fn sign_refuses_what_replicas_would_refuse() {
-        assert!(SignedPolicy::sign(&county(), 1, Timestamp(0), "[deadlines]\nvillage = -1", vec![], &key(1)).is_err());
-        assert!(SignedPolicy::sign(&county(), 0, Timestamp(0), "", vec![], &key(1)).is_err());
+        assert!(
+            SignedPolicy::sign(&county(), 1, Timestamp(0), "[deadlines]\nvillage = -1", vec![], vec![], &key(1))
+                .is_err()
+        );
+        assert!(SignedPolicy::sign(&county(), 0, Timestamp(0), "", vec![], vec![], &key(1)).is_err());
         let mut twice = roster();
         twice.extend(roster());
         assert!(matches!(
-            SignedPolicy::sign(&county(), 1, Timestamp(0), "", twice, &key(1)),
+            SignedPolicy::sign(&county(), 1, Timestamp(0), "", twice, vec![], &key(1)),
             Err(PolicyError::Roster(RosterError::DuplicateId(_)))
         ));
     }

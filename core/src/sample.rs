@@ -53,6 +53,10 @@ use crate::county::{
 use crate::doc::{CaseState, FieldEdit};
 use crate::ledger::{Ledger, LedgerError, NewCase};
 
+mod scenario;
+
+pub use scenario::{SCENARIO_NOW, SCENARIO_V1, SCENARIO_V2, SCENARIO_V3, report_scenario};
+
 /// The seed the committed sample fixture was generated from.
 pub const BINCHUAN_SAMPLES_SEED: u64 = 20_261_101;
 /// How many cases the committed sample fixture holds.

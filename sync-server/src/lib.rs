@@ -24,6 +24,8 @@
 //!   frames, commits their work in groups, and tells every session once per group when the
 //!   log grew.
 //! - `link` (private): one session's QUIC stream, between the network and the replica thread.
+//! - `policy` (private): the county server follows the CA's signed policy file and hands it to
+//!   the replica thread, which installs it and sends it down to every child (ADR 30).
 //! - `upstream` (private): a township's link to the county: dial, keep the session open,
 //!   re-dial with backoff; beside the session, take the revocation lists the county sends.
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
@@ -78,6 +80,7 @@ pub mod client;
 pub mod config;
 mod link;
 pub mod net;
+mod policy;
 mod replica;
 pub mod server;
 pub mod status;

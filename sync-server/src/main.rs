@@ -11,9 +11,13 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fq_core::county::County;
+use fq_core::lang::Lang;
 use fq_core::ledger::{LedgerError, Tier};
+use fq_core::roster::Roster;
 use fq_sync_server::ca::{
-    AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, InitError, IssueError, OpenError, RevokeError, SubjectId,
+    AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, InitError, IssueError, OpenError, POLICY_FILE,
+    PolicyIssueError, RevokeError, SubjectId,
 };
 use fq_sync_server::config::{ConfigError, FileConfig, ServerConfig};
 use fq_sync_server::server::{self, ServeError};
@@ -109,6 +113,26 @@ enum CaCommand {
     Issue(IssueArgs),
     /// Revoke every certificate issued to an id.
     Revoke(RevokeArgs),
+    /// Sign the county policy (deadlines, follow-ups, routing) and roster with the next version.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "CA_DIR")]
+    ca: PathBuf,
+    /// The policy, TOML (keys: [deadlines] village/township/county, [follow_up] days,
+    /// [routing] high_risk_to_township/flags_to_township/flag_overdue_village/township_categories).
+    #[arg(long, value_name = "POLICY_TOML")]
+    file: PathBuf,
+    /// The county's roster: a county file with staff ids (like fixtures/county-532924.json).
+    /// Without it the roster of the CA's newest policy is kept.
+    #[arg(long, value_name = "COUNTY_JSON")]
+    roster: Option<PathBuf>,
+    /// Also write the signed policy here (it is always kept as CA_DIR/policy.json).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -174,7 +198,69 @@ fn run() -> anyhow::Result<()> {
         Command::Ca(CaCommand::Init(args)) => ca_init(&args, now, cli.json),
         Command::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, cli.json),
         Command::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, cli.json),
+        Command::Ca(CaCommand::Policy(args)) => ca_policy(&args, now, cli.json),
     }
+}
+
+/// Largest policy or county file read by `ca policy`.
+const MAX_INPUT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > MAX_INPUT_FILE_BYTES {
+        return Err(BadInput(format!("{} is larger than any policy or county file", path.display())).into());
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("cannot read {} as UTF-8 text: {e}", path.display())).into())
+}
+
+fn ca_policy(args: &PolicyArgs, now: SystemTime, json: bool) -> anyhow::Result<()> {
+    let text = read_input(&args.file)?;
+    let roster = match &args.roster {
+        Some(path) => {
+            let county = County::load(&read_input(path)?)
+                .map_err(|e| BadInput(format!("{} is not a county file: {e}", path.display())))?;
+            let roster = Roster::from_county(&county)
+                .map_err(|e| BadInput(format!("the roster in {} is inconsistent: {e}", path.display())))?;
+            Some((roster.staff().to_vec(), fq_core::policy::areas_of(&county)))
+        }
+        None => None,
+    };
+    let ca = open_ca(&args.ca)?;
+    let signed = ca.sign_policy(&text, roster, now).with_context(|| format!("cannot sign {}", args.file.display()))?;
+    let kept = args.ca.join(POLICY_FILE);
+    if let Some(out) = &args.out {
+        let bytes = signed.to_json().map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    let human = match Lang::from_env() {
+        Lang::Zh => format!(
+            "已签发县级政策第 {} 版（县 {}，花名册 {} 人），保存在 {}",
+            signed.version(),
+            signed.county(),
+            signed.staff().len(),
+            kept.display()
+        ),
+        Lang::En => format!(
+            "signed county policy version {} for county {} ({} staff in the roster) to {}",
+            signed.version(),
+            signed.county(),
+            signed.staff().len(),
+            kept.display()
+        ),
+    };
+    report(
+        json,
+        &json!({
+            "command": "ca policy",
+            "county": signed.county(),
+            "version": signed.version(),
+            "staff": signed.staff().len(),
+            "policy_file": kept,
+            "out": args.out,
+        }),
+        &human,
+    )
 }
 
 fn ca_init(args: &InitArgs, now: SystemTime, json: bool) -> anyhow::Result<()> {
@@ -390,6 +476,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.downcast_ref::<InitError>().is_some_and(InitError::is_bad_input)
             || cause.downcast_ref::<IssueError>().is_some_and(IssueError::is_bad_input)
             || cause.downcast_ref::<RevokeError>().is_some_and(RevokeError::is_bad_input)
+            || cause.downcast_ref::<PolicyIssueError>().is_some_and(PolicyIssueError::is_bad_input)
             || cause.downcast_ref::<ServeError>().is_some_and(ServeError::is_bad_input)
             || cause.is::<ConfigError>()
             || cause.downcast_ref::<LedgerError>().is_some_and(|e| matches!(e, LedgerError::NotInitialized))

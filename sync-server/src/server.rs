@@ -526,6 +526,12 @@ impl Server {
             revocations,
             stop.clone(),
         ));
+        background.spawn(crate::policy::follow(
+            config.policy_file.clone(),
+            config.revocation_poll,
+            replica.sender(),
+            stop.clone(),
+        ));
 
         let mut connections = JoinSet::new();
         let mut replica_died = false;

@@ -4,5 +4,6 @@
 mod hostile;
 mod ledger;
 mod merge;
+mod report;
 mod sync;
 mod wire;
