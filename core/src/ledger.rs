@@ -836,7 +836,8 @@ impl Ledger {
         let policy = Arc::clone(&self.policy);
         // Named categories start at the township (county policy).
         let level = match imported_at {
-            Some(_) => self.operator.role.level(),
+            // An old ledger's case starts at the village and is walked up to its level.
+            Some(_) => Level::Village,
             None => policy.policy().routing.start_level(new.category, self.operator.role.level()),
         };
         let mut flags = new.flags.clone();
@@ -886,10 +887,14 @@ impl Ledger {
         for c in &cases {
             let village = c.case.village.clone().unwrap_or_else(|| self.identity.scope.clone());
             self.check_scope("village", village.as_str())?;
-            if let Some(old) = &c.old_number
-                && self.store.find(old, 1)?.iter().any(|r| &r.number == old)
-            {
-                return Err(LedgerError::DuplicateNumber { number: old.clone() });
+            if let Some(old) = &c.old_number {
+                // An fq number already here (an fq export read back), or an
+                // old number an earlier import kept (the same file twice).
+                let here = self.store.find(old, 1)?.iter().any(|r| &r.number == old);
+                let marker = ListFilter { search: Some(imported_marker(old)), limit: Some(1), ..Default::default() };
+                if here || !self.store.list(&marker)?.is_empty() {
+                    return Err(LedgerError::DuplicateNumber { number: old.clone() });
+                }
             }
         }
         self.begin_group()?;
@@ -922,7 +927,7 @@ impl Ledger {
     fn import_one(&mut self, c: ImportedCase) -> Result<CaseState, LedgerError> {
         let mut new = c.case;
         if let Some(old) = &c.old_number {
-            let note = format!("（原台账编号：{old}）");
+            let note = imported_marker(old);
             new.description = if new.description.is_empty() { note } else { format!("{}\n{note}", new.description) };
         }
         // The case's own times are the old ledger's: the recording, then its
@@ -1521,6 +1526,12 @@ fn project(state: &CaseState, conflicts: usize) -> CaseRow {
         follow_ups_waived: state.follow_ups_waived,
         supervised_due: state.supervision.as_ref().map(|s| s.due),
     }
+}
+
+/// What an imported case's description keeps of its old number, and what a
+/// second import of the same file is recognised by.
+fn imported_marker(old: &str) -> String {
+    format!("（原台账编号：{old}）")
 }
 
 /// The month a time falls in, in China Standard Time, as one number.

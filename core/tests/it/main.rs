@@ -5,5 +5,6 @@ mod hostile;
 mod ledger;
 mod merge;
 mod report;
+mod routines;
 mod sync;
 mod wire;

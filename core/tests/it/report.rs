@@ -13,7 +13,7 @@ use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, Tier};
 use fq_core::policy::{SignedPolicy, areas_of};
 use fq_core::report::{self, Month, Monthly, Subsidy};
 use fq_core::roster::Roster;
-use fq_core::sample::{SCENARIO_NOW, SampleCase, report_scenario};
+use fq_core::sample::{SCENARIO_NOW, SampleCase};
 
 use crate::sync::ca;
 

@@ -52,7 +52,7 @@ pub fn node(clock: &ManualClock, seed: u8, subject: &str, role: GrantRole, scope
     Node { ledger, key, grant }
 }
 
-fn creds(n: &Node, peer_limit: Option<&str>) -> Credentials {
+pub fn creds(n: &Node, peer_limit: Option<&str>) -> Credentials {
     Credentials {
         ca: ca().verifying_key(),
         own: Some((n.grant.clone(), n.key.clone())),
