@@ -7,6 +7,10 @@
 //! - `command`: runs a request against the ledger.
 //! - `render`: what people see (sentences, tables, case cards) and `--json`.
 //! - `export`: JSON and CSV exports.
+//! - `import`: `fq case import`: a spreadsheet's cases, every row checked before any is written.
+//! - `todo`: `fq todo`, the day's work, in words.
+//! - `report`: `fq report monthly|subsidy` in every format (the figures are the core's).
+//! - `policy`: `fq policy show`, the county policy in force.
 //! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`).
 //! - `sync`: `fq sync` with the township or county server (the driver is
 //!   `fq_sync_server::client`).
@@ -26,11 +30,15 @@ mod command;
 mod demo;
 mod enroll;
 mod export;
+mod import;
 mod lang;
 mod message;
+mod policy;
 mod render;
+mod report;
 mod request;
 mod sync;
+mod todo;
 
 fn main() {
     std::process::exit(run())

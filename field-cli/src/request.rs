@@ -14,7 +14,7 @@ use fq_core::case::{
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
 
-use crate::cli::{CaseCommand, Cli, Command, ExportFormat};
+use crate::cli::{CaseCommand, Cli, Command, ExportFormat, PolicyCommand, ReportCommand, ReportFormat};
 
 /// The longest person name the ledger keeps, in characters (as in the core).
 const MAX_NAME_CHARS: usize = 50;
@@ -46,6 +46,18 @@ pub(crate) enum ArgError {
     MissingText {
         /// Which field.
         what: &'static str,
+    },
+    /// A date that is not `YYYY-MM-DD`.
+    #[error("invalid date {input:?}: expected YYYY-MM-DD")]
+    Date {
+        /// What was given.
+        input: String,
+    },
+    /// `--format html` or `xlsx` without `--out`: a terminal cannot show them.
+    #[error("--format {format} needs --out FILE")]
+    NeedsFile {
+        /// The format.
+        format: &'static str,
     },
     /// A text file (`--description-file` and the like) that cannot be used.
     #[error("cannot use {} for the {what}: {problem:?}", path.display())]
@@ -159,6 +171,28 @@ pub(crate) enum Request {
     Export { format: ExportFormat, out: Option<PathBuf>, unmasked: bool },
     Audit { limit: u32 },
     Demo,
+    Todo { scope: Option<AdminCode> },
+    Report(Report),
+    PolicyShow,
+    Import { file: PathBuf },
+}
+
+/// Which report, for what, in which form.
+#[derive(Debug)]
+pub(crate) struct Report {
+    /// Monthly figures, or the subsidy sheet (with one person, if asked).
+    pub kind: ReportKind,
+    /// The month; `None`: the month before "now".
+    pub month: Option<fq_core::report::Month>,
+    pub scope: Option<AdminCode>,
+    pub format: ReportFormat,
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ReportKind {
+    Monthly,
+    Subsidy { person: Option<String> },
 }
 
 /// `case list` filters; `overdue` becomes a time when the ledger is open.
@@ -186,6 +220,9 @@ pub(crate) enum Action {
     Confirm { court: String, reference: Option<String> },
     FollowUp { outcome: Outcome, note: Option<String> },
     Archive,
+    Supervise { instruction: String, due: fq_core::clock::Timestamp },
+    Respond(String),
+    Waive(String),
 }
 
 /// Validates the raw command line.
@@ -207,6 +244,9 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?.unwrap_or(DEFAULT_AUDIT_LIMIT),
         },
         Command::Demo => Request::Demo,
+        Command::Todo(a) => Request::Todo { scope: a.scope.as_deref().map(AdminCode::parse).transpose()? },
+        Command::Report(r) => Request::Report(report(r)?),
+        Command::Policy(PolicyCommand::Show) => Request::PolicyShow,
     };
     let data_dir = cli.data_dir.filter(|d| !d.as_os_str().is_empty());
     Ok((Settings { data_dir, json: cli.json }, request))
@@ -282,7 +322,60 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             },
         )?,
         CaseCommand::Archive(a) => act(&a.case, Action::Archive)?,
+        CaseCommand::Supervise(a) => act(
+            &a.case.case,
+            Action::Supervise { instruction: text("instruction", &a.instruction)?, due: due_date(&a.due)? },
+        )?,
+        CaseCommand::Respond(a) => act(&a.case.case, Action::Respond(text("note", &a.note)?))?,
+        CaseCommand::Waive(a) => act(&a.case.case, Action::Waive(text("reason", &a.reason)?))?,
+        CaseCommand::Import(a) => Request::Import { file: a.file },
     })
+}
+
+fn report(command: ReportCommand) -> anyhow::Result<Report> {
+    let (args, kind) = match command {
+        ReportCommand::Monthly(a) => (a, ReportKind::Monthly),
+        ReportCommand::Subsidy(a) => (
+            a.report,
+            ReportKind::Subsidy {
+                person: a.person.as_deref().map(|p| check_line("name", p, MAX_NAME_CHARS)).transpose()?,
+            },
+        ),
+    };
+    let format = args.format.unwrap_or(ReportFormat::Table);
+    if args.out.is_none() {
+        match format {
+            ReportFormat::Html => return Err(ArgError::NeedsFile { format: "html" }.into()),
+            ReportFormat::Xlsx => return Err(ArgError::NeedsFile { format: "xlsx" }.into()),
+            _ => {}
+        }
+    }
+    Ok(Report {
+        kind,
+        month: args.month.as_deref().map(fq_core::report::Month::parse).transpose()?,
+        scope: args.scope.as_deref().map(AdminCode::parse).transpose()?,
+        format,
+        out: args.out,
+    })
+}
+
+/// A due date as typed (`2026-11-10`, `2026/11/10`, `2026年11月10日`): the
+/// end of that day, China time, so "by the 10th" includes the 10th.
+pub(crate) fn due_date(input: &str) -> Result<fq_core::clock::Timestamp, ArgError> {
+    let bad = || ArgError::Date { input: input.to_owned() };
+    let s: String = input
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from_digit(c as u32 - '０' as u32, 10).unwrap_or(c),
+            '年' | '月' | '/' | '.' => '-',
+            '日' => ' ',
+            other => other,
+        })
+        .collect();
+    let date = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| bad())?;
+    let end = date.and_hms_milli_opt(23, 59, 59, 999).ok_or_else(bad)?;
+    Ok(fq_core::clock::Timestamp(end.and_utc().timestamp_millis() - 8 * 3_600_000))
 }
 
 fn act(case: &str, action: Action) -> Result<Request, InputError> {
@@ -325,6 +418,15 @@ fn number(what: &'static str, input: &str) -> Result<u32, ArgError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn due_date_is_the_end_of_that_day_in_china() {
+        let t = due_date("2026年11月10日").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-10T15:59:59.999Z");
+        assert_eq!(due_date(" 2026/11/10 ").unwrap(), t);
+        assert!(matches!(due_date("11-10"), Err(ArgError::Date { .. })));
+        assert!(due_date("2026-02-30").is_err());
+    }
 
     #[test]
     fn number_accepts_full_width_digits() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fq_core::clock::{Clock, SystemClock};
 use fq_core::ledger::{Ledger, LedgerError};
-use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, SessionError, Side, Stats};
+use fq_core::sync::session::{Credentials, Event, PolicyOutcome, Session, SessionConfig, SessionError, Side, Stats};
 use fq_core::sync::wire::{ErrorCode, Refused};
 
 use crate::ca::{Bundle, PeerIdentity};
@@ -86,6 +86,11 @@ pub struct SyncReport {
     pub stats: Stats,
     /// Our changes the server refused, with its reasons.
     pub refused: Vec<Refused>,
+    /// What became of a county policy the server sent, if it sent one.
+    pub policy: Option<PolicyOutcome>,
+    /// The server's clock minus ours, as the sync measured it (transit
+    /// included): a device off by more than ten minutes corrects its time.
+    pub peer_minus_ours_ms: Option<i64>,
     /// How long the sync took, dialing included.
     pub elapsed: Duration,
 }
@@ -300,13 +305,18 @@ impl Dialed {
         let mut session = Session::new(Side::Child, ledger, creds, self.options.session.clone(), upstream, clock.now())
             .map_err(SyncError::Session)?;
         let mut refused = Vec::new();
+        let mut policy = None;
+        let mut clock_offset = None;
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         let mut heard = Instant::now();
         loop {
             transmit(&mut session, &mut send).await?;
             for event in std::iter::from_fn(|| session.poll_event()) {
-                if let Event::Acked { refused: r, .. } = event {
-                    refused.extend(r);
+                match event {
+                    Event::Acked { refused: r, .. } => refused.extend(r),
+                    Event::Policy(outcome) => policy = Some(outcome),
+                    Event::PeerClock { peer_minus_ours_ms } => clock_offset = Some(peer_minus_ours_ms),
+                    _ => {}
                 }
             }
             let s = session.stats();
@@ -363,6 +373,8 @@ impl Dialed {
             server: self.server.clone(),
             stats: session.stats().clone(),
             refused,
+            policy,
+            peer_minus_ours_ms: clock_offset,
             elapsed: self.started.elapsed(),
         })
     }

@@ -595,9 +595,11 @@ fn sync_a_forged_peers_control_characters_are_printed_escaped_on_the_township() 
             description: "\u{1b}[2J",
             parties: std::slice::from_ref(&party),
             risk: Risk::Low,
+            flags: &[],
             level: Level::Village,
+            recorded_at: device.now(),
         };
-        let author = Author { name: "张三".into(), role: fq_core::case::Role::Mediator };
+        let author = Author { name: "张三".into(), role: fq_core::case::Role::Mediator, id: None };
         let mut doc = CaseDoc::create(&new, &author, actor_for(own, [7; 8]), device.now()).unwrap();
         let forged = doc
             .changes_after(&[])
