@@ -31,6 +31,8 @@
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
 //!   [`client::Dialed::sync`] runs one session to the end; [`client::sync_once`] does both.
 //!   `fq sync` is a thin shell over it.
+//! - [`report`]: last month's report (HTML, xlsx, JSON) written into `DIR/reports/` on the
+//!   first of each month, and the newest one found for `status`.
 //! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
 //!   read-only beside the running server.
 //! - `main.rs`: the `fq-server` binary, a thin clap shell over these modules.
@@ -82,6 +84,7 @@ mod link;
 pub mod net;
 mod policy;
 mod replica;
+pub mod report;
 pub mod server;
 pub mod status;
 mod upstream;

@@ -442,6 +442,18 @@ fn write_status(out: &mut impl Write, s: &Status) -> io::Result<()> {
             )?;
         }
     }
+    writeln!(out, "county policy version {}", s.policy_version)?;
+    match &s.newest_report {
+        Some(r) => writeln!(
+            out,
+            "newest monthly report: {} ({}, {}, {})",
+            r.month,
+            r.html.display(),
+            r.xlsx.display(),
+            r.json.display()
+        )?,
+        None => writeln!(out, "no monthly report written yet")?,
+    }
     if !s.refusals.is_empty() {
         writeln!(out, "recent refusals:")?;
         for r in &s.refusals {

@@ -532,6 +532,9 @@ impl Server {
             replica.sender(),
             stop.clone(),
         ));
+        if config.monthly_reports {
+            background.spawn(crate::report::monthly(config.data_dir.clone(), stop.clone()));
+        }
 
         let mut connections = JoinSet::new();
         let mut replica_died = false;

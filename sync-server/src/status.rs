@@ -33,6 +33,10 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// The newest refused or quarantined changes, newest first.
     pub refusals: Vec<AuditEntry>,
+    /// The county policy version this replica computes with (0: the built-in default).
+    pub policy_version: u64,
+    /// The newest monthly report written into `DIR/reports/`, if any.
+    pub newest_report: Option<crate::report::MonthlyFiles>,
     /// When this report was made (ms since the epoch).
     pub generated_at: Timestamp,
 }
@@ -97,6 +101,8 @@ pub fn read(data_dir: &Path) -> Result<Status, LedgerError> {
         log_head: ledger.log_head()?,
         peers,
         refusals,
+        policy_version: ledger.policy().version(),
+        newest_report: crate::report::newest(data_dir),
         generated_at: ledger.now(),
     })
 }

@@ -7,6 +7,7 @@ mod county;
 mod lossy;
 mod process;
 mod relay;
+mod report;
 mod revocation;
 mod schema;
 mod server;
