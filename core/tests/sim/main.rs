@@ -148,6 +148,11 @@ fn sim_catches_dropped_changes_with_missing_dependencies() {
 }
 
 #[test]
+fn sim_catches_an_older_policy_installed() {
+    assert_caught(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"]);
+}
+
+#[test]
 fn sim_catches_ignored_scope() {
     assert_caught(Bug::IgnoreScope, &["outside its scope", "outside its author's scope"]);
 }
