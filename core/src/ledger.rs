@@ -726,18 +726,15 @@ impl Ledger {
     /// roster, exactly one person of it (a shared name must be given as an
     /// id); with none yet, the name as typed.
     pub fn person(&self, input: &str) -> Result<Named, LedgerError> {
-        let name = check_line("name", input, 50)?;
-        let roster = self.policy.roster();
-        if roster.is_empty() {
-            return Ok(Named { name, id: None });
-        }
-        match roster.lookup(&name) {
-            Lookup::One(s) => Ok(Named { name: s.name.clone(), id: Some(s.id.clone()) }),
-            Lookup::Several(v) => {
-                Err(LedgerError::AmbiguousPerson { input: name, candidates: v.into_iter().cloned().collect() })
-            }
-            Lookup::Nobody => Err(LedgerError::UnknownPerson { input: name }),
-        }
+        person_in(&self.policy, input, None)
+    }
+
+    /// Like [`Ledger::person`], for a case in `village`: a name several
+    /// people share is that of the one who works there (the village, else
+    /// its township, else the county), if exactly one does. A township
+    /// officer assigning a case to 姚玉 means the 姚玉 of that case's village.
+    pub fn person_at(&self, input: &str, village: &AdminCode) -> Result<Named, LedgerError> {
+        person_in(&self.policy, input, Some(village.as_str()))
     }
 
     /// Who is using this replica, with their roster id once it is known.
@@ -1085,9 +1082,14 @@ impl Ledger {
     /// or, with no roster yet, a name as typed.
     pub fn assign(&mut self, case: CaseId, to: &str) -> Result<CaseState, LedgerError> {
         let to = check_line("assignee", to, 50)?;
-        let person = self.person(&to)?;
-        let event = NewEvent::Assign { name: person.name, id: person.id };
-        self.event(case, "assign", event, |s| s.status != Status::Archived)
+        let policy = Arc::clone(&self.policy);
+        self.modify(case, |state, doc, author, now| {
+            if state.status == Status::Archived {
+                return Err(transition("assign", state));
+            }
+            let person = person_in(&policy, &to, Some(state.village.as_str()))?;
+            Ok(vec![doc.push_event(&NewEvent::Assign { name: person.name, id: person.id }, author, now)?])
+        })
     }
 
     /// Sends a case up one level.
@@ -1633,6 +1635,24 @@ fn route(
 }
 
 /// The roster id of the person a replica's user name stands for, in `scope`.
+/// The person `input` names under `policy`'s roster (see [`Ledger::person`]
+/// and [`Ledger::person_at`]).
+fn person_in(policy: &PolicyInForce, input: &str, village: Option<&str>) -> Result<Named, LedgerError> {
+    let name = check_line("name", input, 50)?;
+    let roster = policy.roster();
+    if roster.is_empty() {
+        return Ok(Named { name, id: None });
+    }
+    match roster.lookup(&name) {
+        Lookup::One(s) => Ok(Named { name: s.name.clone(), id: Some(s.id.clone()) }),
+        Lookup::Several(v) => match village.and_then(|at| roster.identify(&name, at)) {
+            Some(s) => Ok(Named { name: s.name.clone(), id: Some(s.id.clone()) }),
+            None => Err(LedgerError::AmbiguousPerson { input: name, candidates: v.into_iter().cloned().collect() }),
+        },
+        Lookup::Nobody => Err(LedgerError::UnknownPerson { input: name }),
+    }
+}
+
 fn who(policy: &PolicyInForce, name: &str, scope: &AdminCode) -> Option<StaffId> {
     policy.roster().identify(name, scope.as_str()).map(|s| s.id.clone())
 }

@@ -273,7 +273,7 @@ pub(crate) fn read(path: &Path, ledger: &Ledger) -> Result<Vec<ImportedCase>, Im
         };
         let responsible = match get("responsible") {
             "" => None,
-            name => match ledger.person(name) {
+            name => match village.as_ref().map_or_else(|| ledger.person(name), |v| ledger.person_at(name, v)) {
                 Ok(p) => Some(p),
                 Err(LedgerError::Input(e)) => {
                     bad("responsible", name, CellProblem::Input(e));

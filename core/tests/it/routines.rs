@@ -309,7 +309,15 @@ fn assign_takes_a_name_or_a_staff_id_and_asks_when_a_name_is_shared() {
     // A name two people share: refused, with both.
     let county = fq_core::county::County::binchuan();
     let roster = fq_core::roster::Roster::from_county(&county).unwrap();
-    let shared = roster.staff().iter().find(|s| roster.named(&s.name).len() > 1).unwrap().name.clone();
+    // (one that nobody of this village or township bears, else the place tells them apart)
+    let elsewhere = |s: &&fq_core::roster::Staff| !s.scope.as_str().starts_with("532924101");
+    let shared = roster
+        .staff()
+        .iter()
+        .find(|s| roster.named(&s.name).len() > 1 && roster.named(&s.name).iter().all(elsewhere))
+        .unwrap()
+        .name
+        .clone();
     let before = l.counts().unwrap();
     match l.assign(c.id, &shared) {
         Err(LedgerError::AmbiguousPerson { candidates, .. }) => assert!(candidates.len() >= 2),
@@ -317,6 +325,30 @@ fn assign_takes_a_name_or_a_staff_id_and_asks_when_a_name_is_shared() {
     }
     assert!(matches!(l.assign(c.id, "查无此人"), Err(LedgerError::UnknownPerson { .. })));
     assert_eq!(l.counts().unwrap(), before);
+}
+
+#[test]
+fn assign_takes_a_shared_name_as_the_one_who_works_where_the_case_is() {
+    let clock = ManualClock::new(T0);
+    let mut l = device(Role::CountyAdmin, "532924", "杨祥", &clock);
+    l.install_policy(binchuan_policy(1, "").as_bytes(), &ca().verifying_key()).unwrap();
+    let county = fq_core::county::County::binchuan();
+    let roster = fq_core::roster::Roster::from_county(&county).unwrap();
+    // A name three people of the county bear, one of them in each of three villages.
+    let named = roster.named("姚玉");
+    assert_eq!(named.len(), 3, "the roster changed: pick another shared name");
+    for s in named {
+        let mut new = new_case("宅基地滴水纠纷");
+        new.village = Some(s.scope.clone());
+        let c = l.create_case(new).unwrap();
+        let got = l.assign(c.id, "姚玉").unwrap();
+        assert_eq!(got.responsible_id.as_deref(), Some(s.id.as_str()), "a case of {}", s.scope);
+    }
+    // Outside those villages and their townships the name is still ambiguous.
+    let mut new = new_case("宅基地滴水纠纷");
+    new.village = Some(code("532924101201"));
+    let c = l.create_case(new).unwrap();
+    assert!(matches!(l.assign(c.id, "姚玉"), Err(LedgerError::AmbiguousPerson { .. })));
 }
 
 #[test]
