@@ -681,6 +681,17 @@ fn area_of(village: &str, scope: &AdminCode) -> String {
     village.get(..len).unwrap_or(village).to_owned()
 }
 
+/// The change of a rate (a fraction) from one month to the next, for people:
+/// in percentage points, which a "%" would misstate (`+12.8个百分点`,
+/// `+12.8 points`).
+pub fn rate_change_text(change: f64, lang: crate::lang::Lang) -> String {
+    let points = change * 100.0;
+    match lang {
+        crate::lang::Lang::Zh => format!("{points:+.1}个百分点"),
+        crate::lang::Lang::En => format!("{points:+.1} points"),
+    }
+}
+
 /// The monthly report of `scope` (the replica's own by default) for `month`,
 /// read as it stood at the month's end (or `now`, while it runs).
 pub fn monthly(

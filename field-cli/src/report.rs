@@ -224,7 +224,7 @@ fn monthly_table(m: &Monthly, lang: Lang) -> String {
             "Settlement rate",
             percent(m.settlement_rate),
             percent(p.settlement_rate),
-            format!("{:+.1}%", m.change.settlement_rate * 100.0),
+            fq_core::report::rate_change_text(m.change.settlement_rate, lang),
         ),
         ("超期（月末）", "Overdue (month end)", m.overdue.to_string(), p.overdue.to_string(), signed(m.change.overdue)),
     ];

@@ -269,7 +269,7 @@ pub fn monthly(m: &Monthly, lang: Lang) -> Result<String, ReportError> {
             "调解成功率",
             "Settlement rate",
             percent(m.settlement_rate),
-            Some(format!("{:+.1}%", m.change.settlement_rate * 100.0)),
+            Some(super::rate_change_text(m.change.settlement_rate, lang)),
         ),
         ("超期案件", "Overdue", m.overdue.to_string(), Some(signed(m.change.overdue))),
         ("高风险在办", "High risk open", m.high_risk.to_string(), None),
@@ -450,7 +450,7 @@ pub fn monthly(m: &Monthly, lang: Lang) -> Result<String, ReportError> {
             "Settlement rate",
             percent(m.settlement_rate),
             percent(p.settlement_rate),
-            format!("{:+.1}%", m.change.settlement_rate * 100.0),
+            super::rate_change_text(m.change.settlement_rate, lang),
         ),
         ("超期", "Overdue", m.overdue.to_string(), p.overdue.to_string(), signed(m.change.overdue)),
     ];
