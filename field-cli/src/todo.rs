@@ -75,11 +75,21 @@ pub(crate) fn clock_note(lang: Lang, time: TimeSource) -> Option<String> {
     })
 }
 
-/// Prints the list.
+/// Prints the list. It is built whole and written once: a township's list
+/// can run to thousands of lines, and line-buffered stdout would make a
+/// system call of each.
 pub(crate) fn render(out: &mut dyn Write, lang: Lang, json: bool, t: &Todo, ledger: &Ledger) -> anyhow::Result<()> {
+    let mut text = Vec::with_capacity(64 * 1024 + t.items.len() * 256);
     if json {
-        return render::json_line(out, t);
+        render::json_line(&mut text, t)?;
+    } else {
+        render_text(&mut text, lang, t, ledger)?;
     }
+    out.write_all(&text)?;
+    Ok(())
+}
+
+fn render_text(out: &mut dyn Write, lang: Lang, t: &Todo, ledger: &Ledger) -> anyhow::Result<()> {
     let area = ledger
         .policy()
         .area_name(t.scope.as_str())
