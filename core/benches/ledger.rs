@@ -8,7 +8,10 @@
 //! `FQ_BENCH_CASES` sets the number of cases, `FQ_BENCH_TEXT=short` uses
 //! one-field edits, `FQ_BENCH_TIER=township` builds the ledger as a township
 //! server (with its relay indexes, ADR 7) instead of a township officer's
-//! device, `FQ_BENCH_DIR` keeps the file.
+//! device, `FQ_BENCH_DIR` keeps the file. `FQ_BENCH_ENCRYPT=1` builds and
+//! opens the ledger encrypted (SQLCipher with a raw data key, ADR 10), to
+//! compare with a plain file; the passphrase derivation that unwraps the key
+//! once per `fq` command is measured by `examples/kdf_cost.rs`.
 
 #![allow(clippy::expect_used)]
 
@@ -22,6 +25,7 @@ use fq_core::clock::{ManualClock, Timestamp};
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{Durability, InitOptions, Ledger, LedgerOptions, NewCase, Tier};
 use fq_core::store::ListFilter;
+use fq_core::vault::DataKey;
 
 /// Cases in the big ledger; `FQ_BENCH_CASES` overrides it for a quick look.
 const CASES: usize = 10_000;
@@ -98,9 +102,22 @@ fn edit(l: &mut Ledger, id: CaseId, i: usize, k: usize) {
     r.expect("edit succeeds");
 }
 
+/// The data key when `FQ_BENCH_ENCRYPT=1`, made once per run.
+fn bench_key() -> Option<DataKey> {
+    static KEY: std::sync::OnceLock<Option<DataKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        (std::env::var("FQ_BENCH_ENCRYPT").as_deref() == Ok("1")).then(|| DataKey::generate().expect("key"))
+    })
+    .clone()
+}
+
+fn options() -> LedgerOptions {
+    LedgerOptions { key: bench_key(), ..Default::default() }
+}
+
 fn build(path: &Path, cases: usize, durability: Durability) -> (Ledger, ManualClock, Vec<CaseId>) {
     let clock = ManualClock::new(T0);
-    let opts = LedgerOptions { seed: Some(7), durability };
+    let opts = LedgerOptions { seed: Some(7), durability, key: bench_key() };
     let mut l = Ledger::init(path, init_opts(), Arc::new(clock.clone()), opts).expect("init");
     let mut ids = Vec::with_capacity(cases);
     for i in 0..cases {
@@ -150,15 +167,17 @@ fn benches(c: &mut Criterion) {
         (cases * EDITS) as f64 / secs,
         bytes as f64 / cases as f64
     );
-    println!("bytes per case by table: {}", table_bytes(&path, cases));
+    if bench_key().is_some() {
+        println!("encrypted (FQ_BENCH_ENCRYPT=1): SQLCipher, raw 256-bit key");
+    } else {
+        println!("bytes per case by table: {}", table_bytes(&path, cases));
+    }
 
     let clock: Arc<ManualClock> = Arc::new(ManualClock::new(T0.plus_days(10)));
     let mut g = c.benchmark_group("ledger_10k");
-    g.bench_function("open", |b| {
-        b.iter(|| Ledger::open(&path, clock.clone(), LedgerOptions::default()).expect("open"))
-    });
+    g.bench_function("open", |b| b.iter(|| Ledger::open(&path, clock.clone(), options()).expect("open")));
 
-    let reader = Ledger::open_read_only(&path, clock.clone()).expect("open");
+    let reader = Ledger::open_read_only_with_key(&path, clock.clone(), bench_key().as_ref()).expect("open");
     let filter = ListFilter {
         status: Some(Status::Mediating),
         risk: Some(Risk::Low),
@@ -173,7 +192,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("list_all", |b| b.iter(|| reader.list(&all).expect("list")));
 
     // One edit with its durable commit (synchronous=FULL), on the big file.
-    let mut writer = Ledger::open(&path, clock.clone(), LedgerOptions::default()).expect("open");
+    let mut writer = Ledger::open(&path, clock.clone(), options()).expect("open");
     let mut n = 0usize;
     g.bench_function("edit_one_note_durable", |b| {
         b.iter(|| {

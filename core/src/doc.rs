@@ -886,9 +886,12 @@ impl CaseDoc {
         out.push(FieldConflict { field, values });
     }
 
-    /// Every change, oldest first by (time, hash), with who made it.
+    /// Every change, oldest first by (time, hash), with who made it. Changes made in the same
+    /// millisecond are in causal order first (a change's first operation counter is above
+    /// those of everything it builds on: an edit comes before the escalation the county's
+    /// routing made of it), then by hash, so every replica lists a case's history alike.
     pub fn history(&mut self) -> Vec<HistoryEntry> {
-        let mut out: Vec<HistoryEntry> = self
+        let mut out: Vec<(u64, HistoryEntry)> = self
             .doc
             .get_changes_meta(&[])
             .into_iter()
@@ -898,17 +901,18 @@ impl CaseDoc {
                     Some((op, a)) => (op, Some(a)),
                     None => (m.message.as_deref().unwrap_or("").to_owned(), None),
                 };
-                HistoryEntry {
+                let entry = HistoryEntry {
                     at: Timestamp(m.timestamp),
                     op,
                     author,
                     device: device_of(&m.actor).map(|d| d.to_string()),
                     hash: m.hash.to_string(),
-                }
+                };
+                (m.start_op, entry)
             })
             .collect();
-        out.sort_by(|a, b| (a.at, &a.hash).cmp(&(b.at, &b.hash)));
-        out
+        out.sort_by(|(a_op, a), (b_op, b)| (a.at, a_op, &a.hash).cmp(&(b.at, b_op, &b.hash)));
+        out.into_iter().map(|(_, entry)| entry).collect()
     }
 }
 

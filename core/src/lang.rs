@@ -111,6 +111,16 @@ impl Lang {
         }
     }
 
+    /// The half of a two-language text written `中文 / English` (one ` / `
+    /// between the halves, as the command lines' help texts are) for this
+    /// language; a text without the separator is returned whole.
+    pub fn half(self, text: &str) -> &str {
+        match text.split_once(" / ") {
+            Some((zh, en)) => self.pick(zh, en).trim(),
+            None => text,
+        }
+    }
+
     /// `（text）` in Chinese, ` (text)` in English.
     pub fn paren(self, text: &str) -> String {
         match self {
@@ -175,6 +185,13 @@ mod tests {
         for l in ["en_US.UTF-8", "en_GB", "fr_FR.UTF-8", "de_DE@euro"] {
             assert_eq!(Lang::from_locale(l), Lang::En, "{l:?}");
         }
+    }
+
+    #[test]
+    fn half_keeps_the_text_of_one_language() {
+        assert_eq!(Lang::Zh.half("显示帮助 / Show this help"), "显示帮助");
+        assert_eq!(Lang::En.half("显示帮助 / Show this help"), "Show this help");
+        assert_eq!(Lang::En.half("zh|en"), "zh|en");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::store::{
     AuditEntry, CaseRow, EventRow, ListFilter, META_REPROJECT, OpenMode, PendingChange, Store, StoreError, Tx,
 };
 use crate::trust::{self, GrantRole};
+use crate::vault::DataKey;
 
 mod replica;
 
@@ -105,6 +106,9 @@ pub struct LedgerOptions {
     pub seed: Option<u64>,
     /// How hard each commit waits for the disk.
     pub durability: Durability,
+    /// The key of an encrypted ledger file (`vault` unwraps it); `None` for a
+    /// plain file. [`Ledger::init`] with a key creates the file encrypted.
+    pub key: Option<DataKey>,
 }
 
 pub use crate::store::Durability;
@@ -495,6 +499,9 @@ const META_GRID: &str = "grid";
 const META_CREATED: &str = "created_at";
 /// Device clock minus its server's at the last sync: `OFFSET_MS@MEASURED_AT`.
 const META_CLOCK_OFFSET: &str = "clock_offset";
+/// The device's enrolment (its certificate bundle, private key included):
+/// kept inside the ledger file, so it is encrypted with it (ADR 10).
+const META_ENROLMENT: &str = "enrolment";
 
 impl Ledger {
     /// Creates a new ledger file at `path` for the given owner.
@@ -504,7 +511,7 @@ impl Ledger {
         clock: Arc<dyn Clock>,
         opts: LedgerOptions,
     ) -> Result<Self, LedgerError> {
-        let store = Store::open(path, OpenMode::Create, opts.durability)?;
+        let store = Store::open_with_key(path, OpenMode::Create, opts.durability, opts.key.as_ref())?;
         Self::init_store(store, init, clock, opts)
     }
 
@@ -560,17 +567,41 @@ impl Ledger {
         if !path.exists() {
             return Err(LedgerError::NotInitialized);
         }
-        let store = Store::open(path, OpenMode::ReadWrite, opts.durability)?;
+        let store = Store::open_with_key(path, OpenMode::ReadWrite, opts.durability, opts.key.as_ref())?;
         Self::from_store(store, clock, Some(seeded(opts.seed)), false)
     }
 
-    /// Opens an existing ledger file for reading only (safe beside a running server).
+    /// Opens an existing plain ledger file for reading only (safe beside a running server).
     pub fn open_read_only(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        Self::open_read_only_with_key(path, clock, None)
+    }
+
+    /// Opens an existing ledger file for reading only, with its key if it is encrypted.
+    pub fn open_read_only_with_key(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        key: Option<&DataKey>,
+    ) -> Result<Self, LedgerError> {
         if !path.exists() {
             return Err(LedgerError::NotInitialized);
         }
-        let store = Store::open(path, OpenMode::ReadOnly, Durability::Full)?;
+        let store = Store::open_with_key(path, OpenMode::ReadOnly, Durability::Full, key)?;
         Self::from_store(store, clock, None, true)
+    }
+
+    /// The device's enrolment as it was saved ([`Ledger::save_enrolment`]), if any.
+    pub fn enrolment(&self) -> Result<Option<String>, LedgerError> {
+        Ok(self.store.meta(META_ENROLMENT)?)
+    }
+
+    /// Keeps the device's enrolment (its certificate bundle, with its private
+    /// key) inside the ledger file, replacing an earlier one. The ledger does
+    /// not read it; `fq sync` does.
+    pub fn save_enrolment(&mut self, bundle: &str) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        Ok(self.store.set_meta_now(META_ENROLMENT, bundle)?)
     }
 
     fn from_store(

@@ -16,3 +16,4 @@ pub mod sync;
 pub mod text;
 pub mod todo;
 pub mod trust;
+pub mod vault;

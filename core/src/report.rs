@@ -528,7 +528,7 @@ impl Tally {
             counts.new = 1;
         }
         // The month's last settlement decides the level it counts at.
-        let settled = events.iter().filter(|e| e.kind == EventKind::Settled && w.holds(e.at)).last();
+        let settled = events.iter().rfind(|e| e.kind == EventKind::Settled && w.holds(e.at));
         if let Some(e) = settled {
             counts.settled = 1;
             let i = level_index(e.level.unwrap_or(Level::Village));

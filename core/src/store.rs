@@ -24,7 +24,17 @@
 //! WAL with `synchronous=FULL`: a committed transaction survives a crash or a
 //! power cut, which is what lets the ledger (and later the sync server)
 //! acknowledge an operation as soon as its transaction commits.
+//!
+//! # Encryption (ADR 10)
+//! Given a [`DataKey`], the file is a SQLCipher database keyed with the raw
+//! key (`PRAGMA key = "x'…'"`, no passphrase derivation: `vault` did that
+//! once), its WAL encrypted alike. A new file is made mode 0600 before SQLite
+//! opens it; SQLite gives its `-wal` and `-shm` files the same mode.
+//! [`Store::encrypt_copy`] turns a plain file into an encrypted one with
+//! `sqlcipher_export` and checks the copy before anyone relies on it.
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,6 +44,7 @@ use serde::Serialize;
 use crate::case::{AdminCode, CaseId, Category, EventKind, Level, ReplicaId, Risk, RiskFlag, Status};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
+use crate::vault::DataKey;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = 5;
@@ -53,6 +64,10 @@ const PAGE_SIZE: i64 = 16_384;
 
 /// How long a writer waits for another process holding the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Store::encrypt_copy`] waits for the plain file to be free: a
+/// server still running on it keeps it busy for good, so fail fast.
+const EXCLUSIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +99,22 @@ pub enum StoreError {
         /// Which value.
         what: &'static str,
     },
+    /// The key given does not open the file (another ledger's key, or the
+    /// file is damaged).
+    #[error("the key does not open this ledger file")]
+    KeyRejected,
+    /// Another process (a running server) has the file open.
+    #[error("another program is using the ledger file")]
+    InUse,
+    /// The encrypted copy did not hold what the plain file holds.
+    #[error("the encrypted copy differs from the ledger: {what}")]
+    CopyDiffers {
+        /// What differed.
+        what: &'static str,
+    },
+    /// Creating the file failed.
+    #[error("creating the ledger file failed: {0}")]
+    Create(#[source] std::io::Error),
 }
 
 fn sq(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -466,15 +497,104 @@ const MIGRATIONS: &[&str] = &[
 const STATEMENT_CACHE: usize = 64;
 
 impl Store {
-    /// Opens (and for [`OpenMode::Create`], creates and migrates) a store file.
+    /// Opens (and for [`OpenMode::Create`], creates and migrates) a plain store file.
     pub fn open(path: &Path, mode: OpenMode, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with_key(path, mode, durability, None)
+    }
+
+    /// Opens a store file, encrypted with `key` if one is given (a new file is
+    /// then created encrypted).
+    pub fn open_with_key(
+        path: &Path,
+        mode: OpenMode,
+        durability: Durability,
+        key: Option<&DataKey>,
+    ) -> Result<Self, StoreError> {
         let flags = match mode {
-            OpenMode::Create => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            OpenMode::Create => {
+                create_private(path)?;
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
             OpenMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
             OpenMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sq("open"))?;
-        Self::setup(conn, mode, durability)
+        quiet(&conn)?;
+        if let Some(key) = key {
+            apply_key(&conn, key)?;
+        }
+        Self::setup(conn, mode, durability).map_err(|e| match e {
+            // SQLCipher reports a wrong key as "file is not a database" on the
+            // first read.
+            StoreError::Corrupt if key.is_some() => StoreError::KeyRejected,
+            other => other,
+        })
+    }
+
+    /// Writes an encrypted copy of the plain store file `plain` to `target`
+    /// (which must not exist), keyed with `key`, and checks it: SQLite's
+    /// integrity check, the same number of cases, changes, pending changes
+    /// and audit records, and the same log head. The plain file is only read;
+    /// it is held exclusively meanwhile, so nothing writes to it during the
+    /// copy, and a server still running on it makes this fail with
+    /// [`StoreError::InUse`].
+    pub fn encrypt_copy(plain: &Path, target: &Path, key: &DataKey) -> Result<(), StoreError> {
+        let conn =
+            Connection::open_with_flags(plain, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(sq("open"))?;
+        quiet(&conn)?;
+        conn.busy_timeout(EXCLUSIVE_TIMEOUT).map_err(sq("set busy timeout"))?;
+        // In WAL mode every open connection holds a shared lock on the file:
+        // an exclusive lock is only granted when nobody else has it open.
+        let busy = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::InUse,
+            _ => sq("lock the ledger")(e),
+        };
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(busy)?;
+        conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;").map_err(busy)?;
+        let version: i32 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sq("read schema version"))?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::BadValue { what: "schema version (open it once with this fq first)" });
+        }
+        create_private(target)?;
+        let target_text = target.to_str().ok_or(StoreError::BadValue { what: "file name (not UTF-8)" })?;
+        let literal = key.sqlcipher_literal();
+        conn.execute("ATTACH DATABASE ?1 AS encrypted KEY ?2", [target_text, literal.as_str()])
+            .map_err(sq("attach the copy"))?;
+        conn.pragma_update(Some("encrypted"), "cipher_page_size", PAGE_SIZE).map_err(sq("set the page size"))?;
+        conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(())).map_err(sq("export"))?;
+        conn.pragma_update(Some("encrypted"), "user_version", version).map_err(sq("export"))?;
+        conn.execute_batch("DETACH DATABASE encrypted").map_err(sq("detach the copy"))?;
+        let original = Self { conn, group: false };
+        let copy = Self::open_with_key(target, OpenMode::ReadWrite, Durability::Full, Some(key))?;
+        copy.integrity_check()?;
+        let cipher: String = copy
+            .conn
+            .query_row("PRAGMA cipher_integrity_check", [], |r| r.get(0))
+            .optional()
+            .map_err(sq("check"))?
+            .unwrap_or_default();
+        if !cipher.is_empty() {
+            return Err(StoreError::CopyDiffers { what: "page authentication" });
+        }
+        if copy.counts()? != original.counts()? {
+            return Err(StoreError::CopyDiffers { what: "counts of cases, changes or audit records" });
+        }
+        if copy.log_head()? != original.log_head()?
+            || copy.log_chain(copy.log_head()?)? != original.log_chain(original.log_head()?)?
+        {
+            return Err(StoreError::CopyDiffers { what: "log head" });
+        }
+        Ok(())
+    }
+
+    /// Sets a `meta` value outside any ledger operation (the device's
+    /// enrolment, kept inside the encrypted file).
+    pub fn set_meta_now(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        let tx = self.transaction()?;
+        tx.set_meta(key, value)?;
+        tx.commit()
     }
 
     /// A store in memory, for tests and the simulator.
@@ -1046,6 +1166,35 @@ impl Store {
             self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sq("integrity check"))?;
         if r == "ok" { Ok(()) } else { Err(StoreError::Corrupt) }
     }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist, so SQLite (and
+/// its `-wal` and `-shm` files, which copy the mode) never make it readable
+/// by others.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Create(e)),
+    }
+}
+
+/// Stops SQLCipher from logging to standard error: a wrong key is an error
+/// the caller reports in the user's words, never a line of SQLCipher's.
+fn quiet(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;").map_err(sq("silence cipher log"))
+}
+
+/// Keys the main database of `conn` (SQLCipher's raw-key form). Must come before
+/// anything reads it; the page size is not stored in clear, so it is set on
+/// every open (ADR 6's 16 KiB pages, as in plain files).
+fn apply_key(conn: &Connection, key: &DataKey) -> Result<(), StoreError> {
+    let literal = key.sqlcipher_literal();
+    let sql = zeroize::Zeroizing::new(format!(
+        "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {PAGE_SIZE};",
+        literal.as_str()
+    ));
+    conn.execute_batch(&sql).map_err(sq("set the key"))
 }
 
 const CASE_COLUMNS: &str = "id, number, village, grid, level, status, category, risk, \

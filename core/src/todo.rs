@@ -139,9 +139,9 @@ pub fn todo(ledger: &Ledger, scope: Option<&AdminCode>) -> Result<Todo, LedgerEr
         let open = row.status.is_open();
         let deadline = row.deadline.filter(|_| open);
         let visit =
-            (row.status == Status::Settled && !row.follow_ups_waived).then(|| row.settled_at).flatten().and_then(|s| {
-                policy.follow_up_days.get(usize::try_from(row.visits).ok()?).map(|d| s.plus_days(i64::from(*d)))
-            });
+            (row.status == Status::Settled && !row.follow_ups_waived).then_some(row.settled_at).flatten().and_then(
+                |s| policy.follow_up_days.get(usize::try_from(row.visits).ok()?).map(|d| s.plus_days(i64::from(*d))),
+            );
         let placed = if mine(&row) {
             match (deadline, visit) {
                 (Some(d), _) if d < now => Some((Group::Overdue, Some(d))),

@@ -41,6 +41,9 @@ pub(crate) struct Cli {
     /// 显示版本 / Show the version
     #[arg(short = 'V', long, action = ArgAction::Version)]
     version: Option<bool>,
+    /// 从文件读台账口令（供脚本用，文件须仅本人可读）；也可设 FQ_PASSPHRASE / Read the ledger passphrase from FILE (scripts; owner-only file); FQ_PASSPHRASE also works
+    #[arg(long, global = true, value_name = "文件 / FILE")]
+    pub passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,6 +73,31 @@ pub(crate) enum Command {
     Audit(AuditArgs),
     /// 演示：在本机跑一遍完整的县、乡、村流程 / A guided demo: the whole county, township and village story on this machine
     Demo,
+    /// 加密旧版未加密的台账 / Encrypt a ledger made before encryption
+    Encrypt(EncryptArgs),
+    /// 台账口令 / The ledger's passphrase
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    /// 口令连续输错几次后清除本机密钥（默认10） / Wrong passphrases before the key is erased (default 10)
+    #[arg(long, value_name = "次数 / N")]
+    pub wipe_after: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PassphraseCommand {
+    /// 更改台账口令（先输旧口令，再输两遍新口令） / Change the passphrase (old one, then the new one twice)
+    Change(PassphraseChangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PassphraseChangeArgs {
+    /// 从文件读新口令（供脚本用） / Read the new passphrase from FILE (scripts)
+    #[arg(long, value_name = "文件 / FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +120,9 @@ pub(crate) struct InitArgs {
     /// 县里随证书包提供的吊销清单（可选），已吊销的证书不能登记 / The county's revocation list file, if handed over with the bundle: a revoked certificate is refused
     #[arg(long, value_name = "文件 / FILE", requires = "bundle")]
     pub revocations: Option<PathBuf>,
+    /// 口令连续输错几次后清除本机密钥（默认10） / Wrong passphrases before the key is erased (default 10)
+    #[arg(long, value_name = "次数 / N")]
+    pub wipe_after: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -449,15 +480,12 @@ pub(crate) struct AuditArgs {
 }
 
 /// The separator between the Chinese and the English half of a text.
+#[cfg(test)]
 const SEP: &str = " / ";
 
-/// The half of `text` (`中文 / English`) for `lang`; a text without the
-/// separator is shown as it is.
+/// The half of `text` (`中文 / English`) for `lang`.
 fn half(text: &str, lang: Lang) -> String {
-    match text.split_once(SEP) {
-        Some((zh, en)) => (if lang == Lang::Zh { zh } else { en }).trim().to_owned(),
-        None => text.to_owned(),
-    }
+    lang.half(text).to_owned()
 }
 
 /// The command line for `lang`: every text in that language, clap's own

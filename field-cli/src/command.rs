@@ -4,18 +4,17 @@
 //! Read-only commands (`case list`, `case show`, `export`, `audit`) open the
 //! ledger read-only, so they work beside a running server and never create a
 //! file. Write commands open it read-write; each ledger operation is one
-//! SQLite transaction, committed before the confirmation is printed.
+//! SQLite transaction, committed before the confirmation is printed. Either
+//! way the ledger is unlocked first (`vault`: the passphrase, if encrypted).
 
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use anyhow::Context;
 use fq_core::case::CaseId;
 use fq_core::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use fq_core::doc::CaseState;
-use fq_core::ledger::{Identity, InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
+use fq_core::ledger::{Identity, Ledger, LedgerError, Tier};
 use fq_core::store::ListFilter;
 use fq_core::text::{Escape, SafeWriter};
 
@@ -23,13 +22,11 @@ use crate::cli::Cli;
 use crate::lang::Lang;
 use crate::render::{self, Written};
 use crate::request::{self, Action, Filter, Request};
+use crate::vault::Place;
 use crate::{demo, enroll, export, import, policy, report, sync, todo};
 
 /// The ledger's file name inside the data directory.
 pub(crate) const LEDGER_FILE: &str = "ledger.db";
-
-/// Files SQLite keeps beside a database, removed with it when `init` fails.
-const SQLITE_SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// The environment variable that fixes "now" for `fq` (RFC 3339, e.g.
 /// `2026-11-03T09:00:00+08:00`): for tests and demos only, so that deadlines,
@@ -40,7 +37,9 @@ pub(crate) const NOW_ENV: &str = "FQ_NOW";
 /// The clock every ledger of this run reads, set once by [`execute`].
 static CLOCK: OnceLock<Arc<dyn Clock>> = OnceLock::new();
 
-fn clock() -> Arc<dyn Clock> {
+/// The clock of this run: `FQ_NOW`'s fixed time if [`execute`] set one, else the system's.
+/// Every ledger `fq` opens (`vault` included) reads it.
+pub(crate) fn clock() -> Arc<dyn Clock> {
     Arc::clone(CLOCK.get_or_init(|| Arc::new(SystemClock)))
 }
 
@@ -69,7 +68,10 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         return demo::run(lang, json);
     }
     let dir = settings.data_dir(default_data_dir)?;
-    let path = dir.join(LEDGER_FILE);
+    let place = Place::new(&dir, settings.passphrase_file.clone(), lang, json);
+    let path = place.ledger_path().to_owned();
+    let open = || place.unlock()?.open();
+    let open_read_only = || place.unlock()?.open_read_only();
     // Everything printed passes through one escaping writer: cases hold text
     // from other devices, and a forged peer's control characters must show as
     // text, never act on the terminal.
@@ -79,7 +81,7 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         Request::Init(init) => match &init.bundle {
             None => {
                 let options = init.without_bundle().ok_or(request::ArgError::MissingRoleOrVillage)?;
-                let ledger = init_ledger(&dir, options)?;
+                let ledger = place.create(options, init.wipe_after)?;
                 render::initialized(out, lang, json, ledger.identity(), &dir)
             }
             Some(file) => {
@@ -89,8 +91,8 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
                 let options = enroll::init_options(&init, &bundle)?;
                 let revocations = enroll::newest_revocations(&bundle, &dir, init.revocations.as_deref())?;
                 enroll::check_not_revoked(&bundle, &revocations)?;
-                let mut ledger = init_ledger(&dir, options)?;
-                enroll::install(&dir, &mut ledger, &bundle, &revocations)?;
+                let mut ledger = place.create(options, init.wipe_after)?;
+                enroll::install(&path, &mut ledger, &bundle, &revocations)?;
                 render::initialized(out, lang, json, ledger.identity(), &dir)
             }
         },
@@ -98,65 +100,67 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
             let bundle = enroll::load(&file)?;
             let list = enroll::newest_revocations(&bundle, &dir, revocations.as_deref())?;
             enroll::check_not_revoked(&bundle, &list)?;
-            let mut ledger = open(&path)?;
+            let mut ledger = open()?;
             enroll::check_fits(&bundle, ledger.identity())?;
-            let saved = enroll::install(&dir, &mut ledger, &bundle, &list)?;
+            let saved = enroll::install(&path, &mut ledger, &bundle, &list)?;
             render::enrolled(out, lang, json, ledger.identity(), &bundle, &saved)
         }
-        Request::Sync { server } => sync::run(out, &dir, server, lang, json),
+        Request::Sync { server } => sync::run(out, &place, server, lang, json),
+        Request::Encrypt { wipe_after } => place.encrypt(out, wipe_after),
+        Request::PassphraseChange { new_file } => place.change(out, new_file.as_deref()),
         Request::New(new) => {
-            let state = open(&path)?.create_case(new)?;
+            let state = open()?.create_case(new)?;
             render::written(out, lang, json, Written::Recorded, &state)
         }
         Request::Edit { case, edit } => {
-            let mut ledger = open(&path)?;
+            let mut ledger = open()?;
             let id = ledger.resolve(&case)?;
             let state = ledger.edit(id, edit)?;
             render::written(out, lang, json, Written::Edited, &state)
         }
         Request::Act { case, action } => {
-            let mut ledger = open(&path)?;
+            let mut ledger = open()?;
             let id = ledger.resolve(&case)?;
             let state = act(&mut ledger, id, &action)?;
             render::written(out, lang, json, Written::Acted(&action), &state)
         }
         Request::List { filter } => {
-            let ledger = open_read_only(&path)?;
+            let ledger = open_read_only()?;
             let now = ledger.now();
             let rows = ledger.list(&list_filter(filter, &ledger))?;
             render::case_list(out, lang, json, &rows, now)
         }
         Request::Show { case, history, unmasked } => {
-            let mut ledger = open_read_only(&path)?;
+            let mut ledger = open_read_only()?;
             let id = ledger.resolve(&case)?;
             let view = ledger.show(id, history)?;
             render::case_card(out, lang, json, &view, unmasked, ledger.now())
         }
         Request::Export { format, out: file, unmasked } => {
-            let mut ledger = open_read_only(&path)?;
+            let mut ledger = open_read_only()?;
             let done = export::run(&mut ledger, lang, format, file.as_deref(), unmasked)?;
             export::receipt(out, lang, json, format, &done, unmasked)
         }
         Request::Audit { limit } => {
-            let ledger = open_read_only(&path)?;
+            let ledger = open_read_only()?;
             render::audit(out, lang, json, &ledger.audit(limit)?)
         }
         Request::Demo => demo::run(lang, json),
         Request::Todo { scope } => {
-            let ledger = open_read_only(&path)?;
+            let ledger = open_read_only()?;
             let list = fq_core::todo::todo(&ledger, scope.as_ref())?;
             todo::render(out, lang, json, &list, &ledger)
         }
         Request::Report(r) => {
-            let ledger = open_read_only(&path)?;
+            let ledger = open_read_only()?;
             report::run(out, lang, json, &ledger, r)
         }
         Request::PolicyShow => {
-            let ledger = open_read_only(&path)?;
+            let ledger = open_read_only()?;
             policy::show(out, lang, json, &ledger)
         }
         Request::Import { file } => {
-            let mut ledger = open(&path)?;
+            let mut ledger = open()?;
             let cases = import::read(&file, &ledger)?;
             let done = ledger.import_cases(cases)?;
             import::receipt(out, lang, json, &file, &done)
@@ -194,52 +198,6 @@ pub(crate) fn check_device(id: &Identity, path: &Path) -> Result<(), WriteRefuse
         name: id.name.clone(),
         scope: id.scope.to_string(),
     })
-}
-
-/// Opens the ledger for a write command: only a device's, and only after a
-/// read-only look that writes nothing (a server's file is never opened for
-/// writing by `fq`).
-fn open(path: &Path) -> anyhow::Result<Ledger> {
-    check_device(open_read_only(path)?.identity(), path)?;
-    Ledger::open(path, clock(), LedgerOptions::default()).with_context(|| format!("opening {}", path.display()))
-}
-
-fn open_read_only(path: &Path) -> anyhow::Result<Ledger> {
-    Ledger::open_read_only(path, clock()).with_context(|| format!("opening {} read-only", path.display()))
-}
-
-/// Creates the ledger, touching the disk only once the input is known good.
-fn init_ledger(dir: &Path, init: InitOptions) -> anyhow::Result<Ledger> {
-    let path = dir.join(LEDGER_FILE);
-    if path.exists()
-        && let Ok(existing) = Ledger::open_read_only(&path, clock())
-    {
-        let id = existing.identity();
-        return Err(LedgerError::AlreadyInitialized { name: id.name.clone(), scope: id.scope.to_string() }.into());
-    }
-    // The ledger checks the code against the role only while it creates the
-    // file: run the same checks on a throwaway ledger in memory first, so a
-    // refused init leaves no directory or file behind.
-    Ledger::init_in_memory(init.clone(), clock(), LedgerOptions::default())?;
-    let dir_existed = dir.exists();
-    let file_existed = path.exists();
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = Ledger::init(&path, init, clock(), LedgerOptions::default());
-    if result.is_err() {
-        if !file_existed {
-            let _ = fs::remove_file(&path);
-            for suffix in SQLITE_SIDE_FILES {
-                let mut side = path.clone().into_os_string();
-                side.push(suffix);
-                let _ = fs::remove_file(side);
-            }
-        }
-        if !dir_existed {
-            // Only removes the directory if it is still empty.
-            let _ = fs::remove_dir(dir);
-        }
-    }
-    result.with_context(|| format!("creating {}", path.display()))
 }
 
 fn list_filter(f: Filter, ledger: &Ledger) -> ListFilter {

@@ -21,6 +21,7 @@ use fq_core::county::County;
 use fq_core::doc::{CaseState, FieldEdit};
 use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
 use fq_core::trust::GrantRole;
+use fq_core::vault;
 use fq_sync_server::ca::{Bundle, CertificateAuthority};
 use fq_sync_server::client::{SyncOptions, sync_once};
 use fq_sync_server::config::ServerConfig;
@@ -163,6 +164,10 @@ fn story(rt: &Runtime, dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
         let path = issue(&format!("device-{id}"), *role, scope)?;
         devices.push(device(dir, id, name, *role, scope, &path)?);
     }
+    n.say(
+        "每台手机的台账都已加密（口令派生的密钥保护数据密钥），证书包和私钥存在加密的台账里。",
+        "Every phone's ledger is encrypted (its data key wrapped by a passphrase-derived key); the bundle and its private key live inside it.",
+    );
     n.say(
         &format!(
             "已签发 {} 份证书：县服务器、宾居镇和金牛镇服务器，{}村两台手机（网格员{}、调解员{}），{}调解员{}，{}调解员{}，乡镇干部和县级管理员各一台。",
@@ -426,14 +431,29 @@ fn new_case(category: Category, title: &str, description: &str) -> NewCase {
     }
 }
 
+/// The passphrase of the demo's phones: the demo sets up its own (ADR 10), as `fq init`
+/// would have asked each user for one.
+const DEMO_PASSPHRASE: &str = "演示用口令：门前有3棵柿子树";
+
+/// A phone as `fq init --bundle` sets it up: a private directory, the ledger encrypted under a
+/// key wrapped by the passphrase, the bundle (with its private key) inside the ledger.
 fn device(dir: &Path, id: &str, name: &str, role: GrantRole, scope: &str, bundle: &Path) -> Result<Device> {
     let bundle = Bundle::load(bundle)?;
     let (tier, person) = (Tier::Device, role.person_role().context("a person's role")?);
     let path = dir.join(format!("device-{id}"));
-    std::fs::create_dir_all(&path)?;
+    vault::private_dir(&path)?;
+    let ledger_path = path.join("ledger.db");
+    let passphrase = vault::Passphrase::new(DEMO_PASSPHRASE.to_owned());
+    let key = vault::Vault::for_ledger(&ledger_path).create(
+        &passphrase,
+        vault::WipePolicy::After(vault::DEFAULT_WIPE_AFTER),
+        vault::KdfParams::DEFAULT,
+    )?;
     let init = InitOptions { tier, name: name.into(), role: person, scope: AdminCode::parse(scope)?, grid: None };
-    let mut ledger = Ledger::init(&path.join("ledger.db"), init, Arc::new(SystemClock), LedgerOptions::default())?;
+    let opts = LedgerOptions { key: Some(key), ..Default::default() };
+    let mut ledger = Ledger::init(&ledger_path, init, Arc::new(SystemClock), opts)?;
     ledger.add_grant(bundle.grant())?;
+    ledger.save_enrolment(&String::from_utf8(bundle.to_json()?)?)?;
     Ok(Device { name: name.into(), ledger, bundle })
 }
 

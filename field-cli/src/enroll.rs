@@ -4,19 +4,22 @@
 //! grant and the county CA. `fq init --bundle` takes the ledger's role and area from it;
 //! `fq enroll --bundle` adds one to a device already in use, if its area covers the ledger's.
 //! Either way the grant goes into the ledger (so the device's own changes can be checked
-//! against it) and the bundle is copied to `DIR/bundle.json`, readable by its owner only: it
-//! holds the private key. `fq sync` reads it from there.
+//! against it) and the bundle, private key included, is kept inside the ledger file, which is
+//! encrypted (ADR 10): never in clear on disk. `fq sync` reads it from there. Builds before
+//! encryption copied it to `DIR/bundle.json`; such a copy is still read until `fq encrypt`
+//! takes it into the ledger and removes it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use fq_core::case::Role;
 use fq_core::ledger::{Identity, InitOptions, Ledger, Tier};
 use fq_sync_server::ca::{Bundle, BundleError, GrantRole, RevocationError, RevocationList};
 
 use crate::request::Init;
 
-/// The bundle's file name inside the data directory.
+/// The bundle's file name inside the data directory, as builds before encryption kept it.
 pub(crate) const BUNDLE_FILE: &str = "bundle.json";
 /// The newest county revocation list this device has seen (from any bundle
 /// it took, or a list file given to `enroll`/`init`), inside the data
@@ -26,8 +29,8 @@ pub(crate) const REVOCATIONS_FILE: &str = "revocations.json";
 /// Why a bundle does not fit, or is not there.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EnrollError {
-    /// No bundle in the data directory.
-    #[error("this device is not enrolled: no {BUNDLE_FILE} in {}", dir.display())]
+    /// No bundle in the ledger (nor in the data directory).
+    #[error("this device is not enrolled: no bundle in the ledger in {}", dir.display())]
     NotEnrolled {
         /// The data directory.
         dir: PathBuf,
@@ -93,8 +96,21 @@ pub(crate) fn load(path: &Path) -> Result<Bundle, EnrollError> {
     Bundle::load(path).map_err(|source| EnrollError::Invalid { path: path.to_owned(), source })
 }
 
-/// The bundle installed in `dir`.
-pub(crate) fn installed(dir: &Path) -> Result<Bundle, EnrollError> {
+/// The bundle installed on this device: the one kept in the ledger, else a clear copy in
+/// `dir` left by a build before encryption.
+pub(crate) fn installed(ledger: &Ledger, dir: &Path) -> anyhow::Result<Bundle> {
+    if let Some(text) = ledger.enrolment()? {
+        let kept = Bundle::from_json(text.as_bytes())
+            .map_err(|source| EnrollError::Invalid { path: dir.join(LEDGER_IN_DIR), source })?;
+        return Ok(kept);
+    }
+    Ok(legacy(dir)?)
+}
+
+/// What [`EnrollError::Invalid`] names when the bundle kept in the ledger is the bad one.
+const LEDGER_IN_DIR: &str = "ledger.db";
+
+fn legacy(dir: &Path) -> Result<Bundle, EnrollError> {
     let path = dir.join(BUNDLE_FILE);
     match Bundle::load(&path) {
         Ok(bundle) => Ok(bundle),
@@ -199,17 +215,26 @@ pub(crate) fn check_not_revoked(bundle: &Bundle, list: &RevocationList) -> Resul
     Ok(())
 }
 
-/// Adds the bundle's grant to the ledger, copies the bundle into `dir`
-/// (mode 0600) and keeps `revocations`, the newest list known, beside it.
+/// Adds the bundle's grant to the ledger, keeps the bundle inside the ledger file (at `path`)
+/// and `revocations`, the newest list known, beside it; returns the ledger file.
 pub(crate) fn install(
-    dir: &Path,
+    path: &Path,
     ledger: &mut Ledger,
     bundle: &Bundle,
     revocations: &RevocationList,
 ) -> anyhow::Result<PathBuf> {
     ledger.add_grant(bundle.grant())?;
-    let path = dir.join(BUNDLE_FILE);
-    bundle.save(&path)?;
-    revocations.save(&dir.join(REVOCATIONS_FILE))?;
-    Ok(path)
+    keep(ledger, bundle)?;
+    if let Some(dir) = path.parent() {
+        revocations.save(&dir.join(REVOCATIONS_FILE))?;
+    }
+    Ok(path.to_owned())
+}
+
+/// Keeps the bundle (with its private key) inside the ledger file.
+pub(crate) fn keep(ledger: &mut Ledger, bundle: &Bundle) -> anyhow::Result<()> {
+    let bytes = bundle.to_json()?;
+    let text = String::from_utf8(bytes).context("the bundle is not UTF-8 JSON")?;
+    ledger.save_enrolment(&text)?;
+    Ok(())
 }

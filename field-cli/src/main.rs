@@ -11,7 +11,11 @@
 //! - `todo`: `fq todo`, the day's work, in words.
 //! - `report`: `fq report monthly|subsidy` in every format (the figures are the core's).
 //! - `policy`: `fq policy show`, the county policy in force.
-//! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`).
+//! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`),
+//!   kept inside the encrypted ledger.
+//! - `pin`: asking for the ledger's passphrase (terminal without echo, `--passphrase-file`,
+//!   `FQ_PASSPHRASE`).
+//! - `vault`: the ledger unlocked and opened; `init`, `encrypt` and `passphrase change`.
 //! - `sync`: `fq sync` with the township or county server (the driver is
 //!   `fq_sync_server::client`).
 //! - `lang`: the user's language and the labels of the interface.
@@ -33,12 +37,14 @@ mod export;
 mod import;
 mod lang;
 mod message;
+mod pin;
 mod policy;
 mod render;
 mod report;
 mod request;
 mod sync;
 mod todo;
+mod vault;
 
 fn main() {
     std::process::exit(run())

@@ -15,7 +15,8 @@ use fq_core::ledger::{LedgerError, Tier};
 use fq_core::store::StoreError;
 use fq_core::sync::session::SessionError;
 use fq_core::sync::wire::ErrorCode;
-use fq_core::text::{Escape, SafeWriter};
+use fq_core::text::{Escape, SafeWriter, escape};
+use fq_core::vault::{MAX_WIPE_AFTER, MIN_WIPE_AFTER, VaultError, WARN_TRIES_LEFT};
 use fq_sync_server::ca::BundleError;
 use fq_sync_server::client::SyncError;
 use fq_sync_server::net::{CloseCode, ConnectError};
@@ -25,8 +26,10 @@ use crate::command::WriteRefused;
 use crate::enroll::EnrollError;
 use crate::import::{CellProblem, ImportError, RowProblem};
 use crate::lang::{Lang, choices};
+use crate::pin::PinError;
 use crate::request::{ArgError, TextFileProblem};
 use crate::sync::AddressError;
+use crate::vault::LockError;
 
 /// Exit code of a failure that is not the user's to fix.
 pub(crate) const EXIT_FAILURE: i32 = 1;
@@ -88,6 +91,21 @@ pub(crate) enum Kind {
     InvalidDate,
     NeedsFile,
     ReportFailed,
+    ServerNameNotFound,
+    NoPassphrase,
+    PassphraseMismatch,
+    PassphraseFile,
+    WrongPassphrase,
+    KeyErased,
+    KeyMissing,
+    DamagedKey,
+    WeakPassphrase,
+    NotEncrypted,
+    AlreadyEncrypted,
+    LedgerInUse,
+    KeyRejected,
+    EncryptionFailed,
+    ServerLedger,
 }
 
 impl Kind {
@@ -144,6 +162,21 @@ impl Kind {
         Kind::InvalidDate,
         Kind::NeedsFile,
         Kind::ReportFailed,
+        Kind::ServerNameNotFound,
+        Kind::NoPassphrase,
+        Kind::PassphraseMismatch,
+        Kind::PassphraseFile,
+        Kind::WrongPassphrase,
+        Kind::KeyErased,
+        Kind::KeyMissing,
+        Kind::DamagedKey,
+        Kind::WeakPassphrase,
+        Kind::NotEncrypted,
+        Kind::AlreadyEncrypted,
+        Kind::LedgerInUse,
+        Kind::KeyRejected,
+        Kind::EncryptionFailed,
+        Kind::ServerLedger,
     ];
 }
 
@@ -309,6 +342,15 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// words for, else a generic failure showing the whole chain.
 pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<PinError>() {
+            return pin(e, lang, err);
+        }
+        if let Some(e) = cause.downcast_ref::<VaultError>() {
+            return vault(e, lang, err);
+        }
+        if let Some(e) = cause.downcast_ref::<LockError>() {
+            return lock(e, lang);
+        }
         if let Some(e) = cause.downcast_ref::<EnrollError>() {
             return enroll(e, lang);
         }
@@ -622,6 +664,35 @@ fn store(e: &StoreError, lang: Lang, whole: &anyhow::Error) -> Problem {
             )
             .to_owned(),
         ),
+        StoreError::KeyRejected => Problem::failure(
+            Kind::KeyRejected,
+            lang.pick(
+                "密钥打不开这个台账文件：密钥文件和台账不是一套，或台账已损坏。请不要删除任何文件，联系县综治中心。",
+                "the key does not open this ledger file: the key file belongs to another ledger, or the ledger is damaged. Delete nothing and contact the county centre.",
+            )
+            .to_owned(),
+        ),
+        StoreError::InUse => Problem::failure(
+            Kind::LedgerInUse,
+            lang.pick(
+                "台账正被另一个程序使用（例如正在运行的服务器）：请先停止它再重试。台账没有改动。",
+                "another program (a running server?) is using the ledger: stop it and try again. Nothing was changed.",
+            )
+            .to_owned(),
+        ),
+        StoreError::CopyDiffers { what } => Problem::failure(
+            Kind::EncryptionFailed,
+            if zh {
+                let what = match *what {
+                    "page authentication" => "页面校验不通过",
+                    "log head" => "修改日志的末尾不同",
+                    _ => "案件、修改或审计记录的数量不同",
+                };
+                format!("加密后的副本和原台账不一致（{what}），已放弃加密，原台账没有改动。请把这条信息报给县综治中心。")
+            } else {
+                format!("the encrypted copy differs from the ledger ({what}); encryption was abandoned and the ledger is unchanged. Report this to the county centre.")
+            },
+        ),
         StoreError::Corrupt => Problem::failure(
             Kind::DamagedLedger,
             lang.pick(
@@ -641,12 +712,223 @@ fn store(e: &StoreError, lang: Lang, whole: &anyhow::Error) -> Problem {
     }
 }
 
+/// The words for a passphrase that could not be had.
+fn pin(e: &PinError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    match e {
+        PinError::NoPassphrase => Problem::user(
+            Kind::NoPassphrase,
+            lang.pick(
+                "台账已加密，需要口令，但这里没有终端可以输入口令：请在终端里运行；脚本可以用 --passphrase-file 文件 \
+                 指定口令文件（文件须只有本人能读：chmod 600 文件），或设置环境变量 FQ_PASSPHRASE。",
+                "the ledger is encrypted and needs its passphrase, but there is no terminal to ask on: run this in a \
+                 terminal, or (scripts) give --passphrase-file FILE (readable by you only: chmod 600 FILE), or set FQ_PASSPHRASE.",
+            )
+            .to_owned(),
+        ),
+        PinError::NoChosenPassphrase => Problem::user(
+            Kind::NoPassphrase,
+            lang.pick(
+                "台账要加密，需要设置口令，但这里没有终端可以输入：请在终端里运行（会让您输入两遍）；脚本可以用 \
+                 --passphrase-file 文件（文件须只有本人能读：chmod 600 文件）或环境变量 FQ_PASSPHRASE 给出口令。什么都没有建立。",
+                "the ledger is encrypted and needs a passphrase, but there is no terminal to ask on: run this in a terminal \
+                 (it asks twice), or (scripts) give --passphrase-file FILE (readable by you only: chmod 600 FILE) or set \
+                 FQ_PASSPHRASE. Nothing was set up.",
+            )
+            .to_owned(),
+        ),
+        PinError::NoNewPassphrase => Problem::user(
+            Kind::NoPassphrase,
+            lang.pick(
+                "没有终端可以输入新口令：请在终端里运行，或用 --new-passphrase-file 文件 指定新口令（文件须只有本人能读）。口令没有改。",
+                "there is no terminal to type the new passphrase on: run this in a terminal, or give --new-passphrase-file FILE \
+                 (readable by you only). The passphrase was not changed.",
+            )
+            .to_owned(),
+        ),
+        PinError::Mismatch => Problem::user(
+            Kind::PassphraseMismatch,
+            lang.pick("两次输入的口令不一样，什么都没有改。请重新运行。", "the two passphrases differ; nothing was changed. Run it again.")
+                .to_owned(),
+        ),
+        PinError::Empty => Problem::user(
+            Kind::PassphraseMismatch,
+            lang.pick("口令不能为空。", "the passphrase is empty.").to_owned(),
+        ),
+        PinError::FileExposed { path } => {
+            let path = escape(&path.display().to_string()).into_owned();
+            Problem::user(
+                Kind::PassphraseFile,
+                if zh {
+                    format!("口令文件 {path} 别人也能读：请先运行 chmod 600 {path}，只让自己能读，再重试。")
+                } else {
+                    format!("the passphrase file {path} is readable by others: run chmod 600 {path} first, then try again.")
+                },
+            )
+        }
+        PinError::File { path, source } => {
+            let path = escape(&path.display().to_string()).into_owned();
+            Problem::user(
+                Kind::PassphraseFile,
+                if zh {
+                    // The system's reason is in English: the path and the fix say enough.
+                    let _ = source;
+                    format!("读不到口令文件 {path}：请核对文件名，以及文件是否存在、是否不超过一行。")
+                } else {
+                    format!("cannot read the passphrase file {path} ({source}): check the name.")
+                },
+            )
+        }
+        PinError::Terminal(_) => Problem::failure(
+            Kind::Failure,
+            if zh { format!("从终端读取口令失败：{whole:#}") } else { format!("reading the passphrase failed: {whole:#}") },
+        ),
+    }
+}
+
+/// The words for the ledger's key: a wrong passphrase, an erased or missing key.
+fn vault(e: &VaultError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    match e {
+        VaultError::WrongPassphrase { failed, tries_left } => Problem::user(
+            Kind::WrongPassphrase,
+            match (tries_left, zh) {
+                (None, true) => "口令（密钥文件）不对，打不开台账。请核对口令，或 --passphrase-file 指定的文件。".to_owned(),
+                (None, false) => {
+                    "wrong passphrase (or key file): the ledger cannot be opened. Check it, or the file given with --passphrase-file."
+                        .to_owned()
+                }
+                (Some(left), true) if *left <= WARN_TRIES_LEFT => format!(
+                    "口令不对（已连续输错 {failed} 次）。警告：再输错 {left} 次，本机台账的密钥和数据将被清除，\
+                     之后只能用证书包重新建立台账、从乡镇服务器同步回来。"
+                ),
+                (Some(left), false) if *left <= WARN_TRIES_LEFT => format!(
+                    "wrong passphrase ({failed} wrong in a row). Warning: after {left} more wrong tries the ledger's key and data \
+                     on this device are erased; it then has to be set up again from its bundle and synced back from the township."
+                ),
+                (Some(left), true) => format!("口令不对（已连续输错 {failed} 次，还能再试 {left} 次）。请核对后重新输入。"),
+                (Some(left), false) => {
+                    format!("wrong passphrase ({failed} wrong in a row, {left} tries left). Check it and try again.")
+                }
+            },
+        ),
+        VaultError::Erased { failed } => Problem::user(
+            Kind::KeyErased,
+            if zh {
+                format!(
+                    "口令连续输错 {failed} 次，本机台账的密钥和数据已经清除。请用县里发的证书包重新建立台账\
+                     （fq init --bundle 证书包文件 --name 姓名），再运行 fq sync 从乡镇服务器取回本村的案件。"
+                )
+            } else {
+                format!(
+                    "{failed} wrong passphrases in a row: the ledger's key and data on this device were erased. Set the device up \
+                     again from its bundle (fq init --bundle BUNDLE_FILE --name NAME), then run fq sync to bring the village's \
+                     cases back from the township."
+                )
+            },
+        ),
+        VaultError::KeyMissing { path } => {
+            let path = escape(&path.display().to_string()).into_owned();
+            Problem::user(
+                Kind::KeyMissing,
+                if zh {
+                    format!(
+                        "台账已加密，但它的密钥文件 {path} 不见了（可能因口令输错太多次已被清除），台账打不开。\
+                         请把这个数据目录移走，用证书包重新建立台账（fq init --bundle），再运行 fq sync 从乡镇服务器取回案件。"
+                    )
+                } else {
+                    format!(
+                        "the ledger is encrypted but its key file {path} is gone (erased after too many wrong passphrases?), so it \
+                         cannot be opened. Move this data directory away, set up again from the bundle (fq init --bundle), and run \
+                         fq sync to bring the cases back from the township."
+                    )
+                },
+            )
+        }
+        VaultError::Damaged { why } => Problem::failure(
+            Kind::DamagedKey,
+            if zh {
+                "台账的密钥文件已损坏，台账打不开。请不要删除任何文件，联系县综治中心。".to_owned()
+            } else {
+                format!("the ledger's key file is damaged ({why}); the ledger cannot be opened. Delete nothing and contact the county centre.")
+            },
+        ),
+        VaultError::WeakPassphrase { .. } => Problem::user(
+            Kind::WeakPassphrase,
+            lang.pick(
+                "口令太简单，偷到手机的人可以很快试出来：至少要8个字，不能只用数字（只用数字至少12位）。\
+                 可以用一句自己记得住、别人猜不到的话，例如“我家门前有3棵柿子树”。",
+                "the passphrase is too weak: someone holding a stolen phone could try every one quickly. Use at least 8 characters, \
+                 not only digits (12 or more if only digits): a sentence only you would say, e.g. \"3 persimmon trees by my door\".",
+            )
+            .to_owned(),
+        ),
+        VaultError::AlreadyEncrypted => Problem::user(
+            Kind::AlreadyEncrypted,
+            lang.pick("台账已经加密了，不用再加密。", "the ledger is already encrypted.").to_owned(),
+        ),
+        VaultError::WipeLimit(n) => Problem::user(
+            Kind::InvalidNumber,
+            if zh {
+                format!("--wipe-after 要填 {MIN_WIPE_AFTER} 到 {MAX_WIPE_AFTER} 之间的数，不能是 {n}。")
+            } else {
+                format!("--wipe-after must be between {MIN_WIPE_AFTER} and {MAX_WIPE_AFTER}, not {n}.")
+            },
+        ),
+        VaultError::NoLedger => ledger(&LedgerError::NotInitialized, lang, whole),
+        VaultError::Store(s) => store(s, lang, whole),
+        _ => Problem::failure(
+            Kind::Failure,
+            if zh { format!("处理台账密钥失败：{whole:#}") } else { format!("handling the ledger's key failed: {whole:#}") },
+        ),
+    }
+}
+
+/// The words for a ledger that cannot be set up or encrypted here.
+fn lock(e: &LockError, lang: Lang) -> Problem {
+    match e {
+        LockError::Exists { dir } => {
+            let dir = escape(&dir.display().to_string()).into_owned();
+            Problem::user(
+                Kind::AlreadyInitialized,
+                match lang {
+                    Lang::Zh => format!("{dir} 里已经有台账了（已加密），不能重复建立。要另建台账，请用 --data-dir 指定另一个目录。"),
+                    Lang::En => format!(
+                        "{dir} already holds a ledger (encrypted); it cannot be set up twice. To make another one, give a different --data-dir."
+                    ),
+                },
+            )
+        }
+        LockError::Plain => Problem::user(
+            Kind::NotEncrypted,
+            lang.pick(
+                "台账还没有加密，没有口令可改：请先运行 fq encrypt 加密台账（会要求设置口令）。",
+                "the ledger is not encrypted, so it has no passphrase to change: run fq encrypt first (it asks for one).",
+            )
+            .to_owned(),
+        ),
+        LockError::ServerLedger { tier } => Problem::user(
+            Kind::ServerLedger,
+            match lang {
+                Lang::Zh => format!(
+                    "这是{}服务器的台账：请在服务器上停止 fq-server，再用 fq-server encrypt --data-dir 目录 --key-file 密钥文件 加密。",
+                    if *tier == "county" { "县级" } else { "乡镇" }
+                ),
+                Lang::En => format!(
+                    "this is a {tier} server's ledger: stop fq-server and run fq-server encrypt --data-dir DIR --key-file FILE on the server."
+                ),
+            },
+        ),
+    }
+}
+
 fn arg(e: &ArgError, lang: Lang) -> Problem {
     match e {
         ArgError::Number { what, input } => {
             let what = match (*what, lang) {
                 ("grid", Lang::Zh) => "网格编号",
                 ("limit", Lang::Zh) => "数量",
+                ("wipe-after", Lang::Zh) => "输错次数上限",
                 (_, Lang::Zh) => "数字",
                 (w, Lang::En) => w,
             };
@@ -940,10 +1222,25 @@ fn address(e: &AddressError, lang: Lang) -> Problem {
                 Lang::En => format!("server address \"{input}\" is not valid: write HOST:PORT, e.g. 10.0.0.5:4433."),
             },
         ),
+        // A failure, not bad input: the same name works once the network's name service does.
+        AddressError::NameNotFound { host } => Problem::failure(
+            Kind::ServerNameNotFound,
+            match lang {
+                Lang::Zh => format!(
+                    "找不到服务器“{host}”：查不到这个名字对应的地址。请检查服务器地址有没有写错，或者本机网络的域名解析（DNS）是否正常；也可以直接用服务器的 IP 地址，例如 fq sync --server 10.0.0.5:4433。本机数据没有改动。"
+                ),
+                Lang::En => format!(
+                    "cannot find the server \"{host}\": the name does not resolve to an address. Check that the address is spelled right and that this network's name service (DNS) works, or use the server's IP address, e.g. fq sync --server 10.0.0.5:4433. Nothing on this device was changed."
+                ),
+            },
+        ),
     }
 }
 
-/// The words for a failed sync. Every one says whether local data changed.
+/// The words for a failed sync. Every one says whether local data changed. No text from the
+/// server or from the network library reaches Chinese output: the server's reasons travel as
+/// stable codes ([`ErrorCode`], [`CloseCode`]) and are told here in the user's words; the
+/// English particulars stay in English output.
 fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
     let zh = lang == Lang::Zh;
     let unchanged = lang.pick("本机数据没有改动。", "Nothing on this device was changed.");
@@ -960,10 +1257,18 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("cannot reach the sync server {addr} (no answer within {} s): check the signal and the address, then try again. {unchanged}", after.as_secs())
             },
         ),
+        SyncError::Busy { addr } => Problem::failure(
+            Kind::ServerUnreachable,
+            if zh {
+                format!("同步服务器 {addr} 现在太忙（同时连接的设备已满）或正在重启，拒绝了连接：请过几分钟再同步。{unchanged}")
+            } else {
+                format!("the sync server {addr} refused the connection: it is too busy (full) or restarting. Sync again in a few minutes. {unchanged}")
+            },
+        ),
         e if e.is_unreachable() => Problem::failure(
             Kind::ServerUnreachable,
             if zh {
-                format!("连不上同步服务器：{whole:#}。请检查网络信号和服务器地址后再试。{unchanged}")
+                format!("连不上同步服务器：连接没有建立起来。请检查网络信号和服务器地址后再试。{unchanged}")
             } else {
                 format!("cannot reach the sync server: {whole:#}. Check the signal and the address, then try again. {unchanged}")
             },
@@ -985,6 +1290,14 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("the server is shutting down for maintenance; sync again in a few minutes. {kept}")
             },
         ),
+        SyncError::Refused { code: Some(CloseCode::TooManyConnections), .. } => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("同一证书连到服务器的连接太多，服务器关闭了较早的一个：请确认没有别的设备在用本机的证书（证书包不能复制给别人），然后再同步一次。{kept}")
+            } else {
+                format!("too many connections to the server with this certificate, and it closed an older one: make sure no other device uses this device's certificate (a bundle must not be copied), then sync again. {kept}")
+            },
+        ),
         SyncError::Connect { source: ConnectError::OutOfScope { server_scope, own_scope, .. }, .. } => Problem::failure(
             Kind::ServerRefused,
             if zh {
@@ -1000,7 +1313,7 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
         SyncError::Refused { code: Some(CloseCode::WrongPeer), reason } => Problem::failure(
             Kind::ServerRefused,
             if zh {
-                format!("服务器不接受本机（{reason}）：请核对服务器地址，村里的设备同步到本乡镇的服务器。{unchanged}")
+                format!("服务器不接受本机（本机不属于它负责的区域）：请核对服务器地址，村里的设备同步到本乡镇的服务器。{unchanged}")
             } else {
                 format!("the server does not take this device ({reason}): check the address; village devices sync with their township's server. {unchanged}")
             },
@@ -1009,7 +1322,7 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
             Kind::ServerRefused,
             if zh {
                 format!(
-                    "无法和服务器建立安全连接：服务器的证书不是本县颁发的，或者服务器不接受本机的证书（{whole:#}）。请核对服务器地址，或联系县综治中心。{unchanged}"
+                    "无法和服务器建立安全连接：服务器的证书不是本县颁发的，或者服务器不接受本机的证书。请核对服务器地址，或联系县综治中心。{unchanged}"
                 )
             } else {
                 format!(
@@ -1025,15 +1338,80 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 format!("the server did not acknowledge for {} s and the sync stopped (the link may be unstable). {kept} Try again later.", ms / 1000)
             },
         ),
+        SyncError::Server { code, text } => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("同步中断：{}{kept}", server_code_zh(*code))
+            } else {
+                format!("the sync stopped: the server ended the session ({}: {text}). {kept}", server_code_en(*code))
+            },
+        ),
+        SyncError::Stalled(after) => Problem::failure(
+            Kind::SyncFailed,
+            if zh {
+                format!("服务器 {} 秒没有任何回应，同步中断（网络可能断了）。{kept}请稍后再试。", after.as_secs())
+            } else {
+                format!("the server went silent for {} s and the sync stopped (the link may be down). {kept} Try again later.", after.as_secs())
+            },
+        ),
         SyncError::Ledger(l) => ledger(l, lang, whole),
         _ => Problem::failure(
             Kind::SyncFailed,
             if zh {
-                format!("同步中断：{whole:#}。{kept}请稍后再试。")
+                format!("同步中断：{}{kept}请稍后再试。", sync_cause_zh(e))
             } else {
                 format!("the sync stopped: {whole:#}. {kept} Try again later.")
             },
         ),
+    }
+}
+
+/// What the server meant by an error code, in Chinese, with what to do.
+fn server_code_zh(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::BadFrame => {
+            "服务器读不懂本机发去的数据（数据格式错误）。请把 fq 更新到最新版本；如果还不行，请联系县综治中心。"
+                .to_owned()
+        }
+        ErrorCode::UnsupportedVersion => "本机的 fq 与服务器的版本不兼容，请把 fq 更新到最新版本。".to_owned(),
+        ErrorCode::Unauthorized => {
+            "服务器认为本机无权同步这些数据（证书与本机的区域不符）。请联系县综治中心核对证书。".to_owned()
+        }
+        ErrorCode::TooLarge => {
+            "本机一次发去的数据超出了服务器的限制。请再同步一次；如果反复出现，请联系县综治中心。".to_owned()
+        }
+        ErrorCode::Internal => "服务器内部出错（例如无法保存）。请稍后再同步。".to_owned(),
+        ErrorCode::ShuttingDown => "服务器正在关闭维护，请过几分钟再同步。".to_owned(),
+        ErrorCode::Busy => "服务器现在太忙，请过几分钟再同步。".to_owned(),
+        ErrorCode::Other(n) => {
+            format!("服务器结束了同步（代码 {n}）。请稍后再同步；如果反复出现，请把 fq 更新到最新版本。")
+        }
+    }
+}
+
+/// The stable name of an error code, for English output.
+fn server_code_en(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::BadFrame => "bad-frame".to_owned(),
+        ErrorCode::UnsupportedVersion => "unsupported-version".to_owned(),
+        ErrorCode::Unauthorized => "unauthorized".to_owned(),
+        ErrorCode::TooLarge => "too-large".to_owned(),
+        ErrorCode::Internal => "internal".to_owned(),
+        ErrorCode::ShuttingDown => "shutting-down".to_owned(),
+        ErrorCode::Busy => "busy".to_owned(),
+        ErrorCode::Other(n) => format!("code {n}"),
+    }
+}
+
+/// Why a sync stopped, in Chinese, for the failures that have no sentence of their own.
+fn sync_cause_zh(e: &SyncError) -> String {
+    match e {
+        SyncError::Lost(_) => "与服务器的连接断开了（自动重连一次也没有成功）。".to_owned(),
+        SyncError::Refused { code: Some(code), .. } => format!("服务器关闭了连接（代码 {}）。", code.code()),
+        SyncError::Refused { code: None, .. } => "服务器关闭了连接。".to_owned(),
+        SyncError::Session(_) => "服务器发来的数据有误，本机结束了同步。".to_owned(),
+        SyncError::Endpoint(_) => "本机的网络无法使用。".to_owned(),
+        _ => "连接出了问题（用 --lang en 可以看到英文的详细原因）。".to_owned(),
     }
 }
 
@@ -1431,6 +1809,62 @@ mod tests {
         let p = describe(&err, Lang::Zh);
         assert_eq!((p.kind, p.exit), (Kind::NotEnrolled, EXIT_USAGE));
         assert!(p.message.contains("先用 fq enroll --bundle 登记本机"));
+    }
+
+    #[test]
+    fn sync_words_never_show_the_servers_text_in_chinese() {
+        let codes = [
+            ErrorCode::BadFrame,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Unauthorized,
+            ErrorCode::TooLarge,
+            ErrorCode::Internal,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Busy,
+            ErrorCode::Other(99),
+        ];
+        let english = |text: &str| text.split(|c: char| !c.is_ascii_alphabetic()).any(|w| w.len() >= 3 && w != "fq");
+        for code in codes {
+            let err = anyhow::Error::from(SyncError::Server { code, text: "the server could not save".into() });
+            let zh = describe(&err, Lang::Zh);
+            assert!(!english(&zh.message), "English in {code:?}: {}", zh.message);
+            if code != ErrorCode::ShuttingDown {
+                // English output keeps the server's own words for the operator.
+                let en = describe(&err, Lang::En);
+                assert!(en.message.contains("the server could not save"), "{}", en.message);
+            }
+        }
+        let lost = [
+            SyncError::Lost("reset by peer".into()),
+            SyncError::Refused { code: None, reason: "goodbye".into() },
+            SyncError::Refused { code: Some(CloseCode::TooManyConnections), reason: "too many".into() },
+            SyncError::Busy { addr: "10.0.0.5:4433".parse().unwrap() },
+            SyncError::Stalled(std::time::Duration::from_secs(60)),
+        ];
+        for e in lost {
+            let zh = describe(&anyhow::Error::from(e), Lang::Zh);
+            assert!(!english(&zh.message), "English in {}", zh.message);
+        }
+    }
+
+    #[test]
+    fn vault_wrong_passphrase_warns_before_the_last_tries() {
+        let wrong = |left: u32| {
+            let e = VaultError::WrongPassphrase { failed: 10 - left, tries_left: Some(left) };
+            describe(&anyhow::Error::from(e).context("opening /x/ledger.db"), Lang::Zh)
+        };
+        assert!(wrong(5).message.contains("还能再试 5 次"), "{}", wrong(5).message);
+        assert!(wrong(3).message.contains("警告：再输错 3 次"), "{}", wrong(3).message);
+        assert_eq!((wrong(1).kind, wrong(1).exit), (Kind::WrongPassphrase, EXIT_USAGE));
+        let erased = describe(&anyhow::Error::from(VaultError::Erased { failed: 10 }), Lang::Zh);
+        assert_eq!((erased.kind, erased.exit), (Kind::KeyErased, EXIT_USAGE));
+        assert!(
+            erased.message.contains("fq init --bundle") && erased.message.contains("fq sync"),
+            "{}",
+            erased.message
+        );
+        let none = describe(&anyhow::Error::from(PinError::NoPassphrase), Lang::Zh);
+        assert_eq!((none.kind, none.exit), (Kind::NoPassphrase, EXIT_USAGE));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use fq_core::case::{
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
 
-use crate::cli::{CaseCommand, Cli, Command, ExportFormat, PolicyCommand, ReportCommand, ReportFormat};
+use crate::cli::{
+    CaseCommand, Cli, Command, ExportFormat, PassphraseCommand, PolicyCommand, ReportCommand, ReportFormat,
+};
 
 /// The longest person name the ledger keeps, in characters (as in the core).
 const MAX_NAME_CHARS: usize = 50;
@@ -122,6 +124,8 @@ pub(crate) struct Settings {
     data_dir: Option<PathBuf>,
     /// Print `--json` instead of text.
     pub json: bool,
+    /// Where the ledger's passphrase is read from (`--passphrase-file`), if given.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -142,6 +146,7 @@ pub(crate) struct Init {
     pub bundle: Option<PathBuf>,
     /// A revocation list file handed over with the bundle.
     pub revocations: Option<PathBuf>,
+    pub wipe_after: Option<u32>,
 }
 
 impl Init {
@@ -171,6 +176,8 @@ pub(crate) enum Request {
     Export { format: ExportFormat, out: Option<PathBuf>, unmasked: bool },
     Audit { limit: u32 },
     Demo,
+    Encrypt { wipe_after: Option<u32> },
+    PassphraseChange { new_file: Option<PathBuf> },
     Todo { scope: Option<AdminCode> },
     Report(Report),
     PolicyShow,
@@ -235,6 +242,7 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
             bundle: a.bundle,
             revocations: a.revocations,
+            wipe_after: a.wipe_after.as_deref().map(|n| number("wipe-after", n)).transpose()?,
         }),
         Command::Enroll(a) => Request::Enroll { bundle: a.bundle, revocations: a.revocations },
         Command::Sync(a) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
@@ -244,12 +252,18 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             limit: a.limit.as_deref().map(|l| number("limit", l)).transpose()?.unwrap_or(DEFAULT_AUDIT_LIMIT),
         },
         Command::Demo => Request::Demo,
+        Command::Encrypt(a) => {
+            Request::Encrypt { wipe_after: a.wipe_after.as_deref().map(|n| number("wipe-after", n)).transpose()? }
+        }
+        Command::Passphrase(PassphraseCommand::Change(a)) => {
+            Request::PassphraseChange { new_file: a.new_passphrase_file }
+        }
         Command::Todo(a) => Request::Todo { scope: a.scope.as_deref().map(AdminCode::parse).transpose()? },
         Command::Report(r) => Request::Report(report(r)?),
         Command::Policy(PolicyCommand::Show) => Request::PolicyShow,
     };
     let data_dir = cli.data_dir.filter(|d| !d.as_os_str().is_empty());
-    Ok((Settings { data_dir, json: cli.json }, request))
+    Ok((Settings { data_dir, json: cli.json, passphrase_file: cli.passphrase_file }, request))
 }
 
 fn case(command: CaseCommand) -> anyhow::Result<Request> {

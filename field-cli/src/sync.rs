@@ -3,25 +3,24 @@
 //! The order keeps a failed sync harmless: everything is checked first (a ledger, a bundle
 //! that fits it, a server address), then the server is dialed, and only once it answered is
 //! the ledger opened for writing. An unreachable server leaves the device's data untouched.
-//! The address used is remembered in `DIR/sync.json` for the next `fq sync`.
+//! The passphrase is asked for once, before dialing; the certificate bundle is read from the
+//! encrypted ledger. The address used is remembered in `DIR/sync.json` (mode 0600) for the
+//! next `fq sync`.
 
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fq_core::clock::SystemClock;
-use fq_core::ledger::{Ledger, LedgerError, LedgerOptions};
 use fq_sync_server::client::{self, Progress, SyncOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::command::LEDGER_FILE;
 use crate::enroll;
 use crate::lang::Lang;
 use crate::render;
+use crate::vault::Place;
 
 /// Where the last server address is kept, inside the data directory.
 pub(crate) const SERVER_FILE: &str = "sync.json";
@@ -36,11 +35,18 @@ pub(crate) enum AddressError {
     /// No `--server` and none remembered.
     #[error("no server address: give --server ADDR")]
     NoServer,
-    /// The address does not parse or resolve.
+    /// The address is not written as `HOST:PORT`.
     #[error("invalid server address {input:?}: expected HOST:PORT")]
     Invalid {
         /// What was given.
         input: String,
+    },
+    /// The address is a well-formed name that the name service (DNS) could not turn into an
+    /// address: a typing mistake, or a network whose DNS does not work.
+    #[error("server name {host:?} could not be found (name lookup failed)")]
+    NameNotFound {
+        /// The name.
+        host: String,
     },
 }
 
@@ -52,22 +58,20 @@ struct Remembered {
 /// Runs `fq sync` on the ledger in `dir`.
 pub(crate) fn run(
     out: &mut dyn Write,
-    dir: &Path,
+    place: &Place,
     server: Option<String>,
     lang: Lang,
     json: bool,
 ) -> anyhow::Result<()> {
-    let path = dir.join(LEDGER_FILE);
-    if !path.exists() {
-        return Err(LedgerError::NotInitialized.into());
-    }
-    let bundle = enroll::installed(dir)?;
-    {
-        let ledger = Ledger::open_read_only(&path, Arc::new(SystemClock))
-            .with_context(|| format!("opening {} read-only", path.display()))?;
-        crate::command::check_device(ledger.identity(), &path)?;
+    let dir = place.dir();
+    let unlocked = place.unlock()?;
+    let bundle = {
+        let ledger = unlocked.open_read_only()?;
+        crate::command::check_device(ledger.identity(), place.ledger_path())?;
+        let bundle = enroll::installed(&ledger, dir)?;
         enroll::check_fits(&bundle, ledger.identity())?;
-    }
+        bundle
+    };
     let text = match server {
         Some(s) => s,
         None => remembered(dir).ok_or(AddressError::NoServer)?,
@@ -92,8 +96,7 @@ pub(crate) fn run(
         }
     };
     remember(dir, &text)?;
-    let mut ledger = Ledger::open(&path, Arc::new(SystemClock), LedgerOptions::default())
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut ledger = unlocked.open()?;
     let report = runtime.block_on(dialed.sync(&mut ledger, |p| show(&bar, lang, p)));
     bar.finish_and_clear();
     render::sync_summary(out, lang, json, &text, &report?)
@@ -110,12 +113,23 @@ fn options() -> SyncOptions {
     options
 }
 
+/// The server's address: an `IP:PORT`, or a `NAME:PORT` looked up by the system's name service.
+/// A name that is well formed but cannot be looked up is told apart from a badly written
+/// address: the first needs the network (or the IP address), the second a correction.
 fn resolve(text: &str) -> Result<SocketAddr, AddressError> {
     let invalid = || AddressError::Invalid { input: text.to_owned() };
+    let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    text.to_socket_addrs().map_err(|_| invalid())?.next().ok_or_else(invalid)
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let name_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if host.is_empty() || !host.chars().all(name_char) || host.starts_with(['-', '.']) {
+        return Err(invalid());
+    }
+    let not_found = || AddressError::NameNotFound { host: host.to_owned() };
+    (host, port).to_socket_addrs().map_err(|_| not_found())?.next().ok_or_else(not_found)
 }
 
 fn remembered(dir: &Path) -> Option<String> {
@@ -127,7 +141,8 @@ fn remembered(dir: &Path) -> Option<String> {
 fn remember(dir: &Path, server: &str) -> anyhow::Result<()> {
     let path = dir.join(SERVER_FILE);
     let bytes = serde_json::to_vec(&Remembered { server: server.to_owned() })?;
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    // Owner-only like every file in the data directory: it says where this device syncs.
+    fq_core::vault::write_private(&path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn progress_bar(json: bool) -> ProgressBar {
@@ -145,9 +160,13 @@ fn progress_bar(json: bool) -> ProgressBar {
 fn show(bar: &ProgressBar, lang: Lang, p: &Progress) {
     bar.set_length(p.to_send);
     bar.set_position(p.sent);
-    bar.set_message(match lang {
-        Lang::Zh => format!("同步中：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
-        Lang::En => format!("syncing: {} changes sent, {} received", p.sent, p.received),
+    bar.set_message(match (lang, p.reconnects) {
+        (Lang::Zh, 0) => format!("同步中：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
+        (Lang::Zh, _) => format!("连接断开后已重新连上，继续同步：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
+        (Lang::En, 0) => format!("syncing: {} changes sent, {} received", p.sent, p.received),
+        (Lang::En, _) => {
+            format!("reconnected after the link broke, syncing on: {} sent, {} received", p.sent, p.received)
+        }
     });
 }
 
@@ -162,6 +181,16 @@ mod tests {
         assert_eq!(resolve("[::1]:4433").unwrap(), "[::1]:4433".parse().unwrap());
         assert!(matches!(resolve("10.0.0.5"), Err(AddressError::Invalid { .. })));
         assert!(matches!(resolve("not an address"), Err(AddressError::Invalid { .. })));
+        assert!(matches!(resolve("host:port"), Err(AddressError::Invalid { .. })));
+        assert!(matches!(resolve(":4433"), Err(AddressError::Invalid { .. })));
+        assert_eq!(resolve("localhost:4433").unwrap().port(), 4433);
+    }
+
+    #[test]
+    fn resolve_tells_a_name_that_cannot_be_found_from_a_bad_address() {
+        // `.invalid` never resolves (RFC 2606), with or without a network.
+        let err = resolve("nosuchhost.invalid:4433").unwrap_err();
+        assert!(matches!(&err, AddressError::NameNotFound { host } if host == "nosuchhost.invalid"), "{err:?}");
     }
 
     #[test]

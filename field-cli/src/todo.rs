@@ -66,9 +66,8 @@ pub(crate) fn clock_note(lang: Lang, time: TimeSource) -> Option<String> {
             minute(measured_at)
         ),
         Lang::En => format!(
-            "⚠ This device's clock is {}{} {} the server's (found at the sync of {}); dates below use the corrected time.",
+            "⚠ This device's clock is {}{m} min {} the server's (found at the sync of {}); dates below use the corrected time.",
             if h > 0 { format!("{h} h ") } else { String::new() },
-            format!("{m} min"),
             if offset_ms > 0 { "ahead of" } else { "behind" },
             minute(measured_at)
         ),

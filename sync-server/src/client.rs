@@ -8,8 +8,16 @@
 //!
 //! Watchdogs: the session's ack timeout (no ack for a push within 20 s ends it) and a stall
 //! timeout ([`SyncOptions::stall_timeout`]: nothing heard from the server for that long while
-//! the sync is not done). Either ends this sync with an error; what was acknowledged before is
-//! kept and the next `fq sync` resumes after it.
+//! the sync is not done). Either ends this session; what was acknowledged before is kept.
+//!
+//! Redial: a session that ends because the link did (the connection was reset or lost, the
+//! server restarted or is shutting down, a watchdog fired) is followed by one more dial of the
+//! same server ([`SyncOptions::redials`]), and a new session resumes from the positions saved
+//! at every ack: acknowledged changes are never sent again as new, and what was in flight is
+//! sent again and counted as duplicates by the server. A restarted server resets its
+//! predecessor's connections at once (its reset key is kept on disk), so a restart costs a
+//! syncing device the time to dial again, not a watchdog. If the second dial fails too, the
+//! sync ends with the first error, and the next `fq sync` resumes where it stopped.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -22,13 +30,20 @@ use fq_core::sync::wire::{ErrorCode, Refused};
 use crate::ca::{Bundle, PeerIdentity};
 use crate::net::{
     ClientEndpoint, CloseCode, ConnectError, Connection, ConnectionError, EndpointError, NetConfig, ReadError,
-    RecvStream, SendStream, WriteError, client_endpoint,
+    RecvStream, SendStream, WriteError, client_endpoint, is_refused,
 };
 
 /// How long dialing may take by default: a 2G handshake takes seconds, not this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a sync may go without hearing from the server by default.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times a sync dials again by default after its link failed during a session.
+pub const REDIALS: u32 = 1;
+/// How often a syncing device pings the server when it has nothing else to send. A device that
+/// waits for an ack sends nothing, and a restarted server can reset the old connection only
+/// when a packet of it arrives: at the default 15 s keep-alive a restart cost the device 15 s.
+/// A ping and its ack are about 120 bytes: 60 B/s both ways, during a sync only.
+pub const SYNC_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long hanging up may take: the server's last bytes and its view of our close.
 const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes read from the stream at a time.
@@ -46,15 +61,19 @@ pub struct SyncOptions {
     pub stall_timeout: Duration,
     /// Session tunables.
     pub session: SessionConfig,
+    /// Dials after a session whose link failed ([`SyncError::is_redialable`]); 0 never dials
+    /// again.
+    pub redials: u32,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
         Self {
-            net: NetConfig::default(),
+            net: NetConfig { keep_alive_interval: SYNC_KEEP_ALIVE, ..NetConfig::default() },
             connect_timeout: CONNECT_TIMEOUT,
             stall_timeout: STALL_TIMEOUT,
             session: SessionConfig::default(),
+            redials: REDIALS,
         }
     }
 }
@@ -74,6 +93,8 @@ pub struct Progress {
     pub bytes_out: u64,
     /// Bytes received.
     pub bytes_in: u64,
+    /// How many times the link failed and the server was dialed again so far.
+    pub reconnects: u32,
 }
 
 /// What a finished sync did.
@@ -93,6 +114,8 @@ pub struct SyncReport {
     pub peer_minus_ours_ms: Option<i64>,
     /// How long the sync took, dialing included.
     pub elapsed: Duration,
+    /// How many times the link failed during the sync and the server was dialed again.
+    pub redials: u32,
 }
 
 /// Why a sync failed.
@@ -102,6 +125,13 @@ pub enum SyncError {
     /// The local QUIC endpoint could not be set up.
     #[error("cannot set up the network endpoint")]
     Endpoint(#[source] EndpointError),
+    /// The server refused the connection before its handshake: it is full (its connection
+    /// limit) or stopping.
+    #[error("the server at {addr} refused the connection (busy or stopping)")]
+    Busy {
+        /// The server.
+        addr: SocketAddr,
+    },
     /// Nothing answered within the connect timeout.
     #[error("no answer from {addr} within {after:?}")]
     Unreachable {
@@ -164,13 +194,28 @@ impl SyncError {
         }
     }
 
+    /// True when the link failed during a session in a way a new connection may cure: it was
+    /// lost or reset (a restarted server resets its predecessor's connections), the server is
+    /// shutting down (it may be restarting), or a watchdog gave up on a silent server.
+    pub fn is_redialable(&self) -> bool {
+        matches!(
+            self,
+            Self::Lost(_)
+                | Self::Stalled(_)
+                | Self::Refused { code: Some(CloseCode::ShuttingDown), .. }
+                | Self::Server { code: ErrorCode::ShuttingDown, .. }
+                | Self::Session(SessionError::TimedOut { .. })
+        )
+    }
+
     /// True when a TLS or identity check refused the connection: a certificate from another
     /// CA on either side, a revoked certificate, a server that is not our parent.
     pub fn is_trust_failure(&self) -> bool {
         match self {
             Self::Connect { source, .. } => match source {
                 ConnectError::Handshake { source, .. } => {
-                    matches!(source, ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_))
+                    !is_refused(source)
+                        && matches!(source, ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_))
                 }
                 ConnectError::Start { .. } => false,
                 _ => true,
@@ -189,6 +234,7 @@ pub struct Dialed {
     endpoint: ClientEndpoint,
     connection: Connection,
     server: PeerIdentity,
+    addr: SocketAddr,
     bundle: Bundle,
     options: SyncOptions,
     started: Instant,
@@ -202,23 +248,43 @@ pub async fn dial(bundle: &Bundle, server: SocketAddr, options: &SyncOptions) ->
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let endpoint = client_endpoint(bind, bundle, &options.net).map_err(SyncError::Endpoint)?;
-    let connected = tokio::time::timeout(options.connect_timeout, endpoint.connect(server)).await;
-    let (connection, peer) = match connected {
-        Ok(Ok(c)) => c,
-        Ok(Err(ConnectError::Handshake { addr, source })) => {
-            // The server may close right after the handshake (a revoked certificate).
-            let refused = closed_by_server(&source);
-            return Err(
-                refused.unwrap_or(SyncError::Connect { addr, source: ConnectError::Handshake { addr, source } })
-            );
-        }
-        Ok(Err(source)) => return Err(SyncError::Connect { addr: server, source }),
-        Err(_) => {
+    let (connection, peer) = match connect(&endpoint, server, options.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => {
             endpoint.close();
-            return Err(SyncError::Unreachable { addr: server, after: options.connect_timeout });
+            return Err(e);
         }
     };
-    Ok(Dialed { endpoint, connection, server: peer, bundle: bundle.clone(), options: options.clone(), started })
+    Ok(Dialed {
+        endpoint,
+        connection,
+        server: peer,
+        addr: server,
+        bundle: bundle.clone(),
+        options: options.clone(),
+        started,
+    })
+}
+
+/// One dial of `server` on `endpoint`, bounded by `limit`.
+async fn connect(
+    endpoint: &ClientEndpoint,
+    server: SocketAddr,
+    limit: Duration,
+) -> Result<(Connection, PeerIdentity), SyncError> {
+    match tokio::time::timeout(limit, endpoint.connect(server)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(ConnectError::Handshake { addr, source })) => {
+            if is_refused(&source) {
+                return Err(SyncError::Busy { addr });
+            }
+            // The server may close right after the handshake (a revoked certificate).
+            let refused = closed_by_server(&source);
+            Err(refused.unwrap_or(SyncError::Connect { addr, source: ConnectError::Handshake { addr, source } }))
+        }
+        Ok(Err(source)) => Err(SyncError::Connect { addr: server, source }),
+        Err(_) => Err(SyncError::Unreachable { addr: server, after: limit }),
+    }
 }
 
 /// [`dial`], then [`Dialed::sync`].
@@ -278,55 +344,113 @@ impl Dialed {
     /// wait for. The load generator uses it: a device's hang-up costs the server nothing, so
     /// the next device need not wait for it.
     pub async fn sync_then_hang_up(
-        self,
+        mut self,
         ledger: &mut Ledger,
         mut progress: impl FnMut(&Progress),
     ) -> (Result<SyncReport, SyncError>, HangUp) {
-        let result = self.run(ledger, &mut progress).await;
+        let mut so_far = Stats::default();
+        let mut told = Told::default();
+        let mut redials = 0;
+        let result = loop {
+            let (result, stats) = self.attempt(ledger, &mut progress, &so_far, redials, &mut told).await;
+            add(&mut so_far, &stats);
+            match result {
+                Ok(()) => break Ok(()),
+                Err(e) if e.is_redialable() && redials < self.options.redials => {
+                    CloseCode::Done.close(&self.connection);
+                    redials += 1;
+                    match connect(&self.endpoint, self.addr, self.options.connect_timeout).await {
+                        // The same CA vouches for it, but a different server at that address
+                        // (another township) must not get this device's changes.
+                        Ok((connection, server)) if server.id == self.server.id => self.connection = connection,
+                        Ok((connection, _)) => {
+                            CloseCode::Done.close(&connection);
+                            break Err(e);
+                        }
+                        Err(_) => break Err(e),
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
         CloseCode::Done.close(&self.connection);
-        (result, HangUp { endpoint: self.endpoint })
+        let report = result.map(|()| SyncReport {
+            server: self.server.clone(),
+            stats: so_far,
+            refused: told.refused,
+            policy: told.policy,
+            peer_minus_ours_ms: told.peer_minus_ours_ms,
+            elapsed: self.started.elapsed(),
+            redials,
+        });
+        (report, HangUp { endpoint: self.endpoint })
     }
 
-    async fn run(&self, ledger: &mut Ledger, progress: &mut impl FnMut(&Progress)) -> Result<SyncReport, SyncError> {
+    /// One session on the current connection. Returns its outcome and what it did, also when it
+    /// failed (what was acknowledged before the failure counts).
+    async fn attempt(
+        &self,
+        ledger: &mut Ledger,
+        progress: &mut impl FnMut(&Progress),
+        before: &Stats,
+        reconnects: u32,
+        told: &mut Told,
+    ) -> (Result<(), SyncError>, Stats) {
         let clock = SystemClock;
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| lost(&e))?;
+        let (mut send, mut recv) = match self.connection.open_bi().await {
+            Ok(stream) => stream,
+            Err(e) => return (Err(lost(&e)), Stats::default()),
+        };
         let creds = Credentials {
             ca: self.bundle.ca_verifying_key(),
             own: Some((self.bundle.grant().clone(), self.bundle.signing_key().clone())),
             peer_scope_limit: Some(self.server.scope.clone()),
         };
-        let upstream = ledger.upstream().map_err(SyncError::Ledger)?;
-        let acked = match upstream {
-            Some(up) => ledger.peer(up).map_err(SyncError::Ledger)?.map_or(0, |p| p.acked_seq),
-            None => 0,
+        let to_send = match to_send(ledger) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), Stats::default()),
         };
-        let head = ledger.log_head().map_err(SyncError::Ledger)?;
-        let to_send = u64::try_from(head.saturating_sub(acked)).unwrap_or(0);
-        let mut session = Session::new(Side::Child, ledger, creds, self.options.session.clone(), upstream, clock.now())
-            .map_err(SyncError::Session)?;
-        let mut refused = Vec::new();
-        let mut policy = None;
-        let mut clock_offset = None;
+        let upstream = match ledger.upstream() {
+            Ok(up) => up,
+            Err(e) => return (Err(SyncError::Ledger(e)), Stats::default()),
+        };
+        let mut session =
+            match Session::new(Side::Child, ledger, creds, self.options.session.clone(), upstream, clock.now()) {
+                Ok(session) => session,
+                Err(e) => return (Err(SyncError::Session(e)), Stats::default()),
+            };
+        let mut show = |s: &Stats| {
+            progress(&Progress {
+                sent: before.sent + s.sent,
+                to_send: (before.sent + to_send).max(before.sent + s.sent),
+                received: before.received + s.received,
+                bytes_out: before.bytes_out + s.bytes_out,
+                bytes_in: before.bytes_in + s.bytes_in,
+                reconnects,
+            });
+        };
+        let result = self.drive(&mut session, ledger, &mut send, &mut recv, &mut show, told).await;
+        (result, session.stats().clone())
+    }
+
+    async fn drive(
+        &self,
+        session: &mut Session,
+        ledger: &mut Ledger,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+        show: &mut impl FnMut(&Stats),
+        told: &mut Told,
+    ) -> Result<(), SyncError> {
+        let clock = SystemClock;
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         let mut heard = Instant::now();
         loop {
-            transmit(&mut session, &mut send).await?;
+            transmit(session, send).await?;
             for event in std::iter::from_fn(|| session.poll_event()) {
-                match event {
-                    Event::Acked { refused: r, .. } => refused.extend(r),
-                    Event::Policy(outcome) => policy = Some(outcome),
-                    Event::PeerClock { peer_minus_ours_ms } => clock_offset = Some(peer_minus_ours_ms),
-                    _ => {}
-                }
+                told.take(event);
             }
-            let s = session.stats();
-            progress(&Progress {
-                sent: s.sent,
-                to_send: to_send.max(s.sent),
-                received: s.received,
-                bytes_out: s.bytes_out,
-                bytes_in: s.bytes_in,
-            });
+            show(session.stats());
             if session.is_caught_up() {
                 break;
             }
@@ -345,7 +469,7 @@ impl Dialed {
                         heard = Instant::now();
                         if let Err(e) = session.handle_input(ledger, &buf[..n], clock.now()) {
                             // Tell the server why before hanging up.
-                            let _ = transmit(&mut session, &mut send).await;
+                            let _ = transmit(session, send).await;
                             return Err(match e {
                                 SessionError::Peer { code, text } => SyncError::Server { code, text },
                                 SessionError::Ledger(l) => SyncError::Ledger(l),
@@ -358,7 +482,7 @@ impl Dialed {
                 },
                 () = tokio::time::sleep(watchdog.unwrap_or(stall)), if watchdog.is_some() => {
                     if let Err(e) = session.handle_timeout(clock.now()) {
-                        let _ = transmit(&mut session, &mut send).await;
+                        let _ = transmit(session, send).await;
                         return Err(SyncError::Session(e));
                     }
                 }
@@ -368,16 +492,59 @@ impl Dialed {
         // Done: finish our side and read the server's to its end (it finishes once it has
         // retired the session), so no stream is left half open.
         let _ = send.finish();
-        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, drain(&mut recv)).await;
-        Ok(SyncReport {
-            server: self.server.clone(),
-            stats: session.stats().clone(),
-            refused,
-            policy,
-            peer_minus_ours_ms: clock_offset,
-            elapsed: self.started.elapsed(),
-        })
+        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, drain(recv)).await;
+        Ok(())
     }
+}
+
+/// What the server told us during a sync, over every session of it (a redial starts another).
+#[derive(Debug, Default)]
+struct Told {
+    /// Our changes the server refused.
+    refused: Vec<Refused>,
+    /// The county policy the server sent, if any.
+    policy: Option<PolicyOutcome>,
+    /// The server's clock minus ours, as last measured.
+    peer_minus_ours_ms: Option<i64>,
+}
+
+impl Told {
+    fn take(&mut self, event: Event) {
+        match event {
+            Event::Acked { refused, .. } => self.refused.extend(refused),
+            // A session after a redial finds the policy installed by the one before "not
+            // newer": what the sync did is still the installation.
+            Event::Policy(outcome)
+                if !(matches!(outcome, PolicyOutcome::Stale { .. })
+                    && matches!(self.policy, Some(PolicyOutcome::Installed { .. }))) =>
+            {
+                self.policy = Some(outcome);
+            }
+            Event::PeerClock { peer_minus_ours_ms } => self.peer_minus_ours_ms = Some(peer_minus_ours_ms),
+            _ => {}
+        }
+    }
+}
+
+/// About how many changes there are to send: log rows after the server's acknowledged position.
+fn to_send(ledger: &Ledger) -> Result<u64, SyncError> {
+    let acked = match ledger.upstream().map_err(SyncError::Ledger)? {
+        Some(up) => ledger.peer(up).map_err(SyncError::Ledger)?.map_or(0, |p| p.acked_seq),
+        None => 0,
+    };
+    let head = ledger.log_head().map_err(SyncError::Ledger)?;
+    Ok(u64::try_from(head.saturating_sub(acked)).unwrap_or(0))
+}
+
+/// Adds one session's totals to the sync's.
+fn add(total: &mut Stats, s: &Stats) {
+    total.sent += s.sent;
+    total.received += s.received;
+    total.duplicates += s.duplicates;
+    total.refused_by_peer += s.refused_by_peer;
+    total.refused_here += s.refused_here;
+    total.bytes_out += s.bytes_out;
+    total.bytes_in += s.bytes_in;
 }
 
 /// A closed connection whose close the server has yet to see.

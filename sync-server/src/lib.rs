@@ -13,7 +13,11 @@
 //!   rustls and transport configurations (tuned for 2G), and hands out connections only after
 //!   the peer's identity was read and its serial checked against the revocation list in force.
 //! - [`config`]: what a server runs with: command-line settings and the `--config` file
-//!   (TOML or JSON: sync interval, the revocation list file to follow).
+//!   (TOML or JSON: sync interval, the revocation list file to follow, the limits), and the
+//!   memory bound its limits give ([`config::ServerConfig::memory_bound`]).
+//! - [`limits`]: what one peer, and all peers together, may make a server hold: connections in
+//!   total and per certificate, and the input budget that every frame is charged to from its
+//!   length prefix until it is handled.
 //! - [`server`]: `fq-server run`: [`server::bind`] opens the replica and the endpoint,
 //!   [`server::Server::run`] accepts connections until its shutdown future completes, then shuts
 //!   down gracefully. Also follows the revocation list file while running, sends the list in
@@ -23,19 +27,23 @@
 //!   every [`fq_core::sync::session::Session`]; connection tasks send it bytes, it sends back
 //!   frames, commits their work in groups, and tells every session once per group when the
 //!   log grew.
-//! - `link` (private): one session's QUIC stream, between the network and the replica thread.
+//! - `link` (private): one session's QUIC stream, between the network and the replica thread;
+//!   follows the frame boundaries of what it reads and charges them to the input budget.
 //! - `policy` (private): the county server follows the CA's signed policy file and hands it to
 //!   the replica thread, which installs it and sends it down to every child (ADR 30).
 //! - `upstream` (private): a township's link to the county: dial, keep the session open,
 //!   re-dial with backoff; beside the session, take the revocation lists the county sends.
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
-//!   [`client::Dialed::sync`] runs one session to the end; [`client::sync_once`] does both.
-//!   `fq sync` is a thin shell over it.
+//!   [`client::Dialed::sync`] runs a session to the end, dialing once more if the link breaks
+//!   on the way; [`client::sync_once`] does both. `fq sync` is a thin shell over it.
 //! - [`report`]: last month's report (HTML, xlsx, JSON) written into `DIR/reports/` on the
 //!   first of each month, and the newest one found for `status`.
 //! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
 //!   read-only beside the running server.
-//! - `main.rs`: the `fq-server` binary, a thin clap shell over these modules.
+//! - [`journal`]: the log: JSON with stable English event names, or a human line in the
+//!   operator's language (every event and field has its Chinese words).
+//! - `main.rs`, `cli.rs`, `message.rs` (the binary, not this library): the `fq-server` clap
+//!   shell; its help, usage mistakes, errors and output in Chinese (the default) or English.
 //!
 //! # Example
 //!
@@ -75,11 +83,18 @@
 //!   every session to the scope the peer's certificate names.
 //! - A device's changes are acknowledged only after the server committed them (the session's
 //!   rule); a server killed at any moment keeps every acknowledged change.
+//! - What one certificate can make the server hold is bounded ([`limits`]): at most
+//!   `max_connections_per_peer` connections of `max_streams` sessions each, and its share of
+//!   the input budget for unfinished frames.
+//! - A restarted server resets its predecessor's connections: its stateless-reset key lives in
+//!   the data directory ([`server::RESET_KEY_FILE`]).
 #![warn(missing_docs)]
 
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod journal;
+pub mod limits;
 mod link;
 pub mod net;
 mod policy;

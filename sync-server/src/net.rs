@@ -46,9 +46,12 @@ pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// Send window of a connection, in bytes: unacknowledged data we keep in memory. At 2G rates
 /// (a few KB/s) 2 MiB is minutes of data, more than any congestion window will allow.
 pub const SEND_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
-/// Bidirectional streams a peer may have open at once. A child runs one sync session at a time
-/// (one stream each) plus a retry after its watchdog fires; 4 leaves room and bounds state.
-pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 4;
+/// Bidirectional streams (sync sessions) a peer may have open at once on one connection,
+/// unless the config says otherwise ([`NetConfig::max_streams`]). A child runs one session at a
+/// time on a connection (a retry after its watchdog dials a new connection); 2 leaves room for
+/// one overlap and bounds what one connection can make the server hold (OPERATIONS.md,
+/// "Limits").
+pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 2;
 /// Unidirectional streams a peer may open by default: none. The one use of them, a county
 /// sending its revocation list down to a township (PROTOCOL.md, "Revocation lists"), is
 /// allowed by the township on the connection it dials (`Connection::set_max_concurrent_uni_streams`),
@@ -66,6 +69,58 @@ pub const SERVER_UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// TLS sessions a server remembers for resumption (and 0-RTT), about 1 KiB each. A client
 /// stores two tickets per server, so this covers a few thousand devices.
 pub const SERVER_SESSION_CACHE_ENTRIES: usize = 8192;
+/// Bytes of a server's stateless-reset key ([`ResetKey`]).
+pub const RESET_KEY_BYTES: usize = 32;
+/// Shortest time between two stateless resets a server sends (quinn's default is 20 ms). After a
+/// restart every device that was syncing needs one; at 2 ms a county's 1,600 devices are all
+/// told within about 3 s, and a reset is smaller than the packet that caused it, so it cannot
+/// amplify a flood.
+pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(2);
+/// Connection attempts a server queues before it has looked at them. The accept loop hands each
+/// one to its own task at once, so the queue is short; the bound only matters under a flood.
+pub const MAX_INCOMING: usize = 1024;
+/// Bytes of early (0-RTT) packets held for one connection attempt before the server looks at it,
+/// and for all of them together. quinn's defaults (10 MiB and 100 MiB) are sized for web servers.
+pub const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+/// See [`INCOMING_BUFFER_BYTES`].
+pub const INCOMING_BUFFER_TOTAL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The secret a server derives its QUIC stateless-reset tokens from.
+///
+/// A server that lost a connection's state (it was restarted) answers that connection's next
+/// packet with a stateless reset, which the peer accepts only if its token matches the one the
+/// server handed out when the connection was made. quinn picks a random key per process by
+/// default, so a restarted server's resets never match and its predecessor's peers wait for an
+/// idle timeout. A server keeps its key in its data directory instead (`server`), so the
+/// restarted process resets those connections at once and the peers dial again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResetKey([u8; RESET_KEY_BYTES]);
+
+impl ResetKey {
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: [u8; RESET_KEY_BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    /// A new random key.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; RESET_KEY_BYTES];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The key's bytes (to save it).
+    pub fn as_bytes(&self) -> &[u8; RESET_KEY_BYTES] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str("ResetKey(..)")
+    }
+}
 
 /// Transport settings that deployments (and tests) may change; everything else is fixed by the
 /// constants above.
@@ -76,11 +131,21 @@ pub struct NetConfig {
     pub keep_alive_interval: Duration,
     /// How long a connection may go without hearing from the peer before it is dropped.
     pub idle_timeout: Duration,
+    /// Sync sessions (bidirectional streams) the peer may have open at once on one connection.
+    pub max_streams: u32,
+    /// A server's stateless-reset key; `None` takes a random one for this process (clients, and
+    /// servers in tests that never restart).
+    pub reset_key: Option<ResetKey>,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        Self { keep_alive_interval: KEEP_ALIVE_INTERVAL, idle_timeout: IDLE_TIMEOUT }
+        Self {
+            keep_alive_interval: KEEP_ALIVE_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
+            max_streams: MAX_CONCURRENT_BIDI_STREAMS,
+            reset_key: None,
+        }
     }
 }
 
@@ -101,19 +166,24 @@ pub enum CloseCode {
     WrongProtocol,
     /// The server is shutting down; the client should come back later.
     ShuttingDown,
+    /// The peer's certificate opened more connections than the server allows one certificate;
+    /// the server closed its oldest one.
+    TooManyConnections,
 }
 
 impl CloseCode {
-    const ALL: [CloseCode; 6] = [
+    const ALL: [CloseCode; 7] = [
         CloseCode::Done,
         CloseCode::Revoked,
         CloseCode::BadIdentity,
         CloseCode::WrongPeer,
         CloseCode::WrongProtocol,
         CloseCode::ShuttingDown,
+        CloseCode::TooManyConnections,
     ];
 
-    /// The code on the wire. Trust failures use 0x1xx; the sync protocol has its own range.
+    /// The code on the wire. Trust failures use 0x1xx, limits 0x2xx; the sync protocol has its
+    /// own range.
     pub fn code(self) -> VarInt {
         VarInt::from_u32(match self {
             Self::Done => 0,
@@ -122,6 +192,7 @@ impl CloseCode {
             Self::BadIdentity => 0x102,
             Self::WrongPeer => 0x103,
             Self::WrongProtocol => 0x104,
+            Self::TooManyConnections => 0x201,
         })
     }
 
@@ -139,6 +210,7 @@ impl CloseCode {
             Self::WrongPeer => "unexpected peer",
             Self::WrongProtocol => "alpn fq-sync/1 required",
             Self::ShuttingDown => "server shutting down",
+            Self::TooManyConnections => "too many connections for this certificate",
         }
     }
 
@@ -334,11 +406,31 @@ pub fn server_endpoint(
     tls.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport(net)?));
+    config
+        .transport_config(Arc::new(transport(net)?))
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
+    let mut endpoint_config = match &net.reset_key {
+        Some(key) => {
+            let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+            // quinn drops, without a reset, packets whose connection id it does not recognise as
+            // its own, and by default it signs its ids with a key drawn per process: derive that
+            // key from the reset key too, so a restarted server knows its predecessor's ids.
+            let tag = ring::hmac::sign(&hmac, b"fq connection ids v1");
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&tag.as_ref()[..8]);
+            let cid_key = u64::from_le_bytes(cid_key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(hmac));
+            config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
+    endpoint_config.min_reset_interval(MIN_RESET_INTERVAL);
     let socket = server_socket(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
-    let endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     Ok(ServerEndpoint { endpoint, revocations })
 }
 
@@ -572,6 +664,37 @@ impl ClientEndpoint {
     }
 }
 
+/// Why a connection ended, as a short stable phrase for the log (the human log translates it;
+/// quinn's own texts vary between versions).
+pub fn connection_end(e: &ConnectionError) -> &'static str {
+    match e {
+        ConnectionError::ApplicationClosed(_) => "closed by the peer",
+        ConnectionError::LocallyClosed => "closed by this side",
+        ConnectionError::TimedOut => "the peer went silent (idle timeout)",
+        ConnectionError::Reset => "reset by the peer",
+        ConnectionError::ConnectionClosed(_) | ConnectionError::TransportError(_) => "transport error",
+        ConnectionError::VersionMismatch => "quic version mismatch",
+        ConnectionError::CidsExhausted => "connection ids exhausted",
+    }
+}
+
+/// True when the server refused the connection before any handshake (QUIC's
+/// CONNECTION_REFUSED): it is at its connection limit, or stopping.
+pub fn is_refused(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ConnectionClosed(close) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+/// Why reading a stream failed, as a short stable phrase for the log (see [`connection_end`]).
+pub fn read_end(e: &ReadError) -> &'static str {
+    match e {
+        ReadError::ConnectionLost(c) => connection_end(c),
+        ReadError::Reset(_) => "the peer reset the stream",
+        ReadError::ClosedStream => "the stream was closed",
+        ReadError::IllegalOrderedRead => "stream read out of order",
+        ReadError::ZeroRttRejected => "early data rejected",
+    }
+}
+
 /// The ring provider, the only one this workspace builds.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -597,7 +720,7 @@ fn transport(net: &NetConfig) -> Result<quinn::TransportConfig, EndpointError> {
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES))
         .send_window(SEND_WINDOW_BYTES)
-        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
+        .max_concurrent_bidi_streams(VarInt::from_u32(net.max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
         .initial_rtt(INITIAL_RTT)
         // The protocol does not use unreliable datagrams; refuse them.

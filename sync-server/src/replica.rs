@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -36,9 +37,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::ca::PeerIdentity;
+use crate::limits::{Charge, OverBudget};
 
 /// Commands queued for the actor before senders wait: enough for a burst from many streams.
-const COMMAND_QUEUE: usize = 256;
+/// Each holds at most one read chunk, so the queue holds at most 16 MiB.
+pub(crate) const COMMAND_QUEUE: usize = 256;
 /// Longest the actor sleeps without looking at its sessions' timers.
 const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
 /// Most commands handled in one group commit: bounds the time frames wait for it.
@@ -70,6 +73,18 @@ pub(crate) enum Command {
         id: SessionId,
         /// The bytes, as read.
         bytes: Vec<u8>,
+        /// What to give back to the input budget once the bytes are handled: the frames they
+        /// complete (none on the link to the county, which is not charged).
+        release: Option<(Arc<Charge>, usize)>,
+    },
+    /// The stream announced a frame that does not fit in the input budget: end the session.
+    OverBudget {
+        /// The session.
+        id: SessionId,
+        /// Whose share was spent.
+        over: OverBudget,
+        /// The stream's charge, given back once the session (and its decoder) is gone.
+        held: Option<Arc<Charge>>,
     },
     /// The stream ended (finished by the peer, reset, or the connection was lost).
     Ended {
@@ -77,6 +92,8 @@ pub(crate) enum Command {
         id: SessionId,
         /// Why, for the log.
         reason: String,
+        /// The stream's charge, given back once the session (and its decoder) is gone.
+        held: Option<Arc<Charge>>,
     },
     /// A signed county policy to install (from the file the county server
     /// follows); the reply says what became of it. Open child sessions are
@@ -86,11 +103,6 @@ pub(crate) enum Command {
         bytes: Vec<u8>,
         /// What [`Ledger::install_policy`] said.
         reply: oneshot::Sender<Result<PolicyInstall, LedgerError>>,
-    },
-    /// Close every session with "shutting down" and stop; the reply says it is done.
-    Shutdown {
-        /// Answered once every session was closed and the ledger dropped.
-        done: oneshot::Sender<()>,
     },
     /// Tests only: the actor panics, as a bug would make it.
     #[cfg(test)]
@@ -121,7 +133,16 @@ pub(crate) struct OwnCredentials {
 #[derive(Debug)]
 pub(crate) struct ReplicaHandle {
     tx: mpsc::Sender<Command>,
+    stop: Arc<Stop>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Asks the actor to stop, ahead of whatever is queued: commands queued behind the one being
+/// handled are dropped (nothing in them was acknowledged; their peers send them again).
+#[derive(Debug, Default)]
+struct Stop {
+    asked: AtomicBool,
+    wake: Notify,
 }
 
 impl ReplicaHandle {
@@ -135,9 +156,12 @@ impl ReplicaHandle {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         let actor = Actor::new(ledger, own, cfg, upstream_wake);
-        let thread =
-            std::thread::Builder::new().name("fq-replica".into()).spawn(move || runtime.block_on(actor.run(rx)))?;
-        Ok(Self { tx, thread: Some(thread) })
+        let stop = Arc::new(Stop::default());
+        let asked = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("fq-replica".into())
+            .spawn(move || runtime.block_on(actor.run(rx, &asked)))?;
+        Ok(Self { tx, stop, thread: Some(thread) })
     }
 
     /// A sender for connection tasks.
@@ -152,13 +176,12 @@ impl ReplicaHandle {
         self.tx.closed().await;
     }
 
-    /// Closes every session with "shutting down", waits until that is done and the ledger is
-    /// closed, and joins the thread.
+    /// Stops the actor: it finishes the command it is on (a batch being applied commits, and
+    /// its ack is sent), commits its group, closes every session with "shutting down", drops the
+    /// ledger and ends; this waits for all of that and joins the thread.
     pub(crate) async fn shutdown(mut self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::Shutdown { done }).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.stop.asked.store(true, Ordering::Release);
+        self.stop.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             // The actor has returned (or died); joining cannot block for long.
             let joined = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -216,8 +239,9 @@ impl Actor {
     /// frames those commands produced. Each session's work is still its own
     /// savepoint; many devices' pushes share one fsync, and no ack leaves
     /// before the commit that makes it true.
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        loop {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, stop: &Stop) {
+        let stopping = || stop.asked.load(Ordering::Acquire);
+        while !stopping() {
             let nap = self.next_timeout().unwrap_or(MAX_IDLE_TICK).min(MAX_IDLE_TICK);
             let first = tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -225,34 +249,24 @@ impl Actor {
                     Some(cmd) => Some(cmd),
                 },
                 () = tokio::time::sleep(nap) => None,
+                () = stop.wake.notified() => None,
             };
             if first.is_some() {
                 self.begin_group();
             }
-            let mut stop = None;
             let mut queued = first;
             let mut handled = 0;
             let started = std::time::Instant::now();
             while let Some(cmd) = queued.take() {
-                if let Command::Shutdown { done } = cmd {
-                    stop = Some(done);
-                    break;
-                }
                 self.handle(cmd);
                 handled += 1;
-                if handled < MAX_GROUP && started.elapsed() < MAX_GROUP_TIME {
+                if !stopping() && handled < MAX_GROUP && started.elapsed() < MAX_GROUP_TIME {
                     queued = rx.try_recv().ok();
                 }
             }
             self.check_timeouts();
             self.spread();
             self.end_group();
-            if let Some(done) = stop {
-                self.shutdown();
-                drop(self);
-                let _ = done.send(());
-                return;
-            }
         }
         self.shutdown();
     }
@@ -305,8 +319,16 @@ impl Actor {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Open { id, side, peer, out } => self.open(id, side, *peer, out),
-            Command::Input { id, bytes } => self.input(id, &bytes),
-            Command::Ended { id, reason } => {
+            Command::Input { id, bytes, release } => {
+                self.input(id, &bytes);
+                // The frames these bytes complete have been decoded and handled: the session no
+                // longer holds them.
+                if let Some((charge, bytes)) = release {
+                    charge.release(bytes);
+                }
+            }
+            Command::OverBudget { id, over, held: _held } => self.over_budget(id, over),
+            Command::Ended { id, reason, held: _held } => {
                 if let Some(live) = self.sessions.remove(&id) {
                     self.emit(&live.out, Outgoing::Finish);
                     let caught_up = live.session.is_caught_up();
@@ -326,7 +348,6 @@ impl Actor {
                 }
                 let _ = reply.send(result);
             }
-            Command::Shutdown { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("the replica thread panics (test)"),
         }
@@ -386,6 +407,26 @@ impl Actor {
         if after > before {
             self.grew = true;
         }
+    }
+
+    /// Ends a session whose stream announced more input than the budget holds: the peer's fault
+    /// when its certificate's share is spent (`TooLarge`), the server's load when the whole
+    /// budget is (`Busy`: try again later).
+    fn over_budget(&mut self, id: SessionId, over: OverBudget) {
+        let Some(live) = self.sessions.get_mut(&id) else { return };
+        let peer = live.peer.id.as_str();
+        let serial = live.peer.serial.to_string();
+        match over {
+            OverBudget::Peer { held, wanted, limit } => {
+                warn!(session = id, peer, serial, held, wanted, limit, "peer input budget spent; session ended");
+                live.session.close(ErrorCode::TooLarge, "too much unfinished input from this certificate");
+            }
+            OverBudget::Server { held, wanted, limit } => {
+                warn!(session = id, peer, serial, held, wanted, limit, "server input budget spent; session ended");
+                live.session.close(ErrorCode::Busy, "the server is busy; sync again in a few minutes");
+            }
+        }
+        self.flush(id);
     }
 
     /// If the log grew during this group, every session pushes on what its peer lacks (the
@@ -542,7 +583,7 @@ fn log_event(id: SessionId, live: &Live, event: &Event) {
             debug!(session = id, peer, offered, current, "county policy from upstream is not newer; ignored");
         }
         Event::Policy(PolicyOutcome::Refused { claimed, reason }) => {
-            warn!(session = id, peer, claimed, %reason, "county policy from upstream refused; the one in force stays");
+            warn!(session = id, peer, claimed_version = claimed, %reason, "county policy from upstream refused; the one in force stays");
         }
         Event::PeerClock { peer_minus_ours_ms } => {
             if peer_minus_ours_ms.abs() > CLOCK_SKEW_TOLERANCE_MS {

@@ -18,6 +18,7 @@ use fq_core::clock::{Clock, SystemClock};
 use fq_core::lang::Lang;
 use fq_core::ledger::Ledger;
 use fq_core::report::{self, Month};
+use fq_core::vault::DataKey;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -87,10 +88,11 @@ pub enum WriteError {
     },
 }
 
-/// Writes `month`'s report of the replica in `data_dir` (its whole area), in `lang`.
-pub fn write(data_dir: &Path, month: Month, lang: Lang) -> Result<MonthlyFiles, WriteError> {
+/// Writes `month`'s report of the replica in `data_dir` (its whole area), in `lang`; `key` is
+/// the replica's data key if it is encrypted (`run --encrypt`).
+pub fn write(data_dir: &Path, month: Month, lang: Lang, key: Option<&DataKey>) -> Result<MonthlyFiles, WriteError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let ledger = Ledger::open_read_only(&data_dir.join(LEDGER_FILE), Arc::clone(&clock))?;
+    let ledger = Ledger::open_read_only_with_key(&data_dir.join(LEDGER_FILE), Arc::clone(&clock), key)?;
     let m = report::monthly(&ledger, month, None, clock.now())?;
     let out = files(data_dir, month);
     let dir = data_dir.join(REPORTS_DIR);
@@ -108,13 +110,13 @@ pub fn write(data_dir: &Path, month: Month, lang: Lang) -> Result<MonthlyFiles, 
 }
 
 /// Writes last month's report whenever it is missing, checking at start and every hour, until `stop`.
-pub(crate) async fn monthly(data_dir: PathBuf, mut stop: watch::Receiver<bool>) {
-    let lang = Lang::from_env();
+pub(crate) async fn monthly(data_dir: PathBuf, lang: Lang, key: Option<DataKey>, mut stop: watch::Receiver<bool>) {
     loop {
         let month = Month::of(SystemClock.now()).previous();
         if !files(&data_dir, month).json.exists() {
             let dir = data_dir.clone();
-            match tokio::task::spawn_blocking(move || write(&dir, month, lang)).await {
+            let key = key.clone();
+            match tokio::task::spawn_blocking(move || write(&dir, month, lang, key.as_ref())).await {
                 Ok(Ok(f)) => info!(month = %month, path = %f.html.display(), "monthly report written"),
                 Ok(Err(e)) => {
                     warn!(month = %month, error = %crate::server::error_chain(&e), "cannot write the monthly report; trying again in an hour")

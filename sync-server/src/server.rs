@@ -18,16 +18,29 @@
 //! is sent to every connected child server on a unidirectional stream (docs/PROTOCOL.md,
 //! "Revocation lists"). Devices are never sent lists.
 //!
-//! Shutdown: stop accepting; stop the upstream dialer; the replica thread finishes the command
-//! it is on (a batch being applied commits and its ack is queued), then closes every session
-//! with an `Error` frame "shutting down"; connections are given [`ServerConfig::shutdown_grace`]
-//! to flush, then closed with [`CloseCode::ShuttingDown`]; the endpoint waits idle (bounded).
+//! Limits (`crate::limits`): every connection attempt takes one of
+//! [`crate::limits::Limits::max_connections`] slots before its handshake, or is refused at
+//! once; an authenticated connection past its certificate's
+//! [`crate::limits::Limits::max_connections_per_peer`] closes that certificate's oldest one
+//! ([`CloseCode::TooManyConnections`]); and every stream of a peer dialing in charges what it
+//! sends to the input budget.
+//!
+//! Restarts: the QUIC stateless-reset key is kept in the data directory ([`RESET_KEY_FILE`]),
+//! so a restarted server resets its predecessor's connections as soon as their next packet
+//! arrives, and their peers dial again at once instead of waiting for an idle timeout.
+//!
+//! Shutdown: stop accepting; the replica thread finishes the command it is on (a batch being
+//! applied commits and its ack is sent), drops what is queued behind it, and closes every
+//! session with an `Error` frame "shutting down"; then the upstream dialer stops, connections
+//! are given [`ServerConfig::shutdown_grace`] to flush, and are closed with
+//! [`CloseCode::ShuttingDown`]; the endpoint gets a moment to send the closes
+//! ([`CLOSE_FLUSH`]). The whole takes about a second, so a restart finds the port free.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +48,7 @@ use fq_core::case::Role;
 use fq_core::clock::SystemClock;
 use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
 use fq_core::sync::session::Side;
+use fq_core::vault::{DataKey, KdfParams, Protection, Vault, VaultError, WipePolicy};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -44,9 +58,10 @@ use crate::ca::{
     SubjectId,
 };
 use crate::config::ServerConfig;
+use crate::limits::{Charge, InputBudget};
 use crate::net::{
-    CloseCode, Connection, ConnectionError, EndpointError, Handshake, ServerEndpoint, VarInt, WriteError,
-    server_endpoint,
+    CloseCode, Connection, ConnectionError, EndpointError, Handshake, RESET_KEY_BYTES, ResetKey, ServerEndpoint,
+    VarInt, WriteError, connection_end, server_endpoint,
 };
 use crate::replica::{Command, OwnCredentials, ReplicaHandle};
 use crate::{link, upstream};
@@ -61,6 +76,14 @@ pub const SAVED_REVOCATIONS_FILE: &str = "revocations.json";
 /// does not take it in this time (an older build that grants no unidirectional stream) is
 /// sent the next list when there is one.
 pub const REVOCATION_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file, inside the data directory, holding the server's QUIC stateless-reset key
+/// ([`ResetKey`]): 32 random bytes, mode 0600, made on first run and kept across restarts.
+pub const RESET_KEY_FILE: &str = "reset.key";
+/// How long a handshake may take before its connection slot is given back. A 2G handshake
+/// takes seconds, with retransmissions perhaps ten.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the endpoint is given, at shutdown, to send the connections' closes.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +147,23 @@ pub enum ServeError {
         #[source]
         source: LedgerError,
     },
+    /// The replica's encryption does not match `--encrypt`, or its key cannot be unwrapped.
+    #[error("replica {path}: {problem}")]
+    Encryption {
+        /// The ledger file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: EncryptionProblem,
+    },
+    /// The replica's key could not be made or unwrapped.
+    #[error("replica key {path}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: VaultError,
+    },
     /// The revocation list file named in the config is unreadable or not from this CA.
     #[error("revocation list {path}")]
     Revocations {
@@ -145,6 +185,15 @@ pub enum ServeError {
         #[source]
         source: EndpointError,
     },
+    /// The stateless-reset key in the data directory could not be read or made.
+    #[error("reset key {path}")]
+    ResetKey {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The replica thread could not be started.
     #[error("cannot start the replica thread")]
     Thread(#[source] std::io::Error),
@@ -159,9 +208,28 @@ impl ServeError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Bundle { .. } | Self::WrongBundle { .. } | Self::UpstreamOnCounty | Self::ReplicaMismatch { .. }
+            Self::Bundle { .. }
+                | Self::WrongBundle { .. }
+                | Self::UpstreamOnCounty
+                | Self::ReplicaMismatch { .. }
+                | Self::Encryption { .. }
+                | Self::Key { source: VaultError::WrongPassphrase { .. } | VaultError::KeyMissing { .. }, .. }
         )
     }
+}
+
+/// How a replica's encryption and `--encrypt` disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncryptionProblem {
+    /// The replica is plain but `--encrypt` was given.
+    #[error(
+        "the replica is not encrypted yet: stop the server and run fq-server encrypt --data-dir DIR --key-file FILE"
+    )]
+    NotYetEncrypted,
+    /// The replica is encrypted but no `--encrypt --key-file` was given.
+    #[error("the replica is encrypted: run with --encrypt --key-file FILE")]
+    NeedsKey,
 }
 
 /// A bound server, ready to [`Server::run`].
@@ -173,12 +241,15 @@ pub struct Server {
     endpoint: ServerEndpoint,
     revocations: RevocationHandle,
     local_addr: SocketAddr,
+    /// The replica's data key (`None` for a plain replica): the monthly reports read the
+    /// replica with it.
+    key: Option<DataKey>,
 }
 
 /// Checks the bundle, opens or creates the replica in `config.data_dir`, and binds the
 /// endpoint. Nothing is served until [`Server::run`]. Call it inside a tokio runtime (the
 /// endpoint's socket is registered with the runtime it is bound in).
-pub fn bind(config: ServerConfig) -> Result<Server, ServeError> {
+pub fn bind(mut config: ServerConfig) -> Result<Server, ServeError> {
     let bundle =
         Bundle::load(&config.bundle).map_err(|source| ServeError::Bundle { path: config.bundle.clone(), source })?;
     let wanted = match config.tier {
@@ -196,14 +267,17 @@ pub fn bind(config: ServerConfig) -> Result<Server, ServeError> {
     if config.tier == Tier::County && config.upstream.is_some() {
         return Err(ServeError::UpstreamOnCounty);
     }
-    let ledger = open_replica(&config, &bundle)?;
+    let (ledger, key) = open_replica(&config, &bundle)?;
+    let key_path = config.data_dir.join(RESET_KEY_FILE);
+    config.net.reset_key =
+        Some(reset_key(&key_path).map_err(|source| ServeError::ResetKey { path: key_path.clone(), source })?);
     let revocations = initial_revocations(&config, &bundle)?;
     let endpoint = server_endpoint(config.listen, &bundle, revocations.clone(), &config.net)
         .map_err(|source| ServeError::Endpoint { addr: config.listen, source })?;
     let local_addr = endpoint
         .local_addr()
         .map_err(|e| ServeError::Endpoint { addr: config.listen, source: bind_error(config.listen, e) })?;
-    Ok(Server { config, bundle, ledger, endpoint, revocations, local_addr })
+    Ok(Server { config, bundle, ledger, endpoint, revocations, local_addr, key })
 }
 
 /// [`bind`], then [`Server::run`] until `shutdown` completes.
@@ -213,6 +287,26 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
 
 fn bind_error(addr: SocketAddr, source: std::io::Error) -> EndpointError {
     EndpointError::Bind { addr, source }
+}
+
+/// The server's stateless-reset key: the one in `path`, or a new one saved there (mode 0600,
+/// written atomically) on first run. A file of the wrong size (damaged) is replaced with a
+/// warning: the only cost is that this once, the predecessor's connections are not reset.
+pub fn reset_key(path: &Path) -> std::io::Result<ResetKey> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            if let Ok(bytes) = <[u8; RESET_KEY_BYTES]>::try_from(bytes.as_slice()) {
+                return Ok(ResetKey::from_bytes(bytes));
+            }
+            warn!(path = %path.display(), len = bytes.len(), "reset key damaged; making a new one");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let key = ResetKey::generate().map_err(std::io::Error::other)?;
+    crate::ca::write_secret_file(path, key.as_bytes())?;
+    info!(path = %path.display(), "reset key created");
+    Ok(key)
 }
 
 /// The revocation list to start with: the newest of the bundle's, the saved copy in the data
@@ -260,16 +354,47 @@ fn saved_revocations_path(config: &ServerConfig) -> Option<PathBuf> {
     (!same).then_some(saved)
 }
 
-/// Opens the replica, or creates it on first run from the bundle's identity.
-fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeError> {
+/// The replica's data key (`None` for a plain replica), checking that the replica's
+/// encryption matches `--encrypt`. On first run with `--encrypt` the data directory is made
+/// private and a new key is wrapped by the key file's secret. A server's key is never erased
+/// on a wrong key file (ADR 10): that is an operator's mistake, not a thief.
+fn replica_key(config: &ServerConfig, path: &Path) -> Result<Option<DataKey>, ServeError> {
+    let vault = Vault::for_ledger(path);
+    let key_err = |source| ServeError::Key { path: vault.key_path().to_owned(), source };
+    let mismatch = |problem| ServeError::Encryption { path: path.to_owned(), problem };
+    let protection = vault.protection().map_err(key_err)?;
+    match (protection, &config.encryption) {
+        (Protection::Absent, None) => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+            Ok(None)
+        }
+        (Protection::Plain, None) => Ok(None),
+        (Protection::Absent, Some(secret)) => {
+            fq_core::vault::private_dir(&config.data_dir).map_err(key_err)?;
+            let key = vault.create(secret, WipePolicy::Never, KdfParams::DEFAULT).map_err(key_err)?;
+            Ok(Some(key))
+        }
+        (Protection::Encrypted, Some(secret)) => {
+            vault.sweep().map_err(key_err)?;
+            Ok(Some(vault.unlock(secret).map_err(key_err)?))
+        }
+        (Protection::Plain, Some(_)) => Err(mismatch(EncryptionProblem::NotYetEncrypted)),
+        (Protection::Encrypted, None) => Err(mismatch(EncryptionProblem::NeedsKey)),
+        (Protection::KeyLost, _) => Err(key_err(VaultError::KeyMissing { path: vault.key_path().to_owned() })),
+    }
+}
+
+/// Opens the replica, or creates it on first run from the bundle's identity; with its data key
+/// if it is encrypted.
+fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<(Ledger, Option<DataKey>), ServeError> {
     let path = config.data_dir.join(LEDGER_FILE);
     let ledger_err = |source| ServeError::Ledger { path: path.clone(), source };
     let clock = Arc::new(SystemClock);
+    let key = replica_key(config, &path)?;
     let mut ledger = if path.exists() {
-        Ledger::open(&path, clock, LedgerOptions::default()).map_err(ledger_err)?
+        Ledger::open(&path, clock, LedgerOptions { key: key.clone(), ..Default::default() }).map_err(ledger_err)?
     } else {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
         let role = match config.tier {
             Tier::County => Role::CountyAdmin,
             _ => Role::TownshipOfficer,
@@ -281,7 +406,8 @@ fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeE
             scope: bundle.scope().clone(),
             grid: None,
         };
-        let ledger = Ledger::init(&path, init, clock, LedgerOptions::default()).map_err(ledger_err)?;
+        let ledger = Ledger::init(&path, init, clock, LedgerOptions { key: key.clone(), ..Default::default() })
+            .map_err(ledger_err)?;
         info!(path = %path.display(), tier = config.tier.code(), scope = %bundle.scope(), "replica created");
         ledger
     };
@@ -296,7 +422,7 @@ fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeE
         });
     }
     ledger.add_grant(bundle.grant()).map_err(ledger_err)?;
-    Ok(ledger)
+    Ok((ledger, key))
 }
 
 /// Connections being served, by number, with their certificate serial: a revocation list that
@@ -308,8 +434,21 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn insert(&self, id: u64, peer: PeerIdentity, connection: Connection) {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (peer, connection));
+    /// Adds a connection; if its certificate now holds more than `per_peer`, closes (and
+    /// removes) the oldest ones of that certificate and returns how many.
+    fn insert(&self, id: u64, peer: PeerIdentity, connection: Connection, per_peer: usize) -> usize {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let serial = peer.serial.clone();
+        live.insert(id, (peer, connection));
+        // Ids grow with time, so the map's order is oldest first.
+        let mine: Vec<u64> = live.iter().filter(|(_, (p, _))| p.serial == serial).map(|(id, _)| *id).collect();
+        let excess = mine.len().saturating_sub(per_peer.max(1));
+        for old in &mine[..excess] {
+            if let Some((_, connection)) = live.remove(old) {
+                CloseCode::TooManyConnections.close(&connection);
+            }
+        }
+        excess
     }
 
     fn remove(&self, id: u64) {
@@ -455,11 +594,34 @@ struct Shared {
     revocations: Arc<Revocations>,
     next_id: AtomicU64,
     grace: Duration,
+    /// Connections (handshakes included) being served now.
+    slots: AtomicUsize,
+    max_connections: usize,
+    max_per_peer: usize,
+    budget: Arc<InputBudget>,
 }
 
 impl Shared {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot, if one is free.
+    fn slot(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_connections).then_some(n + 1));
+        taken.ok().map(|_| Slot(Arc::clone(self)))
+    }
+}
+
+/// One of the server's connection slots, given back when dropped.
+#[derive(Debug)]
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -472,7 +634,7 @@ impl Server {
     /// Serves until `shutdown` completes, then shuts down gracefully (bounded by
     /// [`ServerConfig::shutdown_grace`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Server { config, bundle, ledger, endpoint, revocations, local_addr } = self;
+        let Server { config, bundle, ledger, endpoint, revocations, local_addr, key } = self;
         let wake = Arc::new(Notify::new());
         let own = OwnCredentials {
             ca: bundle.ca_verifying_key(),
@@ -492,13 +654,24 @@ impl Server {
             revocations: Arc::clone(&revocations),
             next_id: AtomicU64::new(1),
             grace: config.shutdown_grace,
+            slots: AtomicUsize::new(0),
+            max_connections: config.limits.max_connections,
+            max_per_peer: config.limits.max_connections_per_peer,
+            budget: Arc::new(InputBudget::new(
+                config.limits.input_budget_bytes,
+                config.limits.input_budget_per_peer_bytes,
+            )),
         });
+        let bound = config.memory_bound();
         info!(
             addr = %local_addr,
             tier = config.tier.code(),
             id = %bundle.id(),
             scope = %bundle.scope(),
             upstream = config.upstream.map(|a| a.to_string()),
+            max_connections = config.limits.max_connections,
+            max_connections_per_peer = config.limits.max_connections_per_peer,
+            memory_bound_mib = bound.server.div_ceil(crate::limits::MIB),
             "listening"
         );
         let (stop_tx, stop) = watch::channel(false);
@@ -533,7 +706,7 @@ impl Server {
             stop.clone(),
         ));
         if config.monthly_reports {
-            background.spawn(crate::report::monthly(config.data_dir.clone(), stop.clone()));
+            background.spawn(crate::report::monthly(config.data_dir.clone(), config.report_lang, key, stop.clone()));
         }
 
         let mut connections = JoinSet::new();
@@ -548,9 +721,19 @@ impl Server {
                     break;
                 }
                 handshake = endpoint.accept() => match handshake {
-                    Some(handshake) => {
-                        connections.spawn(connection(handshake, Arc::clone(&shared), stop.clone()));
-                    }
+                    Some(handshake) => match shared.slot() {
+                        Some(slot) => {
+                            connections.spawn(connection(handshake, slot, Arc::clone(&shared), stop.clone()));
+                        }
+                        None => {
+                            warn!(
+                                remote = %handshake.remote_address(),
+                                limit = shared.max_connections,
+                                "connection refused: server full"
+                            );
+                            handshake.refuse();
+                        }
+                    },
                     None => break,
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -559,9 +742,11 @@ impl Server {
 
         info!(connections = connections.len(), "shutting down");
         endpoint.stop_accepting();
-        let _ = stop_tx.send(true);
-        // The replica finishes the command it is on, then closes every session.
+        // The replica finishes the command it is on (a batch being applied commits and is
+        // acknowledged), then closes every session; only then are the connections told, so
+        // that their grace goes to sending those last frames.
         replica.shutdown().await;
+        let _ = stop_tx.send(true);
         let grace = config.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while connections.join_next().await.is_some() {}
@@ -569,12 +754,12 @@ impl Server {
         })
         .await;
         if drained.is_err() {
-            warn!(?grace, "connections did not finish in time; closing them");
+            debug!(?grace, "connections did not finish in time; closing them");
         }
         endpoint.close_with(CloseCode::ShuttingDown);
-        if tokio::time::timeout(grace, endpoint.wait_idle()).await.is_err() {
-            warn!(?grace, "endpoint did not go idle in time");
-        }
+        // Long enough to send the closes; a peer that misses its close is reset by the next
+        // server, or times out.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
         connections.abort_all();
         background.abort_all();
         if replica_died {
@@ -597,16 +782,20 @@ fn admit(own: &PeerIdentity, tier: Tier, peer: &PeerIdentity) -> Result<(), Stri
     Ok(())
 }
 
-async fn connection(handshake: Handshake, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn connection(handshake: Handshake, _slot: Slot, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let remote = handshake.remote_address();
     if *stop.borrow() {
         handshake.refuse();
         return;
     }
-    let (conn, peer) = match handshake.authenticate().await {
-        Ok(accepted) => accepted,
-        Err(e) => {
+    let (conn, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.authenticate()).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
             warn!(%remote, reason = %error_chain(&e), "connection refused");
+            return;
+        }
+        Err(_) => {
+            warn!(%remote, reason = "handshake timed out", "connection refused");
             return;
         }
     };
@@ -617,7 +806,16 @@ async fn connection(handshake: Handshake, shared: Arc<Shared>, mut stop: watch::
     }
     let conn_id = shared.next_id();
     info!(%remote, peer = %peer.id, role = %peer.role, scope = %peer.scope, "connection accepted");
-    shared.connections.insert(conn_id, peer.clone(), conn.clone());
+    let evicted = shared.connections.insert(conn_id, peer.clone(), conn.clone(), shared.max_per_peer);
+    if evicted > 0 {
+        warn!(
+            peer = %peer.id,
+            serial = %peer.serial,
+            limit = shared.max_per_peer,
+            closed = evicted,
+            "connection limit per certificate reached; oldest connection closed"
+        );
+    }
     // Only servers take lists: a device never checks anyone's certificate but its server's.
     let sender = peer
         .role
@@ -629,11 +827,12 @@ async fn connection(handshake: Handshake, shared: Arc<Shared>, mut stop: watch::
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let id = shared.next_id();
-                    streams.spawn(link::run(id, Side::Parent, peer.clone(), send, recv, shared.replica.clone()));
+                    let charge = Charge::new(Arc::clone(&shared.budget), peer.serial.clone());
+                    streams.spawn(link::run(id, Side::Parent, peer.clone(), send, recv, shared.replica.clone(), Some(charge)));
                 }
-                Err(e) => break e.to_string(),
+                Err(e) => break connection_end(&e),
             },
-            _ = stop.changed() => break "server shutting down".to_owned(),
+            _ = stop.changed() => break "server shutting down",
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use fq_core::clock::{SystemClock, Timestamp};
 use fq_core::ledger::{Identity, Ledger, LedgerError};
 use fq_core::store::AuditEntry;
+use fq_core::vault::DataKey;
 use serde::Serialize;
 
 use crate::server::LEDGER_FILE;
@@ -71,10 +72,15 @@ pub struct PeerStatus {
     pub last_sync: Option<Timestamp>,
 }
 
-/// Reads the status of the replica in `data_dir`.
+/// Reads the status of the plain replica in `data_dir`.
 pub fn read(data_dir: &Path) -> Result<Status, LedgerError> {
+    read_with_key(data_dir, None)
+}
+
+/// Reads the status of the replica in `data_dir`, with its data key if it is encrypted.
+pub fn read_with_key(data_dir: &Path, key: Option<&DataKey>) -> Result<Status, LedgerError> {
     let clock = Arc::new(SystemClock);
-    let ledger = Ledger::open_read_only(&data_dir.join(LEDGER_FILE), clock)?;
+    let ledger = Ledger::open_read_only_with_key(&data_dir.join(LEDGER_FILE), clock, key)?;
     let [cases, changes, pending, audit] = ledger.counts()?;
     let mut peers: Vec<PeerStatus> = ledger
         .peers()?

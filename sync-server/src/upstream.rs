@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::ca::{Bundle, MAX_REVOCATION_LIST_BYTES, RevocationHandle, RevocationList};
 use crate::link;
-use crate::net::{CloseCode, Connection, NetConfig, RecvStream, VarInt, client_endpoint};
+use crate::net::{CloseCode, Connection, NetConfig, RecvStream, VarInt, client_endpoint, connection_end};
 use crate::replica::{Command, SessionId};
 use crate::server::{ListSource, Revocations, error_chain};
 
@@ -105,15 +105,16 @@ impl Upstream {
                             // link's reader, which tells the replica thread, which retires the
                             // session; dropping the link instead would leave it there. The lists
                             // are read beside it, and whatever happens to them, the link runs on.
-                            let session = link::run(id, Side::Child, county.clone(), send, recv, self.replica.clone());
+                            let session =
+                                link::run(id, Side::Child, county.clone(), send, recv, self.replica.clone(), None);
                             tokio::pin!(session);
                             tokio::select! {
                                 () = &mut session => {}
                                 () = lists => session.await,
                             }
-                            conn.close_reason().map_or_else(|| "session ended".to_owned(), |e| e.to_string())
+                            conn.close_reason().as_ref().map_or("session ended", connection_end)
                         }
-                        Err(e) => e.to_string(),
+                        Err(e) => connection_end(&e),
                     };
                     let code = if *stop.borrow() { CloseCode::ShuttingDown } else { CloseCode::Done };
                     code.close(&conn);

@@ -20,7 +20,7 @@
 //!    batch is a no-op: changes are keyed by hash. Pushes start small and
 //!    follow the link: each ack says how fast the last push crossed, and the
 //!    next is sized to cross in a quarter of the ack watchdog (ADR 9).
-//! 2b. The county policy comes down (ADR 30): the child announces the version
+//!    2b. The county policy comes down (ADR 30): the child announces the version
 //!    it holds in a `Policy` frame; the parent answers with its version and
 //!    clock, and with the signed policy when its own is newer (and again
 //!    whenever it installs a newer one while the session is open). The child

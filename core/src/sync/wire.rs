@@ -212,6 +212,9 @@ pub enum ErrorCode {
     Internal,
     /// The sender is shutting down; retry later (6).
     ShuttingDown,
+    /// The sender is too busy to take this session now (its server-wide limits are reached);
+    /// retry later (7).
+    Busy,
     /// A code this build does not know.
     Other(u16),
 }
@@ -226,6 +229,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 4,
             ErrorCode::Internal => 5,
             ErrorCode::ShuttingDown => 6,
+            ErrorCode::Busy => 7,
             ErrorCode::Other(code) => code,
         }
     }
@@ -239,6 +243,7 @@ impl ErrorCode {
             4 => ErrorCode::TooLarge,
             5 => ErrorCode::Internal,
             6 => ErrorCode::ShuttingDown,
+            7 => ErrorCode::Busy,
             other => ErrorCode::Other(other),
         }
     }

@@ -93,7 +93,7 @@ impl Node {
     }
 
     fn open(&mut self) -> Sim<()> {
-        let opts = LedgerOptions { seed: Some(self.seed), durability: Durability::Relaxed };
+        let opts = LedgerOptions { seed: Some(self.seed), durability: Durability::Relaxed, key: None };
         self.seed = self.seed.wrapping_add(1);
         let l = Ledger::open(&self.path, Arc::new(self.clock.clone()), opts)
             .map_err(|e| format!("{}: reopen: {e}", self.name))?;
@@ -239,7 +239,7 @@ impl World {
         let path = self._dir.path().join(format!("{name}.db"));
         let seed = self.rng.random();
         let init = InitOptions { tier, name: name.into(), role: person, scope: scope.clone(), grid: None };
-        let opts = LedgerOptions { seed: Some(seed), durability: Durability::Relaxed };
+        let opts = LedgerOptions { seed: Some(seed), durability: Durability::Relaxed, key: None };
         let mut ledger = Ledger::init(&path, init, Arc::new(clock.clone()), opts).map_err(|e| e.to_string())?;
         ledger.add_grant(&grant).map_err(|e| e.to_string())?;
         let id = self.nodes.len();
@@ -474,7 +474,7 @@ impl World {
             scope: AdminCode::parse(COUNTY).map_err(|e| e.to_string())?,
             grid: None,
         };
-        let opts = LedgerOptions { seed: Some(self.rng.random()), durability: Durability::Relaxed };
+        let opts = LedgerOptions { seed: Some(self.rng.random()), durability: Durability::Relaxed, key: None };
         let mut scratch = Ledger::init_in_memory(init, Arc::new(clock), opts).map_err(|e| e.to_string())?;
         scratch.apply_changes(None, import).map_err(|e| e.to_string())?;
         let head = scratch.log_head().map_err(|e| e.to_string())?;
@@ -800,7 +800,8 @@ impl World {
         };
         // A fresh seed, never used by an open of this node before or after
         // (a repeated seed would repeat actor and case ids).
-        let opts = LedgerOptions { seed: Some(node.seed ^ 0x5eed_5eed_5eed_5eed), durability: Durability::Relaxed };
+        let opts =
+            LedgerOptions { seed: Some(node.seed ^ 0x5eed_5eed_5eed_5eed), durability: Durability::Relaxed, key: None };
         node.seed = node.seed.wrapping_add(1);
         let mut l = Ledger::init(&node.path, init, Arc::new(node.clock.clone()), opts).map_err(|e| e.to_string())?;
         l.add_grant(&node.grant).map_err(|e| e.to_string())?;

@@ -30,7 +30,7 @@ fn conflicting_titles(fq: &Fq) -> String {
     fq.init_mediator();
     let number = fq.new_case()["number"].as_str().unwrap().to_owned();
     let clock = Arc::new(SystemClock);
-    let mut here = Ledger::open(&fq.ledger_file(), clock.clone(), LedgerOptions::default()).unwrap();
+    let mut here = crate::harness::open_ledger(&fq.ledger_file());
     let mut there = Ledger::init_in_memory(person("李娜"), clock, LedgerOptions::default()).unwrap();
     there.apply_changes(Some(here.identity().replica), changes(&mut here)).unwrap();
     let id = here.resolve(&number).unwrap();

@@ -2,12 +2,9 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use fq_core::clock::SystemClock;
-use fq_core::ledger::Ledger;
 use fq_core::store::{Durability, OpenMode, Store};
 
 use crate::harness::{Fq, RUN_TIMEOUT, wait_bounded};
@@ -66,7 +63,7 @@ fn case_note_killed_at_random_loses_no_committed_note() {
     assert!(notes.iter().all(|n| n == "after" || n.starts_with("note-")), "{notes:?}");
     assert_eq!(fq.case_count(), 1);
 
-    let ledger = Ledger::open_read_only(&fq.ledger_file(), Arc::new(SystemClock)).unwrap();
+    let ledger = crate::harness::open_ledger_read_only(&fq.ledger_file());
     ledger.integrity_check().unwrap();
     let [cases, changes, pending, _audit] = ledger.counts().unwrap();
     assert_eq!((cases, pending), (1, 0));
@@ -82,7 +79,13 @@ fn read_only_commands_work_while_another_process_writes() {
     fq.init_mediator();
     let number = fq.new_case()["number"].as_str().unwrap().to_owned();
     // Another writer (a sync server, say) holds the write lock with uncommitted changes.
-    let mut store = Store::open(&fq.ledger_file(), OpenMode::ReadWrite, Durability::Full).unwrap();
+    let mut store = Store::open_with_key(
+        &fq.ledger_file(),
+        OpenMode::ReadWrite,
+        Durability::Full,
+        crate::harness::key_for(&fq.ledger_file()).as_ref(),
+    )
+    .unwrap();
     let tx = store.transaction().unwrap();
     tx.set_meta("uncommitted", "yes").unwrap();
     assert_eq!(fq.case_count(), 1);
@@ -125,6 +128,7 @@ fn case_writes_on_a_full_disk_fail_clearly_and_keep_what_was_saved() {
     let mut failed = None;
     for _ in 0..20 {
         let mut cmd = Command::new("sh");
+        cmd.env(crate::harness::PASSPHRASE_ENV, crate::harness::PASSPHRASE);
         cmd.arg("-c").arg(&script).arg(crate::harness::FQ).arg(fq.data_dir()).arg(&long);
         let out = crate::harness::run(cmd);
         assert!(!out.stderr.contains("panicked"), "{out:?}");
@@ -140,7 +144,7 @@ fn case_writes_on_a_full_disk_fail_clearly_and_keep_what_was_saved() {
     // Without the limit, everything saved before is there and the file is sound.
     let after = fq.json(&["case", "list"])["count"].as_u64().unwrap();
     assert_eq!(after, saved);
-    let l = Ledger::open_read_only(&fq.ledger_file(), Arc::new(SystemClock)).unwrap();
+    let l = crate::harness::open_ledger_read_only(&fq.ledger_file());
     l.integrity_check().unwrap();
     fq.new_case();
 }

@@ -1,11 +1,15 @@
 //! Running the real `fq` binary with bounded waits.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fq_core::clock::SystemClock;
+use fq_core::ledger::{Ledger, LedgerOptions};
+use fq_core::vault::{DEFAULT_WIPE_AFTER, DataKey, KdfParams, Passphrase, Protection, Vault, WipePolicy};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -20,6 +24,10 @@ pub const ID_OK: &str = "532924198001011230";
 pub const ID_BAD_CHECKSUM: &str = "532924198001011231";
 /// Locale variables `fq` reads; cleared so tests do not depend on the machine.
 pub const LOCALE_VARS: [&str; 3] = ["LANG", "LC_ALL", "LC_MESSAGES"];
+/// The passphrase every test ledger is made with (`FQ_PASSPHRASE` in [`fq_command`]).
+pub const PASSPHRASE: &str = "测试口令：门前有3棵柿子树";
+/// The variable `fq` reads a passphrase from.
+pub const PASSPHRASE_ENV: &str = "FQ_PASSPHRASE";
 
 /// What one run printed and how it ended.
 #[derive(Debug)]
@@ -43,15 +51,43 @@ impl Run {
     }
 }
 
-/// A command for `fq` with no locale and no `FQ_DATA_DIR` from the machine.
+/// A command for `fq` with no locale and no `FQ_DATA_DIR` from the machine, and the tests'
+/// passphrase in `FQ_PASSPHRASE` (standard input is no terminal, so nothing is asked).
 pub fn fq_command() -> Command {
     let mut cmd = Command::new(FQ);
     for v in LOCALE_VARS {
         cmd.env_remove(v);
     }
     cmd.env_remove("FQ_DATA_DIR");
+    cmd.env(PASSPHRASE_ENV, PASSPHRASE);
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// The data key of the ledger file at `ledger`, if `fq` made it encrypted (with [`PASSPHRASE`]).
+pub fn key_for(ledger: &Path) -> Option<DataKey> {
+    let vault = Vault::for_ledger(ledger);
+    (vault.protection().unwrap() == Protection::Encrypted)
+        .then(|| vault.unlock(&Passphrase::new(PASSPHRASE.into())).unwrap())
+}
+
+/// The data key of a new device ledger at `ledger`, wrapped with [`PASSPHRASE`] as `fq init`
+/// wraps it (same derivation, same wrong-try limit), for a test that builds a device's ledger
+/// through the core: [`fq_core::ledger::Ledger::init`] with it creates the file encrypted.
+pub fn new_device_key(ledger: &Path) -> DataKey {
+    fq_core::vault::private_dir(ledger.parent().unwrap()).unwrap();
+    let wipe = WipePolicy::device(DEFAULT_WIPE_AFTER).unwrap();
+    Vault::for_ledger(ledger).create(&Passphrase::new(PASSPHRASE.into()), wipe, KdfParams::DEFAULT).unwrap()
+}
+
+/// Opens a ledger file `fq` made (encrypted or not) through the core, read-write.
+pub fn open_ledger(ledger: &Path) -> Ledger {
+    Ledger::open(ledger, Arc::new(SystemClock), LedgerOptions { key: key_for(ledger), ..Default::default() }).unwrap()
+}
+
+/// Opens a ledger file `fq` made (encrypted or not) through the core, read-only.
+pub fn open_ledger_read_only(ledger: &Path) -> Ledger {
+    Ledger::open_read_only_with_key(ledger, Arc::new(SystemClock), key_for(ledger).as_ref()).unwrap()
 }
 
 /// Waits for `child` at most `limit`; kills it and fails the test after that.

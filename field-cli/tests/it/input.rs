@@ -49,7 +49,9 @@ fn init_on_existing_ledger_exits_2_and_says_so() {
     fq.init_mediator();
     let again = fq.run(&["init", "--village", VILLAGE, "--name", "李娜", "--role", "grid-worker"]);
     assert_eq!(again.code, 2);
-    assert!(again.stderr.contains("已经有台账") && again.stderr.contains("张三"), "{}", again.stderr);
+    // The ledger is encrypted: whose it is cannot be read without its passphrase, and init
+    // never tries one (that would be a guess the wrong-try counter does not see).
+    assert!(again.stderr.contains("已经有台账") && again.stderr.contains("已加密"), "{}", again.stderr);
     assert_eq!(fq.json(&["case", "list"])["count"], 0);
 }
 
@@ -268,6 +270,7 @@ fn write_commands_on_a_server_replica_are_refused() {
     let run = fq.run(&["--json", "case", "new", "--category", "neighbor", "--title", "滴水", "--village", VILLAGE]);
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(run.error_json()["error"]["kind"], "server-replica");
+    assert!(!run.stderr.contains("warning"), "a server's plain replica is not a phone to encrypt: {run:?}");
     let run = fq.run(&["case", "new", "--category", "neighbor", "--title", "滴水", "--village", VILLAGE]);
     assert!(run.stderr.contains("服务器") && run.stderr.contains("什么也没有写入"), "{run:?}");
     assert_eq!(std::fs::read(fq.ledger_file()).unwrap(), before, "the server's file was written");

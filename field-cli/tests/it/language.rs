@@ -61,9 +61,12 @@ fn data_dir_comes_from_fq_data_dir_variable() {
 }
 
 /// The commands of `fq`: allowed right after `fq` or another command word.
-const COMMAND_WORDS: [&str; 32] = [
+const COMMAND_WORDS: [&str; 35] = [
     "fq",
     "demo",
+    "encrypt",
+    "passphrase",
+    "change",
     "init",
     "enroll",
     "sync",
@@ -97,8 +100,9 @@ const COMMAND_WORDS: [&str; 32] = [
 ];
 
 /// Words that are names, not English prose: formats, the locale names.
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 18] = [
     "FQ_DATA_DIR",
+    "FQ_PASSPHRASE",
     "UTF",
     "Excel",
     "WPS",

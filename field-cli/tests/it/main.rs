@@ -4,6 +4,7 @@
 
 mod conflict;
 mod crash;
+mod encryption;
 mod export;
 mod harness;
 mod input;

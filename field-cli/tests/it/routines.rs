@@ -18,7 +18,7 @@ use fq_core::roster::Roster;
 use fq_core::sample::{SCENARIO_NOW, load_samples};
 use serde_json::Value;
 
-use crate::harness::{Fq, Run, run};
+use crate::harness::{Fq, Run, new_device_key, run};
 use crate::schema::assert_valid;
 
 /// `FQ_NOW` of these tests: the scenario's Tuesday morning.
@@ -26,15 +26,18 @@ const NOW: &str = "2026-11-03T09:00:00+08:00";
 
 /// A ledger file of `tier` over `scope` at `fq`'s data directory, holding the
 /// scenario's cases in that scope and the Binchuan roster (policy version 1).
+/// A device's is encrypted with the tests' passphrase, as `fq init` makes it; a
+/// server's is plain (a server run without `--encrypt`), which `fq` reads as it is.
 fn scenario_ledger(fq: &Fq, tier: Tier, role: Role, scope: &str, name: &str) {
     std::fs::create_dir_all(fq.data_dir()).unwrap();
+    let key = (tier == Tier::Device).then(|| new_device_key(&fq.ledger_file()));
     let clock = ManualClock::new(SCENARIO_NOW);
     let init = InitOptions { tier, name: name.into(), role, scope: AdminCode::parse(scope).unwrap(), grid: None };
     let mut l = Ledger::init(
         &fq.ledger_file(),
         init,
         Arc::new(clock.clone()),
-        LedgerOptions { seed: Some(3), ..Default::default() },
+        LedgerOptions { seed: Some(3), key, ..Default::default() },
     )
     .unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
@@ -341,4 +344,39 @@ fn search_finds_party_names_and_notes_from_the_command_line() {
     assert_eq!(found("王五"), 1, "a party name");
     assert_eq!(found("接水槽"), 1, "a note");
     assert_eq!(found(crate::harness::ID_OK), 0, "never an ID number");
+}
+
+#[test]
+fn routines_write_nothing_into_a_server_replica_and_read_it() {
+    let fq = Fq::new();
+    scenario_ledger(&fq, Tier::Township, Role::TownshipOfficer, "532924101", "宾居镇综治中心");
+    let number = json_at_now(&fq, &["case", "list", "--limit", "1"])["cases"][0]["number"].as_str().unwrap().to_owned();
+    let sheet = fq.path("旧台账.csv");
+    write(&sheet, "编号,村代码,类别代码,标题,登记时间\nBJ-9,532924101201,neighbor,宅基地纠纷,2026-09-03\n");
+    let before = std::fs::read(fq.ledger_file()).unwrap();
+    for args in [
+        &["case", "supervise", &number, "--instruction", "一周内调处", "--due", "2026-12-01"][..],
+        &["case", "respond", &number, "--note", "已调处"],
+        &["case", "waive", &number, "--reason", "当事人外出"],
+        &["case", "import", sheet.to_str().unwrap()],
+    ] {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let refused = at_now(&fq, &all);
+        assert_eq!(
+            (refused.code, refused.error_json()["error"]["kind"].as_str()),
+            (2, Some("server-replica")),
+            "{args:?}"
+        );
+        let words = at_now(&fq, args);
+        assert!(words.stderr.contains("服务器") && words.stderr.contains("什么也没有写入"), "{args:?}: {words:?}");
+    }
+    assert_eq!(std::fs::read(fq.ledger_file()).unwrap(), before, "the server's file was written");
+    // The read commands work on it (read-only, beside a running server).
+    for args in
+        [&["todo"][..], &["policy", "show"], &["report", "monthly", "--month", "2026-10"], &["report", "subsidy"]]
+    {
+        let read = at_now(&fq, args);
+        assert_eq!(read.code, 0, "{args:?}: {read:?}");
+    }
 }

@@ -284,9 +284,8 @@ fn sync_reports_a_change_outside_the_device_scope_and_the_server_audits_it() {
     let b = Fq::new();
     b.json(&["init", "--village", VILLAGE_B, "--name", "李四", "--role", "mediator"]);
     b.json(&["case", "new", "--category", "debt", "--title", "借款纠纷"]);
-    let clock = Arc::new(SystemClock);
-    let mut from = Ledger::open(&b.ledger_file(), clock.clone(), LedgerOptions::default()).unwrap();
-    let mut into = Ledger::open(&a.ledger_file(), clock, LedgerOptions::default()).unwrap();
+    let mut from = crate::harness::open_ledger(&b.ledger_file());
+    let mut into = crate::harness::open_ledger(&a.ledger_file());
     let changes = from.changes_since(0, 100).unwrap();
     into.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
     drop((from, into));
@@ -345,7 +344,7 @@ fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
         }
     }
     let changes = scratch.changes_since(0, u32::MAX).unwrap();
-    let mut device = Ledger::open(path, clock, LedgerOptions::default()).unwrap();
+    let mut device = crate::harness::open_ledger(path);
     device.apply_changes(None, changes.into_iter().map(Into::into).collect()).unwrap();
 }
 
@@ -364,7 +363,7 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
     // acknowledgement, while the later batches are still on their way.
     township.wait_log("changes applied", |l| l["peer"] == "d07");
     let device_acked = || {
-        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        let device = crate::harness::open_ledger_read_only(&a.ledger_file());
         device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
     };
     let start = Instant::now();
@@ -397,6 +396,79 @@ fn sync_completes_after_the_township_is_killed_mid_upload() {
     );
     assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
     assert_eq!(rows(&a.data_dir(), VILLAGE_A).len(), 200);
+}
+
+/// Issue 6: the township is killed (SIGKILL) and restarted on its address while a device's
+/// `fq sync` uploads. The restarted township resets the old connection as soon as the device's
+/// next packet arrives, `fq sync` dials once more by itself and resumes from the acknowledged
+/// position: it completes (no 60 s stall; the harness would kill it at 60 s), nothing
+/// acknowledged is lost, and every change is on the township exactly once.
+#[test]
+fn sync_completes_across_a_township_restart_without_a_second_command() {
+    let county = County::new();
+    let mut township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let addr = township.addr;
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    bulk_changes(&a.ledger_file(), VILLAGE_A, 300, 9);
+    let out = a.data_dir().with_file_name("sync.out");
+    let err = a.data_dir().with_file_name("sync.err");
+    let mut upload = a.command(&["--json", "sync", "--server", &addr.to_string()]);
+    upload
+        .env("FQ_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut upload = upload.spawn().unwrap();
+
+    township.wait_log("changes applied", |l| l["peer"] == "d07");
+    // The key is unwrapped once: every look at the device's ledger would pay Argon2 again.
+    let key = crate::harness::key_for(&a.ledger_file());
+    let device_acked = || {
+        let device = Ledger::open_read_only_with_key(&a.ledger_file(), Arc::new(SystemClock), key.as_ref()).unwrap();
+        device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0)
+    };
+    eventually("the device's first acknowledgement", Duration::from_secs(20), || device_acked() > 0);
+    township.signal("KILL");
+    township.wait_exit(Duration::from_secs(10)).expect("SIGKILL ends the server");
+    let acked = device_acked();
+    assert!(acked < 3_000, "the upload was over before the kill ({acked} acknowledged)");
+    let restarted = county.start("tw-101", "township", &addr.to_string(), None, None);
+
+    let exit = wait_bounded(&mut upload, crate::harness::RUN_TIMEOUT);
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(exit.success(), "fq sync failed across the restart: {exit:?}\n{stderr}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_valid("sync-summary.v1.schema.json", &summary);
+    assert_eq!(summary["refused"]["count"], 0, "{summary:#}");
+    // The device came back to the new process by itself.
+    restarted.wait_log("session started", |l| l["peer"] == "d07");
+    let held = status(&county.data("tw-101"));
+    assert_eq!(held["counts"]["changes"], 3_000, "every change exactly once: {held:#}");
+    assert!(held["counts"]["changes"].as_i64().unwrap() >= acked);
+    assert_eq!(rows(&county.data("tw-101"), VILLAGE_A), rows(&a.data_dir(), VILLAGE_A));
+}
+
+/// Issue 6: a server name that cannot be looked up is not a "bad address" but its own message.
+#[test]
+fn sync_to_a_name_that_cannot_be_found_says_so() {
+    let county = County::new();
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    let before = file_bytes(&a.ledger_file());
+    let out = sync(&a, &["--server", "nosuchhost.invalid:4433"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("找不到服务器“nosuchhost.invalid”")
+            && out.stderr.contains("域名解析（DNS）")
+            && out.stderr.contains("IP 地址"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("地址:端口"), "not told as a format mistake: {out:?}");
+    let json = a.run(&["--json", "sync", "--server", "nosuchhost.invalid:4433"]).error_json();
+    assert_eq!(json["error"]["kind"], "server-name-not-found");
+    assert_valid("error.v1.schema.json", &json);
+    let en = a.run(&["--lang", "en", "sync", "--server", "nosuchhost.invalid:4433"]);
+    assert!(en.stderr.contains("cannot find the server \"nosuchhost.invalid\""), "{en:?}");
+    assert_eq!(file_bytes(&a.ledger_file()), before, "nothing on the device changed");
+    assert!(!a.data_dir().join("sync.json").exists(), "a name that was never found is not remembered");
 }
 
 fn file_bytes(path: &Path) -> Vec<u8> {
@@ -450,12 +522,9 @@ fn sync_and_enroll_say_what_to_do_when_the_device_is_not_ready() {
     let enrolled = fq.json(&["enroll", "--bundle", right.to_str().unwrap()]);
     assert_valid("enroll.v1.schema.json", &enrolled);
     assert_eq!(enrolled["certificate"]["id"], "d07");
-    let kept = fq.data_dir().join("bundle.json");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
-    }
+    // The bundle, private key included, is kept inside the encrypted ledger, never in clear.
+    assert_eq!(enrolled["bundle"], fq.ledger_file().to_str().unwrap());
+    assert!(!fq.data_dir().join("bundle.json").exists());
 
     // Enrolled, but no server was ever given.
     let json = fq.run(&["--json", "sync"]).error_json();
@@ -550,7 +619,7 @@ fn sync_survives_twenty_township_kills_during_ingest() {
             Ledger::open_read_only(&county.data("tw-101").join("ledger.db"), Arc::new(SystemClock)).unwrap();
         township_ledger.integrity_check().unwrap();
         let held = township_ledger.counts().unwrap()[1];
-        let device = Ledger::open_read_only(&a.ledger_file(), Arc::new(SystemClock)).unwrap();
+        let device = crate::harness::open_ledger_read_only(&a.ledger_file());
         let acked = device.peers().unwrap().iter().map(|p| p.acked_seq).max().unwrap_or(0);
         assert!(held >= acked, "kill {kills}: township holds {held} changes but had acknowledged {acked}");
         assert_eq!(township_ledger.duplicate_log_rows().unwrap(), 0);
@@ -579,8 +648,7 @@ fn sync_a_forged_peers_control_characters_are_printed_escaped_on_the_township() 
     let title = "滴水\u{1b}[2J\u{1b}]0;pwned\u{7}纠纷\u{202e}txt.exe";
     let name = "李\u{1b}[31m四";
     {
-        let clock = Arc::new(SystemClock);
-        let mut device = Ledger::open(&a.ledger_file(), clock, LedgerOptions::default()).unwrap();
+        let mut device = crate::harness::open_ledger(&a.ledger_file());
         let village = AdminCode::parse(VILLAGE_A).unwrap();
         let own = device.identity().replica.device();
         let number = CaseNumber::new(&village, 2026, own, 99);
@@ -752,4 +820,217 @@ fn sync_carries_a_county_policy_change_through_the_township_to_a_device() {
     assert_eq!((a.json(&["policy", "show"])["version"].as_u64(), deadline_days(&a)), (Some(2), 20));
     // The township too still computes with version 2.
     assert_eq!(on_server(&county.data("tw-101"), &["policy", "show"])["version"], 2);
+}
+
+/// The village's case list of a replica: ids and numbers.
+fn case_ids(fq: &Fq) -> Vec<String> {
+    let list = fq.json(&["case", "list", "--village", VILLAGE_A]);
+    let mut ids: Vec<String> =
+        list["cases"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn sync_brings_the_village_back_after_wrong_passphrases_erase_the_device() {
+    let county = County::new();
+    let township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let tw = township.addr.to_string();
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    let other = enrolled_device(&county, "d09", "grid-worker", VILLAGE_A, "王五");
+    crate::encryption::write_cases(&a);
+    other.json(&["case", "new", "--category", "land", "--title", "山林界址纠纷"]);
+    assert_eq!(sync(&a, &["--server", &tw]).code, 0);
+    assert_eq!(sync(&other, &["--server", &tw]).code, 0);
+    let before = case_ids(&a);
+    assert_eq!(before.len(), 3, "the first device wrote 3 cases");
+    let village = case_ids(&other);
+    assert_eq!(village.len(), 4, "the village holds every case of both devices");
+
+    // A thief tries passphrases: warned before the last tries, then the key is gone.
+    for n in 1..=10 {
+        let mut cmd = a.command(&["case", "list"]);
+        cmd.env(crate::harness::PASSPHRASE_ENV, format!("猜一个口令{n}"));
+        let out = run(cmd);
+        assert_eq!(out.code, 2, "try {n}: {out:?}");
+        assert!(out.stdout.is_empty(), "try {n} shows nothing: {out:?}");
+        let left = 10 - n;
+        match n {
+            1..=6 => assert!(out.stderr.contains(&format!("还能再试 {left} 次")), "try {n}: {out:?}"),
+            7..=9 => assert!(out.stderr.contains(&format!("警告：再输错 {left} 次")), "try {n} warns: {out:?}"),
+            _ => assert!(out.stderr.contains("已经清除") && out.stderr.contains("fq init --bundle"), "{out:?}"),
+        }
+    }
+    for gone in ["ledger.key", "ledger.db", "ledger.db-wal"] {
+        assert!(!a.data_dir().join(gone).exists(), "{gone} erased");
+    }
+    let out = a.run(&["--json", "case", "list"]);
+    assert_eq!(out.error_json()["error"]["kind"], "not-initialized", "even the right passphrase opens nothing");
+
+    // The user sets the phone up again from its bundle and syncs: the village comes back.
+    let bundle = county.path("d07.bundle.json");
+    a.json(&["init", "--bundle", bundle.to_str().unwrap(), "--name", "张三"]);
+    let back = sync_json(&a, &[]);
+    assert!(back["received"].as_u64().unwrap() >= 4, "{back:#}");
+    assert_eq!(case_ids(&a), village, "every case of the village is back");
+    for number in a.json(&["case", "list"])["cases"].as_array().unwrap().iter().map(|c| c["number"].clone()) {
+        let number = number.as_str().unwrap();
+        let here = a.json(&["case", "show", number, "--history"]);
+        assert_eq!(here, other.json(&["case", "show", number, "--history"]), "{number} is whole");
+    }
+}
+
+#[test]
+fn encrypted_township_serves_and_its_key_file_opens_it_for_fq() {
+    let county = County::new();
+    county.issue("tw-101", "township", TOWNSHIP);
+    let key = county.path("tw-101.key");
+    std::fs::write(&key, "tw-101 secret: 7f3a9c0e5b214d68a1c2\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let data = county.data("tw-101");
+    let bundle = county.path("tw-101.bundle.json");
+    let run_args = |data: &Path| {
+        vec![
+            "run".to_owned(),
+            "--tier".into(),
+            "township".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--bundle".into(),
+            bundle.to_str().unwrap().into(),
+            "--encrypt".into(),
+            "--key-file".into(),
+            key.to_str().unwrap().into(),
+        ]
+    };
+    let args = run_args(&data);
+    let refused = fq_server_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains(&format!("chmod 600 {}", key.display())), "{refused:?}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let spec = RunSpec {
+        tier: "township",
+        listen: "127.0.0.1:0",
+        data_dir: &data,
+        bundle: &bundle,
+        upstream: None,
+        config: None,
+    };
+    let township =
+        ServerProcess::start_with(&fq_server(), &spec, &["--encrypt".as_ref(), "--key-file".as_ref(), key.as_os_str()]);
+    let tw = township.addr.to_string();
+
+    // A device as a build before encryption left it: a plain ledger and a clear bundle.json.
+    let a = Fq::new();
+    std::fs::create_dir_all(a.data_dir()).unwrap();
+    let device_bundle = fq_sync_server::ca::Bundle::load(&county.issue("d07", "mediator", VILLAGE_A)).unwrap();
+    let init = InitOptions {
+        tier: Tier::Device,
+        name: "张三".into(),
+        role: fq_core::case::Role::Mediator,
+        scope: fq_core::case::AdminCode::parse(VILLAGE_A).unwrap(),
+        grid: None,
+    };
+    let mut plain = Ledger::init(&a.ledger_file(), init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
+    plain.add_grant(device_bundle.grant()).unwrap();
+    drop(plain);
+    device_bundle.save(&a.data_dir().join("bundle.json")).unwrap();
+    let numbers = crate::encryption::write_cases(&a);
+    let first = sync(&a, &["--server", &tw]);
+    assert_eq!(first.code, 0, "a plain device still syncs with its clear bundle: {first:?}");
+    assert!(first.stderr.contains("fq encrypt"), "and is told to encrypt: {first:?}");
+
+    // fq reads the running encrypted server with the key file, and only with it.
+    let with_key = |args: &[&str]| {
+        let mut cmd = fq_command();
+        cmd.env_remove(crate::harness::PASSPHRASE_ENV);
+        cmd.arg("--data-dir").arg(&data).arg("--passphrase-file").arg(&key).arg("--json").args(args);
+        run(cmd)
+    };
+    eventually("the township to hold the cases", CONVERGE, || with_key(&["case", "list"]).json()["count"] == 3);
+    let shown = with_key(&["case", "show", &numbers[0], "--unmasked"]).json();
+    assert_eq!(shown["parties"][0]["name"], crate::encryption::PARTIES[0].0);
+    let key_before = std::fs::read(data.join("ledger.key")).unwrap();
+    let wrong = run({
+        let mut cmd = fq_command();
+        cmd.arg("--data-dir").arg(&data).args(["case", "list"]);
+        cmd
+    });
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    assert_eq!(std::fs::read(data.join("ledger.key")).unwrap(), key_before, "a server never counts or erases");
+    let st =
+        fq_server_run(&["status", "--data-dir", data.to_str().unwrap(), "--key-file", key.to_str().unwrap(), "--json"]);
+    assert_eq!(st.code, 0, "{st:?}");
+    assert_eq!(serde_json::from_str::<Value>(&st.stdout).unwrap()["counts"]["cases"], 3, "{st:?}");
+    let no_key = fq_server_run(&["status", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(no_key.code, 2, "{no_key:?}");
+    assert!(no_key.stderr.contains("--key-file"), "{no_key:?}");
+    let needles = crate::encryption::needles();
+    assert_eq!(crate::encryption::readable(&data, &needles), Vec::<String>::new(), "the running server's files");
+    assert_eq!(crate::encryption::loose_modes(&data), Vec::<String>::new());
+
+    // fq encrypt takes the clear bundle into the device's encrypted ledger; sync reads it there.
+    let out = a.run(&["encrypt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("bundle.json 已删除"), "{out:?}");
+    assert!(!a.data_dir().join("bundle.json").exists());
+    let again = sync(&a, &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stderr.is_empty(), "no warning once encrypted: {again:?}");
+    assert_eq!(crate::encryption::readable(&a.data_dir(), &needles), Vec::<String>::new());
+}
+
+#[test]
+fn fq_server_encrypt_migrates_a_stopped_plain_replica_and_refuses_a_running_one() {
+    let county = County::new();
+    let mut township = county.server("tw-101", "township", TOWNSHIP, None, None);
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    crate::encryption::write_cases(&a);
+    assert_eq!(sync(&a, &["--server", &township.addr.to_string()]).code, 0);
+    let data = county.data("tw-101");
+    let key = county.path("tw-101.key");
+    std::fs::write(&key, "tw-101 secret: 0b8e2f4c6a1d3e5f7a9c\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let encrypt =
+        || fq_server_run(&["encrypt", "--data-dir", data.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    let before = on_server(&data, &["case", "list"]);
+    let busy = encrypt();
+    assert_eq!(busy.code, 1, "refused while the server runs: {busy:?}");
+    assert!(busy.stderr.contains("台账正被别的程序使用"), "{busy:?}");
+    assert!(!data.join("ledger.key").exists(), "nothing changed");
+    township.signal("TERM");
+    township.wait_exit(Duration::from_secs(30)).expect("the township stops");
+    let done = encrypt();
+    assert_eq!(done.code, 0, "{done:?}");
+    let mut cmd = fq_command();
+    cmd.arg("--data-dir").arg(&data).arg("--passphrase-file").arg(&key).args(["--json", "case", "list"]);
+    assert_eq!(run(cmd).json(), before, "every case kept");
+    assert_eq!(crate::encryption::readable(&data, &crate::encryption::needles()), Vec::<String>::new());
+    // It now runs only with its key.
+    let spec = RunSpec {
+        tier: "township",
+        listen: "127.0.0.1:0",
+        data_dir: &data,
+        bundle: &county.path("tw-101.bundle.json"),
+        upstream: None,
+        config: None,
+    };
+    let plain_run = fq_server_run(&[
+        "run",
+        "--tier",
+        "township",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--bundle",
+        spec.bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(plain_run.code, 2, "{plain_run:?}");
+    assert!(plain_run.stderr.contains("--encrypt --key-file"), "{plain_run:?}");
+    let again =
+        ServerProcess::start_with(&fq_server(), &spec, &["--encrypt".as_ref(), "--key-file".as_ref(), key.as_os_str()]);
+    assert_eq!(sync(&a, &["--server", &again.addr.to_string()]).code, 0);
 }

@@ -6,9 +6,16 @@ use std::process::{Command, Output};
 use fq_sync_server::ca::{Bundle, REVOCATIONS_FILE, RevocationList};
 use tempfile::TempDir;
 
-/// Runs the built `fq-server` with `args`.
+/// Runs the built `fq-server` with `args`, in English (these tests read its English words;
+/// `language.rs` tests the Chinese ones).
 pub fn fq_server(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fq-server")).args(args).output().expect("fq-server runs")
+    Command::new(env!("CARGO_BIN_EXE_fq-server"))
+        .args(args)
+        .env("LANG", "en_US.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_MESSAGES")
+        .output()
+        .expect("fq-server runs")
 }
 
 /// Runs `fq-server` and asserts it succeeded; returns its stdout parsed as JSON.

@@ -4,10 +4,13 @@
 
 mod ca;
 mod county;
+mod language;
+mod limits;
 mod lossy;
 mod process;
 mod relay;
 mod report;
+mod restart;
 mod revocation;
 mod schema;
 mod server;

@@ -46,6 +46,11 @@ pub struct RunSpec<'a> {
 impl ServerProcess {
     /// Starts `binary run ...` with JSON logs and waits (bounded) for it to listen.
     pub fn start(binary: &Path, spec: &RunSpec<'_>) -> Self {
+        Self::start_with(binary, spec, &[])
+    }
+
+    /// [`ServerProcess::start`] with more `run` arguments (e.g. `--encrypt --key-file FILE`).
+    pub fn start_with(binary: &Path, spec: &RunSpec<'_>, more: &[&std::ffi::OsStr]) -> Self {
         let mut cmd = Command::new(binary);
         cmd.arg("run")
             .args(["--tier", spec.tier, "--listen", spec.listen, "--log-format", "json"])
@@ -59,6 +64,7 @@ impl ServerProcess {
         if let Some(config) = spec.config {
             cmd.arg("--config").arg(config);
         }
+        cmd.args(more);
         cmd.env("RUST_LOG", "info,fq_sync_server=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -76,5 +76,45 @@ fn a_running_server_writes_last_months_report_and_status_names_it() {
     assert_eq!(status["newest_report"]["month"], month.as_str());
     let words = fq_server(&["status", "--data-dir", data.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&words.stdout).contains(&format!("newest monthly report: {month}")));
+    let zh = fq_server(&["--lang", "zh", "status", "--data-dir", data.to_str().unwrap()]);
+    let zh = String::from_utf8_lossy(&zh.stdout);
+    assert!(zh.contains(&format!("最新的月报：{month}")) && zh.contains("县级政策："), "{zh}");
+    drop(server);
+}
+
+#[test]
+fn an_encrypted_server_writes_its_report_with_the_replica_key() {
+    let county = County::new();
+    county.issue("county", "county", "532924");
+    let data = county.dir.path().join("county-data");
+    let key = county.dir.path().join("county.key");
+    std::fs::write(&key, "county secret: 5d1e7a3c9b2f4e60a8c1\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let server = ServerProcess::start_with(
+        Path::new(env!("CARGO_BIN_EXE_fq-server")),
+        &RunSpec {
+            tier: "county",
+            listen: "127.0.0.1:0",
+            data_dir: &data,
+            bundle: &county.bundle_path("county"),
+            upstream: None,
+            config: None,
+        },
+        &["--encrypt".as_ref(), "--key-file".as_ref(), key.as_os_str()],
+    );
+    let month = Month::of(SystemClock.now()).previous().to_string();
+    server.wait_log("monthly report written", |l| l["month"] == month.as_str());
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(data.join("reports").join(format!("monthly-{month}.json"))).unwrap())
+            .unwrap();
+    assert_valid("report-monthly.v1.schema.json", &json);
+    assert_eq!(json["scope"], "532924");
+    assert!(
+        server.logs().iter().all(|l| l["message"] != "cannot write the monthly report; trying again in an hour"),
+        "{}",
+        server.dump()
+    );
+    let status = fq_server_json(&["status", "--data-dir", data.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert_eq!(status["newest_report"]["month"], month.as_str());
     drop(server);
 }
