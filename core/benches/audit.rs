@@ -132,9 +132,11 @@ fn case_changes(county: &mut County, i: usize, rng: &mut ChaCha8Rng) -> Vec<Inco
         description: "两户相邻，东户屋檐滴水落入西户院内，雨季积水，双方多次争吵。",
         parties: &parties,
         risk: if i.is_multiple_of(20) { Risk::High } else { Risk::Low },
+        flags: &[],
         level: Level::Village,
+        recorded_at: at,
     };
-    let author = |d: &Device| Author { name: d.name.clone(), role: d.role };
+    let author = |d: &Device| Author { name: d.name.clone(), role: d.role, id: None };
     let actor = |d: &Device, n: u64| actor_for(d.device, n.to_be_bytes());
     let mut doc = CaseDoc::create(&new, &author(&devices[a]), actor(&devices[a], i as u64), at).unwrap();
     let mut signer_of = vec![(doc.heads()[0], a)];
@@ -149,7 +151,7 @@ fn case_changes(county: &mut County, i: usize, rng: &mut ChaCha8Rng) -> Vec<Inco
         let who = author(&devices[b]);
         let hash = match k % 10 {
             3 => doc.edit(&FieldEdit { risk: Some(Risk::Medium), ..FieldEdit::default() }, &who, at).unwrap(),
-            5 => Some(doc.push_event(&NewEvent::Assign(devices[b].name.clone()), &who, at).unwrap()),
+            5 => Some(doc.push_event(&NewEvent::Assign { name: devices[b].name.clone(), id: None }, &who, at).unwrap()),
             _ => Some(
                 doc.push_event(&NewEvent::Note(format!("第{k}次调解：双方到场，说明诉求，约定下周再谈。")), &who, at)
                     .unwrap(),

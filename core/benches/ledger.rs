@@ -54,6 +54,7 @@ fn new_case(i: usize) -> NewCase {
             Party::parse("王五,17012345678").expect("valid party"),
         ],
         risk: if i.is_multiple_of(20) { Risk::High } else { Risk::Low },
+        flags: Vec::new(),
         village: Some(AdminCode::parse(&format!("532924101{:03}", 201 + i % 9)).expect("valid village")),
         grid: Some(u32::try_from(i % 7).unwrap_or(0) + 1),
     }

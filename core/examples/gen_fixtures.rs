@@ -60,6 +60,7 @@ fn run(check: bool) -> Result<bool, Error> {
     let files = [
         (dir.join("county-532924.json"), county.to_json()?),
         (dir.join("sample-cases.json"), sample::to_json(&cases)?),
+        (dir.join("report-scenario.json"), sample::to_json(&sample::report_scenario())?),
     ];
     let mut fresh = true;
     for (path, json) in files {

@@ -589,7 +589,7 @@ pub fn history(ledger: &mut Ledger, case: CaseId, skew_ms: i64) -> Result<CaseHi
         .case_with_rowid(case)?
         .ok_or_else(|| LedgerError::CaseNotFound { reference: case.to_string() })?;
     let log = CaseLog::read(ledger, rowid, case)?;
-    let policy = *ledger.policy();
+    let policy = ledger.policy().policy().clone();
     let doc = ledger.case_doc(case)?;
     let timeline = doc.timeline();
     let all = doc.audit_conflicts(&timeline);
@@ -760,9 +760,8 @@ pub fn resolve(ledger: &mut Ledger, case: CaseId, field: &str, value: &str) -> R
             ledger.edit(case, FieldEdit { description: Some(text), ..FieldEdit::default() })?
         }
         Resolution::Responsible(to) => {
-            let to = crate::case::check_line("assignee", &to, 50)?;
-            ledger
-                .modify(case, |_, doc, author, now| Ok(Some(doc.push_event(&NewEvent::Assign(to), author, now)?)))?
+            // A name from the roster where there is one (asks when it is ambiguous).
+            ledger.assign(case, &to)?
         }
         Resolution::Party { index, key, value } => {
             let value = match key {
@@ -771,12 +770,12 @@ pub fn resolve(ledger: &mut Ledger, case: CaseId, field: &str, value: &str) -> R
                 _ => crate::case::check_line("party name", &value, 50)?,
             };
             ledger
-                .modify(case, |_, doc, author, now| Ok(Some(doc.set_party_field(index, key, &value, author, now)?)))?
+                .modify(case, |_, doc, author, now| Ok(vec![doc.set_party_field(index, key, &value, author, now)?]))?
         }
         Resolution::Agreement(text) => {
             let text = crate::case::check_text("agreement", &text, crate::case::MAX_TEXT_CHARS)?;
             ledger
-                .modify(case, |_, doc, author, now| Ok(Some(doc.push_event(&NewEvent::Settle(text), author, now)?)))?
+                .modify(case, |_, doc, author, now| Ok(vec![doc.push_event(&NewEvent::Settle(text), author, now)?]))?
         }
         Resolution::Status(kind) => {
             let side =
@@ -785,7 +784,7 @@ pub fn resolve(ledger: &mut Ledger, case: CaseId, field: &str, value: &str) -> R
                     choices: conflict.sides.iter().map(|s| s.value.clone()).collect(),
                 })?;
             let event = event_again(kind, side.detail.clone(), ledger.identity().role);
-            ledger.modify(case, |_, doc, author, now| Ok(Some(doc.push_event(&event, author, now)?)))?
+            ledger.modify(case, |_, doc, author, now| Ok(vec![doc.push_event(&event, author, now)?]))?
         }
     };
     Ok(ResolveOutcome { case, number: state.number, field: field.to_owned(), value: value.to_owned() })
@@ -841,7 +840,7 @@ fn event_again(kind: EventKind, detail: Option<String>, role: Role) -> NewEvent 
     match kind {
         EventKind::Escalated => {
             let to = detail.as_deref().and_then(|d| Level::parse(d).ok()).unwrap_or(Level::Township);
-            NewEvent::Escalate { to, reason: text }
+            NewEvent::Escalate { to, reason: text, rule: None }
         }
         EventKind::EscalationAccepted => NewEvent::AcceptEscalation {
             level: detail.as_deref().and_then(|d| Level::parse(d).ok()).unwrap_or(role.level()),

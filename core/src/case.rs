@@ -608,6 +608,25 @@ vocabulary! {
         Relapsed = "relapsed", "反弹", "Relapsed";
         /// 归档/挂账销号
         Archived = "archived", "归档", "Archived";
+        /// 督办: a higher level orders action on the case by a date.
+        Supervised = "supervised", "督办", "Supervision order";
+        /// 督办回复: the handler answers a supervision order.
+        Responded = "responded", "督办回复", "Supervision answered";
+        /// 免予回访: the remaining follow-up visits are waived, with a reason.
+        FollowUpWaived = "follow-up-waived", "免予回访", "Follow-ups waived";
+    }
+}
+
+vocabulary! {
+    /// A warning sign on a case beside its risk level (风险标记). The county
+    /// policy routes some of them to the township at once.
+    RiskFlag, "risk flag" {
+        /// 民转刑: threats, violence, a family breaking apart: the dispute may turn criminal.
+        CriminalRisk = "criminal-risk", "民转刑风险", "Risk of turning criminal", "民转刑";
+        /// 群体性: many people on one side, a crowd may gather.
+        Group = "group", "群体性风险", "Group dispute", "群体性";
+        /// 个人极端: a party threatens self-harm or extreme acts.
+        Extreme = "extreme", "个人极端风险", "Risk of extreme acts", "个人极端", "极端";
     }
 }
 

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::case::{AdminCode, AdminLevel, InputError, Phone, Role};
+use crate::roster::StaffId;
 
 /// The seed [`County::binchuan`]'s fixture was generated from.
 pub const BINCHUAN_SEED: u64 = 532_924;
@@ -122,6 +123,29 @@ pub enum CountyError {
         /// The grid given.
         grid: u32,
     },
+    /// A person's staff id does not name the division they are listed in,
+    /// or another person has it.
+    #[error("staff id {id} of {person} is not a free id of {code}")]
+    BadStaffId {
+        /// The division the person is listed in.
+        code: AdminCode,
+        /// The person's name.
+        person: String,
+        /// The id given.
+        id: StaffId,
+    },
+    /// A township officer or county admin listed with the wrong role or a grid.
+    #[error("{person} is listed in {code} as a {role}; only {expected} belong there, without a grid")]
+    WrongRole {
+        /// The division.
+        code: AdminCode,
+        /// The person's name.
+        person: String,
+        /// The role given.
+        role: Role,
+        /// The role expected there.
+        expected: Role,
+    },
     /// A grid worker's grid does not exist in the village.
     #[error("grid {grid} of {person} is outside village {village}, which has grids 1 to {grids}")]
     GridOutOfRange {
@@ -145,6 +169,9 @@ pub struct County {
     pub name: String,
     /// Its townships (乡镇/街道).
     pub townships: Vec<Township>,
+    /// The county admins (县综治中心) who run the county's replica and reports.
+    #[serde(default)]
+    pub admins: Vec<Person>,
 }
 
 /// A township (乡镇/街道), the level that runs a township server.
@@ -156,6 +183,9 @@ pub struct Township {
     pub name: String,
     /// Its villages and communities.
     pub villages: Vec<Village>,
+    /// The township officers (乡镇综治中心) who accept escalations and supervise villages.
+    #[serde(default)]
+    pub officers: Vec<Person>,
 }
 
 /// A village (村委会) or urban community (社区).
@@ -171,12 +201,17 @@ pub struct Village {
     pub people: Vec<Person>,
 }
 
-/// A grid worker or village mediator.
+/// A person of the county's staff: a grid worker or village mediator, a
+/// township officer or a county admin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
+    /// Their stable id in the roster: the division they work in and their
+    /// number there (see [`StaffId`]).
+    pub id: StaffId,
     /// Full name.
     pub name: String,
-    /// [`Role::GridWorker`] or [`Role::Mediator`].
+    /// [`Role::GridWorker`] or [`Role::Mediator`] in a village,
+    /// [`Role::TownshipOfficer`] in a township, [`Role::CountyAdmin`] in the county.
     pub role: Role,
     /// The grid a grid worker walks; `None` for a mediator, who serves the whole village.
     pub grid: Option<u32>,
@@ -240,6 +275,11 @@ impl County {
         self.villages().map(|(_, v)| v.people.len()).sum()
     }
 
+    /// How many township officers the county's townships list.
+    pub fn officer_count(&self) -> usize {
+        self.townships.iter().map(|t| t.officers.len()).sum()
+    }
+
     /// How many grids the county's villages have in all.
     pub fn grid_count(&self) -> u64 {
         self.villages().map(|(_, v)| u64::from(v.grids)).sum()
@@ -253,6 +293,8 @@ impl County {
         if self.name.trim().is_empty() {
             return Err(CountyError::EmptyName { code: self.code.clone() });
         }
+        let mut ids = BTreeSet::new();
+        check_staff(&self.code, &self.admins, Role::CountyAdmin, &mut ids)?;
         let mut seen = BTreeSet::new();
         for township in &self.townships {
             if township.code.level() != AdminLevel::Township || !self.code.contains(&township.code) {
@@ -268,6 +310,7 @@ impl County {
             if township.name.trim().is_empty() {
                 return Err(CountyError::EmptyName { code: township.code.clone() });
             }
+            check_staff(&township.code, &township.officers, Role::TownshipOfficer, &mut ids)?;
             for village in &township.villages {
                 if village.code.level() != AdminLevel::Village || !township.code.contains(&village.code) {
                     return Err(CountyError::VillageOutside {
@@ -281,10 +324,41 @@ impl County {
                     return Err(CountyError::DuplicateCode { code: village.code.clone() });
                 }
                 village.validate()?;
+                for p in &village.people {
+                    check_id(&village.code, p, &mut ids)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Checks the officers of a township or the admins of the county: the role
+/// that works there, no grid, a free id of that division.
+fn check_staff(
+    code: &AdminCode,
+    people: &[Person],
+    expected: Role,
+    ids: &mut BTreeSet<StaffId>,
+) -> Result<(), CountyError> {
+    for p in people {
+        if p.name.trim().is_empty() {
+            return Err(CountyError::EmptyName { code: code.clone() });
+        }
+        if p.role != expected || p.grid.is_some() {
+            return Err(CountyError::WrongRole { code: code.clone(), person: p.name.clone(), role: p.role, expected });
+        }
+        check_id(code, p, ids)?;
+    }
+    Ok(())
+}
+
+/// A person's id must name the division they are listed in and be free.
+fn check_id(code: &AdminCode, p: &Person, ids: &mut BTreeSet<StaffId>) -> Result<(), CountyError> {
+    if p.id.area().as_ref() != Some(code) || !ids.insert(p.id.clone()) {
+        return Err(CountyError::BadStaffId { code: code.clone(), person: p.name.clone(), id: p.id.clone() });
+    }
+    Ok(())
 }
 
 impl Village {
@@ -535,8 +609,9 @@ impl County {
             let tcode = child_code(&code, number);
             built.push(generate_township(&mut rng, tcode, tname, count, binchuan, seat_index == 0));
         }
-        let mut county = County { code, name: name.to_owned(), townships: built };
+        let mut county = County { code, name: name.to_owned(), townships: built, admins: Vec::new() };
         staff(&mut rng, &mut county, people);
+        officers(&mut rng, &mut county);
         county
     }
 }
@@ -625,7 +700,7 @@ fn generate_township(
         let grids = if community { rng.random_range(4..=12) } else { rng.random_range(3..=10) };
         villages.push(Village { code: child_code(&code, number), name: vname, grids, people: Vec::new() });
     }
-    Township { code, name, villages }
+    Township { code, name, villages, officers: Vec::new() }
 }
 
 /// Fills the villages with `people` grid workers and mediators: a mediator
@@ -666,12 +741,38 @@ fn staff(rng: &mut ChaCha8Rng, county: &mut County, people: usize) {
         taken.insert(name.clone());
         let role = if grid.is_some() { Role::GridWorker } else { Role::Mediator };
         let phone = fictional_phone(rng);
-        county.townships[t].villages[v].people.push(Person { name, role, grid, phone });
+        // The id is given once the village is sorted (below).
+        let id = StaffId::new(&county.townships[t].villages[v].code, 0);
+        county.townships[t].villages[v].people.push(Person { id, name, role, grid, phone });
     }
     for village in county.townships.iter_mut().flat_map(|t| t.villages.iter_mut()) {
         // Mediators first, then grid workers by grid: the order a roster is read in.
         village.people.sort_by_key(|p| p.grid);
+        // Ids follow that order: stable for the same seed, and a person keeps
+        // theirs however the roster is printed.
+        for (n, p) in village.people.iter_mut().enumerate() {
+            p.id = StaffId::new(&village.code, u32::try_from(n + 1).unwrap_or(u32::MAX));
+        }
     }
+}
+
+/// Township officers and county admins: two per township and two for the
+/// county (drawn after everyone else, so the village staff of a seed are
+/// the same as before they existed).
+fn officers(rng: &mut ChaCha8Rng, county: &mut County) {
+    let pair = |rng: &mut ChaCha8Rng, code: &AdminCode, role: Role| -> Vec<Person> {
+        (1..=2u32)
+            .map(|n| {
+                let name = person_name(rng, n == 2);
+                Person { id: StaffId::new(code, n), name, role, grid: None, phone: fictional_phone(rng) }
+            })
+            .collect()
+    };
+    for t in &mut county.townships {
+        t.officers = pair(rng, &t.code, Role::TownshipOfficer);
+    }
+    let code = county.code.clone();
+    county.admins = pair(rng, &code, Role::CountyAdmin);
 }
 
 #[cfg(test)]

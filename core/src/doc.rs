@@ -5,9 +5,15 @@
 //! ```text
 //! ROOT { schema: 1, id, number, category, title, description: Text,
 //!        parties: [ { name, id_number, phone } ], county, township, village,
-//!        grid, risk, risk_flags: [str], responsible, recorded_by, recorded_at,
-//!        events: [ { kind, at, text?, to?, court?, ref?, outcome?, level? } ] }
+//!        grid, risk, risk_flags: [str], responsible, responsible_id?,
+//!        recorded_by, recorded_by_id?, recorded_at,
+//!        events: [ { kind, at, by?, text?, to?, to_id?, court?, ref?, outcome?,
+//!                    level?, rule?, due? } ] }
 //! ```
+//! `*_id` and `by` name a person of the county roster by staff id when the
+//! writing replica could tell who was meant (`crate::roster`); names are
+//! always kept as typed beside them. Keys added after schema 1 are registers
+//! or event fields that older builds ignore.
 //! The whole structure is created in the first change, on the recording
 //! device: if two devices each created `events`, one list would be hidden.
 //!
@@ -30,9 +36,11 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, R
 use serde::Serialize;
 
 use crate::case::{
-    AdminCode, CaseId, CaseNumber, Category, DeviceId, EventKind, Level, Outcome, Party, Risk, Role, Status,
+    AdminCode, CaseId, CaseNumber, Category, DeviceId, EventKind, Level, Outcome, Party, Risk, RiskFlag, Role, Status,
 };
 use crate::clock::Timestamp;
+use crate::policy::{Policy, RouteRule};
+use crate::roster::StaffId;
 
 mod timeline;
 
@@ -74,13 +82,17 @@ fn am(op: &'static str) -> impl FnOnce(automerge::AutomergeError) -> DocError {
     move |source| DocError::Automerge { op, source: Box::new(source) }
 }
 
-/// Who made a change: recorded in every change's message.
+/// Who made a change: recorded in every change's message, and in every
+/// lifecycle event by staff id when the roster knows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Author {
     /// The person's name.
     pub name: String,
     /// Their role.
     pub role: Role,
+    /// Their id in the county roster, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<StaffId>,
 }
 
 impl Author {
@@ -97,7 +109,7 @@ impl Author {
         let op = parts.next()?.to_owned();
         let role = Role::parse(parts.next()?).ok()?;
         let name = parts.next()?.to_owned();
-        Some((op, Author { name, role }))
+        Some((op, Author { name, role, id: None }))
     }
 }
 
@@ -145,8 +157,13 @@ pub struct NewCaseDoc<'a> {
     pub parties: &'a [Party],
     /// Risk.
     pub risk: Risk,
+    /// Risk flags.
+    pub flags: &'a [RiskFlag],
     /// The level it is recorded at.
     pub level: Level,
+    /// When the dispute was recorded: now, or for an imported case, when the
+    /// old ledger recorded it.
+    pub recorded_at: Timestamp,
 }
 
 /// Changes to plain fields; `None` leaves a field alone.
@@ -164,6 +181,10 @@ pub struct FieldEdit {
     pub grid: Option<u32>,
     /// Parties to add.
     pub add_parties: Vec<Party>,
+    /// Risk flags to add.
+    pub add_flags: Vec<RiskFlag>,
+    /// Risk flags to take off.
+    pub remove_flags: Vec<RiskFlag>,
 }
 
 impl FieldEdit {
@@ -175,6 +196,8 @@ impl FieldEdit {
             && self.risk.is_none()
             && self.grid.is_none()
             && self.add_parties.is_empty()
+            && self.add_flags.is_empty()
+            && self.remove_flags.is_empty()
     }
 
     fn summary(&self) -> String {
@@ -186,6 +209,7 @@ impl FieldEdit {
             (self.risk.is_some(), "risk"),
             (self.grid.is_some(), "grid"),
             (!self.add_parties.is_empty(), "parties"),
+            (!self.add_flags.is_empty() || !self.remove_flags.is_empty(), "risk_flags"),
         ];
         for (set, name) in names {
             if set {
@@ -202,13 +226,20 @@ pub enum NewEvent {
     /// A session note.
     Note(String),
     /// Name the responsible person.
-    Assign(String),
+    Assign {
+        /// Their name.
+        name: String,
+        /// Their roster id, when known.
+        id: Option<StaffId>,
+    },
     /// Send the case up to `to`.
     Escalate {
         /// The level it goes to.
         to: Level,
-        /// Why.
+        /// Why (empty when a policy rule sent it).
         reason: String,
+        /// The policy rule that sent it, if it was not a person's decision.
+        rule: Option<RouteRule>,
     },
     /// The upper level takes the case.
     AcceptEscalation {
@@ -235,6 +266,17 @@ pub enum NewEvent {
     },
     /// Archive the case.
     Archive,
+    /// A higher level orders action on the case by `due` (督办).
+    Supervise {
+        /// What to do.
+        instruction: String,
+        /// By when.
+        due: Timestamp,
+    },
+    /// The handler answers the open supervision order.
+    Respond(String),
+    /// The remaining follow-up visits are waived, with the reason.
+    WaiveFollowUps(String),
 }
 
 impl NewEvent {
@@ -242,7 +284,7 @@ impl NewEvent {
     pub fn kind(&self) -> EventKind {
         match self {
             NewEvent::Note(_) => EventKind::Note,
-            NewEvent::Assign(_) => EventKind::Assigned,
+            NewEvent::Assign { .. } => EventKind::Assigned,
             NewEvent::Escalate { .. } => EventKind::Escalated,
             NewEvent::AcceptEscalation { .. } => EventKind::EscalationAccepted,
             NewEvent::Settle(_) => EventKind::Settled,
@@ -251,33 +293,9 @@ impl NewEvent {
             NewEvent::FollowUp { outcome: Outcome::Relapsed, .. } => EventKind::Relapsed,
             NewEvent::FollowUp { .. } => EventKind::FollowUp,
             NewEvent::Archive => EventKind::Archived,
-        }
-    }
-}
-
-/// Time limits per level (限时办结), local policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DeadlinePolicy {
-    /// Days a village has to settle a case.
-    pub village_days: i64,
-    /// Days a township has.
-    pub township_days: i64,
-    /// Days the county has.
-    pub county_days: i64,
-}
-
-impl Default for DeadlinePolicy {
-    fn default() -> Self {
-        Self { village_days: 15, township_days: 30, county_days: 60 }
-    }
-}
-
-impl DeadlinePolicy {
-    fn days(&self, level: Level) -> i64 {
-        match level {
-            Level::Village => self.village_days,
-            Level::Township => self.township_days,
-            _ => self.county_days,
+            NewEvent::Supervise { .. } => EventKind::Supervised,
+            NewEvent::Respond(_) => EventKind::Responded,
+            NewEvent::WaiveFollowUps(_) => EventKind::FollowUpWaived,
         }
     }
 }
@@ -300,7 +318,7 @@ pub struct EventView {
     pub kind: EventKind,
     /// Device time of the event.
     pub at: Timestamp,
-    /// Who recorded it.
+    /// Who recorded it (with their roster id when the writer knew it).
     pub author: Option<Author>,
     /// The device it was recorded on.
     pub device: Option<String>,
@@ -316,6 +334,42 @@ pub struct EventView {
     /// Court reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The assignee's roster id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_id: Option<String>,
+    /// The policy rule that made an escalation (`high-risk`, `flag:criminal-risk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// When a supervision order is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due: Option<Timestamp>,
+}
+
+/// An open supervision order (督办) on a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Supervision {
+    /// When it was given.
+    pub at: Timestamp,
+    /// When it is due.
+    pub due: Timestamp,
+    /// What to do.
+    pub instruction: String,
+    /// Who gave it.
+    pub by: Option<Author>,
+}
+
+/// An event that local rules would have refused but that arrived by sync,
+/// concurrent with the events it contradicts: it is kept (merges never drop
+/// anything) and shown, so someone can set it right.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Which rule it breaks: `settled-below-level`, `failed-below-level`,
+    /// `archived-before-follow-ups`.
+    pub rule: &'static str,
+    /// When (device time of the event).
+    pub at: Timestamp,
+    /// Who wrote it.
+    pub by: Option<Author>,
 }
 
 /// One of several values a field holds after concurrent edits.
@@ -381,10 +435,16 @@ pub struct CaseState {
     pub grid: Option<u32>,
     /// Risk.
     pub risk: Risk,
+    /// Risk flags (民转刑...).
+    pub flags: Vec<RiskFlag>,
     /// Responsible person (包保责任人).
     pub responsible: Option<String>,
+    /// Their roster id, when known.
+    pub responsible_id: Option<String>,
     /// Who recorded the case.
     pub recorded_by: String,
+    /// Their roster id, when known.
+    pub recorded_by_id: Option<String>,
     /// When.
     pub recorded_at: Timestamp,
     /// Derived status.
@@ -395,10 +455,23 @@ pub struct CaseState {
     pub escalated_to: Option<Level>,
     /// Derived deadline of the current level, for open cases.
     pub deadline: Option<Timestamp>,
+    /// When the current level's clock started: the recording, the
+    /// acceptance of an escalation, or a relapse.
+    pub since: Timestamp,
     /// Whether a court confirmed the agreement.
     pub confirmed: bool,
     /// Follow-up visits made.
     pub follow_ups: u32,
+    /// When the case was last settled, while it stays settled (or archived after it).
+    pub settled_at: Option<Timestamp>,
+    /// Follow-up visits made since that settlement.
+    pub visits: u32,
+    /// Whether the remaining follow-ups of that settlement were waived.
+    pub follow_ups_waived: bool,
+    /// The supervision order still to be answered, if any.
+    pub supervision: Option<Supervision>,
+    /// Events merged from concurrent edits that local rules would have refused.
+    pub violations: Vec<Violation>,
     /// The latest change time.
     pub updated_at: Timestamp,
     /// Lifecycle events in derivation (list) order.
@@ -437,15 +510,24 @@ impl CaseDoc {
         }
         .map_err(am("put"))?;
         d.put(ROOT, "risk", new.risk.code()).map_err(am("put"))?;
-        d.put_object(ROOT, "risk_flags", ObjType::List).map_err(am("put"))?;
+        let flags = d.put_object(ROOT, "risk_flags", ObjType::List).map_err(am("put"))?;
+        for (i, f) in new.flags.iter().enumerate() {
+            d.insert(&flags, i, f.code()).map_err(am("insert"))?;
+        }
         d.put(ROOT, "responsible", ScalarValue::Null).map_err(am("put"))?;
         d.put(ROOT, "recorded_by", author.name.as_str()).map_err(am("put"))?;
-        d.put(ROOT, "recorded_at", at.0).map_err(am("put"))?;
+        if let Some(id) = &author.id {
+            d.put(ROOT, "recorded_by_id", id.as_str()).map_err(am("put"))?;
+        }
+        d.put(ROOT, "recorded_at", new.recorded_at.0).map_err(am("put"))?;
         let events = d.put_object(ROOT, "events", ObjType::List).map_err(am("put"))?;
         let ev = d.insert_object(&events, 0, ObjType::Map).map_err(am("insert"))?;
         d.put(&ev, "kind", EventKind::Recorded.code()).map_err(am("put"))?;
-        d.put(&ev, "at", at.0).map_err(am("put"))?;
+        d.put(&ev, "at", new.recorded_at.0).map_err(am("put"))?;
         d.put(&ev, "level", new.level.code()).map_err(am("put"))?;
+        if let Some(id) = &author.id {
+            d.put(&ev, "by", id.as_str()).map_err(am("put"))?;
+        }
         let mut this = Self { doc };
         this.commit(author, "create", at);
         Ok(this)
@@ -528,12 +610,32 @@ impl CaseDoc {
                 put_party(d, &list, n, p)?;
             }
         }
+        if !edit.add_flags.is_empty() || !edit.remove_flags.is_empty() {
+            let list = obj_at(d, &ROOT, "risk_flags")?;
+            // Every copy of a removed flag goes (concurrent adds may have made two).
+            for i in (0..d.length(&list)).rev() {
+                let here = match d.get(&list, i) {
+                    Ok(Some((Value::Scalar(v), _))) => v.as_str().and_then(|c| RiskFlag::parse(c).ok()),
+                    _ => None,
+                };
+                if here.is_some_and(|f| edit.remove_flags.contains(&f)) {
+                    d.delete(&list, i).map_err(am("delete"))?;
+                }
+            }
+            let held = read_flags(d);
+            for f in &edit.add_flags {
+                if !held.contains(f) {
+                    let n = d.length(&list);
+                    d.insert(&list, n, f.code()).map_err(am("insert"))?;
+                }
+            }
+        }
         Ok(())
     }
 
     /// Appends a lifecycle event as one change.
     pub fn push_event(&mut self, event: &NewEvent, author: &Author, at: Timestamp) -> Result<Hash, DocError> {
-        match self.event_ops(event, at) {
+        match self.event_ops(event, at, author.id.as_ref()) {
             Ok(()) => self.commit(author, event.kind().code(), at).ok_or(DocError::Malformed("empty change")),
             Err(e) => {
                 self.doc.rollback();
@@ -542,20 +644,39 @@ impl CaseDoc {
         }
     }
 
-    fn event_ops(&mut self, event: &NewEvent, at: Timestamp) -> Result<(), DocError> {
+    fn event_ops(&mut self, event: &NewEvent, at: Timestamp, by: Option<&StaffId>) -> Result<(), DocError> {
         let d = &mut self.doc;
         let events = obj_at(d, &ROOT, "events")?;
         let n = d.length(&events);
         let ev = d.insert_object(&events, n, ObjType::Map).map_err(am("insert"))?;
         d.put(&ev, "kind", event.kind().code()).map_err(am("put"))?;
         d.put(&ev, "at", at.0).map_err(am("put"))?;
+        if let Some(id) = by {
+            d.put(&ev, "by", id.as_str()).map_err(am("put"))?;
+        }
+        if let NewEvent::Supervise { due, .. } = event {
+            d.put(&ev, "due", due.0).map_err(am("put"))?;
+        }
         let mut put = |k: &str, v: &str| d.put(&ev, k, v).map_err(am("put"));
         match event {
-            NewEvent::Note(t) | NewEvent::Settle(t) | NewEvent::Fail(t) => put("text", t)?,
-            NewEvent::Assign(to) => put("to", to)?,
-            NewEvent::Escalate { to, reason } => {
+            NewEvent::Note(t)
+            | NewEvent::Settle(t)
+            | NewEvent::Fail(t)
+            | NewEvent::Respond(t)
+            | NewEvent::WaiveFollowUps(t) => put("text", t)?,
+            NewEvent::Supervise { instruction, .. } => put("text", instruction)?,
+            NewEvent::Assign { name, id } => {
+                put("to", name)?;
+                if let Some(id) = id {
+                    put("to_id", id.as_str())?;
+                }
+            }
+            NewEvent::Escalate { to, reason, rule } => {
                 put("to", to.code())?;
                 put("text", reason)?;
+                if let Some(rule) = rule {
+                    put("rule", &rule.code())?;
+                }
             }
             NewEvent::AcceptEscalation { level } => put("level", level.code())?,
             NewEvent::Confirm { court, reference } => {
@@ -572,8 +693,13 @@ impl CaseDoc {
             }
             NewEvent::Archive => {}
         }
-        if let NewEvent::Assign(to) = event {
-            d.put(ROOT, "responsible", to.as_str()).map_err(am("put"))?;
+        if let NewEvent::Assign { name, id } = event {
+            d.put(ROOT, "responsible", name.as_str()).map_err(am("put"))?;
+            match id {
+                Some(id) => d.put(ROOT, "responsible_id", id.as_str()),
+                None => d.put(ROOT, "responsible_id", ScalarValue::Null),
+            }
+            .map_err(am("put"))?;
         }
         Ok(())
     }
@@ -618,19 +744,19 @@ impl CaseDoc {
         }
     }
 
-    /// Reads the case, deriving status, level and deadline.
-    pub fn read(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
+    /// Reads the case, deriving status, level and deadline with `policy`.
+    pub fn read(&mut self, policy: &Policy) -> Result<CaseState, DocError> {
         self.read_with(policy, true)
     }
 
     /// [`CaseDoc::read`] without who wrote each event (`author` and `device`
     /// are left empty): what a projected row is made of, at a fraction of the
     /// cost (finding an event's change walks the document's operations).
-    pub fn read_for_row(&mut self, policy: &DeadlinePolicy) -> Result<CaseState, DocError> {
+    pub fn read_for_row(&mut self, policy: &Policy) -> Result<CaseState, DocError> {
         self.read_with(policy, false)
     }
 
-    fn read_with(&mut self, policy: &DeadlinePolicy, who: bool) -> Result<CaseState, DocError> {
+    fn read_with(&mut self, policy: &Policy, who: bool) -> Result<CaseState, DocError> {
         let events = self.events(who)?;
         let d = &self.doc;
         if get_i64(d, &ROOT, "schema") != Some(SCHEMA_VERSION) {
@@ -667,15 +793,24 @@ impl CaseDoc {
             village: get_str(d, &ROOT, "village").unwrap_or_default(),
             grid: get_i64(d, &ROOT, "grid").and_then(|g| u32::try_from(g).ok()),
             risk: get_str(d, &ROOT, "risk").and_then(|s| Risk::parse(&s).ok()).unwrap_or(Risk::Medium),
+            flags: read_flags(d),
             responsible: get_str(d, &ROOT, "responsible"),
+            responsible_id: get_str(d, &ROOT, "responsible_id"),
             recorded_by: get_str(d, &ROOT, "recorded_by").unwrap_or_default(),
+            recorded_by_id: get_str(d, &ROOT, "recorded_by_id"),
             recorded_at,
             status: Status::Recorded,
             level: Level::Village,
             escalated_to: None,
             deadline: None,
+            since: recorded_at,
             confirmed: false,
             follow_ups: 0,
+            settled_at: None,
+            visits: 0,
+            follow_ups_waived: false,
+            supervision: None,
+            violations: Vec::new(),
             updated_at: recorded_at,
             events: Vec::new(),
         };
@@ -698,7 +833,11 @@ impl CaseDoc {
                 _ => get_str(d, &ev, "to"),
             };
             let text = get_str(d, &ev, "text");
-            let (author, device, _) = if who { self.provenance(&ev) } else { (None, None, None) };
+            let by = get_str(d, &ev, "by").and_then(|b| StaffId::parse(&b).ok());
+            let (mut author, device, _) = if who { self.provenance(&ev) } else { (None, None, None) };
+            if let Some(a) = author.as_mut() {
+                a.id = by;
+            }
             let d = &self.doc;
             out.push(EventView {
                 kind,
@@ -709,6 +848,9 @@ impl CaseDoc {
                 to,
                 court: get_str(d, &ev, "court"),
                 reference: get_str(d, &ev, "ref"),
+                to_id: get_str(d, &ev, "to_id"),
+                rule: get_str(d, &ev, "rule"),
+                due: get_i64(d, &ev, "due").map(Timestamp),
             });
         }
         Ok(out)
@@ -759,9 +901,12 @@ impl CaseDoc {
         out.push(FieldConflict { field, values });
     }
 
-    /// Every change, oldest first by (time, hash), with who made it.
+    /// Every change, oldest first by (time, hash), with who made it. Changes made in the same
+    /// millisecond are in causal order first (a change's first operation counter is above
+    /// those of everything it builds on: an edit comes before the escalation the county's
+    /// routing made of it), then by hash, so every replica lists a case's history alike.
     pub fn history(&mut self) -> Vec<HistoryEntry> {
-        let mut out: Vec<HistoryEntry> = self
+        let mut out: Vec<(u64, HistoryEntry)> = self
             .doc
             .get_changes_meta(&[])
             .into_iter()
@@ -771,17 +916,18 @@ impl CaseDoc {
                     Some((op, a)) => (op, Some(a)),
                     None => (m.message.as_deref().unwrap_or("").to_owned(), None),
                 };
-                HistoryEntry {
+                let entry = HistoryEntry {
                     at: Timestamp(m.timestamp),
                     op,
                     author,
                     device: device_of(&m.actor).map(|d| d.to_string()),
                     hash: m.hash.to_string(),
-                }
+                };
+                (m.start_op, entry)
             })
             .collect();
-        out.sort_by(|a, b| (a.at, &a.hash).cmp(&(b.at, &b.hash)));
-        out
+        out.sort_by(|(a_op, a), (b_op, b)| (a.at, a_op, &a.hash).cmp(&(b.at, b_op, &b.hash)));
+        out.into_iter().map(|(_, entry)| entry).collect()
     }
 }
 
@@ -980,8 +1126,32 @@ fn value_text(v: &Value<'_>) -> String {
     }
 }
 
+/// The risk flags a document holds, each once, in vocabulary order.
+fn read_flags(d: &AutoCommit) -> Vec<RiskFlag> {
+    let Ok(list) = obj_at(d, &ROOT, "risk_flags") else { return Vec::new() };
+    let mut flags: Vec<RiskFlag> = (0..d.length(&list))
+        .filter_map(|i| match d.get(&list, i) {
+            Ok(Some((Value::Scalar(v), _))) => v.as_str().and_then(|c| RiskFlag::parse(c).ok()),
+            _ => None,
+        })
+        .collect();
+    flags.sort_unstable();
+    flags.dedup();
+    flags
+}
+
+/// The level of the person who wrote an event, if known.
+fn author_level(e: &EventView) -> Option<Level> {
+    e.author.as_ref().map(|a| a.role.level())
+}
+
 /// Derives status, level, deadline and counters from ordered events.
-fn derive(state: &mut CaseState, events: &[EventView], policy: &DeadlinePolicy) {
+///
+/// Total: every event list gives a state. Events that local rules refuse but
+/// that arrived concurrently by sync (a settlement in the village while the
+/// township was to accept the escalation) still apply, and are listed in
+/// `violations`.
+fn derive(state: &mut CaseState, events: &[EventView], policy: &Policy) {
     let level_of = |e: &EventView| e.to.as_deref().and_then(|s| Level::parse(s).ok());
     let mut since = state.recorded_at;
     for e in events {
@@ -1010,26 +1180,70 @@ fn derive(state: &mut CaseState, events: &[EventView], policy: &DeadlinePolicy) 
                 state.status = Status::Mediating;
                 since = e.at;
             }
-            EventKind::Settled => {
-                state.status = Status::Settled;
+            EventKind::Settled | EventKind::Failed => {
+                let required = state.escalated_to.map_or(state.level, |to| to.max(state.level));
+                if author_level(e).is_some_and(|l| l < required) {
+                    let rule = if e.kind == EventKind::Settled { "settled-below-level" } else { "failed-below-level" };
+                    state.violations.push(Violation { rule, at: e.at, by: e.author.clone() });
+                }
                 state.escalated_to = None;
-            }
-            EventKind::Failed => {
-                state.status = Status::Failed;
-                state.escalated_to = None;
+                if e.kind == EventKind::Settled {
+                    state.status = Status::Settled;
+                    state.settled_at = Some(e.at);
+                    state.visits = 0;
+                    state.follow_ups_waived = false;
+                } else {
+                    state.status = Status::Failed;
+                    state.settled_at = None;
+                }
             }
             EventKind::Confirmed => state.confirmed = true,
-            EventKind::FollowUp => state.follow_ups += 1,
+            EventKind::FollowUp => {
+                state.follow_ups += 1;
+                state.visits += 1;
+            }
             EventKind::Relapsed => {
                 state.follow_ups += 1;
                 state.status = Status::Mediating;
                 state.confirmed = false;
+                state.settled_at = None;
+                state.visits = 0;
+                state.follow_ups_waived = false;
                 since = e.at;
             }
-            EventKind::Archived => state.status = Status::Archived,
+            EventKind::Archived => {
+                if state.status == Status::Settled && follow_ups_pending(state, policy) > 0 {
+                    state.violations.push(Violation {
+                        rule: "archived-before-follow-ups",
+                        at: e.at,
+                        by: e.author.clone(),
+                    });
+                }
+                state.status = Status::Archived;
+            }
+            EventKind::Supervised => {
+                state.supervision = Some(Supervision {
+                    at: e.at,
+                    due: e.due.unwrap_or(e.at),
+                    instruction: e.text.clone().unwrap_or_default(),
+                    by: e.author.clone(),
+                });
+            }
+            EventKind::Responded => state.supervision = None,
+            EventKind::FollowUpWaived => state.follow_ups_waived = true,
         }
     }
-    state.deadline = state.status.is_open().then(|| since.plus_days(policy.days(state.level)));
+    state.since = since;
+    state.deadline = state.status.is_open().then(|| since.plus_days(policy.deadlines.days(state.level)));
+}
+
+/// How many follow-up visits the policy still asks of a settled case (0 once
+/// they are made or waived).
+pub fn follow_ups_pending(state: &CaseState, policy: &Policy) -> u32 {
+    if state.follow_ups_waived || state.settled_at.is_none() {
+        return 0;
+    }
+    u32::try_from(policy.follow_up_days.len()).unwrap_or(u32::MAX).saturating_sub(state.visits)
 }
 
 #[cfg(test)]
@@ -1038,7 +1252,7 @@ mod tests {
     use super::*;
 
     fn author(name: &str) -> Author {
-        Author { name: name.into(), role: Role::Mediator }
+        Author { name: name.into(), role: Role::Mediator, id: None }
     }
 
     fn new_doc(device: u8) -> CaseDoc {
@@ -1056,7 +1270,9 @@ mod tests {
             description: "屋檐滴水落到邻居院内",
             parties: &parties,
             risk: Risk::Low,
+            flags: &[],
             level: Level::Village,
+            recorded_at: Timestamp(1_000),
         };
         CaseDoc::create(&new, &author("张三"), actor_for(dev, [1; 8]), Timestamp(1_000)).unwrap()
     }
@@ -1064,7 +1280,7 @@ mod tests {
     #[test]
     fn create_reads_back() {
         let mut d = new_doc(1);
-        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        let s = d.read(&Policy::default()).unwrap();
         assert_eq!(s.title, "宅基地滴水纠纷");
         assert_eq!(s.status, Status::Recorded);
         assert_eq!(s.township, "532924101");
@@ -1082,7 +1298,7 @@ mod tests {
         let plain = d.doc.save();
         assert!(packed.len() < plain.len(), "packed {} B, Automerge's own {} B", packed.len(), plain.len());
         let actor = || actor_for(DeviceId::from_bytes([2; 8]), [2; 8]);
-        let policy = DeadlinePolicy::default();
+        let policy = Policy::default();
         let want = d.read(&policy).unwrap();
         for bytes in [&packed, &plain] {
             let mut back = CaseDoc::load(bytes, actor()).unwrap();
@@ -1113,17 +1329,18 @@ mod tests {
         let mut d = new_doc(1);
         let a = author("张三");
         d.push_event(&NewEvent::Note("first".into()), &a, Timestamp(2_000)).unwrap();
-        d.push_event(&NewEvent::Escalate { to: Level::Township, reason: "r".into() }, &a, Timestamp(3_000)).unwrap();
-        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        d.push_event(&NewEvent::Escalate { to: Level::Township, reason: "r".into(), rule: None }, &a, Timestamp(3_000))
+            .unwrap();
+        let s = d.read(&Policy::default()).unwrap();
         assert_eq!((s.status, s.level), (Status::Escalated, Level::Village));
         d.push_event(&NewEvent::AcceptEscalation { level: Level::Township }, &a, Timestamp(4_000)).unwrap();
-        let s = d.read(&DeadlinePolicy::default()).unwrap();
+        let s = d.read(&Policy::default()).unwrap();
         assert_eq!((s.status, s.level), (Status::Mediating, Level::Township));
         assert_eq!(s.deadline, Some(Timestamp(4_000).plus_days(30)));
         d.push_event(&NewEvent::Settle("agreed".into()), &a, Timestamp(5_000)).unwrap();
         let r = NewEvent::FollowUp { outcome: Outcome::Relapsed, note: None };
         d.push_event(&r, &a, Timestamp(6_000)).unwrap();
-        assert_eq!(d.read(&DeadlinePolicy::default()).unwrap().status, Status::Mediating);
+        assert_eq!(d.read(&Policy::default()).unwrap().status, Status::Mediating);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum Bug {
     VerifySkipsSignatures = 32,
     /// The compare answer leaves out the last case of every bucket it lists.
     CompareDropsCases = 64,
+    /// Install a county policy older than the one in force.
+    AcceptOlderPolicy = 128,
 }
 
 #[cfg(feature = "sim-faults")]

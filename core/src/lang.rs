@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::case::{Category, EventKind, Level, Outcome, Risk, Role, Status};
+use crate::case::{Category, EventKind, Level, Outcome, Risk, RiskFlag, Role, Status};
 
 /// The language of everything fq prints for people (never of `--json` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,7 +155,7 @@ macro_rules! label {
     };
 }
 
-label!(Category, Status, Level, Risk, EventKind, Role, Outcome);
+label!(Category, Status, Level, Risk, RiskFlag, EventKind, Role, Outcome);
 
 /// Every value of a vocabulary as `code（label）`, for "you can type one of" hints.
 pub fn choices<T: Label>(lang: Lang, all: &[T]) -> String {

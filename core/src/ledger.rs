@@ -16,16 +16,20 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::case::{
-    AdminCode, AdminLevel, CaseId, CaseNumber, Category, InputError, Level, MAX_PARTIES, MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS, Outcome, Party, ReplicaId, Risk, Role, Status, check_line, check_text,
+    AdminCode, AdminLevel, CaseId, CaseNumber, Category, EventKind, InputError, Level, MAX_PARTIES, MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS, Outcome, Party, ReplicaId, Risk, RiskFlag, Role, Status, check_line, check_text,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::doc::{
-    self, Author, CaseDoc, CaseState, ConflictKind, DeadlinePolicy, DocError, FieldConflict, FieldEdit, Hash,
-    HistoryEntry, NewCaseDoc, NewEvent,
+    self, Author, CaseDoc, CaseState, ConflictKind, DocError, FieldConflict, FieldEdit, Hash, HistoryEntry, NewCaseDoc,
+    NewEvent,
 };
 use crate::faults::{self, Bug};
-use crate::store::{AuditEntry, CaseRow, ListFilter, NewAudit, OpenMode, PendingChange, Store, StoreError, Tx};
+use crate::policy::{Policy, PolicyError, PolicyInForce, SignedPolicy};
+use crate::roster::{Lookup, Staff, StaffId};
+use crate::store::{
+    AuditEntry, CaseRow, EventRow, ListFilter, META_REPROJECT, NewAudit, OpenMode, PendingChange, Store, StoreError, Tx,
+};
 use crate::trust::{self, GrantRole};
 use crate::vault::DataKey;
 
@@ -171,6 +175,71 @@ pub enum LedgerError {
         /// What was tried.
         action: &'static str,
     },
+    /// Settling or failing a case below the level that handles it, or that
+    /// it was escalated to and that has not accepted it yet.
+    #[error("cannot {action} case {number} below the {} level, which it is at or was sent to", level.code())]
+    BelowLevel {
+        /// `settle` or `fail`.
+        action: &'static str,
+        /// The case.
+        number: String,
+        /// The level that must do it.
+        level: Level,
+    },
+    /// Archiving a settled case whose follow-up visits are not all made or waived.
+    #[error("cannot archive case {number}: {pending} follow-up visits are still due")]
+    FollowUpsPending {
+        /// The case.
+        number: String,
+        /// Visits still due.
+        pending: u32,
+    },
+    /// Supervising a case from a level not above the case's.
+    #[error("cannot supervise case {number} at the {} level from the {} level", case_level.code(), own_level.code())]
+    SuperviseLevel {
+        /// The case.
+        number: String,
+        /// The case's level.
+        case_level: Level,
+        /// The supervisor's level.
+        own_level: Level,
+    },
+    /// Answering a supervision order on a case that has none open.
+    #[error("case {number} has no supervision order to answer")]
+    NoSupervision {
+        /// The case.
+        number: String,
+    },
+    /// Waiving follow-ups of a case that owes none.
+    #[error("case {number} has no follow-up visits to waive")]
+    NoFollowUps {
+        /// The case.
+        number: String,
+    },
+    /// A person's name that several people in the roster share.
+    #[error("{input:?} names several people: {}", candidates.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "))]
+    AmbiguousPerson {
+        /// What was typed.
+        input: String,
+        /// Everyone it may mean.
+        candidates: Vec<Staff>,
+    },
+    /// A name or staff id the roster does not list.
+    #[error("{input:?} is not in the county roster")]
+    UnknownPerson {
+        /// What was typed.
+        input: String,
+    },
+    /// A county policy that is not installed: forged, unsigned, for another
+    /// county, or unreadable.
+    #[error("policy refused: {0}")]
+    Policy(#[from] PolicyError),
+    /// A case number already in the ledger (an import of cases it holds).
+    #[error("case number {number} is already in the ledger")]
+    DuplicateNumber {
+        /// The number.
+        number: String,
+    },
     /// The ledger was opened read-only.
     #[error("the ledger is open read-only")]
     ReadOnly,
@@ -202,6 +271,8 @@ pub struct NewCase {
     pub parties: Vec<Party>,
     /// Risk.
     pub risk: Risk,
+    /// Risk flags (民转刑...).
+    pub flags: Vec<RiskFlag>,
     /// Village; defaults to the ledger's own village.
     pub village: Option<AdminCode>,
     /// Grid; defaults to the ledger owner's grid.
@@ -333,6 +404,76 @@ pub struct ApplyReport {
     pub refused: Vec<Refusal>,
 }
 
+/// What [`Ledger::install_policy`] did with an offered policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyInstall {
+    /// It was newer and is now in force; the deadlines of open cases were
+    /// recomputed with it.
+    Installed {
+        /// The version in force before.
+        previous: u64,
+        /// The version now in force.
+        version: u64,
+    },
+    /// It was not newer than the one in force and was ignored.
+    Stale {
+        /// The version offered.
+        offered: u64,
+        /// The version in force.
+        current: u64,
+    },
+}
+
+/// A device clock off by more than this from its server's, at a sync, is
+/// corrected (and `fq sync` warns about it). Below it, clocks agree well
+/// enough for deadlines counted in days.
+pub const CLOCK_SKEW_TOLERANCE_MS: i64 = 10 * 60 * 1000;
+
+/// Which clock a ledger's "now" comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum TimeSource {
+    /// This replica's own clock: a server's, or a device clock that agreed
+    /// with its server at the last sync (or never synced).
+    Local,
+    /// A device clock found off at its last sync, corrected by what it was off.
+    Corrected {
+        /// How far ahead of the server the device clock was (negative: behind), in ms.
+        offset_ms: i64,
+        /// When that was measured (corrected time).
+        measured_at: Timestamp,
+    },
+}
+
+/// A person named on a case: someone of the roster, or (with no roster yet)
+/// a name as typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// The name.
+    pub name: String,
+    /// Their roster id, when known.
+    pub id: Option<StaffId>,
+}
+
+/// A case brought in from a spreadsheet (`fq case import`), checked.
+#[derive(Debug, Clone)]
+pub struct ImportedCase {
+    /// Its number in the old ledger, kept in the description; `None` if it had none.
+    pub old_number: Option<String>,
+    /// The case as it starts.
+    pub case: NewCase,
+    /// When the old ledger recorded it.
+    pub recorded_at: Timestamp,
+    /// Where it stands now.
+    pub status: Status,
+    /// The level handling it.
+    pub level: Level,
+    /// When it last changed in the old ledger (the time of its status).
+    pub updated_at: Timestamp,
+    /// The responsible person, if any.
+    pub responsible: Option<Named>,
+}
+
 /// A replica's case ledger.
 #[derive(Debug)]
 pub struct Ledger {
@@ -341,9 +482,12 @@ pub struct Ledger {
     identity: Identity,
     actor: ActorId,
     rng: ChaCha8Rng,
-    policy: DeadlinePolicy,
+    policy: Arc<PolicyInForce>,
     read_only: bool,
     operator: Author,
+    /// Device clock minus server clock found at the last sync, if over
+    /// [`CLOCK_SKEW_TOLERANCE_MS`], and when.
+    clock_offset: Option<(i64, Timestamp)>,
     cache: BTreeMap<CaseId, (CaseDoc, u64)>,
     tick: u64,
 }
@@ -355,6 +499,8 @@ const META_ROLE: &str = "role";
 const META_SCOPE: &str = "scope";
 const META_GRID: &str = "grid";
 const META_CREATED: &str = "created_at";
+/// Device clock minus its server's at the last sync: `OFFSET_MS@MEASURED_AT`.
+const META_CLOCK_OFFSET: &str = "clock_offset";
 /// The device's enrolment (its certificate bundle, private key included):
 /// kept inside the ledger file, so it is encrypted with it (ADR 10).
 const META_ENROLMENT: &str = "enrolment";
@@ -472,19 +618,54 @@ impl Ledger {
         }
         let mut rng = rng.unwrap_or_else(|| seeded(Some(0)));
         let actor = doc::actor_for(identity.replica.device(), rng.random());
-        let operator = Author { name: identity.name.clone(), role: identity.role };
-        Ok(Self {
+        // A stored policy was verified when it was installed; one this build
+        // cannot read (damaged) leaves the default in force until the next
+        // sync brings a good copy.
+        let policy = match store.policy()? {
+            Some((_, bytes)) => {
+                SignedPolicy::decode_unverified(&bytes).and_then(PolicyInForce::from_signed).unwrap_or_default()
+            }
+            None => PolicyInForce::default(),
+        };
+        let clock_offset = store.meta(META_CLOCK_OFFSET)?.and_then(|v| {
+            let (offset, at) = v.split_once('@')?;
+            Some((offset.parse().ok()?, Timestamp(at.parse().ok()?)))
+        });
+        let mut operator = Author { name: identity.name.clone(), role: identity.role, id: None };
+        operator.id = who(&policy, &operator.name, &identity.scope);
+        let mut ledger = Self {
             operator,
             store,
             clock,
             identity,
             actor,
             rng,
-            policy: DeadlinePolicy::default(),
+            policy: Arc::new(policy),
             read_only,
+            clock_offset: clock_offset.filter(|(o, _): &(i64, Timestamp)| o.abs() > CLOCK_SKEW_TOLERANCE_MS),
             cache: BTreeMap::new(),
             tick: 0,
-        })
+        };
+        if !read_only && ledger.store.meta(META_REPROJECT)?.is_some() {
+            ledger.reproject_all()?;
+        }
+        Ok(ledger)
+    }
+
+    /// Rebuilds every case's projected row, events and search text from its
+    /// document (after a migration added columns SQL cannot fill).
+    fn reproject_all(&mut self) -> Result<(), LedgerError> {
+        let policy = Arc::clone(&self.policy);
+        let tx = self.store.transaction()?;
+        for id in tx.case_ids()? {
+            let bytes = tx.snapshot(id)?.ok_or(StoreError::BadValue { what: "missing snapshot" })?;
+            let mut doc = CaseDoc::load(&bytes, self.actor.clone())?;
+            let state = doc.read(policy.policy())?;
+            put_doc(&tx, &mut doc, &state)?;
+        }
+        tx.delete_meta(META_REPROJECT)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Who this ledger belongs to.
@@ -509,14 +690,106 @@ impl Ledger {
         &self.actor
     }
 
-    /// The deadline policy in force.
-    pub fn policy(&self) -> &DeadlinePolicy {
+    /// The county policy in force, with its roster.
+    pub fn policy(&self) -> &PolicyInForce {
         &self.policy
     }
 
-    /// The ledger's clock reading now.
+    /// The time now: the replica's clock, corrected on a device whose clock
+    /// was found off at its last sync (see [`Ledger::time_source`]).
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        let raw = self.clock.now();
+        match self.clock_offset {
+            Some((offset, _)) => Timestamp(raw.0.saturating_sub(offset)),
+            None => raw,
+        }
+    }
+
+    /// Where [`Ledger::now`] comes from, so that what is computed with it can say so.
+    pub fn time_source(&self) -> TimeSource {
+        match self.clock_offset {
+            Some((offset_ms, measured_at)) => TimeSource::Corrected { offset_ms, measured_at },
+            None => TimeSource::Local,
+        }
+    }
+
+    /// Records the parent's clock as a sync saw it: `parent_now` from the
+    /// parent, `local_now` this replica's own clock reading when it arrived.
+    /// A device whose clock is off by more than [`CLOCK_SKEW_TOLERANCE_MS`]
+    /// corrects its time from then on (servers keep their own: they are the
+    /// trusted clocks receive times are stamped with). Returns the offset.
+    pub fn note_parent_clock(&mut self, parent_now: Timestamp, local_now: Timestamp) -> Result<i64, LedgerError> {
+        let offset = local_now.0.saturating_sub(parent_now.0);
+        if self.identity.tier != Tier::Device || self.read_only {
+            return Ok(offset);
+        }
+        let skewed = offset.abs() > CLOCK_SKEW_TOLERANCE_MS;
+        let before = self.clock_offset;
+        self.clock_offset = skewed.then_some((offset, parent_now));
+        if before.is_some() || skewed {
+            let tx = self.store.transaction()?;
+            match self.clock_offset {
+                Some((o, at)) => tx.set_meta(META_CLOCK_OFFSET, &format!("{o}@{}", at.0))?,
+                None => tx.delete_meta(META_CLOCK_OFFSET)?,
+            }
+            tx.commit()?;
+        }
+        Ok(offset)
+    }
+
+    /// Installs a county policy signed by the CA whose key is `ca`, if it is
+    /// newer than the one in force: it is kept in the file, and every open
+    /// case's deadline is recomputed with it (in SQL; no document is loaded).
+    /// A forged, unsigned or other county's policy is an error; an older or
+    /// equal version is [`PolicyInstall::Stale`]. Nothing is written unless
+    /// it is installed.
+    pub fn install_policy(
+        &mut self,
+        bytes: &[u8],
+        ca: &ed25519_dalek::VerifyingKey,
+    ) -> Result<PolicyInstall, LedgerError> {
+        self.check_writable()?;
+        let signed = SignedPolicy::decode(bytes, ca)?;
+        if signed.county() != &self.identity.scope.county() {
+            return Err(PolicyError::Malformed("the policy is for another county").into());
+        }
+        let current = self.policy.version();
+        let older_accepted = faults::on(Bug::AcceptOlderPolicy) && signed.version() != current;
+        if signed.version() <= current && !older_accepted {
+            return Ok(PolicyInstall::Stale { offered: signed.version(), current });
+        }
+        let version = signed.version();
+        let in_force = PolicyInForce::from_signed(signed)?;
+        let now = self.now();
+        let tx = self.store.transaction()?;
+        tx.set_policy(version, bytes, now)?;
+        let deadlines = in_force.policy().deadlines;
+        tx.reproject_deadlines(|l| deadlines.days(l))?;
+        tx.commit()?;
+        self.policy = Arc::new(in_force);
+        self.operator.id = who(&self.policy, &self.operator.name, &self.identity.scope);
+        // Cached documents are still right; their rows were updated above.
+        Ok(PolicyInstall::Installed { previous: current, version })
+    }
+
+    /// The person a name or staff id typed by a user stands for: with a
+    /// roster, exactly one person of it (a shared name must be given as an
+    /// id); with none yet, the name as typed.
+    pub fn person(&self, input: &str) -> Result<Named, LedgerError> {
+        person_in(&self.policy, input, None)
+    }
+
+    /// Like [`Ledger::person`], for a case in `village`: a name several
+    /// people share is that of the one who works there (the village, else
+    /// its township, else the county), if exactly one does. A township
+    /// officer assigning a case to 姚玉 means the 姚玉 of that case's village.
+    pub fn person_at(&self, input: &str, village: &AdminCode) -> Result<Named, LedgerError> {
+        person_in(&self.policy, input, Some(village.as_str()))
+    }
+
+    /// Who is using this replica, with their roster id once it is known.
+    pub fn operator(&self) -> &Author {
+        &self.operator
     }
 
     fn author(&self) -> Author {
@@ -531,7 +804,8 @@ impl Ledger {
     /// change by the certificate of the device that signed it.
     pub fn set_operator(&mut self, name: &str, role: Role) -> Result<(), LedgerError> {
         let name = check_line("name", name, 50)?;
-        self.operator = Author { name, role };
+        let id = who(&self.policy, &name, &self.identity.scope);
+        self.operator = Author { name, role, id };
         Ok(())
     }
 
@@ -552,7 +826,17 @@ impl Ledger {
     }
 
     /// Records a new case.
+    ///
+    /// The county policy applies: a case of a category it names starts at the
+    /// township, and a high-risk or flagged case recorded at the village is
+    /// escalated to the township at once (a second change, by the same person).
     pub fn create_case(&mut self, new: NewCase) -> Result<CaseState, LedgerError> {
+        self.create_inner(new, None)
+    }
+
+    /// Creates a case; `imported_at` is an old ledger's recording time (no
+    /// routing then: that ledger already says where the case stands).
+    fn create_inner(&mut self, new: NewCase, imported_at: Option<Timestamp>) -> Result<CaseState, LedgerError> {
         self.check_writable()?;
         let title = check_line("title", &new.title, MAX_TITLE_CHARS)?;
         let description = match new.description.trim() {
@@ -582,7 +866,7 @@ impl Ledger {
         }
         self.check_scope("village", village.as_str())?;
         let grid = new.grid.or(self.identity.grid);
-        let now = self.clock.now();
+        let now = imported_at.unwrap_or_else(|| self.now());
         let id = CaseId::from_bytes(self.rng.random());
         let author = self.author();
         let tx = self.store.transaction()?;
@@ -596,7 +880,16 @@ impl Ledger {
         let seq = tx.meta(&seq_key)?.and_then(|s| s.parse::<u32>().ok()).unwrap_or(0) + 1;
         tx.set_meta(&seq_key, &seq.to_string())?;
         let number = CaseNumber::new(&village, year, self.identity.replica.device(), seq);
-        let level = self.operator.role.level();
+        let policy = Arc::clone(&self.policy);
+        // Named categories start at the township (county policy).
+        let level = match imported_at {
+            // An old ledger's case starts at the village and is walked up to its level.
+            Some(_) => Level::Village,
+            None => policy.policy().routing.start_level(new.category, self.operator.role.level()),
+        };
+        let mut flags = new.flags.clone();
+        flags.sort_unstable();
+        flags.dedup();
         let fresh = NewCaseDoc {
             id,
             number: &number,
@@ -607,11 +900,21 @@ impl Ledger {
             description: &description,
             parties: &new.parties,
             risk: new.risk,
+            flags: &flags,
             level,
+            recorded_at: now,
         };
         let mut doc = CaseDoc::create(&fresh, &author, self.actor.clone(), now)?;
-        let state = doc.read(&self.policy)?;
-        let hashes = doc.heads();
+        let mut hashes = doc.heads();
+        // A high-risk or flagged village case goes to the township at once:
+        // its escalation is a second change of the same transaction.
+        let state = doc.read(policy.policy())?;
+        if imported_at.is_none()
+            && let Some(hash) = route(&mut doc, &state, policy.policy(), &author, now)?
+        {
+            hashes.push(hash);
+        }
+        let state = doc.read(policy.policy())?;
         let (rowid, _) = put_doc(&tx, &mut doc, &state)?;
         for h in &hashes {
             tx.log_change(rowid, h, None, None, None, None)?;
@@ -619,6 +922,104 @@ impl Ledger {
         tx.commit()?;
         self.cache_put(id, doc);
         Ok(state)
+    }
+
+    /// Brings in cases from an old ledger (a county's spreadsheets), all or
+    /// none: every case is created, then walked to its status with events
+    /// dated as the old ledger says, in one transaction. Refuses (writing
+    /// nothing) a case outside this replica's area, or whose old number is
+    /// already the number of a case here (the same file imported twice).
+    pub fn import_cases(&mut self, cases: Vec<ImportedCase>) -> Result<Vec<CaseState>, LedgerError> {
+        self.check_writable()?;
+        for c in &cases {
+            let village = c.case.village.clone().unwrap_or_else(|| self.identity.scope.clone());
+            self.check_scope("village", village.as_str())?;
+            if let Some(old) = &c.old_number {
+                // An fq number already here (an fq export read back), or an
+                // old number an earlier import kept (the same file twice).
+                let here = self.store.find(old, 1)?.iter().any(|r| &r.number == old);
+                let marker = ListFilter { search: Some(imported_marker(old)), limit: Some(1), ..Default::default() };
+                if here || !self.store.list(&marker)?.is_empty() {
+                    return Err(LedgerError::DuplicateNumber { number: old.clone() });
+                }
+            }
+        }
+        self.begin_group()?;
+        let mut result = Ok(Vec::with_capacity(cases.len()));
+        for c in cases {
+            match self.import_one(c) {
+                Ok(state) => {
+                    if let Ok(out) = result.as_mut() {
+                        out.push(state);
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(out) => {
+                self.commit_group()?;
+                Ok(out)
+            }
+            Err(e) => {
+                self.rollback_group()?;
+                Err(e)
+            }
+        }
+    }
+
+    fn import_one(&mut self, c: ImportedCase) -> Result<CaseState, LedgerError> {
+        let mut new = c.case;
+        if let Some(old) = &c.old_number {
+            let note = imported_marker(old);
+            new.description = if new.description.is_empty() { note } else { format!("{}\n{note}", new.description) };
+        }
+        // The case's own times are the old ledger's: the recording, then its
+        // status. Policy routing is not applied: the old ledger already says
+        // where the case stands.
+        let recorded = c.recorded_at;
+        let state = self.create_inner(new, Some(recorded))?;
+        let id = state.id;
+        let at = c.updated_at.max(recorded);
+        let mut state = state;
+        if let Some(person) = c.responsible {
+            state = self.event_at(id, NewEvent::Assign { name: person.name, id: person.id }, recorded)?;
+        }
+        let mut level = state.level;
+        while level < c.level {
+            let Some(up) = level.up() else { break };
+            let reason = "原台账记录：已上报".to_owned();
+            self.event_at(id, NewEvent::Escalate { to: up, reason, rule: None }, recorded)?;
+            state = self.event_at(id, NewEvent::AcceptEscalation { level: up }, recorded)?;
+            level = up;
+        }
+        let text = |s: &str| format!("原台账记录：{s}");
+        match c.status {
+            Status::Recorded => {}
+            Status::Mediating => state = self.event_at(id, NewEvent::Note(text("调解中")), at)?,
+            Status::Escalated => {
+                if let Some(up) = level.up() {
+                    let event = NewEvent::Escalate { to: up, reason: text("已上报"), rule: None };
+                    state = self.event_at(id, event, at)?;
+                }
+            }
+            Status::Settled => state = self.event_at(id, NewEvent::Settle(text("调解成功")), at)?,
+            Status::Failed => state = self.event_at(id, NewEvent::Fail(text("调解失败")), at)?,
+            _ => {
+                self.event_at(id, NewEvent::Settle(text("调解成功")), at)?;
+                self.event_at(id, NewEvent::WaiveFollowUps(text("已归档")), at)?;
+                state = self.event_at(id, NewEvent::Archive, at)?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Appends an event dated `at` (an import).
+    fn event_at(&mut self, case: CaseId, event: NewEvent, at: Timestamp) -> Result<CaseState, LedgerError> {
+        self.modify(case, |_, doc, author, _| Ok(vec![doc.push_event(&event, author, at)?]))
     }
 
     /// Finds a case by number, id, or a unique prefix of either.
@@ -658,11 +1059,29 @@ impl Ledger {
         Ok(self.store.list(filter)?)
     }
 
+    /// Every case inside `within` with its projected events, one at a time:
+    /// what reports are computed from (no document is loaded).
+    pub fn scan(&self, within: &AdminCode, each: impl FnMut(&CaseRow, &[EventRow])) -> Result<usize, LedgerError> {
+        Ok(self.store.scan(within, each)?)
+    }
+
+    /// The cases inside `within` that may need attention by `due_before`
+    /// (see `crate::todo`): read from projected rows only.
+    pub fn attention(
+        &self,
+        within: &AdminCode,
+        due_before: Timestamp,
+        level: Level,
+    ) -> Result<Vec<CaseRow>, LedgerError> {
+        let visits = u32::try_from(self.policy.policy().follow_up_days.len()).unwrap_or(u32::MAX);
+        Ok(self.store.attention(within, due_before, level, visits)?)
+    }
+
     /// A case with its conflicts and, if asked, its full history.
     pub fn show(&mut self, case: CaseId, history: bool) -> Result<CaseView, LedgerError> {
-        let policy = self.policy;
+        let policy = Arc::clone(&self.policy);
         let doc = self.doc(case)?;
-        let state = doc.read(&policy)?;
+        let state = doc.read(policy.policy())?;
         let conflicts = doc.conflicts();
         let history = history.then(|| doc.history());
         Ok(CaseView { state, conflicts, history })
@@ -690,6 +1109,7 @@ impl Ledger {
         if edit.is_empty() {
             return Err(InputError::Text { what: "edit", reason: "nothing to change was given" }.into());
         }
+        let policy = Arc::clone(&self.policy);
         self.modify(case, |state, doc, author, now| {
             if state.status == Status::Archived {
                 return Err(transition("edit", state));
@@ -697,7 +1117,12 @@ impl Ledger {
             if state.parties.len() + edit.add_parties.len() > MAX_PARTIES {
                 return Err(InputError::Text { what: "parties", reason: "too many parties" }.into());
             }
-            Ok(doc.edit(&edit, author, now)?)
+            let mut hashes: Vec<Hash> = doc.edit(&edit, author, now)?.into_iter().collect();
+            // Found high risk, or flagged, at the village: to the township at
+            // once (county policy), in the same transaction.
+            let after = doc.read(policy.policy())?;
+            hashes.extend(route(doc, &after, policy.policy(), author, now)?);
+            Ok(hashes)
         })
     }
 
@@ -707,18 +1132,27 @@ impl Ledger {
         self.event(case, "add a note to", NewEvent::Note(text), |s| s.status != Status::Archived)
     }
 
-    /// Names the responsible person (包保责任人).
+    /// Names the responsible person (包保责任人): someone of the county
+    /// roster, by name or staff id (a shared name must be given as an id),
+    /// or, with no roster yet, a name as typed.
     pub fn assign(&mut self, case: CaseId, to: &str) -> Result<CaseState, LedgerError> {
         let to = check_line("assignee", to, 50)?;
-        self.event(case, "assign", NewEvent::Assign(to), |s| s.status != Status::Archived)
+        let policy = Arc::clone(&self.policy);
+        self.modify(case, |state, doc, author, now| {
+            if state.status == Status::Archived {
+                return Err(transition("assign", state));
+            }
+            let person = person_in(&policy, &to, Some(state.village.as_str()))?;
+            Ok(vec![doc.push_event(&NewEvent::Assign { name: person.name, id: person.id }, author, now)?])
+        })
     }
 
     /// Sends a case up one level.
     pub fn escalate(&mut self, case: CaseId, reason: &str) -> Result<CaseState, LedgerError> {
         let reason = check_text("reason", reason, MAX_TEXT_CHARS)?;
         self.check_writable()?;
-        let policy = self.policy;
-        let state = self.doc(case)?.read(&policy)?;
+        let policy = Arc::clone(&self.policy);
+        let state = self.doc(case)?.read(policy.policy())?;
         let Some(to) = state.level.up() else {
             return Err(LedgerError::Transition {
                 action: "escalate",
@@ -726,7 +1160,7 @@ impl Ledger {
                 status: "already at the county, the top level (矛盾不上交)".into(),
             });
         };
-        self.event(case, "escalate", NewEvent::Escalate { to, reason }, |s| {
+        self.event(case, "escalate", NewEvent::Escalate { to, reason, rule: None }, |s| {
             matches!(s.status, Status::Recorded | Status::Mediating | Status::Failed)
         })
     }
@@ -742,16 +1176,83 @@ impl Ledger {
         })
     }
 
-    /// Records a settlement with its agreement.
+    /// Records a settlement with its agreement. Only the level handling the
+    /// case, or the level it was escalated to (accepted or not), or one above,
+    /// may settle it: a village cannot close what it sent to the township.
     pub fn settle(&mut self, case: CaseId, agreement: &str) -> Result<CaseState, LedgerError> {
         let agreement = check_text("agreement", agreement, MAX_TEXT_CHARS)?;
-        self.event(case, "settle", NewEvent::Settle(agreement), |s| s.status.is_open())
+        self.conclude(case, "settle", NewEvent::Settle(agreement))
     }
 
-    /// Records that mediation failed.
+    /// Records that mediation failed; the same level rule as [`Ledger::settle`].
     pub fn fail(&mut self, case: CaseId, reason: &str) -> Result<CaseState, LedgerError> {
         let reason = check_text("reason", reason, MAX_TEXT_CHARS)?;
-        self.event(case, "fail", NewEvent::Fail(reason), |s| s.status.is_open())
+        self.conclude(case, "fail", NewEvent::Fail(reason))
+    }
+
+    fn conclude(&mut self, case: CaseId, action: &'static str, event: NewEvent) -> Result<CaseState, LedgerError> {
+        let own = self.operator.role.level();
+        self.modify(case, |state, doc, author, now| {
+            if !state.status.is_open() {
+                return Err(transition(action, state));
+            }
+            let required = state.escalated_to.map_or(state.level, |to| to.max(state.level));
+            if own < required {
+                return Err(LedgerError::BelowLevel { action, number: state.number.clone(), level: required });
+            }
+            Ok(vec![doc.push_event(&event, author, now)?])
+        })
+    }
+
+    /// Orders action on a case by `due` (督办): a township on its villages'
+    /// cases, the county on any case.
+    pub fn supervise(&mut self, case: CaseId, instruction: &str, due: Timestamp) -> Result<CaseState, LedgerError> {
+        let instruction = check_text("instruction", instruction, MAX_TEXT_CHARS)?;
+        let own = self.operator.role.level();
+        if own == Level::Village {
+            return Err(LedgerError::Role { role: self.operator.role, action: "supervise" });
+        }
+        let event = NewEvent::Supervise { instruction, due };
+        self.modify(case, |state, doc, author, now| {
+            if state.status == Status::Archived {
+                return Err(transition("supervise", state));
+            }
+            if own <= state.level && own != Level::County {
+                return Err(LedgerError::SuperviseLevel {
+                    number: state.number.clone(),
+                    case_level: state.level,
+                    own_level: own,
+                });
+            }
+            Ok(vec![doc.push_event(&event, author, now)?])
+        })
+    }
+
+    /// Answers the open supervision order of a case.
+    pub fn respond(&mut self, case: CaseId, note: &str) -> Result<CaseState, LedgerError> {
+        let note = check_text("note", note, MAX_TEXT_CHARS)?;
+        self.modify(case, |state, doc, author, now| {
+            if state.supervision.is_none() {
+                return Err(LedgerError::NoSupervision { number: state.number.clone() });
+            }
+            Ok(vec![doc.push_event(&NewEvent::Respond(note.clone()), author, now)?])
+        })
+    }
+
+    /// Waives the follow-up visits a settled case still owes, with the
+    /// reason (the parties moved away, the agreement was fulfilled at once).
+    pub fn waive_follow_ups(&mut self, case: CaseId, reason: &str) -> Result<CaseState, LedgerError> {
+        let reason = check_text("reason", reason, MAX_TEXT_CHARS)?;
+        let policy = Arc::clone(&self.policy);
+        self.modify(case, |state, doc, author, now| {
+            if state.status != Status::Settled {
+                return Err(transition("waive follow-ups of", state));
+            }
+            if doc::follow_ups_pending(state, policy.policy()) == 0 {
+                return Err(LedgerError::NoFollowUps { number: state.number.clone() });
+            }
+            Ok(vec![doc.push_event(&NewEvent::WaiveFollowUps(reason.clone()), author, now)?])
+        })
     }
 
     /// Records judicial confirmation of the agreement by a court.
@@ -767,9 +1268,20 @@ impl Ledger {
         self.event(case, "follow up", NewEvent::FollowUp { outcome, note }, |s| s.status == Status::Settled)
     }
 
-    /// Archives a closed case.
+    /// Archives a closed case: a failed one, or a settled one whose
+    /// follow-up visits are all made or waived (county policy).
     pub fn archive(&mut self, case: CaseId) -> Result<CaseState, LedgerError> {
-        self.event(case, "archive", NewEvent::Archive, |s| matches!(s.status, Status::Settled | Status::Failed))
+        let policy = Arc::clone(&self.policy);
+        self.modify(case, |state, doc, author, now| {
+            if !matches!(state.status, Status::Settled | Status::Failed) {
+                return Err(transition("archive", state));
+            }
+            let pending = doc::follow_ups_pending(state, policy.policy());
+            if pending > 0 {
+                return Err(LedgerError::FollowUpsPending { number: state.number.clone(), pending });
+            }
+            Ok(vec![doc.push_event(&NewEvent::Archive, author, now)?])
+        })
     }
 
     fn event(
@@ -783,7 +1295,7 @@ impl Ledger {
             if !allowed(state) {
                 return Err(transition(action, state));
             }
-            Ok(Some(doc.push_event(&event, author, now)?))
+            Ok(vec![doc.push_event(&event, author, now)?])
         })
     }
 
@@ -791,26 +1303,30 @@ impl Ledger {
     pub(crate) fn modify(
         &mut self,
         case: CaseId,
-        op: impl FnOnce(&CaseState, &mut CaseDoc, &Author, Timestamp) -> Result<Option<Hash>, LedgerError>,
+        op: impl FnOnce(&CaseState, &mut CaseDoc, &Author, Timestamp) -> Result<Vec<Hash>, LedgerError>,
     ) -> Result<CaseState, LedgerError> {
         self.check_writable()?;
-        let policy = self.policy;
-        let now = self.clock.now();
+        let policy = Arc::clone(&self.policy);
+        let now = self.now();
         let author = self.author();
         let mut doc = self.take_doc(case)?;
-        let before = doc.read(&policy)?;
+        let before = doc.read(policy.policy())?;
         if let Err(e) = self.check_scope("case village", &before.village) {
             self.cache_put(case, doc);
             return Err(e);
         }
         let result = (|| {
-            let Some(hash) = op(&before, &mut doc, &author, now)? else {
+            // Usually one change; two when a routing rule followed an edit.
+            let hashes = op(&before, &mut doc, &author, now)?;
+            if hashes.is_empty() {
                 return Ok(before.clone());
-            };
+            }
             let tx = self.store.transaction()?;
-            let state = doc.read(&policy)?;
+            let state = doc.read(policy.policy())?;
             let (rowid, _) = put_doc(&tx, &mut doc, &state)?;
-            tx.log_change(rowid, &hash, None, None, None, None)?;
+            for h in &hashes {
+                tx.log_change(rowid, h, None, None, None, None)?;
+            }
             tx.commit()?;
             Ok(state)
         })();
@@ -992,10 +1508,10 @@ impl Ledger {
         mut each: impl FnMut(&CaseRow, CaseState),
     ) -> Result<usize, LedgerError> {
         let rows = self.store.list(filter)?;
-        let policy = self.policy;
+        let policy = Arc::clone(&self.policy);
         for row in &rows {
             let bytes = self.store.snapshot(row.id)?.ok_or(StoreError::BadValue { what: "missing snapshot" })?;
-            let state = CaseDoc::load(&bytes, self.actor.clone())?.read(&policy)?;
+            let state = CaseDoc::load(&bytes, self.actor.clone())?.read(policy.policy())?;
             each(row, state);
         }
         Ok(rows.len())
@@ -1058,6 +1574,15 @@ pub(crate) fn project(state: &CaseState, conflicts: usize, open: usize) -> CaseR
         title: state.title.clone(),
         responsible: state.responsible.clone(),
         conflicts: u32::try_from(conflicts).unwrap_or(u32::MAX),
+        since: state.since,
+        escalated_to: state.escalated_to,
+        flags: state.flags.clone(),
+        recorded_by: state.recorded_by_id.clone().unwrap_or_else(|| state.recorded_by.clone()),
+        responsible_id: state.responsible_id.clone(),
+        settled_at: state.settled_at,
+        visits: state.visits,
+        follow_ups_waived: state.follow_ups_waived,
+        supervised_due: state.supervision.as_ref().map(|s| s.due),
         open_conflicts: Some(u32::try_from(open).unwrap_or(u32::MAX)),
     }
 }
@@ -1070,8 +1595,84 @@ pub(crate) fn projection(doc: &mut CaseDoc, timeline: &doc::Timeline, state: &Ca
     project(state, fields, open.len())
 }
 
-/// Saves a document and its projected row; returns the case's row id and
-/// its open conflicts.
+/// What an imported case's description keeps of its old number, and what a
+/// second import of the same file is recognised by.
+fn imported_marker(old: &str) -> String {
+    format!("（原台账编号：{old}）")
+}
+
+/// The month a time falls in, in China Standard Time, as one number.
+fn cst_month(t: Timestamp) -> i64 {
+    use chrono::Datelike;
+    Timestamp(t.0 + 8 * 3_600_000).to_utc().map_or(0, |d| i64::from(d.year()) * 12 + i64::from(d.month0()))
+}
+
+/// The events reports count: the recording and every status event with the
+/// level it concerns and who did it; session notes once per author and month
+/// (what "mediated" counts), not each one, to keep the projection small.
+fn project_events(state: &CaseState) -> Vec<EventRow> {
+    let level_of = |e: &doc::EventView| e.to.as_deref().and_then(|l| Level::parse(l).ok());
+    let person =
+        |e: &doc::EventView| e.author.as_ref().map(|a| a.id.as_ref().map_or(a.name.clone(), |i| i.to_string()));
+    let mut out = Vec::with_capacity(state.events.len());
+    let mut noted: Vec<(Option<String>, i64)> = Vec::new();
+    let mut level = Level::Village;
+    let mut escalated_to: Option<Level> = None;
+    for e in &state.events {
+        let row = |level: Option<Level>| EventRow { kind: e.kind, at: e.at, level, person: person(e), due: e.due };
+        match e.kind {
+            EventKind::Recorded => {
+                level = level_of(e).unwrap_or(level);
+                let who = state.recorded_by_id.clone().unwrap_or_else(|| state.recorded_by.clone());
+                out.push(EventRow { kind: e.kind, at: e.at, level: Some(level), person: Some(who), due: None });
+            }
+            EventKind::Note => {
+                let key = (person(e), cst_month(e.at));
+                if !noted.contains(&key) {
+                    noted.push(key);
+                    out.push(row(Some(escalated_to.unwrap_or(level))));
+                }
+            }
+            EventKind::Escalated => {
+                escalated_to = level_of(e).or(level.up());
+                out.push(row(escalated_to));
+            }
+            EventKind::EscalationAccepted => {
+                level = escalated_to.take().or(level_of(e)).unwrap_or(level);
+                out.push(row(Some(level)));
+            }
+            EventKind::Settled | EventKind::Failed => {
+                out.push(row(Some(level)));
+                escalated_to = None;
+            }
+            EventKind::Assigned | EventKind::Confirmed => {}
+            _ => out.push(row(Some(level))),
+        }
+    }
+    out
+}
+
+/// What `case list --search` looks in besides the title: the description,
+/// party names (not ID numbers or phones), session notes and agreements.
+fn search_text(state: &CaseState) -> String {
+    let mut text = state.description.clone();
+    for p in &state.parties {
+        text.push('\n');
+        text.push_str(&p.name);
+    }
+    for e in &state.events {
+        if matches!(e.kind, EventKind::Note | EventKind::Settled)
+            && let Some(t) = &e.text
+        {
+            text.push('\n');
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+/// Saves a document, its projected row, events and search text; returns the
+/// case's row id and its open conflicts.
 fn put_doc(
     tx: &Tx<'_>,
     doc: &mut CaseDoc,
@@ -1080,7 +1681,50 @@ fn put_doc(
     let open = doc.open_conflict_fields();
     let fields = open.iter().filter(|(k, _)| *k == ConflictKind::Field).count();
     let snapshot = doc.save();
-    Ok((tx.put_case(&project(state, fields, open.len()), &snapshot)?, open))
+    let rowid = tx.put_case(&project(state, fields, open.len()), &snapshot)?;
+    tx.put_projection(rowid, &project_events(state), &search_text(state))?;
+    Ok((rowid, open))
+}
+
+/// The policy's routing rule for a village case that is open, not waiting
+/// for an escalation, and high risk or flagged: escalates it to the township
+/// as one change by `author`. `None` if no rule applies.
+fn route(
+    doc: &mut CaseDoc,
+    state: &CaseState,
+    policy: &Policy,
+    author: &Author,
+    now: Timestamp,
+) -> Result<Option<Hash>, LedgerError> {
+    let routable = state.level == Level::Village && matches!(state.status, Status::Recorded | Status::Mediating);
+    let Some(rule) = routable.then(|| policy.routing.rule_for(state.risk, &state.flags)).flatten() else {
+        return Ok(None);
+    };
+    let event = NewEvent::Escalate { to: Level::Township, reason: String::new(), rule: Some(rule) };
+    Ok(Some(doc.push_event(&event, author, now)?))
+}
+
+/// The roster id of the person a replica's user name stands for, in `scope`.
+/// The person `input` names under `policy`'s roster (see [`Ledger::person`]
+/// and [`Ledger::person_at`]).
+fn person_in(policy: &PolicyInForce, input: &str, village: Option<&str>) -> Result<Named, LedgerError> {
+    let name = check_line("name", input, 50)?;
+    let roster = policy.roster();
+    if roster.is_empty() {
+        return Ok(Named { name, id: None });
+    }
+    match roster.lookup(&name) {
+        Lookup::One(s) => Ok(Named { name: s.name.clone(), id: Some(s.id.clone()) }),
+        Lookup::Several(v) => match village.and_then(|at| roster.identify(&name, at)) {
+            Some(s) => Ok(Named { name: s.name.clone(), id: Some(s.id.clone()) }),
+            None => Err(LedgerError::AmbiguousPerson { input: name, candidates: v.into_iter().cloned().collect() }),
+        },
+        Lookup::Nobody => Err(LedgerError::UnknownPerson { input: name }),
+    }
+}
+
+fn who(policy: &PolicyInForce, name: &str, scope: &AdminCode) -> Option<StaffId> {
+    policy.roster().identify(name, scope.as_str()).map(|s| s.id.clone())
 }
 
 struct Candidate {
@@ -1103,7 +1747,7 @@ struct ApplyCtx<'a, 't> {
     tx: &'a Tx<'t>,
     admission: Admission,
     actor: &'a ActorId,
-    policy: &'a DeadlinePolicy,
+    policy: &'a PolicyInForce,
     from: Option<ReplicaId>,
     now: Timestamp,
     peer: Option<&'a str>,
@@ -1394,6 +2038,10 @@ fn apply_case(
     // What the case had open before, as its row counted it (rows from before
     // schema 4: its field conflicts).
     let conflicts_before = tx.open_conflicts(case)?.unwrap_or(0);
+    let violations_before = match doc.as_mut() {
+        Some(d) => d.read(cx.policy.policy()).map_or(0, |s| s.violations.len()),
+        None => 0,
+    };
     let before_village = doc.as_mut().map(|d| d.village());
     // A new case whose changes all passed: the scratch document already holds exactly them
     // (the same changes make the same document in any order), so they are not applied again.
@@ -1404,7 +2052,7 @@ fn apply_case(
         None => {
             let mut target = doc.take().unwrap_or_else(|| CaseDoc::empty(cx.actor.clone()));
             let changes: Vec<automerge::Change> = ready.iter().map(|c| c.change.clone()).collect();
-            let applied = target.apply(changes).and_then(|_| target.read(cx.policy));
+            let applied = target.apply(changes).and_then(|_| target.read(cx.policy.policy()));
             (target, applied)
         }
     };
@@ -1476,6 +2124,31 @@ fn apply_case(
         };
         tx.audit(cx.now, &record)?;
     }
+    // Concurrent lifecycle events that contradict each other (settled in the
+    // village while the township was to accept it): both are kept, and the
+    // audit says so.
+    for v in state.violations.iter().skip(violations_before) {
+        let by = v.by.as_ref().map(|a| format!(" by {} ({})", a.name, a.role.code())).unwrap_or_default();
+        let detail =
+            format!("case {}: {}{by} at {}, concurrent with the events it contradicts", state.number, v.rule, v.at);
+        let params = serde_json::json!({
+            "number": state.number,
+            "rule": v.rule,
+            "at": v.at.0,
+            "by": v.by.as_ref().map(|a| &a.name),
+            "role": v.by.as_ref().map(|a| a.role.code()),
+        });
+        let record = NewAudit {
+            kind: "workflow",
+            case: Some(case),
+            peer: cx.peer,
+            detail: &detail,
+            code: Some("workflow"),
+            params: Some(params),
+            ..NewAudit::default()
+        };
+        tx.audit(cx.now, &record)?;
+    }
     Ok(Some(target))
 }
 
@@ -1515,7 +2188,7 @@ fn scratch_case(cx: &ApplyCtx<'_, '_>, admitted: &[Candidate]) -> Option<Scratch
     }
     let mut doc = CaseDoc::empty(cx.actor.clone());
     doc.apply(order).ok()?;
-    let state = doc.read(cx.policy).ok()?;
+    let state = doc.read(cx.policy.policy()).ok()?;
     Some(Scratch { doc, state, applied: known })
 }
 

@@ -25,9 +25,16 @@
 //!   as *mediating* at the same level), `Archive` (*archived*, final).
 //! - Each step is by a role working at the case's current level (a grid
 //!   worker or mediator at the village, a township officer, a county admin);
-//!   `AcceptEscalation` is by the level the case was sent to.
-//! - High-risk cases (民转刑 risk) are escalated within hours of being known
-//!   to be high risk.
+//!   `AcceptEscalation` is by the level the case was sent to, `Supervise` by
+//!   a level above the case's (the county on any case).
+//! - The default county policy applies ([`crate::policy::Policy::default`]):
+//!   a high-risk case at the village (recorded so, or found so by
+//!   `EditRisk`) is escalated to the township at once by the policy, so its
+//!   steps hold no `Escalate` of their own, only the township's acceptance;
+//!   a settled case is archived only after two follow-up visits or
+//!   `WaiveFollowUps`.
+//! - `Supervise` orders action on an open or settled case; `Respond`
+//!   answers it, by the case's level.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +52,10 @@ use crate::county::{
 };
 use crate::doc::{CaseState, FieldEdit};
 use crate::ledger::{Ledger, LedgerError, NewCase};
+
+mod scenario;
+
+pub use scenario::{SCENARIO_NOW, SCENARIO_V1, SCENARIO_V2, SCENARIO_V3, report_scenario};
 
 /// The seed the committed sample fixture was generated from.
 pub const BINCHUAN_SAMPLES_SEED: u64 = 20_261_101;
@@ -141,6 +152,17 @@ pub enum SampleAction {
     },
     /// The case is closed for good (归档).
     Archive,
+    /// A higher level orders action by a date (督办).
+    Supervise {
+        /// What to do.
+        instruction: String,
+        /// By when.
+        due: Timestamp,
+    },
+    /// The handler answers the supervision order.
+    Respond(String),
+    /// The follow-up visits still due are waived (免予回访), with the reason.
+    WaiveFollowUps(String),
 }
 
 impl SampleAction {
@@ -158,6 +180,9 @@ impl SampleAction {
             SampleAction::Confirm { .. } => "confirm",
             SampleAction::FollowUp { .. } => "follow-up",
             SampleAction::Archive => "archive",
+            SampleAction::Supervise { .. } => "supervise",
+            SampleAction::Respond(_) => "respond",
+            SampleAction::WaiveFollowUps(_) => "waive-follow-ups",
         }
     }
 }
@@ -274,7 +299,15 @@ impl SampleCase {
         let mut state =
             SampleState { status: Status::Recorded, level: Level::Village, title: self.title.clone(), risk: self.risk };
         let mut escalated_to = Level::Village;
+        // The default policy: high risk at the village goes to the township at once.
+        if self.risk == Risk::High {
+            escalated_to = Level::Township;
+            state.status = Status::Escalated;
+        }
         let mut confirmed = false;
+        let mut visits = 0;
+        let mut waived = false;
+        let mut supervised = false;
         let mut last = self.recorded_at;
         for (index, step) in self.steps.iter().enumerate() {
             if step.at <= last {
@@ -284,9 +317,14 @@ impl SampleCase {
             check_text("step author", &step.by, 50)?;
             let status = state.status;
             let refuse = || CheckError::Transition { index, action: step.action.code(), status };
-            let acting_level =
-                if matches!(step.action, SampleAction::AcceptEscalation) { escalated_to } else { state.level };
-            if step.role.level() != acting_level {
+            let acting_level = match step.action {
+                SampleAction::AcceptEscalation => escalated_to,
+                SampleAction::Supervise { .. } => state.level.up().unwrap_or(Level::County),
+                _ => state.level,
+            };
+            let supervising = matches!(step.action, SampleAction::Supervise { .. });
+            let fits = step.role.level() == acting_level || (supervising && step.role.level() > state.level);
+            if !fits {
                 return Err(CheckError::Actor { index, role: step.role, level: acting_level });
             }
             let working = matches!(status, Status::Recorded | Status::Mediating);
@@ -301,7 +339,13 @@ impl SampleCase {
                 SampleAction::EditTitle(title) if status.is_open() => {
                     state.title = check_text("title", title, MAX_TITLE_CHARS)?;
                 }
-                SampleAction::EditRisk(risk) if status.is_open() => state.risk = *risk,
+                SampleAction::EditRisk(risk) if status.is_open() => {
+                    state.risk = *risk;
+                    if *risk == Risk::High && working && state.level == Level::Village {
+                        escalated_to = Level::Township;
+                        state.status = Status::Escalated;
+                    }
+                }
                 SampleAction::Escalate(reason) if working => {
                     check_text("escalation reason", reason, MAX_TEXT_CHARS)?;
                     escalated_to = state.level.up().ok_or(CheckError::AboveCounty { index })?;
@@ -315,6 +359,8 @@ impl SampleCase {
                     check_text("agreement", text, MAX_TEXT_CHARS)?;
                     state.status = Status::Settled;
                     confirmed = false;
+                    visits = 0;
+                    waived = false;
                 }
                 SampleAction::Fail(text) if status == Status::Mediating => {
                     check_text("failure reason", text, MAX_TEXT_CHARS)?;
@@ -331,11 +377,28 @@ impl SampleCase {
                     if let Some(note) = note {
                         check_text("follow-up note", note, MAX_TEXT_CHARS)?;
                     }
+                    visits += 1;
                     if *outcome == Outcome::Relapsed {
                         state.status = Status::Mediating;
                     }
                 }
-                SampleAction::Archive if status == Status::Settled => state.status = Status::Archived,
+                SampleAction::WaiveFollowUps(reason) if status == Status::Settled && visits < 2 && !waived => {
+                    check_text("waiver reason", reason, MAX_TEXT_CHARS)?;
+                    waived = true;
+                }
+                SampleAction::Archive if status == Status::Settled && (visits >= 2 || waived) => {
+                    state.status = Status::Archived;
+                }
+                SampleAction::Supervise { instruction, due }
+                    if (status.is_open() || status == Status::Settled) && *due > step.at =>
+                {
+                    check_text("instruction", instruction, MAX_TEXT_CHARS)?;
+                    supervised = true;
+                }
+                SampleAction::Respond(note) if supervised => {
+                    check_text("response", note, MAX_TEXT_CHARS)?;
+                    supervised = false;
+                }
                 _ => return Err(refuse()),
             }
         }
@@ -393,11 +456,20 @@ pub fn generate(county: &County, seed: u64, count: usize, start: Timestamp) -> V
     if places.is_empty() {
         return Vec::new();
     }
+    // Township officers and county admins come from the county's roster (a
+    // county without them, as a hand-made one may be, gets fictional ones).
     let mut officers: BTreeMap<&AdminCode, [String; 2]> = BTreeMap::new();
     for township in &county.townships {
-        officers.insert(&township.code, [person_name(&mut rng, false), person_name(&mut rng, true)]);
+        let pair = match township.officers.as_slice() {
+            [a, b, ..] => [a.name.clone(), b.name.clone()],
+            _ => [person_name(&mut rng, false), person_name(&mut rng, true)],
+        };
+        officers.insert(&township.code, pair);
     }
-    let admins = [person_name(&mut rng, false), person_name(&mut rng, true)];
+    let admins = match county.admins.as_slice() {
+        [a, b, ..] => [a.name.clone(), b.name.clone()],
+        _ => [person_name(&mut rng, false), person_name(&mut rng, true)],
+    };
     let county_code = county.code.as_str();
     let world = World {
         county_code,
@@ -1053,9 +1125,17 @@ const ESCALATE_TO_TOWNSHIP: &[&str] = &[
     "涉及金额较大、政策性较强，村调委会无法独立化解，提请{t}调处。",
 ];
 
-const ESCALATE_HIGH_RISK: &[&str] = &[
-    "当事人情绪激动，扬言报复，存在民转刑风险，立即上报{t}综治中心。",
-    "双方已发生肢体冲突，有激化为刑事案件的危险，第一时间上报乡镇并通报派出所。",
+const SUPERVISE_ORDERS: &[&str] = &[
+    "请{v}调委会一周内再次组织双方调解，并将进展报{t}综治中心。",
+    "该纠纷已超过一个月未化解，请包保责任人上门做好{a}的工作，按期报告结果。",
+];
+
+const SUPERVISE_ANSWERS: &[&str] =
+    &["已按督办要求再次组织双方调解，双方同意下周签订协议。", "包保责任人已上门走访{a}，情绪稳定，正在协商赔偿方案。"];
+
+const WAIVER_REASONS: &[&str] = &[
+    "双方已全部履行协议，当事人外出务工，无法再次回访。",
+    "协议当场履行完毕，双方书面确认无遗留问题，经综治中心同意免予第二次回访。",
 ];
 
 const ESCALATE_TO_COUNTY: &[&str] = &[
@@ -1229,6 +1309,28 @@ impl<'a> Flow<'a> {
         self.apply_pending_edits(rng);
     }
 
+    /// A supervision order from the level above, due in a week, and (mostly) the answer.
+    fn supervise(&mut self, rng: &mut ChaCha8Rng, vars: &Vars<'_>) {
+        let Some(up) = self.level.up() else { return };
+        let instruction = vars.fill(pick(rng, SUPERVISE_ORDERS));
+        self.push(rng, 24, 24 * 3, up, SampleAction::Supervise { instruction, due: Timestamp(0) });
+        // Due a week after the order, whenever it was given.
+        if let Some(SampleStep { at, action: SampleAction::Supervise { due, .. }, .. }) = self.steps.last_mut() {
+            *due = Timestamp(at.0 + 7 * Timestamp::DAY_MS);
+        }
+        if rng.random_bool(0.7) {
+            let note = vars.fill(pick(rng, SUPERVISE_ANSWERS));
+            self.push(rng, 24, 24 * 5, self.level, SampleAction::Respond(note));
+        }
+    }
+
+    /// The level above takes a case the policy escalated, within hours.
+    fn accept(&mut self, rng: &mut ChaCha8Rng) {
+        let Some(up) = self.level.up() else { return };
+        self.push_step(rng, 1, 10, up, SampleAction::AcceptEscalation, true);
+        self.level = up;
+    }
+
     /// Sends the case up one level and, if `accept`, has that level take it.
     fn escalate(&mut self, rng: &mut ChaCha8Rng, vars: &Vars<'_>, reasons: &[&str], prompt: bool, accept: bool) {
         let Some(up) = self.level.up() else { return };
@@ -1375,7 +1477,9 @@ fn one_case(
     };
     let recorded_year = world.start.year_cst();
 
-    // High risk reaches the township within hours (民转刑 risk).
+    // High risk reaches the township at once (民转刑 risk): the county
+    // policy escalates it as it is recorded, or found, high risk; the
+    // township accepts within hours.
     if final_risk == Risk::High {
         if first_risk != Risk::High {
             flow.note_seq += 1;
@@ -1384,8 +1488,9 @@ fn one_case(
             flow.push(rng, 1, 3, Level::Village, SampleAction::EditRisk(Risk::High));
         }
         let accept = !matches!(path, Path::Recorded | Path::EscalationPending);
-        flow.escalate(rng, &vars, ESCALATE_HIGH_RISK, true, accept);
-        if !accept {
+        if accept {
+            flow.accept(rng);
+        } else {
             flow.apply_pending_edits(rng);
         }
     }
@@ -1394,7 +1499,7 @@ fn one_case(
     match path {
         Path::Recorded => {
             // A high-risk case is already escalated and waits for the township.
-            if flow.steps.is_empty() && rng.random_bool(0.35) {
+            if final_risk != Risk::High && rng.random_bool(0.35) {
                 let assignee = mediator.name.clone();
                 flow.push(rng, 1, 30, Level::Village, SampleAction::Assign(assignee));
             }
@@ -1403,9 +1508,14 @@ fn one_case(
         Path::Mediating => {
             let n = notes(rng, 1, 4);
             flow.work(rng, &vars, n);
+            // A case dragging on at the village gets a supervision order
+            // from the township (督办), mostly answered within days.
+            if flow.level == Level::Village && rng.random_bool(0.2) {
+                flow.supervise(rng, &vars);
+            }
         }
         Path::EscalationPending => {
-            if at_village && flow.steps.is_empty() {
+            if at_village && final_risk != Risk::High {
                 let n = notes(rng, 1, 3);
                 flow.work(rng, &vars, n);
                 flow.escalate(rng, &vars, ESCALATE_TO_TOWNSHIP, false, false);
@@ -1474,8 +1584,14 @@ fn one_case(
             if confirm {
                 flow.confirm(rng, world, recorded_year);
             }
-            for _ in 0..rng.random_range(1..=2u32) {
+            let visits = rng.random_range(1..=2u32);
+            for _ in 0..visits {
                 flow.follow_up(rng, &vars, Outcome::Honoured);
+            }
+            // The policy's second visit: made, or waived with a reason.
+            if visits < 2 {
+                let reason = pick(rng, WAIVER_REASONS).to_owned();
+                flow.push(rng, 24, 24 * 10, flow.level, SampleAction::WaiveFollowUps(reason));
             }
             flow.push(rng, 24 * 5, 24 * 30, flow.level, SampleAction::Archive);
         }
@@ -1490,6 +1606,9 @@ fn one_case(
     let mut steps = flow.steps;
     for step in &mut steps {
         step.at = Timestamp(day + step.at.0);
+        if let SampleAction::Supervise { due, .. } = &mut step.action {
+            *due = Timestamp(day + due.0);
+        }
     }
     // Judicial confirmation references carry the year of the step itself.
     for step in &mut steps {
@@ -1599,6 +1718,7 @@ impl SampleCase {
             description: self.description.clone(),
             parties: self.parties.clone(),
             risk: self.risk,
+            flags: Vec::new(),
             village: Some(self.village.clone()),
             grid: self.grid,
         })?;
@@ -1620,6 +1740,9 @@ impl SampleCase {
                 SampleAction::Confirm { court, reference } => ledger.confirm(id, court, reference.as_deref())?,
                 SampleAction::FollowUp { outcome, note } => ledger.follow_up(id, *outcome, note.as_deref())?,
                 SampleAction::Archive => ledger.archive(id)?,
+                SampleAction::Supervise { instruction, due } => ledger.supervise(id, instruction, *due)?,
+                SampleAction::Respond(note) => ledger.respond(id, note)?,
+                SampleAction::WaiveFollowUps(reason) => ledger.waive_follow_ups(id, reason)?,
             };
         }
         Ok(state)
@@ -1682,7 +1805,10 @@ mod tests {
             let hour = |t: Timestamp| (t.0 - BINCHUAN_SAMPLES_START.0).rem_euclid(Timestamp::DAY_MS) / 3_600_000;
             assert!((8..20).contains(&hour(case.recorded_at)), "case {i} recorded at night");
             for step in &case.steps {
-                let urgent = matches!(step.action, SampleAction::Escalate(_) | SampleAction::AcceptEscalation);
+                let urgent = matches!(
+                    step.action,
+                    SampleAction::Escalate(_) | SampleAction::AcceptEscalation | SampleAction::Supervise { .. }
+                );
                 assert!(urgent || (8..20).contains(&hour(step.at)), "case {i}: {} at night", step.action.code());
             }
             if state.status == Status::Archived {
@@ -1707,6 +1833,9 @@ mod tests {
             "confirm",
             "follow-up",
             "archive",
+            "supervise",
+            "respond",
+            "waive-follow-ups",
         ];
         assert_eq!(actions, all.into_iter().collect());
         let categories: BTreeSet<Category> = cases.iter().map(|c| c.category).collect();
@@ -1771,15 +1900,18 @@ mod tests {
         let mut high = 0;
         for case in &cases {
             let state = case.final_state().unwrap();
-            let went_up = case.steps.iter().any(|s| matches!(s.action, SampleAction::Escalate(_)));
+            // High-risk cases went up by policy, with no step of their own.
+            let went_up =
+                state.risk == Risk::High || case.steps.iter().any(|s| matches!(s.action, SampleAction::Escalate(_)));
             let bucket = if state.status.is_open() && went_up { Status::Escalated } else { state.status };
             *by_status.entry(bucket).or_default() += 1;
             if state.risk == Risk::High {
                 high += 1;
-                let escalate = case.steps.iter().position(|s| matches!(s.action, SampleAction::Escalate(_))).unwrap();
                 let known = case.steps.iter().position(|s| s.action == SampleAction::EditRisk(Risk::High));
                 let since = known.map_or(case.recorded_at, |k| case.steps[k].at);
-                assert!(case.steps[escalate].at.0 - since.0 <= 4 * 3_600_000, "high risk escalated late");
+                if let Some(accept) = case.steps.iter().find(|s| s.action == SampleAction::AcceptEscalation) {
+                    assert!(accept.at.0 - since.0 <= 10 * 3_600_000, "high risk accepted late");
+                }
             }
         }
         let pct = |s: Status| by_status.get(&s).copied().unwrap_or(0) * 100 / cases.len();

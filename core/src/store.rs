@@ -15,6 +15,12 @@
 //! - `audit`: refused changes, quarantined input, merges; since schema 4 with
 //!   a stable code, the change, its signer and parameters, so that words are
 //!   made at output in the reader's language (older rows keep their text).
+//! - `case_events`: the lifecycle events reports and `todo` count, one row
+//!   each (session notes: one row per author and month), projected from the
+//!   documents like `cases` (schema 5).
+//! - `case_text`: the text `case list --search` looks in besides the title,
+//!   DEFLATEd when that is smaller (searched after unpacking, ADR 33).
+//! - `policy`: the newest signed county policy this replica installed.
 //!
 //! Schema 4 (ADR 20) adds what the merge audit reads: the time this replica
 //! received each change (`changes.received_sec`, unix seconds, NULL for a
@@ -44,13 +50,18 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::case::{AdminCode, CaseId, Category, Level, ReplicaId, Risk, Status};
+use crate::case::{AdminCode, CaseId, Category, EventKind, Level, ReplicaId, Risk, RiskFlag, Status};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::vault::DataKey;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
+
+/// The `meta` key a migration sets when the projected rows of existing cases
+/// must be rebuilt from their documents (new columns it cannot fill in SQL);
+/// the ledger does it on its next read-write open and removes the key.
+pub const META_REPROJECT: &str = "reproject";
 
 /// How many leading bytes of a change hash a log row keeps (see
 /// [`LogEntry::hash_key`]): enough to find the change among the few of its
@@ -177,6 +188,41 @@ pub struct CaseRow {
     /// for a row last written before schema 4. Not part of `case list`.
     #[serde(skip)]
     pub open_conflicts: Option<u32>,
+    /// When the current level's clock started (the deadline is this plus the
+    /// level's days in the policy in force).
+    pub since: Timestamp,
+    /// The level an escalation waits at.
+    pub escalated_to: Option<Level>,
+    /// Risk flags.
+    pub flags: Vec<RiskFlag>,
+    /// Who recorded the case: their staff id when known, else their name.
+    pub recorded_by: String,
+    /// The responsible person's staff id, when known.
+    pub responsible_id: Option<String>,
+    /// When the case was last settled, while settled or archived after it.
+    pub settled_at: Option<Timestamp>,
+    /// Follow-up visits since that settlement.
+    pub visits: u32,
+    /// Whether the remaining follow-ups were waived.
+    pub follow_ups_waived: bool,
+    /// When the unanswered supervision order is due, if there is one.
+    pub supervised_due: Option<Timestamp>,
+}
+
+/// One lifecycle event as reports read it (`case_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// What happened. Notes are projected once per author and month.
+    pub kind: EventKind,
+    /// Device time.
+    pub at: Timestamp,
+    /// The level it concerns: recorded at, escalated to, accepted at,
+    /// settled or failed at.
+    pub level: Option<Level>,
+    /// Who: a staff id when known, else the name as written.
+    pub person: Option<String>,
+    /// When a supervision order is due.
+    pub due: Option<Timestamp>,
 }
 
 /// Filters for [`Store::list`]; `None` means any.
@@ -194,7 +240,7 @@ pub struct ListFilter {
     pub risk: Option<Risk>,
     /// Only open cases whose deadline is before this time.
     pub overdue_at: Option<Timestamp>,
-    /// Text contained in the title.
+    /// Text contained in the title, description, notes, agreements or party names.
     pub search: Option<String>,
     /// At most this many rows.
     pub limit: Option<u32>,
@@ -391,7 +437,10 @@ const SCHEMA: &str = "
         level TEXT NOT NULL, status TEXT NOT NULL, category TEXT NOT NULL, risk TEXT NOT NULL,
         deadline INTEGER, recorded_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
         title TEXT NOT NULL, responsible TEXT, conflicts INTEGER NOT NULL DEFAULT 0,
-        open_conflicts INTEGER);
+        open_conflicts INTEGER,
+        since INTEGER NOT NULL DEFAULT 0, escalated_to TEXT, flags TEXT, recorded_by TEXT NOT NULL DEFAULT '',
+        responsible_id TEXT, settled_at INTEGER, visits INTEGER NOT NULL DEFAULT 0,
+        waived INTEGER NOT NULL DEFAULT 0, supervised_due INTEGER);
      CREATE TABLE docs (case_rowid INTEGER PRIMARY KEY, snapshot BLOB NOT NULL);
      CREATE TABLE changes (
         log_seq INTEGER PRIMARY KEY,
@@ -415,7 +464,14 @@ const SCHEMA: &str = "
         signer BLOB, lag_lacks INTEGER, lag_owes INTEGER, lag_at INTEGER) WITHOUT ROWID;
      CREATE TABLE grants (
         signer BLOB PRIMARY KEY, bytes BLOB NOT NULL, subject TEXT NOT NULL, role TEXT NOT NULL,
-        scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;";
+        scope TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE case_events (
+        case_rowid INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL, at INTEGER NOT NULL,
+        level INTEGER, person TEXT, due INTEGER, PRIMARY KEY (case_rowid, seq)) WITHOUT ROWID;
+     CREATE TABLE case_text (case_rowid INTEGER PRIMARY KEY, text BLOB NOT NULL);
+     CREATE TABLE policy (
+        id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, bytes BLOB NOT NULL,
+        installed_at INTEGER NOT NULL);";
 
 /// How older files reach [`SCHEMA`]; entry `i` takes version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -494,6 +550,29 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE peers ADD COLUMN lag_lacks INTEGER;
      ALTER TABLE peers ADD COLUMN lag_owes INTEGER;
      ALTER TABLE peers ADD COLUMN lag_at INTEGER;",
+    // 5: the officers' routines (ADR 33). Columns todo and reports read
+    // (the level clock's start, follow-ups, supervision, people), the events
+    // reports count, the text search looks in, the county policy in force.
+    // Rows of existing cases are rebuilt from their documents on the next
+    // read-write open (META_REPROJECT).
+    "ALTER TABLE cases ADD COLUMN since INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE cases ADD COLUMN escalated_to TEXT;
+     ALTER TABLE cases ADD COLUMN flags TEXT;
+     ALTER TABLE cases ADD COLUMN recorded_by TEXT NOT NULL DEFAULT '';
+     ALTER TABLE cases ADD COLUMN responsible_id TEXT;
+     ALTER TABLE cases ADD COLUMN settled_at INTEGER;
+     ALTER TABLE cases ADD COLUMN visits INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE cases ADD COLUMN waived INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE cases ADD COLUMN supervised_due INTEGER;
+     CREATE TABLE case_events (
+        case_rowid INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL, at INTEGER NOT NULL,
+        level INTEGER, person TEXT, due INTEGER, PRIMARY KEY (case_rowid, seq)) WITHOUT ROWID;
+     CREATE TABLE case_text (case_rowid INTEGER PRIMARY KEY, text BLOB NOT NULL);
+     CREATE TABLE policy (
+        id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, bytes BLOB NOT NULL,
+        installed_at INTEGER NOT NULL);
+     INSERT INTO meta(key, value) SELECT 'reproject', '5' WHERE EXISTS (SELECT 1 FROM cases)
+        ON CONFLICT(key) DO UPDATE SET value = excluded.value;",
 ];
 
 /// Prepared statements kept per connection: more than this module has.
@@ -743,7 +822,12 @@ impl Store {
             add(" AND status IN ('recorded','mediating','escalated') AND deadline < ?", t.0.into());
         }
         if let Some(q) = &filter.search {
-            add(" AND instr(title, ?) > 0", q.clone().into());
+            // A substring, as typed: Chinese has no spaces between words, so
+            // any run of characters may be what someone looks for. The other
+            // text is kept packed (ADR 33): it is searched here, and the cases
+            // it matched are handed to SQL as a JSON array.
+            add(" AND (instr(title, ?) > 0", q.clone().into());
+            add(" OR rowid IN (SELECT value FROM json_each(?)))", self.text_matches(q)?.into());
         }
         sql.push_str(
             " ORDER BY status IN ('recorded','mediating','escalated') DESC,
@@ -756,6 +840,140 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql).map_err(sq("prepare list"))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), read_case_row).map_err(sq("list cases"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(sq("list cases"))
+    }
+
+    /// The newest signed policy this replica installed: (version, bytes).
+    pub fn policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT version, bytes FROM policy WHERE id = 1")
+            .map_err(sq("prepare policy"))?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .optional()
+            .map_err(sq("read policy"))
+            .map(|p| p.map(|(v, b)| (u64::try_from(v).unwrap_or(0), b)))
+    }
+
+    /// The cases inside `within` that may need someone's attention at `now`:
+    /// open cases due before `due_before`, escalations waiting at `level`,
+    /// settled cases with follow-ups still to make, and cases with an
+    /// unanswered supervision order. `todo` sorts and groups them.
+    pub fn attention(
+        &self,
+        within: &AdminCode,
+        due_before: Timestamp,
+        level: Level,
+        visits: u32,
+    ) -> Result<Vec<CaseRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {CASE_COLUMNS} FROM cases
+                 WHERE village >= ?1 AND village < ?2 AND (
+                   (status IN ('recorded','mediating','escalated') AND deadline < ?3)
+                   OR (status = 'escalated' AND escalated_to = ?4)
+                   OR (status = 'settled' AND waived = 0 AND visits < ?5)
+                   OR supervised_due IS NOT NULL)"
+            ))
+            .map_err(sq("prepare todo"))?;
+        let rows = stmt
+            .query_map(
+                params![within.as_str(), format!("{within}~"), due_before.0, level.code(), visits],
+                read_case_row,
+            )
+            .map_err(sq("read todo"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sq("read todo"))
+    }
+
+    /// Every case inside `within` with its projected events, in row order,
+    /// handed to `each` one at a time (nothing is loaded all at once; no
+    /// document is read). What reports are computed from.
+    pub fn scan(&self, within: &AdminCode, mut each: impl FnMut(&CaseRow, &[EventRow])) -> Result<usize, StoreError> {
+        let mut cases = self
+            .conn
+            .prepare(&format!(
+                "SELECT rowid, {CASE_COLUMNS} FROM cases WHERE village >= ?1 AND village < ?2 ORDER BY rowid"
+            ))
+            .map_err(sq("prepare scan"))?;
+        let mut events = self
+            .conn
+            .prepare("SELECT case_rowid, kind, at, level, person, due FROM case_events ORDER BY case_rowid, seq")
+            .map_err(sq("prepare scan"))?;
+        let mut case_rows = cases
+            .query_map([within.as_str().to_owned(), format!("{within}~")], |r| {
+                let rowid: i64 = r.get(0)?;
+                // The case columns start at 1: read them as a row of their own.
+                Ok((rowid, read_case_row_at(r, 1)?))
+            })
+            .map_err(sq("scan cases"))?;
+        let mut event_rows = events
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })
+            .map_err(sq("scan events"))?;
+        let mut pending = event_rows.next().transpose().map_err(sq("scan events"))?;
+        let mut batch: Vec<EventRow> = Vec::new();
+        let mut count = 0;
+        while let Some(case) = case_rows.next().transpose().map_err(sq("scan cases"))? {
+            let (rowid, row) = case;
+            batch.clear();
+            // Both run in row order: skip events of cases outside the scope,
+            // take this case's.
+            while let Some((r, kind, at, level, person, due)) = pending.take() {
+                if r > rowid {
+                    pending = Some((r, kind, at, level, person, due));
+                    break;
+                }
+                if r == rowid
+                    && let Some(kind) = event_kind(kind)
+                {
+                    batch.push(EventRow {
+                        kind,
+                        at: Timestamp(at),
+                        level: level.and_then(level_of_code),
+                        person,
+                        due: due.map(Timestamp),
+                    });
+                }
+                pending = event_rows.next().transpose().map_err(sq("scan events"))?;
+            }
+            each(&row, &batch);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The row ids of the cases whose search text holds `q`, as a JSON array.
+    fn text_matches(&self, q: &str) -> Result<String, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT case_rowid, text FROM case_text").map_err(sq("prepare search"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let rowid: i64 = r.get(0)?;
+                let hit = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Blob(b) => unpack_text(b).is_some_and(|t| t.contains(q)),
+                    _ => false,
+                };
+                Ok(hit.then_some(rowid))
+            })
+            .map_err(sq("search"))?;
+        let mut out = String::from("[");
+        for hit in rows {
+            if let Some(rowid) = hit.map_err(sq("search"))? {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&rowid.to_string());
+            }
+        }
+        out.push(']');
+        Ok(out)
     }
 
     /// Cases whose number or id starts with `prefix` (at most `limit`).
@@ -1260,7 +1478,8 @@ impl Store {
             let rowid: i64 = r.get(0).map_err(sq("scan cases"))?;
             let id = r.get::<_, Vec<u8>>(1).ok().and_then(|b| case_id(&b).ok());
             let row = read_case_row_at(r, 1).map_err(|e| e.to_string());
-            let snapshot = lenient_blob(r, 16).unwrap_or(None);
+            // After the row id and the case's columns.
+            let snapshot = lenient_blob(r, 1 + CASE_COLUMN_COUNT).unwrap_or(None);
             Ok(Some(CaseRead { rowid, id, row, snapshot }))
         };
         let mut pending_case = read_case()?;
@@ -1352,19 +1571,24 @@ fn apply_key(conn: &Connection, key: &DataKey) -> Result<(), StoreError> {
 }
 
 const CASE_COLUMNS: &str = "id, number, village, grid, level, status, category, risk, \
-                            deadline, recorded_at, updated_at, title, responsible, conflicts, open_conflicts";
+                            deadline, recorded_at, updated_at, title, responsible, conflicts, \
+                            since, escalated_to, flags, recorded_by, responsible_id, settled_at, visits, waived, \
+                            supervised_due, open_conflicts";
+
+/// How many columns [`CASE_COLUMNS`] names.
+const CASE_COLUMN_COUNT: usize = 24;
 
 fn read_case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaseRow> {
     read_case_row_at(r, 0)
 }
 
-/// A [`CaseRow`] from [`CASE_COLUMNS`] starting at column `at`.
+/// A case row from [`CASE_COLUMNS`] starting at column `at`.
 fn read_case_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<CaseRow> {
     let bad = |i: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(at + i, rusqlite::types::Type::Text, format!("bad {what}").into())
     };
     let id: Vec<u8> = r.get(at)?;
-    let id: [u8; 16] = id.try_into().map_err(|_| bad(0, "case id"))?;
+    let id: [u8; 16] = id.try_into().map_err(|_| bad(at, "case id"))?;
     let text = |i: usize| r.get::<_, String>(at + i);
     let village = text(2)?;
     // County and township are the 6- and 9-digit prefixes of the village.
@@ -1375,17 +1599,29 @@ fn read_case_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<CaseRo
         county: prefix(6),
         township: prefix(9),
         grid: r.get(at + 3)?,
-        level: Level::parse(&text(4)?).map_err(|_| bad(4, "level"))?,
-        status: Status::parse(&text(5)?).map_err(|_| bad(5, "status"))?,
-        category: Category::parse(&text(6)?).map_err(|_| bad(6, "category"))?,
-        risk: Risk::parse(&text(7)?).map_err(|_| bad(7, "risk"))?,
+        level: Level::parse(&text(4)?).map_err(|_| bad(at + 4, "level"))?,
+        status: Status::parse(&text(5)?).map_err(|_| bad(at + 5, "status"))?,
+        category: Category::parse(&text(6)?).map_err(|_| bad(at + 6, "category"))?,
+        risk: Risk::parse(&text(7)?).map_err(|_| bad(at + 7, "risk"))?,
         deadline: r.get::<_, Option<i64>>(at + 8)?.map(Timestamp),
         recorded_at: Timestamp(r.get(at + 9)?),
         updated_at: Timestamp(r.get(at + 10)?),
         title: text(11)?,
         responsible: r.get(at + 12)?,
         conflicts: r.get(at + 13)?,
-        open_conflicts: r.get(at + 14)?,
+        since: Timestamp(r.get(at + 14)?),
+        escalated_to: r.get::<_, Option<String>>(at + 15)?.and_then(|l| Level::parse(&l).ok()),
+        flags: r
+            .get::<_, Option<String>>(at + 16)?
+            .map(|f| f.split(',').filter_map(|c| RiskFlag::parse(c).ok()).collect())
+            .unwrap_or_default(),
+        recorded_by: text(17)?,
+        responsible_id: r.get(at + 18)?,
+        settled_at: r.get::<_, Option<i64>>(at + 19)?.map(Timestamp),
+        visits: r.get(at + 20)?,
+        follow_ups_waived: r.get::<_, i64>(at + 21)? != 0,
+        supervised_due: r.get::<_, Option<i64>>(at + 22)?.map(Timestamp),
+        open_conflicts: r.get(at + 23)?,
         village,
     })
 }
@@ -1461,6 +1697,68 @@ impl RawLogRow {
         )
             .parse()
     }
+}
+
+/// The small number an event kind is stored as in `case_events`.
+/// The first byte of a packed search text: UTF-8 follows as it is.
+const TEXT_PLAIN: u8 = 0;
+/// The first byte of a packed search text: raw DEFLATE of the UTF-8 follows.
+const TEXT_DEFLATE: u8 = 1;
+/// Longest search text unpacked; a longer one (only a forged file could
+/// hold one) is not searched.
+const MAX_SEARCH_TEXT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A case's search text as kept in `case_text`: DEFLATEd when that is
+/// smaller (Chinese notes shrink by about a third), else as it is.
+fn pack_text(text: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let plain = text.as_bytes();
+    let mut z = flate2::write::DeflateEncoder::new(vec![TEXT_DEFLATE], flate2::Compression::default());
+    if z.write_all(plain).is_ok()
+        && let Ok(packed) = z.finish()
+        && packed.len() <= plain.len()
+    {
+        return packed;
+    }
+    let mut out = Vec::with_capacity(plain.len() + 1);
+    out.push(TEXT_PLAIN);
+    out.extend_from_slice(plain);
+    out
+}
+
+/// The text [`pack_text`] packed, or `None` if the bytes are not such.
+fn unpack_text(bytes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    use std::io::Read as _;
+    match bytes.split_first()? {
+        (&TEXT_PLAIN, rest) => std::str::from_utf8(rest).ok().map(std::borrow::Cow::Borrowed),
+        (&TEXT_DEFLATE, rest) => {
+            let mut text = String::new();
+            flate2::read::DeflateDecoder::new(rest).take(MAX_SEARCH_TEXT_BYTES).read_to_string(&mut text).ok()?;
+            Some(std::borrow::Cow::Owned(text))
+        }
+        _ => None,
+    }
+}
+
+fn event_code(kind: EventKind) -> i64 {
+    EventKind::ALL.iter().position(|k| *k == kind).map_or(0, |i| i64::try_from(i).unwrap_or(0) + 1)
+}
+
+fn event_kind(code: i64) -> Option<EventKind> {
+    let i = usize::try_from(code.checked_sub(1)?).ok()?;
+    EventKind::ALL.get(i).copied()
+}
+
+fn level_code(level: Level) -> i64 {
+    Level::ALL.iter().position(|l| *l == level).map_or(0, |i| i64::try_from(i).unwrap_or(0) + 1)
+}
+
+fn level_of_code(code: i64) -> Option<Level> {
+    Level::ALL.get(usize::try_from(code.checked_sub(1)?).ok()?).copied()
+}
+
+fn flags_text(flags: &[RiskFlag]) -> Option<String> {
+    (!flags.is_empty()).then(|| flags.iter().map(|f| f.code()).collect::<Vec<_>>().join(","))
 }
 
 fn case_id(b: &[u8]) -> Result<CaseId, StoreError> {
@@ -1664,13 +1962,19 @@ impl Tx<'_> {
             .prepare_cached(
                 "INSERT INTO cases(id, number, village, grid, level, status, category, risk,
                                    deadline, recorded_at, updated_at, title, responsible, conflicts,
-                                   open_conflicts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                   since, escalated_to, flags, recorded_by, responsible_id, settled_at, visits,
+                                   waived, supervised_due, open_conflicts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                         ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
                  ON CONFLICT(id) DO UPDATE SET number=excluded.number, village=excluded.village, grid=excluded.grid,
                    level=excluded.level, status=excluded.status, category=excluded.category,
                    risk=excluded.risk, deadline=excluded.deadline, recorded_at=excluded.recorded_at,
                    updated_at=excluded.updated_at, title=excluded.title,
                    responsible=excluded.responsible, conflicts=excluded.conflicts,
+                   since=excluded.since, escalated_to=excluded.escalated_to, flags=excluded.flags,
+                   recorded_by=excluded.recorded_by, responsible_id=excluded.responsible_id,
+                   settled_at=excluded.settled_at, visits=excluded.visits, waived=excluded.waived,
+                   supervised_due=excluded.supervised_due,
                    open_conflicts=excluded.open_conflicts
                  RETURNING rowid",
             )
@@ -1691,6 +1995,15 @@ impl Tx<'_> {
                     row.title,
                     row.responsible,
                     row.conflicts,
+                    row.since.0,
+                    row.escalated_to.map(Level::code),
+                    flags_text(&row.flags),
+                    row.recorded_by,
+                    row.responsible_id,
+                    row.settled_at.map(|t| t.0),
+                    row.visits,
+                    i64::from(row.follow_ups_waived),
+                    row.supervised_due.map(|t| t.0),
                     row.open_conflicts,
                 ],
                 |r| r.get(0),
@@ -1702,6 +2015,138 @@ impl Tx<'_> {
             .execute(params![rowid, snapshot])
             .map_err(sq("write snapshot"))?;
         Ok(rowid)
+    }
+
+    /// Replaces a case's projected events and search text.
+    ///
+    /// Only what changed is written: most changes add one event at the end,
+    /// or none (a second note in a month already noted), and every page a
+    /// durable edit dirties is one more 16 KiB write to the WAL (ADR 33).
+    pub fn put_projection(&self, case_rowid: i64, events: &[EventRow], text: &str) -> Result<(), StoreError> {
+        let held = self.held_events(case_rowid)?;
+        let from = match held {
+            Some(held) if events.starts_with(&held) => held.len(),
+            _ => {
+                self.tx
+                    .prepare_cached("DELETE FROM case_events WHERE case_rowid = ?1")
+                    .map_err(sq("prepare events"))?
+                    .execute([case_rowid])
+                    .map_err(sq("write events"))?;
+                0
+            }
+        };
+        let mut insert = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO case_events(case_rowid, seq, kind, at, level, person, due)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(sq("prepare events"))?;
+        for (seq, e) in events.iter().enumerate().skip(from) {
+            insert
+                .execute(params![
+                    case_rowid,
+                    i64::try_from(seq).unwrap_or(i64::MAX),
+                    event_code(e.kind),
+                    e.at.0,
+                    e.level.map(level_code),
+                    e.person,
+                    e.due.map(|d| d.0)
+                ])
+                .map_err(sq("write events"))?;
+        }
+        let packed = pack_text(text);
+        let same: Option<bool> = self
+            .tx
+            .prepare_cached("SELECT text = ?2 FROM case_text WHERE case_rowid = ?1")
+            .map_err(sq("prepare search text"))?
+            .query_row(params![case_rowid, packed], |r| r.get(0))
+            .optional()
+            .map_err(sq("read search text"))?;
+        if same != Some(true) {
+            self.tx
+                .prepare_cached("INSERT OR REPLACE INTO case_text(case_rowid, text) VALUES (?1, ?2)")
+                .map_err(sq("prepare search text"))?
+                .execute(params![case_rowid, packed])
+                .map_err(sq("write search text"))?;
+        }
+        Ok(())
+    }
+
+    /// The projected events a case has now, or `None` if one of them is of
+    /// a kind this build does not know (then they are all written again).
+    fn held_events(&self, case_rowid: i64) -> Result<Option<Vec<EventRow>>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT kind, at, level, person, due FROM case_events WHERE case_rowid = ?1 ORDER BY seq")
+            .map_err(sq("prepare events"))?;
+        let rows = stmt
+            .query_map([case_rowid], |r| {
+                let kind = event_kind(r.get(0)?);
+                let at = Timestamp(r.get(1)?);
+                let level = r.get::<_, Option<i64>>(2)?.and_then(level_of_code);
+                let person: Option<String> = r.get(3)?;
+                let due = r.get::<_, Option<i64>>(4)?.map(Timestamp);
+                Ok(kind.map(|kind| EventRow { kind, at, level, person, due }))
+            })
+            .map_err(sq("read events"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            match row.map_err(sq("read events"))? {
+                Some(e) => out.push(e),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Keeps the newest signed policy (only ever one row).
+    pub fn set_policy(&self, version: u64, bytes: &[u8], at: Timestamp) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO policy(id, version, bytes, installed_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes,
+                   installed_at = excluded.installed_at",
+            )
+            .map_err(sq("prepare policy"))?
+            .execute(params![i64::try_from(version).unwrap_or(i64::MAX), bytes, at.0])
+            .map_err(sq("write policy"))?;
+        Ok(())
+    }
+
+    /// Recomputes the deadline of every open case from its level clock and
+    /// the days per level `days` gives (a new policy): SQL only, no document
+    /// is loaded.
+    pub fn reproject_deadlines(&self, days: impl Fn(Level) -> i64) -> Result<usize, StoreError> {
+        let day_ms = Timestamp::DAY_MS;
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE cases SET deadline = since + ?4 * CASE level WHEN 'village' THEN ?1 WHEN 'township' THEN ?2
+                                                                  ELSE ?3 END
+                 WHERE status IN ('recorded','mediating','escalated')",
+            )
+            .map_err(sq("prepare deadlines"))?
+            .execute(params![days(Level::Village), days(Level::Township), days(Level::County), day_ms])
+            .map_err(sq("write deadlines"))?;
+        Ok(n)
+    }
+
+    /// Removes a setting.
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")
+            .map_err(sq("prepare meta"))?
+            .execute([key])
+            .map_err(sq("write meta"))?;
+        Ok(())
+    }
+
+    /// Every case id, for rebuilding projections.
+    pub fn case_ids(&self) -> Result<Vec<CaseId>, StoreError> {
+        let mut stmt = self.tx.prepare("SELECT id FROM cases ORDER BY rowid").map_err(sq("prepare ids"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sq("read ids"))?;
+        rows.map(|r| r.map_err(sq("read ids")).and_then(|b| case_id(&b))).collect()
     }
 
     /// Appends a change to the log; returns its position. The row keeps the
@@ -1933,6 +2378,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[test]
+    fn case_column_count_matches_the_list() {
+        assert_eq!(CASE_COLUMNS.split(',').count(), CASE_COLUMN_COUNT);
+    }
+
     fn row(n: u8, title: &str, status: Status, deadline: Option<i64>) -> CaseRow {
         CaseRow {
             id: CaseId::from_bytes([n; 16]),
@@ -1951,8 +2401,71 @@ mod tests {
             title: title.into(),
             responsible: None,
             conflicts: 0,
+            since: Timestamp(1),
+            escalated_to: None,
+            flags: Vec::new(),
+            recorded_by: "张三".into(),
+            responsible_id: None,
+            settled_at: None,
+            visits: 0,
+            follow_ups_waived: false,
+            supervised_due: None,
             open_conflicts: Some(0),
         }
+    }
+
+    #[test]
+    fn search_text_is_packed_smaller_and_found_again() {
+        let notes: String = (1..=12).map(|k| format!("第{k}次调解：双方到场，李四同意加装接水槽。\n")).collect();
+        for text in ["", "李四", notes.as_str()] {
+            let packed = pack_text(text);
+            assert!(packed.len() <= text.len() + 1, "{text:?}");
+            assert_eq!(unpack_text(&packed).unwrap(), text);
+        }
+        assert!(pack_text(&notes).len() < notes.len() / 2, "notes compress");
+        assert_eq!(unpack_text(&[]), None);
+        assert_eq!(unpack_text(&[9, 1, 2]), None);
+        assert_eq!(unpack_text(&[TEXT_DEFLATE, 0xff, 0xff]), None);
+
+        let mut s = Store::open_in_memory().unwrap();
+        let tx = s.transaction().unwrap();
+        let a = tx.put_case(&row(1, "宅基地滴水纠纷", Status::Mediating, Some(100)), b"x").unwrap();
+        let b = tx.put_case(&row(2, "拖欠工资", Status::Settled, None), b"x").unwrap();
+        tx.put_projection(a, &[], &notes).unwrap();
+        tx.put_projection(b, &[], "王五").unwrap();
+        tx.commit().unwrap();
+        let find = |q: &str| {
+            s.list(&ListFilter { search: Some(q.into()), ..Default::default() })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.title)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(find("接水槽"), ["宅基地滴水纠纷"]);
+        assert_eq!(find("王五"), ["拖欠工资"]);
+        assert_eq!(find("工资"), ["拖欠工资"]);
+        assert!(find("赵六").is_empty());
+    }
+
+    #[test]
+    fn projected_events_are_appended_or_rewritten_as_they_changed() {
+        let ev = |kind, at| EventRow { kind, at: Timestamp(at), level: Some(Level::Village), person: None, due: None };
+        let mut s = Store::open_in_memory().unwrap();
+        let tx = s.transaction().unwrap();
+        let a = tx.put_case(&row(1, "宅基地滴水纠纷", Status::Mediating, Some(100)), b"x").unwrap();
+        let mut events = vec![ev(EventKind::Recorded, 1)];
+        tx.put_projection(a, &events, "").unwrap();
+        events.push(ev(EventKind::Note, 2));
+        tx.put_projection(a, &events, "").unwrap();
+        assert_eq!(tx.held_events(a).unwrap().unwrap(), events);
+        // A merge put an event before the last one: all are written again.
+        events.insert(1, ev(EventKind::Escalated, 3));
+        tx.put_projection(a, &events, "").unwrap();
+        assert_eq!(tx.held_events(a).unwrap().unwrap(), events);
+        events.truncate(1);
+        tx.put_projection(a, &events, "").unwrap();
+        assert_eq!(tx.held_events(a).unwrap().unwrap(), events);
+        tx.commit().unwrap();
     }
 
     #[test]
@@ -1967,6 +2480,11 @@ mod tests {
         assert_eq!(all[0].title, "宅基地滴水纠纷");
         let f = ListFilter { search: Some("工资".into()), ..Default::default() };
         assert_eq!(s.list(&f).unwrap()[0].status, Status::Settled);
+        let tx = s.transaction().unwrap();
+        tx.put_projection(1, &[], "屋檐滴水\n李四\n双方到场").unwrap();
+        tx.commit().unwrap();
+        let f = ListFilter { search: Some("李四".into()), ..Default::default() };
+        assert_eq!(s.list(&f).unwrap()[0].title, "宅基地滴水纠纷", "party names are searched");
         let f = ListFilter { overdue_at: Some(Timestamp(101)), ..Default::default() };
         assert_eq!(s.list(&f).unwrap().len(), 1);
         let f = ListFilter { within: Some(AdminCode::parse("532924102").unwrap()), ..Default::default() };

@@ -1159,6 +1159,7 @@ fn log(
             (Lang::Zh, "quarantined") => "隔离",
             (Lang::Zh, "conflict") => "并发修改",
             (Lang::Zh, "merged") => "合并",
+            (Lang::Zh, "workflow") => "流程冲突",
             (_, other) => other,
         };
         let case = e.case.and_then(|c| ledger.case_row(c).ok().flatten()).map(|r| r.number).unwrap_or_default();
@@ -1174,6 +1175,13 @@ fn log(
                     lang.pick("并发修改后出现冲突：", "concurrent edits now disagree on "),
                     fields.join(lang.list_sep())
                 )
+            }
+            (Some("workflow"), Some(p)) => {
+                let rule = render::violation_words(lang, p["rule"].as_str().unwrap_or_default());
+                match p["by"].as_str() {
+                    Some(by) => format!("{rule}{}", lang.paren(by)),
+                    None => rule.to_owned(),
+                }
             }
             (Some(_), _) => {
                 let view = RefusalView {

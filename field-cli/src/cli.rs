@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use fq_core::case::{Category, Level, Outcome, Risk, Role, Status};
+use fq_core::case::{Category, Level, Outcome, Risk, RiskFlag, Role, Status};
 
 use crate::lang::{Lang, choices};
 
@@ -56,9 +56,17 @@ pub(crate) enum Command {
     Enroll(EnrollArgs),
     /// 与乡镇或县服务器同步 / Sync with the township or county server
     Sync(SyncArgs),
+    /// 今日待办：超期、快到期、该回访、待接收、待回复督办 / Today's work: overdue, due soon, visits due, escalations to accept, supervision to answer
+    Todo(TodoArgs),
     /// 案件：登记、查看、办理 / Cases: record, view, handle
     #[command(subcommand)]
     Case(CaseCommand),
+    /// 统计报表：月度统计、以案定补 / Reports: monthly figures, cases per person
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// 县级政策：办结期限、回访安排、分流规则 / The county policy: deadlines, follow-ups, routing
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// 导出全部案件 / Export every case
     Export(ExportArgs),
     /// 合并审计：概要、冲突、经过、校验、比对、拒收 / Merge audit: summary, conflicts, history, verify, compare, refusals
@@ -162,6 +170,102 @@ pub(crate) enum CaseCommand {
     Followup(FollowupArgs),
     /// 归档 / Archive a closed case
     Archive(CaseRef),
+    /// 督办：上级责令限期办理 / Order action on a case by a date (supervision)
+    Supervise(SuperviseArgs),
+    /// 回复督办 / Answer a supervision order
+    Respond(RespondArgs),
+    /// 免予回访：写明理由后不再回访 / Waive the remaining follow-up visits, with a reason
+    Waive(ReasonArgs),
+    /// 从表格（CSV）导入已有案件，列与导出相同 / Import existing cases from a CSV file with the export's columns
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TodoArgs {
+    /// 只看这个乡镇或村（9或12位代码） / Only this township or village (9 or 12 digits)
+    #[arg(long, value_name = "代码 / CODE")]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SuperviseArgs {
+    #[command(flatten)]
+    pub case: CaseRef,
+    /// 督办要求 / What must be done
+    #[arg(long, value_name = "文字 / TEXT")]
+    pub instruction: String,
+    /// 限期（日期，如 2026-11-10） / By when (a date, e.g. 2026-11-10)
+    #[arg(long, value_name = "日期 / DATE")]
+    pub due: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RespondArgs {
+    #[command(flatten)]
+    pub case: CaseRef,
+    /// 办理情况 / What was done
+    #[arg(long, value_name = "文字 / TEXT")]
+    pub note: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// CSV 文件（可用 fq export --format csv 导出的格式） / The CSV file (as fq export --format csv writes it)
+    #[arg(value_name = "文件 / FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// 月度统计报表（月汇总、月研判） / The monthly figures
+    Monthly(ReportArgs),
+    /// 以案定补：每人登记、调解、调解成功、回访的案件数 / Cases recorded, mediated, settled and followed up, per person
+    Subsidy(SubsidyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// 屏幕表格 / A table on screen
+    Table,
+    /// CSV 表格 / CSV
+    Csv,
+    /// JSON / JSON
+    Json,
+    /// 网页（单个文件，离线可看，含图表） / HTML, one file with charts, works offline
+    Html,
+    /// Excel 工作簿 / An Excel workbook
+    Xlsx,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// 月份，如 2026-10（默认上个月） / The month, e.g. 2026-10 (default: last month)
+    #[arg(long, value_name = "月份 / MONTH")]
+    pub month: Option<String>,
+    /// 只统计这个乡镇或村（默认本台账的区划） / Only this township or village (default: this ledger's area)
+    #[arg(long, value_name = "代码 / CODE")]
+    pub scope: Option<String>,
+    /// 格式：table、csv、json、html、xlsx（默认 table） / Format: table, csv, json, html, xlsx (default table)
+    #[arg(long, value_enum, value_name = "格式 / FORMAT")]
+    pub format: Option<ReportFormat>,
+    /// 写入文件（html、xlsx 必须写文件） / Write to this file (html and xlsx need one)
+    #[arg(long, value_name = "文件 / FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubsidyArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+    /// 只看这个人（人员编号或姓名），并列出每项对应的案件 / Only this person (staff id or name), with the cases behind each count
+    #[arg(long, value_name = "人员 / PERSON")]
+    pub person: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// 显示正在执行的县级政策和版本 / Show the county policy in force and its version
+    Show,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +288,9 @@ pub(crate) struct NewArgs {
     /// 风险等级，不写时为“低” / Risk (default low)
     #[arg(long, value_name = "风险 / RISK")]
     pub risk: Option<String>,
+    /// 风险标记，可写多次，如 criminal-risk（民转刑风险） / A risk flag, repeatable, e.g. criminal-risk
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub flag: Vec<String>,
     /// 网格编号 / Grid number
     #[arg(long, value_name = "编号 / N")]
     pub grid: Option<String>,
@@ -212,7 +319,7 @@ pub(crate) struct ListArgs {
     /// 只看已超期的 / Only overdue cases
     #[arg(long)]
     pub overdue: bool,
-    /// 查找标题中的文字 / Text to find in the title
+    /// 查找文字：标题、案情、调解记录、调解协议、当事人姓名（不查身份证号） / Text to find in titles, descriptions, notes, agreements and party names (not ID numbers)
     #[arg(long, value_name = "文字 / TEXT")]
     pub search: Option<String>,
     /// 最多显示几件 / At most this many
@@ -265,6 +372,12 @@ pub(crate) struct EditArgs {
     /// 增加当事人，可写多次，写法同 fq case new 的 --party / Add a party, repeatable, written as for fq case new --party
     #[arg(long, value_name = "当事人 / PARTY")]
     pub add_party: Vec<String>,
+    /// 加上风险标记，可写多次 / Add a risk flag, repeatable
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub add_flag: Vec<String>,
+    /// 去掉风险标记，可写多次 / Take a risk flag off, repeatable
+    #[arg(long, value_name = "标记 / FLAG")]
+    pub remove_flag: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -283,7 +396,7 @@ pub(crate) struct NoteArgs {
 pub(crate) struct AssignArgs {
     #[command(flatten)]
     pub case: CaseRef,
-    /// 包保责任人姓名 / Responsible person
+    /// 包保责任人：姓名或人员编号（同名时须写编号） / Responsible person: a name or a staff id (an id when a name is shared)
     #[arg(long, value_name = "姓名 / NAME")]
     pub to: String,
 }
@@ -553,11 +666,13 @@ fn after_help(path: &str, lang: Lang) -> Option<String> {
             )
         ),
         "fq case new" => format!(
-            "{}{}\n{}{}\n{}",
+            "{}{}\n{}{}\n{}{}\n{}",
             lang.pick("类别（写代码或中文名都可以）：", "Categories (code or label): "),
             choices(lang, Category::ALL),
             lang.pick("风险等级：", "Risk: "),
             choices(lang, Risk::ALL),
+            lang.pick("风险标记：", "Risk flags: "),
+            choices(lang, RiskFlag::ALL),
             lang.pick(
                 "例如：fq case new --category neighbor --title \"宅基地滴水纠纷\" --party \"李四,532924198001011230,13800000000\" --party 王五\n      \
                  fq case new --category debt --title \"借款纠纷\" --party \"name=赵六,phone=0872-1234567\" --description-file 案情.txt",
@@ -604,6 +719,36 @@ fn after_help(path: &str, lang: Lang) -> Option<String> {
             .pick(
                 "例如：fq case note 532924101201-2026-d07a-0001 \"双方到场，李四同意加装接水槽\"\n      fq case note 532924101201-2026-d07a-0001 --file 记录.txt",
                 "e.g. fq case note 532924101201-2026-d07a-0001 \"both came; Li Si agrees to fit a gutter\"\n     fq case note 532924101201-2026-d07a-0001 --file note.txt",
+            )
+            .to_owned(),
+        "fq todo" => lang
+            .pick(
+                "顺序：已超期、3天内到期、该回访、待本级接收的上报、待回复的督办；每组高风险在前。\n                 本机：本人登记或负责的案件，以及本区域无人负责的案件；乡镇、县服务器的台账：整个区域。\n                 例如：fq todo\n      fq --data-dir /var/lib/fq/tw-101 todo --scope 532924101201",
+                "Order: overdue, due within 3 days, follow-up visits due, escalations for this level to accept, supervision to answer; high risk first in each.\n                 On a device: the cases its user recorded or is responsible for, and the area's cases nobody is responsible for; on a township or county replica: the whole area.\n                 e.g. fq todo\n     fq --data-dir /var/lib/fq/tw-101 todo --scope 532924101201",
+            )
+            .to_owned(),
+        "fq report monthly" => lang
+            .pick(
+                "格式：table（屏幕）、csv、json、html（含图表的单个网页，离线可看）、xlsx（Excel 工作簿）。\n                 例如：fq report monthly --month 2026-10\n      fq report monthly --month 2026-10 --format html --out 十月报表.html",
+                "Formats: table (screen), csv, json, html (one page with charts, works offline), xlsx (Excel).\n                 e.g. fq report monthly --month 2026-10\n     fq report monthly --month 2026-10 --format html --out october.html",
+            )
+            .to_owned(),
+        "fq report subsidy" => lang
+            .pick(
+                "每人当月登记、调解、调解成功、回访的案件数，同一案件只计一次。\n                 例如：fq report subsidy --month 2026-10 --format xlsx --out 以案定补.xlsx\n      fq report subsidy --month 2026-10 --person 532924101201-01",
+                "Per person, the distinct cases recorded, mediated, settled and followed up in the month.\n                 e.g. fq report subsidy --month 2026-10 --format xlsx --out subsidy.xlsx\n     fq report subsidy --month 2026-10 --person 532924101201-01",
+            )
+            .to_owned(),
+        "fq case supervise" => lang
+            .pick(
+                "乡镇可督办本乡镇村级办理的案件，县里可督办所有案件。\n例如：fq case supervise 532924101201-2026-d07a-0001 --instruction \"一周内组织调解\" --due 2026-11-10",
+                "A township supervises its villages' cases, the county any case.\ne.g. fq case supervise 532924101201-2026-d07a-0001 --instruction \"mediate within a week\" --due 2026-11-10",
+            )
+            .to_owned(),
+        "fq case import" => lang
+            .pick(
+                "列与 fq export --format csv 相同（中文或英文表头都可以）；先检查每一行，有一行不对就什么都不导入。\n例如：fq case import 旧台账.csv",
+                "The columns of fq export --format csv (Chinese or English headers); every row is checked first, and one bad row imports nothing.\ne.g. fq case import old-ledger.csv",
             )
             .to_owned(),
         "fq export" => lang

@@ -9,8 +9,10 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use fq_core::case::CaseId;
+use fq_core::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use fq_core::doc::CaseState;
 use fq_core::ledger::{Identity, Ledger, LedgerError, Tier};
 use fq_core::store::ListFilter;
@@ -21,10 +23,34 @@ use crate::lang::Lang;
 use crate::render::{self, Written};
 use crate::request::{self, Action, Filter, Request};
 use crate::vault::Place;
-use crate::{audit, demo, enroll, export, sync};
+use crate::{audit, demo, enroll, export, import, policy, report, sync, todo};
 
 /// The ledger's file name inside the data directory.
 pub(crate) const LEDGER_FILE: &str = "ledger.db";
+
+/// The environment variable that fixes "now" for `fq` (RFC 3339, e.g.
+/// `2026-11-03T09:00:00+08:00`): for tests and demos only, so that deadlines,
+/// `todo` and reports can be shown for a given day. Unset, `fq` reads the
+/// system clock.
+pub(crate) const NOW_ENV: &str = "FQ_NOW";
+
+/// The clock every ledger of this run reads, set once by [`execute`].
+static CLOCK: OnceLock<Arc<dyn Clock>> = OnceLock::new();
+
+/// The clock of this run: `FQ_NOW`'s fixed time if [`execute`] set one, else the system's.
+/// Every ledger `fq` opens (`vault` included) reads it.
+pub(crate) fn clock() -> Arc<dyn Clock> {
+    Arc::clone(CLOCK.get_or_init(|| Arc::new(SystemClock)))
+}
+
+/// `FQ_NOW`, if set: a fixed time, or an error naming the bad value.
+fn fixed_now() -> Result<Option<Timestamp>, request::ArgError> {
+    let Some(v) = std::env::var_os(NOW_ENV) else { return Ok(None) };
+    let text = v.to_string_lossy().into_owned();
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| Some(Timestamp(t.timestamp_millis())))
+        .map_err(|_| request::ArgError::Date { input: text })
+}
 
 /// The platform's data directory for fq (e.g. `~/.local/share/fq`).
 fn default_data_dir() -> Option<PathBuf> {
@@ -34,6 +60,9 @@ fn default_data_dir() -> Option<PathBuf> {
 /// Runs one command line.
 pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
     let (settings, request) = request::from_cli(cli)?;
+    if let Some(t) = fixed_now()? {
+        let _ = CLOCK.set(Arc::new(ManualClock::new(t)));
+    }
     let json = settings.json;
     if let Request::Demo = request {
         return demo::run(lang, json);
@@ -114,6 +143,25 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         }
         Request::Audit(request) => audit::run(out, &place, request, lang, json),
         Request::Demo => demo::run(lang, json),
+        Request::Todo { scope } => {
+            let ledger = open_read_only()?;
+            let list = fq_core::todo::todo(&ledger, scope.as_ref())?;
+            todo::render(out, lang, json, &list, &ledger)
+        }
+        Request::Report(r) => {
+            let ledger = open_read_only()?;
+            report::run(out, lang, json, &ledger, r)
+        }
+        Request::PolicyShow => {
+            let ledger = open_read_only()?;
+            policy::show(out, lang, json, &ledger)
+        }
+        Request::Import { file } => {
+            let mut ledger = open()?;
+            let cases = import::read(&file, &ledger)?;
+            let done = ledger.import_cases(cases)?;
+            import::receipt(out, lang, json, &file, &done)
+        }
     }
 }
 
@@ -173,5 +221,8 @@ fn act(ledger: &mut Ledger, id: CaseId, action: &Action) -> Result<CaseState, Le
         Action::Confirm { court, reference } => ledger.confirm(id, court, reference.as_deref()),
         Action::FollowUp { outcome, note } => ledger.follow_up(id, *outcome, note.as_deref()),
         Action::Archive => ledger.archive(id),
+        Action::Supervise { instruction, due } => ledger.supervise(id, instruction, *due),
+        Action::Respond(note) => ledger.respond(id, note),
+        Action::Waive(reason) => ledger.waive_follow_ups(id, reason),
     }
 }

@@ -425,6 +425,7 @@ fn new_case(category: Category, title: &str, description: &str) -> NewCase {
             Party { name: "王五".into(), id_number: None, phone: None },
         ],
         risk: Risk::Low,
+        flags: Vec::new(),
         village: None,
         grid: None,
     }

@@ -8,6 +8,10 @@
 //! - `render`: what people see (sentences, tables, case cards) and `--json`.
 //! - `audit`: the merge audit (`fq audit` and its commands) and its words.
 //! - `export`: JSON and CSV exports.
+//! - `import`: `fq case import`: a spreadsheet's cases, every row checked before any is written.
+//! - `todo`: `fq todo`, the day's work, in words.
+//! - `report`: `fq report monthly|subsidy` in every format (the figures are the core's).
+//! - `policy`: `fq policy show`, the county policy in force.
 //! - `enroll`: the county's certificate bundle on this device (`init --bundle`, `enroll`),
 //!   kept inside the encrypted ledger.
 //! - `pin`: asking for the ledger's passphrase (terminal without echo, `--passphrase-file`,
@@ -32,12 +36,16 @@ mod command;
 mod demo;
 mod enroll;
 mod export;
+mod import;
 mod lang;
 mod message;
 mod pin;
+mod policy;
 mod render;
+mod report;
 mod request;
 mod sync;
+mod todo;
 mod vault;
 
 fn main() {

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::audit::{Findings, findings_words};
 use crate::command::WriteRefused;
 use crate::enroll::EnrollError;
+use crate::import::{CellProblem, ImportError, RowProblem};
 use crate::lang::{Lang, choices};
 use crate::pin::PinError;
 use crate::request::{ArgError, TextFileProblem};
@@ -79,6 +80,19 @@ pub(crate) enum Kind {
     ServerUnreachable,
     ServerRefused,
     SyncFailed,
+    BelowLevel,
+    FollowUpsPending,
+    SuperviseLevel,
+    NoSupervision,
+    NoFollowUps,
+    AmbiguousPerson,
+    UnknownPerson,
+    PolicyRefused,
+    DuplicateCase,
+    InvalidImport,
+    InvalidDate,
+    NeedsFile,
+    ReportFailed,
     ServerNameNotFound,
     NoPassphrase,
     PassphraseMismatch,
@@ -94,7 +108,6 @@ pub(crate) enum Kind {
     KeyRejected,
     EncryptionFailed,
     ServerLedger,
-    InvalidDate,
     AuditFindings,
     UnknownField,
     NoConflict,
@@ -143,6 +156,19 @@ impl Kind {
         Kind::ServerUnreachable,
         Kind::ServerRefused,
         Kind::SyncFailed,
+        Kind::BelowLevel,
+        Kind::FollowUpsPending,
+        Kind::SuperviseLevel,
+        Kind::NoSupervision,
+        Kind::NoFollowUps,
+        Kind::AmbiguousPerson,
+        Kind::UnknownPerson,
+        Kind::PolicyRefused,
+        Kind::DuplicateCase,
+        Kind::InvalidImport,
+        Kind::InvalidDate,
+        Kind::NeedsFile,
+        Kind::ReportFailed,
         Kind::ServerNameNotFound,
         Kind::NoPassphrase,
         Kind::PassphraseMismatch,
@@ -158,7 +184,6 @@ impl Kind {
         Kind::KeyRejected,
         Kind::EncryptionFailed,
         Kind::ServerLedger,
-        Kind::InvalidDate,
         Kind::AuditFindings,
         Kind::UnknownField,
         Kind::NoConflict,
@@ -378,6 +403,21 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return store(e, lang, err);
         }
+        if let Some(e) = cause.downcast_ref::<ImportError>() {
+            return import(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<fq_core::report::ReportError>() {
+            if let fq_core::report::ReportError::Ledger(l) = e {
+                return ledger(l, lang, err);
+            }
+            return Problem::failure(
+                Kind::ReportFailed,
+                match lang {
+                    Lang::Zh => format!("报表生成失败：{err:#}。请把这条信息报给县综治中心。"),
+                    Lang::En => format!("the report could not be made: {err:#}. Report this to the county centre."),
+                },
+            );
+        }
     }
     let message = match lang {
         Lang::Zh => format!("操作失败：{err:#}"),
@@ -464,8 +504,116 @@ pub(crate) fn ledger(e: &LedgerError, lang: Lang, whole: &anyhow::Error) -> Prob
                     "a {} cannot accept an escalated case: township or county staff accept escalations.",
                     role.en().to_lowercase()
                 ),
-                (other, true) => format!("{}不能执行此操作（{other}）。", role.zh()),
+                ("supervise", true) => format!("{}不能督办：督办由乡镇综治中心或县里发出。", role.zh()),
+                ("supervise", false) => format!(
+                    "a {} cannot supervise: supervision orders come from the township or the county.",
+                    role.en().to_lowercase()
+                ),
+                (_, true) => format!("{}不能执行此操作。", role.zh()),
                 (other, false) => format!("a {} cannot {other}.", role.en().to_lowercase()),
+            },
+        ),
+        LedgerError::BelowLevel { action, number, level } => (
+            Kind::BelowLevel,
+            match lang {
+                Lang::Zh => format!(
+                    "案件 {number} 已上报或由{}办理，不能在本级{}：应由{}处理（上级尚未接收时也是如此）。什么也没有写入。",
+                    level.zh(),
+                    if *action == "settle" { "登记调解成功" } else { "登记调解失败" },
+                    level.zh()
+                ),
+                Lang::En => format!(
+                    "case {number} was sent to, or is handled at, the {} level: it cannot be {} below it (even before that level                      accepts it). Nothing was written.",
+                    level.en().to_lowercase(),
+                    if *action == "settle" { "settled" } else { "marked failed" }
+                ),
+            },
+        ),
+        LedgerError::FollowUpsPending { number, pending } => (
+            Kind::FollowUpsPending,
+            match lang {
+                Lang::Zh => format!(
+                    "案件 {number} 还有 {pending} 次回访没有做，不能归档：请先回访（fq case followup），或写明理由免予回访（fq case waive {number} --reason 理由）。什么也没有写入。"
+                ),
+                Lang::En => format!(
+                    "case {number} still owes {pending} follow-up visit(s) and cannot be archived: make them (fq case followup)                      or waive them with a reason (fq case waive {number} --reason TEXT). Nothing was written."
+                ),
+            },
+        ),
+        LedgerError::SuperviseLevel { number, case_level, own_level } => (
+            Kind::SuperviseLevel,
+            match lang {
+                Lang::Zh => format!(
+                    "案件 {number} 由{}办理，{}不能督办：督办由上级发出（乡镇督办村级案件，县里可督办所有案件）。",
+                    case_level.zh(),
+                    own_level.zh()
+                ),
+                Lang::En => format!(
+                    "case {number} is handled at the {} level; the {} level cannot supervise it: supervision comes from above                      (a township on its villages' cases, the county on any case).",
+                    case_level.en().to_lowercase(),
+                    own_level.en().to_lowercase()
+                ),
+            },
+        ),
+        LedgerError::NoSupervision { number } => (
+            Kind::NoSupervision,
+            match lang {
+                Lang::Zh => format!("案件 {number} 没有待回复的督办。"),
+                Lang::En => format!("case {number} has no supervision order to answer."),
+            },
+        ),
+        LedgerError::NoFollowUps { number } => (
+            Kind::NoFollowUps,
+            match lang {
+                Lang::Zh => format!("案件 {number} 没有待做的回访，不需要免予回访。"),
+                Lang::En => format!("case {number} owes no follow-up visit; there is nothing to waive."),
+            },
+        ),
+        LedgerError::AmbiguousPerson { input, candidates } => {
+            let list: Vec<String> = candidates
+                .iter()
+                .map(|c| match lang {
+                    Lang::Zh => format!("{}（{}，{}）", c.id, lang.label(c.role), c.scope),
+                    Lang::En => format!("{} ({}, {})", c.id, lang.label(c.role), c.scope),
+                })
+                .collect();
+            (
+                Kind::AmbiguousPerson,
+                match lang {
+                    Lang::Zh => {
+                        format!("花名册里有 {} 人叫“{input}”：{}。请改写人员编号。", candidates.len(), list.join("、"))
+                    }
+                    Lang::En => format!(
+                        "{} people in the roster are called \"{input}\": {}. Give the staff id instead.",
+                        candidates.len(),
+                        list.join(", ")
+                    ),
+                },
+            )
+        }
+        LedgerError::UnknownPerson { input } => (
+            Kind::UnknownPerson,
+            match lang {
+                Lang::Zh => format!("县花名册里没有“{input}”：请核对姓名，或填写人员编号（如 532924101201-01）。"),
+                Lang::En => format!(
+                    "\"{input}\" is not in the county roster: check the name, or give a staff id (e.g. 532924101201-01)."
+                ),
+            },
+        ),
+        LedgerError::Policy(p) => (
+            Kind::PolicyRefused,
+            match lang {
+                Lang::Zh => format!("县级政策没有采用：{p}。仍按原来的政策执行。"),
+                Lang::En => format!("the county policy was not installed: {p}. The one in force stays."),
+            },
+        ),
+        LedgerError::DuplicateNumber { number } => (
+            Kind::DuplicateCase,
+            match lang {
+                Lang::Zh => format!("编号为“{number}”的案件已经在台账里了（这份表格可能导入过）：什么也没有导入。"),
+                Lang::En => format!(
+                    "a case numbered \"{number}\" is already in the ledger (the file may have been imported before): nothing was imported."
+                ),
             },
         ),
         LedgerError::ReadOnly => (
@@ -820,6 +968,20 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
                 },
             )
         }
+        ArgError::Date { input } => Problem::user(
+            Kind::InvalidDate,
+            match lang {
+                Lang::Zh => format!("日期“{input}”不对：请写成 2026-11-10 这样的年-月-日。"),
+                Lang::En => format!("date \"{input}\" is not valid: write it as year-month-day, e.g. 2026-11-10."),
+            },
+        ),
+        ArgError::NeedsFile { format } => Problem::user(
+            Kind::NeedsFile,
+            match lang {
+                Lang::Zh => format!("{format} 格式的报表要写入文件：请加上 --out 文件名，例如 --out 报表.{format}。"),
+                Lang::En => format!("a {format} report goes into a file: add --out FILE, e.g. --out report.{format}."),
+            },
+        ),
         ArgError::MissingRoleOrVillage => Problem::user(
             Kind::Usage,
             lang.pick(
@@ -827,13 +989,6 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
                 "fq init needs --role and --village, or a certificate bundle from the county with --bundle.",
             )
             .to_owned(),
-        ),
-        ArgError::Date { input } => Problem::user(
-            Kind::InvalidDate,
-            match lang {
-                Lang::Zh => format!("日期“{input}”不对：请写成 年-月-日，例如 2026-11-01。"),
-                Lang::En => format!("date \"{input}\" is not valid: write YEAR-MONTH-DAY, e.g. 2026-11-01."),
-            },
         ),
         ArgError::NoDataDir => Problem::user(
             Kind::NoDataDir,
@@ -881,6 +1036,110 @@ fn arg(e: &ArgError, lang: Lang) -> Problem {
             )
         }
     }
+}
+
+/// The Chinese name of an import column.
+fn column_zh(column: &str) -> &'static str {
+    crate::export::CSV_HEADER.iter().find(|(_, en)| *en == column).map_or("列", |(zh, _)| zh)
+}
+
+/// One bad cell of an import, in words.
+fn row_words(lang: Lang, r: &RowProblem) -> String {
+    let col = match lang {
+        Lang::Zh => format!("第 {} 行“{}”", r.line, column_zh(r.column)),
+        Lang::En => format!("line {}, {}", r.line, r.column),
+    };
+    let what = match &r.problem {
+        CellProblem::Empty => lang.pick("没有填写，这一列必须填", "is empty; this column is required").to_owned(),
+        CellProblem::Date => match lang {
+            Lang::Zh => format!("“{}”不是日期，请写成 2026-10-01 或 2026-10-01 09:30", r.value),
+            Lang::En => format!("\"{}\" is not a date; write 2026-10-01 or 2026-10-01 09:30", r.value),
+        },
+        CellProblem::Number => match lang {
+            Lang::Zh => format!("“{}”不是整数", r.value),
+            Lang::En => format!("\"{}\" is not a whole number", r.value),
+        },
+        CellProblem::OutsideArea { scope } => match lang {
+            Lang::Zh => format!("村代码 {} 不在本台账的区域（{scope}）内", r.value),
+            Lang::En => format!("village {} is outside this ledger's area ({scope})", r.value),
+        },
+        CellProblem::Repeated { first } => match lang {
+            Lang::Zh => format!("编号“{}”与第 {first} 行重复", r.value),
+            Lang::En => format!("number \"{}\" repeats line {first}", r.value),
+        },
+        CellProblem::Input(e) => input(e, lang).message,
+        CellProblem::Person(e) => {
+            let whole = anyhow::anyhow!("{e}");
+            ledger(e, lang, &whole).message
+        }
+    };
+    match lang {
+        Lang::Zh => format!("{col}：{what}"),
+        Lang::En => format!("{col}: {what}"),
+    }
+}
+
+/// The words for a file `fq case import` refused. Nothing was imported.
+fn import(e: &ImportError, lang: Lang) -> Problem {
+    let message = match e {
+        ImportError::File { path, problem } => {
+            let (zh, en) = match problem {
+                TextFileProblem::Unreadable => {
+                    ("读不出来，请检查文件名和权限", "cannot be read; check the name and permissions")
+                }
+                TextFileProblem::NotUtf8 => (
+                    "不是 UTF-8 编码，请在 Excel 或 WPS 里“另存为”CSV UTF-8 格式后再试",
+                    "is not UTF-8; save it as \"CSV UTF-8\" in Excel or WPS and try again",
+                ),
+                TextFileProblem::TooBig => ("太大了，超过 64MB", "is larger than 64 MB"),
+            };
+            match lang {
+                Lang::Zh => format!("文件 {}{zh}。什么也没有导入。", path.display()),
+                Lang::En => format!("the file {} {en}. Nothing was imported.", path.display()),
+            }
+        }
+        ImportError::NotCsv { path, line } => match lang {
+            Lang::Zh => format!("{} 第 {line} 行不是 CSV 格式（可能引号不配对）。什么也没有导入。", path.display()),
+            Lang::En => {
+                format!("{} is not CSV at line {line} (an unmatched quote?). Nothing was imported.", path.display())
+            }
+        },
+        ImportError::Empty { path } => match lang {
+            Lang::Zh => format!("{} 里没有案件。", path.display()),
+            Lang::En => format!("{} holds no cases.", path.display()),
+        },
+        ImportError::UnknownColumn { name } => {
+            let cols: Vec<&str> = crate::export::CSV_HEADER.iter().map(|(zh, en)| lang.pick(zh, en)).collect();
+            match lang {
+                Lang::Zh => {
+                    format!("表头里的“{name}”不是可以导入的列。可以用的列：{}。什么也没有导入。", cols.join("、"))
+                }
+                Lang::En => format!(
+                    "\"{name}\" is not a column that can be imported. The columns: {}. Nothing was imported.",
+                    cols.join(", ")
+                ),
+            }
+        }
+        ImportError::MissingColumn { name } => match lang {
+            Lang::Zh => format!("表格缺少“{}”列，每件案件都要有。什么也没有导入。", column_zh(name)),
+            Lang::En => format!("the file has no {name} column, which every case needs. Nothing was imported."),
+        },
+        ImportError::Rows { rows, more } => {
+            let lines: Vec<String> = rows.iter().map(|r| format!("  {}", row_words(lang, r))).collect();
+            let more = match (lang, *more) {
+                (_, 0) => String::new(),
+                (Lang::Zh, n) => format!("\n  另有 {n} 处问题未列出。"),
+                (Lang::En, n) => format!("\n  and {n} more."),
+            };
+            match lang {
+                Lang::Zh => format!("表格有 {} 处要改，什么也没有导入：\n{}{more}", rows.len(), lines.join("\n")),
+                Lang::En => {
+                    format!("the file needs {} fixes; nothing was imported:\n{}{more}", rows.len(), lines.join("\n"))
+                }
+            }
+        }
+    };
+    Problem::user(Kind::InvalidImport, message)
 }
 
 /// The words for a bundle that is missing or does not fit.
@@ -1445,6 +1704,9 @@ fn vocabulary(lang: Lang, what: &str, input: &str) -> String {
         "outcome" => ("回访结果", choices(lang, Outcome::ALL)),
         "replica id" => ("副本编号", String::new()),
         "device id" => ("设备编号", String::new()),
+        "risk flag" => ("风险标记", choices(lang, fq_core::case::RiskFlag::ALL)),
+        "staff id" => ("人员编号", String::new()),
+        "month" => ("月份", lang.pick("例如 2026-10", "e.g. 2026-10").to_owned()),
         _ => ("值", String::new()),
     };
     match (lang, valid.is_empty()) {
@@ -1538,6 +1800,8 @@ fn transition(lang: Lang, action: &str, number: &str, status: &str) -> String {
         ),
         "follow up" => ("登记回访", "只有调解成功的案件才能回访", "only a settled case can be followed up"),
         "archive" => ("归档", "只有调解成功或调解失败的案件才能归档", "only a settled or failed case can be archived"),
+        "supervise" => ("督办", "已归档的案件不能督办", "an archived case cannot be supervised"),
+        "waive follow-ups of" => ("免予回访", "只有调解成功的案件才有回访", "only a settled case has follow-up visits"),
         _ => ("办理", "请先运行 fq case show 查看案件情况", "run fq case show to see where the case stands"),
     };
     if zh {

@@ -21,6 +21,7 @@ use fq_core::clock::Timestamp;
 use fq_core::doc::{Author, CaseState, EventView, FieldConflict, HistoryEntry, PartyView};
 use fq_core::ledger::{CaseView, Identity};
 use fq_core::store::CaseRow;
+use fq_core::sync::session::PolicyOutcome;
 use fq_core::sync::wire::RefuseReason;
 use fq_sync_server::ca::Bundle;
 use fq_sync_server::client::SyncReport;
@@ -211,6 +212,8 @@ pub(crate) fn sync_summary(
                 "duplicates": s.duplicates,
                 "refused": { "count": report.refused.len(), "by_reason": groups, "changes": changes },
                 "refused_here": s.refused_here,
+                "policy": report.policy.as_ref().map(policy_json),
+                "clock_offset_ms": report.peer_minus_ours_ms.map(|o| -o),
                 "bytes": { "sent": s.bytes_out, "received": s.bytes_in },
                 "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
             }),
@@ -254,11 +257,67 @@ pub(crate) fn sync_summary(
             Lang::En => writeln!(out, "  {} changes from the server were refused here (see fq audit)", s.refused_here)?,
         }
     }
+    match &report.policy {
+        Some(PolicyOutcome::Installed { version, .. }) => match lang {
+            Lang::Zh => {
+                writeln!(out, "  县级政策已更新到第 {version} 版，期限和回访按新政策计算（fq policy show 查看）")?
+            }
+            Lang::En => {
+                writeln!(out, "  county policy updated to version {version}; deadlines follow it (see fq policy show)")?
+            }
+        },
+        Some(PolicyOutcome::Refused { claimed, .. }) => match lang {
+            Lang::Zh => {
+                writeln!(out, "  ⚠ 服务器发来的县级政策（第 {claimed} 版）没有县里的有效签名，已拒收，仍按原政策执行")?
+            }
+            Lang::En => writeln!(
+                out,
+                "  ⚠ the county policy the server sent (version {claimed}) is not signed by the county; refused, the old one stays"
+            )?,
+        },
+        _ => {}
+    }
+    if let Some(peer_minus_ours) = report.peer_minus_ours_ms
+        && peer_minus_ours.abs() > fq_core::ledger::CLOCK_SKEW_TOLERANCE_MS
+    {
+        let minutes = peer_minus_ours.unsigned_abs() / 60_000;
+        let (h, m) = (minutes / 60, minutes % 60);
+        let ahead = peer_minus_ours < 0;
+        match lang {
+            Lang::Zh => writeln!(
+                out,
+                "  ⚠ 本机时钟比服务器{}{}，请调整手机时间。在调好之前，期限和登记时间按服务器时间校正计算。",
+                if ahead { "快" } else { "慢" },
+                if h > 0 { format!("{h}小时{m}分钟") } else { format!("{m}分钟") }
+            )?,
+            Lang::En => writeln!(
+                out,
+                "  ⚠ this device's clock is {}{m} min {} the server's: set the phone's time. Until then deadlines and times are corrected to the server's.",
+                if h > 0 { format!("{h} h ") } else { String::new() },
+                if ahead { "ahead of" } else { "behind" }
+            )?,
+        }
+    }
     match lang {
         Lang::Zh => writeln!(out, "  流量：发送 {}，接收 {}", bytes(s.bytes_out), bytes(s.bytes_in))?,
         Lang::En => writeln!(out, "  traffic: {} sent, {} received", bytes(s.bytes_out), bytes(s.bytes_in))?,
     }
     Ok(())
+}
+
+/// A policy outcome as `--json` writes it.
+fn policy_json(p: &PolicyOutcome) -> serde_json::Value {
+    match p {
+        PolicyOutcome::Installed { previous, version } => {
+            json!({ "outcome": "installed", "previous": previous, "version": version })
+        }
+        PolicyOutcome::Stale { offered, current } => {
+            json!({ "outcome": "stale", "offered": offered, "version": current })
+        }
+        PolicyOutcome::Refused { claimed, reason } => {
+            json!({ "outcome": "refused", "offered": claimed, "reason": reason })
+        }
+    }
 }
 
 /// A byte count for people: `812 B`, `12.4 KB`, `3.1 MB`.
@@ -345,6 +404,12 @@ fn acted(lang: Lang, action: &Action, s: &CaseState) -> String {
             format!("Recorded a follow-up of case {n} ({})", outcome.en().to_lowercase()),
         ),
         Action::Archive => (format!("案件 {n} 已归档"), format!("Archived case {n}")),
+        Action::Supervise { due, .. } => (
+            format!("已督办案件 {n}，限 {} 前回复", date(*due)),
+            format!("Supervision order given on case {n}, to be answered by {}", date(*due)),
+        ),
+        Action::Respond(_) => (format!("已回复案件 {n} 的督办"), format!("Answered the supervision order of case {n}")),
+        Action::Waive(_) => (format!("案件 {n} 已免予回访"), format!("Waived the remaining follow-ups of case {n}")),
     };
     match lang {
         Lang::Zh => zh,
@@ -459,6 +524,29 @@ pub(crate) fn case_card(
     writeln!(out, "{}{}", field("级别", "Level"), lang.label(s.level))?;
     writeln!(out, "{}{}", field("类别", "Category"), lang.label(s.category))?;
     writeln!(out, "{}{}", field("风险", "Risk"), lang.label(s.risk))?;
+    if !s.flags.is_empty() {
+        let flags: Vec<&str> = s.flags.iter().map(|f| lang.label(*f)).collect();
+        writeln!(out, "{}{}", field("风险标记", "Risk flags"), flags.join(lang.list_sep()))?;
+    }
+    if let Some(sv) = &s.supervision {
+        writeln!(
+            out,
+            "{}{}{}{}",
+            field("督办", "Supervision"),
+            sv.instruction,
+            lang.pick("，限 ", ", by "),
+            date(sv.due)
+        )?;
+    }
+    for v in &s.violations {
+        let rule = violation_words(lang, v.rule);
+        writeln!(
+            out,
+            "{}{rule}{}",
+            lang.pick("⚠ 并发的流程冲突：", "⚠ Concurrent events broke a rule: "),
+            lang.paren(&minute(v.at))
+        )?;
+    }
     let grid = s.grid.map(|g| if zh { format!("，第 {g} 网格") } else { format!(", grid {g}") }).unwrap_or_default();
     writeln!(out, "{}{}{grid}", field("所在村", "Village"), s.village)?;
     if let Some(r) = &s.responsible {
@@ -555,6 +643,7 @@ pub(crate) fn field_name(lang: Lang, field: &str) -> String {
         "responsible" => ("责任人", "responsible person"),
         "parties" => ("当事人", "parties"),
         "agreement" => ("调解协议", "agreement"),
+        "risk_flags" => ("风险标记", "risk flags"),
         f if f.starts_with("parties[") => {
             let (part_zh, part_en) = match f.rsplit('.').next() {
                 Some("name") => ("姓名", "name"),
@@ -600,10 +689,17 @@ pub(crate) fn event(lang: Lang, e: &EventView) -> String {
         }
         EventKind::Escalated => {
             let level = level_label(lang, e.to.as_deref());
+            let text = if e.text.as_deref().is_some_and(|t| !t.is_empty()) { text } else { String::new() };
+            let rule = e.rule.as_deref().and_then(fq_core::policy::RouteRule::parse).map(|r| rule_words(lang, r));
+            let rule = rule.map(|r| lang.paren(&r)).unwrap_or_default();
             match lang {
-                Lang::Zh => format!("上报到{level}{text}"),
-                Lang::En => format!("Escalated to {level}{text}"),
+                Lang::Zh => format!("上报到{level}{rule}{text}"),
+                Lang::En => format!("Escalated to {level}{rule}{text}"),
             }
+        }
+        EventKind::Supervised => {
+            let due = e.due.map(|d| lang.paren(&format!("{}{}", lang.pick("限 ", "by "), date(d)))).unwrap_or_default();
+            format!("{label}{due}{text}")
         }
         EventKind::Assigned => format!("{label}{sep}{}", e.to.as_deref().unwrap_or("")),
         EventKind::Confirmed => {
@@ -616,6 +712,30 @@ pub(crate) fn event(lang: Lang, e: &EventView) -> String {
             format!("{}{}{text}", lang.label(EventKind::FollowUp), lang.paren(lang.label(Outcome::Relapsed)))
         }
         _ => format!("{label}{text}"),
+    }
+}
+
+/// A workflow rule that concurrent events broke, in words.
+pub(crate) fn violation_words(lang: Lang, rule: &str) -> &'static str {
+    match (lang, rule) {
+        (Lang::Zh, "settled-below-level") => "上级尚未接收时在下级登记了调解成功",
+        (Lang::Zh, "failed-below-level") => "上级尚未接收时在下级登记了调解失败",
+        (Lang::Zh, _) => "回访未做完就归档",
+        (Lang::En, "settled-below-level") => "settled below the level it was sent to",
+        (Lang::En, "failed-below-level") => "marked failed below the level it was sent to",
+        (Lang::En, _) => "archived before its follow-ups",
+    }
+}
+
+/// Why the county policy sent a case up.
+pub(crate) fn rule_words(lang: Lang, rule: fq_core::policy::RouteRule) -> String {
+    match (lang, rule) {
+        (Lang::Zh, fq_core::policy::RouteRule::HighRisk) => "按县级政策：高风险案件立即上报".into(),
+        (Lang::En, fq_core::policy::RouteRule::HighRisk) => "county policy: high risk goes up at once".into(),
+        (Lang::Zh, fq_core::policy::RouteRule::Flag(f)) => format!("按县级政策：{}立即上报", f.zh()),
+        (Lang::En, fq_core::policy::RouteRule::Flag(f)) => {
+            format!("county policy: {} goes up at once", f.en().to_lowercase())
+        }
     }
 }
 

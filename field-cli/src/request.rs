@@ -8,15 +8,18 @@
 use std::path::{Path, PathBuf};
 
 use fq_core::case::{
-    AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, Role, Status,
-    check_line, check_text,
+    AdminCode, Category, InputError, Level, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Outcome, Party, Risk, RiskFlag, Role,
+    Status, check_line, check_text,
 };
 use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, NewCase, Tier};
 
 use fq_core::clock::Timestamp;
 
-use crate::cli::{AuditCommand, CaseCommand, Cli, Command, ExportFormat, PassphraseCommand};
+use crate::cli::{
+    AuditCommand, CaseCommand, Cli, Command, ExportFormat, PassphraseCommand, PolicyCommand, ReportCommand,
+    ReportFormat,
+};
 
 /// The longest person name the ledger keeps, in characters (as in the core).
 const MAX_NAME_CHARS: usize = 50;
@@ -49,6 +52,18 @@ pub(crate) enum ArgError {
         /// Which field.
         what: &'static str,
     },
+    /// A date that is not `YYYY-MM-DD`.
+    #[error("invalid date {input:?}: expected YYYY-MM-DD")]
+    Date {
+        /// What was given.
+        input: String,
+    },
+    /// `--format html` or `xlsx` without `--out`: a terminal cannot show them.
+    #[error("--format {format} needs --out FILE")]
+    NeedsFile {
+        /// The format.
+        format: &'static str,
+    },
     /// A text file (`--description-file` and the like) that cannot be used.
     #[error("cannot use {} for the {what}: {problem:?}", path.display())]
     TextFile {
@@ -58,12 +73,6 @@ pub(crate) enum ArgError {
         path: PathBuf,
         /// What is wrong.
         problem: TextFileProblem,
-    },
-    /// A date that does not parse.
-    #[error("invalid date {input:?}: expected YYYY-MM-DD")]
-    Date {
-        /// What was given.
-        input: String,
     },
 }
 
@@ -172,6 +181,28 @@ pub(crate) enum Request {
     Demo,
     Encrypt { wipe_after: Option<u32> },
     PassphraseChange { new_file: Option<PathBuf> },
+    Todo { scope: Option<AdminCode> },
+    Report(Report),
+    PolicyShow,
+    Import { file: PathBuf },
+}
+
+/// Which report, for what, in which form.
+#[derive(Debug)]
+pub(crate) struct Report {
+    /// Monthly figures, or the subsidy sheet (with one person, if asked).
+    pub kind: ReportKind,
+    /// The month; `None`: the month before "now".
+    pub month: Option<fq_core::report::Month>,
+    pub scope: Option<AdminCode>,
+    pub format: ReportFormat,
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ReportKind {
+    Monthly,
+    Subsidy { person: Option<String> },
 }
 
 /// `fq audit` and its commands, validated.
@@ -212,6 +243,9 @@ pub(crate) enum Action {
     Confirm { court: String, reference: Option<String> },
     FollowUp { outcome: Outcome, note: Option<String> },
     Archive,
+    Supervise { instruction: String, due: fq_core::clock::Timestamp },
+    Respond(String),
+    Waive(String),
 }
 
 /// Validates the raw command line.
@@ -238,6 +272,9 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
         Command::Passphrase(PassphraseCommand::Change(a)) => {
             Request::PassphraseChange { new_file: a.new_passphrase_file }
         }
+        Command::Todo(a) => Request::Todo { scope: a.scope.as_deref().map(AdminCode::parse).transpose()? },
+        Command::Report(r) => Request::Report(report(r)?),
+        Command::Policy(PolicyCommand::Show) => Request::PolicyShow,
     };
     let data_dir = cli.data_dir.filter(|d| !d.as_os_str().is_empty());
     Ok((Settings { data_dir, json: cli.json, passphrase_file: cli.passphrase_file }, request))
@@ -254,6 +291,7 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             },
             parties: parties(&a.party)?,
             risk: a.risk.as_deref().map(Risk::parse).transpose()?.unwrap_or(Risk::Low),
+            flags: flags(&a.flag)?,
             village: a.village.as_deref().map(AdminCode::parse).transpose()?,
             grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
         }),
@@ -281,6 +319,8 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
                 risk: a.risk.as_deref().map(Risk::parse).transpose()?,
                 grid: a.grid.as_deref().map(|g| number("grid", g)).transpose()?,
                 add_parties: parties(&a.add_party)?,
+                add_flags: flags(&a.add_flag)?,
+                remove_flags: flags(&a.remove_flag)?,
             },
         },
         CaseCommand::Note(a) => {
@@ -310,6 +350,13 @@ fn case(command: CaseCommand) -> anyhow::Result<Request> {
             },
         )?,
         CaseCommand::Archive(a) => act(&a.case, Action::Archive)?,
+        CaseCommand::Supervise(a) => act(
+            &a.case.case,
+            Action::Supervise { instruction: text("instruction", &a.instruction)?, due: due_date(&a.due)? },
+        )?,
+        CaseCommand::Respond(a) => act(&a.case.case, Action::Respond(text("note", &a.note)?))?,
+        CaseCommand::Waive(a) => act(&a.case.case, Action::Waive(text("reason", &a.reason)?))?,
+        CaseCommand::Import(a) => Request::Import { file: a.file },
     })
 }
 
@@ -371,6 +418,52 @@ fn date(input: &str) -> Result<Timestamp, ArgError> {
     Ok(Timestamp(midnight.and_utc().timestamp_millis() - 8 * 3_600_000))
 }
 
+fn report(command: ReportCommand) -> anyhow::Result<Report> {
+    let (args, kind) = match command {
+        ReportCommand::Monthly(a) => (a, ReportKind::Monthly),
+        ReportCommand::Subsidy(a) => (
+            a.report,
+            ReportKind::Subsidy {
+                person: a.person.as_deref().map(|p| check_line("name", p, MAX_NAME_CHARS)).transpose()?,
+            },
+        ),
+    };
+    let format = args.format.unwrap_or(ReportFormat::Table);
+    if args.out.is_none() {
+        match format {
+            ReportFormat::Html => return Err(ArgError::NeedsFile { format: "html" }.into()),
+            ReportFormat::Xlsx => return Err(ArgError::NeedsFile { format: "xlsx" }.into()),
+            _ => {}
+        }
+    }
+    Ok(Report {
+        kind,
+        month: args.month.as_deref().map(fq_core::report::Month::parse).transpose()?,
+        scope: args.scope.as_deref().map(AdminCode::parse).transpose()?,
+        format,
+        out: args.out,
+    })
+}
+
+/// A due date as typed (`2026-11-10`, `2026/11/10`, `2026年11月10日`): the
+/// end of that day, China time, so "by the 10th" includes the 10th.
+pub(crate) fn due_date(input: &str) -> Result<fq_core::clock::Timestamp, ArgError> {
+    let bad = || ArgError::Date { input: input.to_owned() };
+    let s: String = input
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from_digit(c as u32 - '０' as u32, 10).unwrap_or(c),
+            '年' | '月' | '/' | '.' => '-',
+            '日' => ' ',
+            other => other,
+        })
+        .collect();
+    let date = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| bad())?;
+    let end = date.and_hms_milli_opt(23, 59, 59, 999).ok_or_else(bad)?;
+    Ok(fq_core::clock::Timestamp(end.and_utc().timestamp_millis() - 8 * 3_600_000))
+}
+
 fn act(case: &str, action: Action) -> Result<Request, InputError> {
     Ok(Request::Act { case: reference(case)?, action })
 }
@@ -384,6 +477,10 @@ fn reference(input: &str) -> Result<String, InputError> {
         "" => Err(InputError::CaseRef { input: input.to_owned() }),
         r => Ok(r.to_owned()),
     }
+}
+
+fn flags(inputs: &[String]) -> Result<Vec<RiskFlag>, InputError> {
+    inputs.iter().map(|f| RiskFlag::parse(f)).collect()
 }
 
 fn parties(inputs: &[String]) -> Result<Vec<Party>, InputError> {
@@ -407,6 +504,15 @@ fn number(what: &'static str, input: &str) -> Result<u32, ArgError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn due_date_is_the_end_of_that_day_in_china() {
+        let t = due_date("2026年11月10日").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-10T15:59:59.999Z");
+        assert_eq!(due_date(" 2026/11/10 ").unwrap(), t);
+        assert!(matches!(due_date("11-10"), Err(ArgError::Date { .. })));
+        assert!(due_date("2026-02-30").is_err());
+    }
 
     #[test]
     fn number_accepts_full_width_digits() {

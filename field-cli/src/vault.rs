@@ -14,10 +14,8 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use fq_core::clock::SystemClock;
 use fq_core::ledger::{InitOptions, Ledger, LedgerError, LedgerOptions, Tier};
 use fq_core::text::escape;
 use fq_core::vault::{
@@ -25,7 +23,7 @@ use fq_core::vault::{
 };
 use serde_json::json;
 
-use crate::command::LEDGER_FILE;
+use crate::command::{LEDGER_FILE, clock};
 use crate::enroll;
 use crate::lang::Lang;
 use crate::pin;
@@ -82,10 +80,6 @@ impl Unlocked {
         Ledger::open_read_only_with_key(&self.path, clock(), self.key.as_ref())
             .with_context(|| format!("opening {} read-only", self.path.display()))
     }
-}
-
-fn clock() -> Arc<SystemClock> {
-    Arc::new(SystemClock)
 }
 
 /// What `fq encrypt` did.

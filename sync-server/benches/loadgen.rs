@@ -207,6 +207,7 @@ fn device_ledger(bundle: &Bundle, edits: usize) -> anyhow::Result<Ledger> {
             description: "两户因房屋滴水檐位置发生争执，经网格员上报。".into(),
             parties: Vec::new(),
             risk: Risk::Low,
+            flags: Vec::new(),
             village: None,
             grid: None,
         })?;

@@ -147,6 +147,7 @@ fn device(bundle: &Bundle, changes: usize) -> Ledger {
                 description: String::new(),
                 parties: Vec::new(),
                 risk: Risk::Low,
+                flags: Vec::new(),
                 village: None,
                 grid: None,
             })

@@ -8,6 +8,7 @@
 //! | `ca.cert.pem` | the self-signed CA certificate, naming the county as `urn:fq:ca:{county}` |
 //! | `issued.jsonl` | the ledger: one JSON line per certificate ever issued (serial, id, role, scope) |
 //! | `revocations.json` | the current signed [`RevocationList`] (version 0, empty, after `init`) |
+//! | `policy.json` | the newest signed county policy and roster ([`SignedPolicy`], `ca policy`), if any |
 //!
 //! Every certificate carries its holder's identity as a SAN URI `urn:fq:{role}:{scope}:{id}`
 //! (plus the DNS name [`SERVER_NAME`] for servers) and has an Ed25519 key, which also signs
@@ -34,6 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
+use fq_core::clock::Timestamp;
+use fq_core::policy::{Area, PolicyError, SignedPolicy};
+use fq_core::roster::Staff;
 use fq_core::trust::Grant;
 use rcgen::string::Ia5String;
 use rcgen::{
@@ -63,6 +67,8 @@ pub const CA_CERT_FILE: &str = "ca.cert.pem";
 pub const ISSUED_FILE: &str = "issued.jsonl";
 /// File name of the current revocation list in a CA directory.
 pub const REVOCATIONS_FILE: &str = "revocations.json";
+/// File name of the newest signed county policy in a CA directory.
+pub const POLICY_FILE: &str = "policy.json";
 
 /// How long the CA certificate is valid. Re-keying a county means visiting every device.
 pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
@@ -223,6 +229,47 @@ impl RevokeError {
             Self::Open(e) => e.is_bad_input(),
             Self::UnknownId(_) => true,
             Self::Save(_) => false,
+        }
+    }
+}
+
+/// Why `ca policy` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyIssueError {
+    /// The CA directory could not be opened.
+    #[error("cannot open ca")]
+    Open(#[source] OpenError),
+    /// The policy signed before, in the CA directory, is unreadable or not this CA's.
+    #[error("the ca's current policy {path} is unusable")]
+    Current {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: PolicyError,
+    },
+    /// The policy text or roster is not one replicas would accept: nothing is signed.
+    #[error(transparent)]
+    Policy(PolicyError),
+    /// The signed policy could not be written.
+    #[error("signed policy {path} could not be written")]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PolicyIssueError {
+    /// True when the operator's input was at fault (exit code 2), not the system.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Open(e) => e.is_bad_input(),
+            Self::Policy(_) => true,
+            _ => false,
         }
     }
 }
@@ -494,6 +541,45 @@ impl CertificateAuthority {
         let list = RevocationList::sign(self.county().clone(), current.version() + 1, now, all, &self.signing_key);
         list.save(&self.dir.join(REVOCATIONS_FILE)).map_err(RevokeError::Save)?;
         Ok(Revocation { newly_revoked, list })
+    }
+
+    /// The newest county policy this CA signed, if any (checked against the CA).
+    pub fn policy(&self) -> Result<Option<SignedPolicy>, PolicyIssueError> {
+        let path = self.dir.join(POLICY_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(PolicyIssueError::Save { path, source }),
+        };
+        SignedPolicy::from_json(&bytes, self.certificate.verifying_key())
+            .map(Some)
+            .map_err(|source| PolicyIssueError::Current { path, source })
+    }
+
+    /// Signs a county policy with the next version (the CA's newest plus
+    /// one) and keeps it in the CA directory ([`POLICY_FILE`]). `roster`
+    /// (the staff and the division names) replaces the roster; `None` keeps
+    /// the one of the newest policy (or none). A text or roster replicas
+    /// would refuse is refused here, before anything is signed.
+    pub fn sign_policy(
+        &self,
+        text: &str,
+        roster: Option<(Vec<Staff>, Vec<Area>)>,
+        now: SystemTime,
+    ) -> Result<SignedPolicy, PolicyIssueError> {
+        let current = self.policy()?;
+        let version = current.as_ref().map_or(0, SignedPolicy::version) + 1;
+        let (staff, areas) = match roster {
+            Some(r) => r,
+            None => current.map(|c| (c.staff().to_vec(), c.areas().to_vec())).unwrap_or_default(),
+        };
+        let at = Timestamp(unix_millis(now));
+        let signed = SignedPolicy::sign(self.county(), version, at, text, staff, areas, &self.signing_key)
+            .map_err(PolicyIssueError::Policy)?;
+        let path = self.dir.join(POLICY_FILE);
+        let json = signed.to_json().map_err(PolicyIssueError::Policy)?;
+        replace_file(&path, &json, 0o644).map_err(|source| PolicyIssueError::Save { path, source })?;
+        Ok(signed)
     }
 
     fn append_ledger(&self, entry: &IssuedCertificate) -> Result<(), IssueError> {

@@ -32,7 +32,7 @@ pub(crate) enum CliCommand {
     Run(RunArgs),
     /// 查看服务器台账：身份、数量、对端、最近的拒收（只读，可在服务器运行时使用） / Show a server's identity, counts, peers and recent refusals (read-only, works while it runs)
     Status(StatusArgs),
-    /// 县证书中心：建立、签发、吊销证书 / The county's certificate authority: init, issue, revoke
+    /// 县证书中心：建立、签发、吊销证书，签发县级政策 / The county's certificate authority: init, issue, revoke, sign the county policy
     #[command(subcommand)]
     Ca(CaCommand),
     /// 把不加密时建立的服务器台账加密（先停止服务器） / Encrypt a server replica made without --encrypt (stop the server first)
@@ -123,6 +123,24 @@ pub(crate) enum CaCommand {
     Issue(IssueArgs),
     /// 吊销签发给某个编号的全部证书 / Revoke every certificate issued to an id
     Revoke(RevokeArgs),
+    /// 签发县级政策（办结时限、回访、分流）和花名册，版本号加一 / Sign the county policy (deadlines, follow-ups, routing) and roster with the next version
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PolicyArgs {
+    /// 证书中心目录 / The CA directory
+    #[arg(long, value_name = "证书中心目录 / CA_DIR")]
+    pub ca: PathBuf,
+    /// 政策文件（TOML：表 deadlines 的 village、township、county，表 follow_up 的 days，表 routing 的 high_risk_to_township、flags_to_township、flag_overdue_village、township_categories） / The policy, TOML (table deadlines: village, township, county; follow_up: days; routing: high_risk_to_township, flags_to_township, flag_overdue_village, township_categories)
+    #[arg(long, value_name = "政策文件 / POLICY_TOML")]
+    pub file: PathBuf,
+    /// 县的花名册：带人员编号的县文件（如 fixtures/county-532924.json）；不写则沿用上一版政策的花名册 / The county's roster: a county file with staff ids (like fixtures/county-532924.json); without it the roster of the CA's newest policy is kept
+    #[arg(long, value_name = "县文件 / COUNTY_JSON")]
+    pub roster: Option<PathBuf>,
+    /// 另外把签好的政策写到这个文件（证书中心目录里总会保存一份 policy.json） / Also write the signed policy here (it is always kept as CA_DIR/policy.json)
+    #[arg(long, value_name = "文件 / FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

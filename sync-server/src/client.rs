@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use fq_core::audit::{CompareError, CompareReport, Comparison};
 use fq_core::clock::{Clock, SystemClock};
 use fq_core::ledger::{Ledger, LedgerError};
-use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, SessionError, Side, Stats};
+use fq_core::sync::session::{Credentials, Event, PolicyOutcome, Session, SessionConfig, SessionError, Side, Stats};
 use fq_core::sync::wire::{ErrorCode, Refused};
 
 use crate::ca::{Bundle, PeerIdentity};
@@ -108,6 +108,11 @@ pub struct SyncReport {
     pub stats: Stats,
     /// Our changes the server refused, with its reasons.
     pub refused: Vec<Refused>,
+    /// What became of a county policy the server sent, if it sent one.
+    pub policy: Option<PolicyOutcome>,
+    /// The server's clock minus ours, as the sync measured it (transit
+    /// included): a device off by more than ten minutes corrects its time.
+    pub peer_minus_ours_ms: Option<i64>,
     /// How long the sync took, dialing included.
     pub elapsed: Duration,
     /// How many times the link failed during the sync and the server was dialed again.
@@ -349,10 +354,10 @@ impl Dialed {
         mut progress: impl FnMut(&Progress),
     ) -> (Result<SyncReport, SyncError>, HangUp) {
         let mut so_far = Stats::default();
-        let mut refused = Vec::new();
+        let mut told = Told::default();
         let mut redials = 0;
         let result = loop {
-            let (result, stats) = self.attempt(ledger, &mut progress, &so_far, redials, &mut refused).await;
+            let (result, stats) = self.attempt(ledger, &mut progress, &so_far, redials, &mut told).await;
             add(&mut so_far, &stats);
             match result {
                 Ok(()) => break Ok(()),
@@ -377,7 +382,9 @@ impl Dialed {
         let report = result.map(|()| SyncReport {
             server: self.server.clone(),
             stats: so_far,
-            refused,
+            refused: told.refused,
+            policy: told.policy,
+            peer_minus_ours_ms: told.peer_minus_ours_ms,
             elapsed: self.started.elapsed(),
             redials,
         });
@@ -392,7 +399,7 @@ impl Dialed {
         progress: &mut impl FnMut(&Progress),
         before: &Stats,
         reconnects: u32,
-        refused: &mut Vec<Refused>,
+        told: &mut Told,
     ) -> (Result<(), SyncError>, Stats) {
         let clock = SystemClock;
         let (mut send, mut recv) = match self.connection.open_bi().await {
@@ -427,7 +434,7 @@ impl Dialed {
                 reconnects,
             });
         };
-        let result = self.drive(&mut session, ledger, &mut send, &mut recv, &mut show, refused).await;
+        let result = self.drive(&mut session, ledger, &mut send, &mut recv, &mut show, told).await;
         (result, session.stats().clone())
     }
 
@@ -438,7 +445,7 @@ impl Dialed {
         send: &mut SendStream,
         recv: &mut RecvStream,
         show: &mut impl FnMut(&Stats),
-        refused: &mut Vec<Refused>,
+        told: &mut Told,
     ) -> Result<(), SyncError> {
         let clock = SystemClock;
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
@@ -446,9 +453,7 @@ impl Dialed {
         loop {
             transmit(session, send).await?;
             for event in std::iter::from_fn(|| session.poll_event()) {
-                if let Event::Acked { refused: r, .. } = event {
-                    refused.extend(r);
-                }
+                told.take(event);
             }
             show(session.stats());
             if session.is_caught_up() {
@@ -494,6 +499,35 @@ impl Dialed {
         let _ = send.finish();
         let _ = tokio::time::timeout(HANG_UP_TIMEOUT, drain(recv)).await;
         Ok(())
+    }
+}
+
+/// What the server told us during a sync, over every session of it (a redial starts another).
+#[derive(Debug, Default)]
+struct Told {
+    /// Our changes the server refused.
+    refused: Vec<Refused>,
+    /// The county policy the server sent, if any.
+    policy: Option<PolicyOutcome>,
+    /// The server's clock minus ours, as last measured.
+    peer_minus_ours_ms: Option<i64>,
+}
+
+impl Told {
+    fn take(&mut self, event: Event) {
+        match event {
+            Event::Acked { refused, .. } => self.refused.extend(refused),
+            // A session after a redial finds the policy installed by the one before "not
+            // newer": what the sync did is still the installation.
+            Event::Policy(outcome)
+                if !(matches!(outcome, PolicyOutcome::Stale { .. })
+                    && matches!(self.policy, Some(PolicyOutcome::Installed { .. }))) =>
+            {
+                self.policy = Some(outcome);
+            }
+            Event::PeerClock { peer_minus_ours_ms } => self.peer_minus_ours_ms = Some(peer_minus_ours_ms),
+            _ => {}
+        }
     }
 }
 

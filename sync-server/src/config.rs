@@ -10,6 +10,10 @@
 //! sync_interval_secs = 300
 //! revocations_file = "/var/lib/fq/ca/revocations.json"
 //! revocation_poll_secs = 30
+//! # The county: the CA's signed policy, sent down the tree with sync.
+//! policy_file = "/var/lib/fq/ca/policy.json"
+//! # Write last month's report into DIR/reports/ on the first of each month (default true).
+//! monthly_reports = true
 //! # Rarely needed: link tuning for unusual networks.
 //! keep_alive_secs = 15
 //! idle_timeout_secs = 120
@@ -31,6 +35,7 @@ use std::path::{Path, PathBuf};
 use fq_core::vault::Passphrase;
 use std::time::Duration;
 
+use fq_core::lang::Lang;
 use fq_core::ledger::Tier;
 use fq_core::sync::session::SessionConfig;
 use fq_core::sync::wire::{MAX_CHANGE_BYTES, MAX_FRAME_BYTES};
@@ -84,8 +89,17 @@ pub struct ServerConfig {
     pub sync_interval: Duration,
     /// The CA's revocation list file, re-read while the server runs.
     pub revocations_file: Option<PathBuf>,
-    /// How often `revocations_file` is checked.
+    /// How often `revocations_file` (and `policy_file`) is checked.
     pub revocation_poll: Duration,
+    /// The CA's signed county policy, followed while running (the county
+    /// server; townships get it from the county over sync).
+    pub policy_file: Option<PathBuf>,
+    /// Whether the server writes last month's report into `DIR/reports/`
+    /// on the first of each month.
+    pub monthly_reports: bool,
+    /// The language of those reports (`fq-server run --lang`; by default the locale's,
+    /// [`Lang::from_env`]).
+    pub report_lang: Lang,
     /// QUIC transport settings.
     pub net: NetConfig,
     /// Sync session tunables (batch sizes, the 20 s ack watchdog).
@@ -148,6 +162,9 @@ impl ServerConfig {
             sync_interval: DEFAULT_SYNC_INTERVAL,
             revocations_file: None,
             revocation_poll: DEFAULT_REVOCATION_POLL,
+            policy_file: None,
+            monthly_reports: true,
+            report_lang: Lang::from_env(),
             net: NetConfig::default(),
             session: SessionConfig::default(),
             shutdown_grace: SHUTDOWN_GRACE,
@@ -208,6 +225,12 @@ impl ServerConfig {
         if let Some(secs) = file.revocation_poll_secs {
             self.revocation_poll = Duration::from_secs(secs);
         }
+        if let Some(path) = &file.policy_file {
+            self.policy_file = Some(path.clone());
+        }
+        if let Some(on) = file.monthly_reports {
+            self.monthly_reports = on;
+        }
         if let Some(secs) = file.keep_alive_secs {
             self.net.keep_alive_interval = Duration::from_secs(secs);
         }
@@ -249,6 +272,13 @@ pub struct FileConfig {
     pub revocations_file: Option<PathBuf>,
     /// How often the revocation file is checked (1 s to 1 day). SIGHUP checks at once.
     pub revocation_poll_secs: Option<u64>,
+    /// The CA's signed county policy (`policy.json`, from `fq-server ca policy`), for the
+    /// county server to follow; checked as often as the revocation file. A relative path is
+    /// taken from the config file's directory.
+    pub policy_file: Option<PathBuf>,
+    /// Whether to write last month's report into the data directory's `reports/` on the
+    /// first of each month (default true).
+    pub monthly_reports: Option<bool>,
     /// QUIC keep-alive interval (default 15 s); must be shorter than the idle timeout.
     pub keep_alive_secs: Option<u64>,
     /// QUIC idle timeout: a link silent this long is dropped (default 120 s).
@@ -376,6 +406,12 @@ impl FileConfig {
             && let Some(dir) = path.parent()
         {
             file.revocations_file = Some(dir.join(rel));
+        }
+        if let Some(rel) = &file.policy_file
+            && rel.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            file.policy_file = Some(dir.join(rel));
         }
         Ok(file)
     }

@@ -278,6 +278,17 @@ pub const EVENTS: &[(&str, &str)] = &[
     ("connections did not finish in time; closing them", "连接没有及时结束，强行关闭"),
     ("reset key created", "已生成连接重置密钥"),
     ("reset key damaged; making a new one", "连接重置密钥文件已损坏，重新生成"),
+    ("cannot read the policy file; keeping the policy in force", "无法读取县级政策文件，继续使用现行政策"),
+    ("policy file offered", "已把县级政策文件交给台账线程"),
+    ("county policy installed", "县级政策已生效"),
+    ("county policy is not newer; ignored", "县级政策不比现行的新，已忽略"),
+    ("county policy refused; the one in force stays", "拒绝了这份县级政策，继续使用现行政策"),
+    ("county policy from upstream is not newer; ignored", "县服务器发来的县级政策不比现行的新，已忽略"),
+    ("county policy from upstream refused; the one in force stays", "拒绝了县服务器发来的县级政策，继续使用现行政策"),
+    ("peer clock is off", "对端的时钟与本机相差过大"),
+    ("peer clock", "对端时钟"),
+    ("monthly report written", "月报已生成"),
+    ("cannot write the monthly report; trying again in an hour", "无法生成月报，一小时后重试"),
 ];
 
 /// Every field name the server logs, with its Chinese name.
@@ -290,6 +301,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("caught_up", "已同步完"),
     ("certificate", "证书层级"),
     ("claimed", "声明层级"),
+    ("claimed_version", "声明版本"),
     ("closed", "已关闭"),
     ("code", "代码"),
     ("connections", "连接数"),
@@ -305,6 +317,9 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("max_connections", "最大连接数"),
     ("max_connections_per_peer", "每证书最大连接数"),
     ("memory_bound_mib", "内存上限MiB"),
+    ("month", "月份"),
+    ("offered", "收到版本"),
+    ("offset_ms", "时差毫秒"),
     ("path", "路径"),
     ("peer", "对端"),
     ("pending", "待补依赖"),
@@ -316,6 +331,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("refused_here", "本处拒收"),
     ("remote", "远端地址"),
     ("replica", "副本"),
+    ("result", "处理结果"),
     ("revoked", "吊销数"),
     ("role", "角色"),
     ("scope", "区域"),
@@ -347,6 +363,7 @@ pub const PHRASES: &[(&str, &str)] = &[
     ("Parent", "上级方"),
     ("Child", "下级方"),
     ("revocations_file", "吊销列表文件"),
+    ("policy_file", "政策文件"),
     ("upstream", "县服务器"),
     // Why a stream, a session or a connection ended.
     ("the peer finished the stream", "对端发送完毕"),
@@ -389,6 +406,9 @@ pub const PHRASES: &[(&str, &str)] = &[
     // How a revocation list was taken.
     ("Installed { previous: {}, version: {} }", "已启用（原版本 {0}，新版本 {1}）"),
     ("Stale { offered: {}, current: {} }", "未采用（收到版本 {0}，现用版本 {1}）"),
+    // How a county policy file was taken.
+    ("Ok(Installed { previous: {}, version: {} })", "已启用（原版本 {0}，新版本 {1}）"),
+    ("Ok(Stale { offered: {}, current: {} })", "未采用（收到版本 {0}，现用版本 {1}）"),
 ];
 
 #[cfg(test)]

@@ -29,11 +29,15 @@
 //!   log grew.
 //! - `link` (private): one session's QUIC stream, between the network and the replica thread;
 //!   follows the frame boundaries of what it reads and charges them to the input budget.
+//! - `policy` (private): the county server follows the CA's signed policy file and hands it to
+//!   the replica thread, which installs it and sends it down to every child (ADR 30).
 //! - `upstream` (private): a township's link to the county: dial, keep the session open,
 //!   re-dial with backoff; beside the session, take the revocation lists the county sends.
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
 //!   [`client::Dialed::sync`] runs a session to the end, dialing once more if the link breaks
 //!   on the way; [`client::sync_once`] does both. `fq sync` is a thin shell over it.
+//! - [`report`]: last month's report (HTML, xlsx, JSON) written into `DIR/reports/` on the
+//!   first of each month, and the newest one found for `status`.
 //! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
 //!   read-only beside the running server.
 //! - [`journal`]: the log: JSON with stable English event names, or a human line in the
@@ -93,7 +97,9 @@ pub mod journal;
 pub mod limits;
 mod link;
 pub mod net;
+mod policy;
 mod replica;
+pub mod report;
 pub mod server;
 pub mod status;
 mod upstream;

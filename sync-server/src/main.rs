@@ -21,11 +21,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use fq_core::case::InputError;
+use fq_core::county::County;
 use fq_core::lang::Lang;
 use fq_core::ledger::Tier;
+use fq_core::roster::Roster;
 use fq_core::text::{Escape, SafeWriter};
 use fq_core::vault::{KdfParams, Passphrase, Protection, Vault, WipePolicy};
-use fq_sync_server::ca::{AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, SubjectId};
+use fq_sync_server::ca::{AdminCode, CA_CERT_FILE, CertificateAuthority, GrantRole, POLICY_FILE, SubjectId};
 use fq_sync_server::config::{FileConfig, ServerConfig};
 use fq_sync_server::journal::{self, LogFormat};
 use fq_sync_server::server;
@@ -33,8 +35,8 @@ use fq_sync_server::status::{self, Status};
 use serde_json::json;
 
 use crate::cli::{
-    CaCommand, Cli, CliCommand, EncryptArgs, InitArgs, IssueArgs, LogFormatArg, RevokeArgs, RunArgs, StatusArgs,
-    TierArg,
+    CaCommand, Cli, CliCommand, EncryptArgs, InitArgs, IssueArgs, LogFormatArg, PolicyArgs, RevokeArgs, RunArgs,
+    StatusArgs, TierArg,
 };
 use crate::message::{role_words, tier_words};
 
@@ -127,6 +129,43 @@ pub(crate) enum BadInput {
         /// The file.
         path: PathBuf,
     },
+    /// A policy or county file `ca policy` cannot read.
+    #[error("cannot read {}", path.display())]
+    InputFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A policy or county file larger than any real one.
+    #[error("{} is larger than any policy or county file", path.display())]
+    InputTooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A policy or county file that is not UTF-8 text.
+    #[error("{} is not UTF-8 text", path.display())]
+    NotText {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `ca policy --roster` names a file that is not a county file.
+    #[error("{} is not a county file: {reason}", path.display())]
+    NotCountyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (the core's words).
+        reason: String,
+    },
+    /// `ca policy --roster` names a county file whose staff ids do not fit together.
+    #[error("the roster in {} is inconsistent: {reason}", path.display())]
+    RosterInconsistent {
+        /// The file.
+        path: PathBuf,
+        /// Why (the core's words).
+        reason: String,
+    },
 }
 
 fn address(arg: &'static str, value: &str) -> Result<SocketAddr, BadInput> {
@@ -146,6 +185,7 @@ fn run(cli: Cli, lang: Lang) -> anyhow::Result<()> {
         CliCommand::Ca(CaCommand::Init(args)) => ca_init(&args, now, out),
         CliCommand::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, out),
         CliCommand::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, out),
+        CliCommand::Ca(CaCommand::Policy(args)) => ca_policy(&args, now, out),
         CliCommand::Encrypt(args) => encrypt(&args, out),
     }
 }
@@ -173,6 +213,68 @@ impl Output {
         }
         out.flush().context("cannot write output")
     }
+}
+
+/// Largest policy or county file read by `ca policy`.
+const MAX_INPUT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+fn read_input(path: &Path) -> Result<String, BadInput> {
+    let unreadable = |source| BadInput::InputFile { path: path.to_owned(), source };
+    let len = std::fs::metadata(path).map_err(unreadable)?.len();
+    if len > MAX_INPUT_FILE_BYTES {
+        return Err(BadInput::InputTooLarge { path: path.to_owned() });
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    String::from_utf8(bytes).map_err(|_| BadInput::NotText { path: path.to_owned() })
+}
+
+fn ca_policy(args: &PolicyArgs, now: SystemTime, out: Output) -> anyhow::Result<()> {
+    let text = read_input(&args.file)?;
+    let roster = match &args.roster {
+        Some(path) => {
+            let county = County::load(&read_input(path)?)
+                .map_err(|e| BadInput::NotCountyFile { path: path.clone(), reason: e.to_string() })?;
+            let roster = Roster::from_county(&county)
+                .map_err(|e| BadInput::RosterInconsistent { path: path.clone(), reason: e.to_string() })?;
+            Some((roster.staff().to_vec(), fq_core::policy::areas_of(&county)))
+        }
+        None => None,
+    };
+    let ca = open_ca(&args.ca)?;
+    let signed = ca.sign_policy(&text, roster, now).with_context(|| format!("cannot sign {}", args.file.display()))?;
+    let kept = args.ca.join(POLICY_FILE);
+    if let Some(file) = &args.out {
+        let bytes = signed.to_json().map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(file, bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    let human = if out.zh() {
+        format!(
+            "已签发县级政策第 {} 版（县 {}，花名册 {} 人），保存在 {}",
+            signed.version(),
+            signed.county(),
+            signed.staff().len(),
+            kept.display()
+        )
+    } else {
+        format!(
+            "signed county policy version {} for county {} ({} staff in the roster) to {}",
+            signed.version(),
+            signed.county(),
+            signed.staff().len(),
+            kept.display()
+        )
+    };
+    out.report(
+        &json!({
+            "command": "ca policy",
+            "county": signed.county(),
+            "version": signed.version(),
+            "staff": signed.staff().len(),
+            "policy_file": kept,
+            "out": args.out,
+        }),
+        &human,
+    )
 }
 
 fn ca_init(args: &InitArgs, now: SystemTime, out: Output) -> anyhow::Result<()> {
@@ -296,6 +398,7 @@ fn run_server(args: RunArgs, lang: Lang) -> anyhow::Result<()> {
     };
     let mut config = ServerConfig::new(tier, listen, args.data_dir, args.bundle);
     config.upstream = upstream;
+    config.report_lang = lang;
     if let Some(key) = &args.key_file {
         config.encryption = Some(read_key_file(key)?);
     }
@@ -428,6 +531,30 @@ fn write_status(out: &mut impl Write, s: &Status, lang: Lang) -> io::Result<()> 
                 }
             }
         }
+    }
+    match lang {
+        Lang::En => writeln!(out, "county policy version {}", s.policy_version)?,
+        Lang::Zh if s.policy_version == 0 => writeln!(out, "县级政策：尚未收到，按内置的默认规定计算")?,
+        Lang::Zh => writeln!(out, "县级政策：第 {} 版", s.policy_version)?,
+    }
+    match (&s.newest_report, lang) {
+        (Some(r), Lang::En) => writeln!(
+            out,
+            "newest monthly report: {} ({}, {}, {})",
+            r.month,
+            r.html.display(),
+            r.xlsx.display(),
+            r.json.display()
+        )?,
+        (Some(r), Lang::Zh) => writeln!(
+            out,
+            "最新的月报：{}（{}、{}、{}）",
+            r.month,
+            r.html.display(),
+            r.xlsx.display(),
+            r.json.display()
+        )?,
+        (None, _) => writeln!(out, "{}", lang.pick("还没有生成过月报", "no monthly report written yet"))?,
     }
     if !s.refusals.is_empty() {
         writeln!(out, "{}", lang.pick("最近的拒收：", "recent refusals:"))?;

@@ -13,10 +13,13 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use fq_core::case::InputError;
 use fq_core::lang::Lang;
 use fq_core::ledger::LedgerError;
+use fq_core::policy::PolicyError;
 use fq_core::store::StoreError;
 use fq_core::trust::GrantError;
 use fq_core::vault::VaultError;
-use fq_sync_server::ca::{BundleError, GrantRole, InitError, IssueError, OpenError, RevocationError, RevokeError};
+use fq_sync_server::ca::{
+    BundleError, GrantRole, InitError, IssueError, OpenError, PolicyIssueError, RevocationError, RevokeError,
+};
 use fq_sync_server::config::ConfigError;
 use fq_sync_server::journal::InstallError;
 use fq_sync_server::net::EndpointError;
@@ -132,6 +135,8 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> (String, u8) {
             Some((issue(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
         } else if let Some(e) = cause.downcast_ref::<RevokeError>() {
             Some((revoke(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
+        } else if let Some(e) = cause.downcast_ref::<PolicyIssueError>() {
+            Some((policy_issue(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
         } else if let Some(e) = cause.downcast_ref::<OpenError>() {
             Some((open_ca(e, lang), if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILURE }))
         } else if let Some(e) = cause.downcast_ref::<VaultError>() {
@@ -253,6 +258,47 @@ fn bad_input(e: &BadInput, lang: Lang) -> String {
                     "key file {} holds fewer than {min} characters: make one with head -c 32 /dev/urandom | base64 > FILE.",
                     path.display()
                 )
+            }
+        }
+        BadInput::InputFile { path, source } => {
+            if zh {
+                format!("无法读取 {}：{}。", path.display(), io_words(source, lang))
+            } else {
+                format!("cannot read {}: {source}.", path.display())
+            }
+        }
+        BadInput::InputTooLarge { path } => {
+            if zh {
+                format!("{} 太大了，不是政策文件或县文件：请检查 --file 和 --roster。", path.display())
+            } else {
+                format!("{} is larger than any policy or county file: check --file and --roster.", path.display())
+            }
+        }
+        BadInput::NotText { path } => {
+            if zh {
+                format!("{} 不是 UTF-8 编码的文本：请用 UTF-8 保存后再试。", path.display())
+            } else {
+                format!("{} is not UTF-8 text: save it as UTF-8 and try again.", path.display())
+            }
+        }
+        BadInput::NotCountyFile { path, reason } => {
+            if zh {
+                format!(
+                    "{} 不是有效的县文件（格式见 fixtures/county-532924.json；用 --lang en 可以看到英文的详细原因）。",
+                    path.display()
+                )
+            } else {
+                format!("{} is not a county file: {reason}.", path.display())
+            }
+        }
+        BadInput::RosterInconsistent { path, reason } => {
+            if zh {
+                format!(
+                    "{} 里的花名册前后不一致（例如人员编号重复或不属于所在的村）：请改正后再签发（用 --lang en 可以看到英文的详细原因）。",
+                    path.display()
+                )
+            } else {
+                format!("the roster in {} is inconsistent: {reason}.", path.display())
             }
         }
         BadInput::ReplicaEncrypted { dir } => {
@@ -798,6 +844,74 @@ fn issue(e: &IssueError, lang: Lang) -> String {
             }
         }
         other => with_detail(lang, "无法签发证书。", "cannot issue the certificate", &other.to_string()),
+    }
+}
+
+fn policy_issue(e: &PolicyIssueError, lang: Lang) -> String {
+    let zh = lang == Lang::Zh;
+    match e {
+        PolicyIssueError::Open(open) => open_ca(open, lang),
+        PolicyIssueError::Current { path, .. } => {
+            if zh {
+                format!(
+                    "证书中心里现有的县级政策 {} 无法使用（已损坏，或不是本证书中心签发的）：请从离线备份恢复它。没有签发新的政策。",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "the CA's current policy {} is unusable (damaged, or not signed by this CA): restore it from the offline backup. Nothing was signed.",
+                    path.display()
+                )
+            }
+        }
+        PolicyIssueError::Policy(p) => policy_words(p, lang),
+        PolicyIssueError::Save { path, source } => {
+            if zh {
+                format!("无法保存签好的政策 {}：{}。", path.display(), io_words(source, lang))
+            } else {
+                format!("cannot save the signed policy {}: {source}", path.display())
+            }
+        }
+        other => with_detail(lang, "无法签发县级政策。", "cannot sign the county policy", &other.to_string()),
+    }
+}
+
+/// Why a policy text or roster was refused, in words. Nothing was signed.
+fn policy_words(e: &PolicyError, lang: Lang) -> String {
+    let zh = lang == Lang::Zh;
+    match e {
+        PolicyError::Toml(reason) => {
+            if zh {
+                "政策文件写得不对：不是有效的 TOML，或有不认识的设置项、类型不对的值。可写的设置项见 docs/OPERATIONS.md（用 --lang en 可以看到英文的详细原因）。没有签发。".to_owned()
+            } else {
+                format!(
+                    "the policy file does not parse: {reason}. See docs/OPERATIONS.md for the keys. Nothing was signed."
+                )
+            }
+        }
+        PolicyError::Value { key, reason } => {
+            if zh {
+                format!("政策文件中 {key} 的值不对（例如天数为0，或回访日期顺序不对）。没有签发。")
+            } else {
+                format!("policy value {key} is invalid: {reason}. Nothing was signed.")
+            }
+        }
+        PolicyError::TooLarge(len) => {
+            if zh {
+                format!("签好的政策有 {len} 字节，超过了允许的大小：请精简政策文件或花名册。没有签发。")
+            } else {
+                format!(
+                    "the signed policy would be {len} bytes, more than allowed: shorten the policy or roster. Nothing was signed."
+                )
+            }
+        }
+        PolicyError::Roster(_) => lang
+            .pick(
+                "花名册前后不一致（用 --lang en 可以看到英文的详细原因）。没有签发。",
+                &format!("{e}. Nothing was signed."),
+            )
+            .to_owned(),
+        other => with_detail(lang, "县级政策无法签发。", "the county policy cannot be signed", &other.to_string()),
     }
 }
 

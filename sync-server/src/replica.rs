@@ -29,11 +29,11 @@ use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fq_core::clock::{Clock, SystemClock};
-use fq_core::ledger::{Ledger, Tier};
-use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, SessionError, Side, Stats};
+use fq_core::ledger::{CLOCK_SKEW_TOLERANCE_MS, Ledger, LedgerError, PolicyInstall, Tier};
+use fq_core::sync::session::{Credentials, Event, PolicyOutcome, Session, SessionConfig, SessionError, Side, Stats};
 use fq_core::sync::wire::ErrorCode;
 use fq_core::trust::{GrantRole, SignedGrant};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::ca::PeerIdentity;
@@ -94,6 +94,15 @@ pub(crate) enum Command {
         reason: String,
         /// The stream's charge, given back once the session (and its decoder) is gone.
         held: Option<Arc<Charge>>,
+    },
+    /// A signed county policy to install (from the file the county server
+    /// follows); the reply says what became of it. Open child sessions are
+    /// sent it if it was installed.
+    InstallPolicy {
+        /// The signed bytes.
+        bytes: Vec<u8>,
+        /// What [`Ledger::install_policy`] said.
+        reply: oneshot::Sender<Result<PolicyInstall, LedgerError>>,
     },
     /// Tests only: the actor panics, as a bug would make it.
     #[cfg(test)]
@@ -203,6 +212,8 @@ struct Actor {
     held: Vec<(mpsc::UnboundedSender<Outgoing>, Outgoing)>,
     /// Whether the log grew since sessions were last told: see [`Actor::spread`].
     grew: bool,
+    /// The policy version child sessions were last offered: see [`Actor::spread`].
+    policy_offered: u64,
 }
 
 impl Actor {
@@ -217,6 +228,7 @@ impl Actor {
             grouped: false,
             held: Vec::new(),
             grew: false,
+            policy_offered: 0,
         }
     }
 
@@ -324,6 +336,19 @@ impl Actor {
                     log_end(id, &live, &reason, caught_up);
                 }
             }
+            Command::InstallPolicy { bytes, reply } => {
+                let result = self.ledger.install_policy(&bytes, &self.own.ca);
+                match &result {
+                    Ok(PolicyInstall::Installed { previous, version }) => {
+                        info!(previous, version, source = "policy_file", "county policy installed");
+                    }
+                    Ok(PolicyInstall::Stale { offered, current }) => {
+                        debug!(offered, current, "county policy is not newer; ignored");
+                    }
+                    Err(e) => warn!(error = %e, "county policy refused; the one in force stays"),
+                }
+                let _ = reply.send(result);
+            }
             #[cfg(test)]
             Command::Panic => panic!("the replica thread panics (test)"),
         }
@@ -409,6 +434,22 @@ impl Actor {
     /// sessions that brought the changes find nothing of theirs to send back: a change is never
     /// sent to the peer it came from).
     fn spread(&mut self) {
+        // A newer county policy (from the file, or from the county over the
+        // upstream session) goes on to every child connected now.
+        let version = self.ledger.policy().version();
+        if version > self.policy_offered {
+            self.policy_offered = version;
+            let now = self.clock.now();
+            let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+            for id in ids {
+                if let Some(live) = self.sessions.get_mut(&id)
+                    && let Err(e) = live.session.offer_policy(&self.ledger, now)
+                {
+                    warn!(session = id, peer = %live.peer.id, error = %e, "session failed");
+                }
+                self.flush(id);
+            }
+        }
         if !std::mem::take(&mut self.grew) {
             return;
         }
@@ -562,6 +603,22 @@ fn log_event(id: SessionId, live: &Live, event: &Event) {
         Event::CaughtUp => {
             let s = live.session.stats();
             info!(session = id, peer, sent = s.sent, received = s.received, "session caught up");
+        }
+        Event::Policy(PolicyOutcome::Installed { previous, version }) => {
+            info!(session = id, peer, previous, version, source = "upstream", "county policy installed");
+        }
+        Event::Policy(PolicyOutcome::Stale { offered, current }) => {
+            debug!(session = id, peer, offered, current, "county policy from upstream is not newer; ignored");
+        }
+        Event::Policy(PolicyOutcome::Refused { claimed, reason }) => {
+            warn!(session = id, peer, claimed_version = claimed, %reason, "county policy from upstream refused; the one in force stays");
+        }
+        Event::PeerClock { peer_minus_ours_ms } => {
+            if peer_minus_ours_ms.abs() > CLOCK_SKEW_TOLERANCE_MS {
+                warn!(session = id, peer, offset_ms = peer_minus_ours_ms, "peer clock is off");
+            } else {
+                debug!(session = id, peer, offset_ms = peer_minus_ours_ms, "peer clock");
+            }
         }
     }
 }

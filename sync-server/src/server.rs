@@ -241,6 +241,9 @@ pub struct Server {
     endpoint: ServerEndpoint,
     revocations: RevocationHandle,
     local_addr: SocketAddr,
+    /// The replica's data key (`None` for a plain replica): the monthly reports read the
+    /// replica with it.
+    key: Option<DataKey>,
 }
 
 /// Checks the bundle, opens or creates the replica in `config.data_dir`, and binds the
@@ -264,7 +267,7 @@ pub fn bind(mut config: ServerConfig) -> Result<Server, ServeError> {
     if config.tier == Tier::County && config.upstream.is_some() {
         return Err(ServeError::UpstreamOnCounty);
     }
-    let ledger = open_replica(&config, &bundle)?;
+    let (ledger, key) = open_replica(&config, &bundle)?;
     let key_path = config.data_dir.join(RESET_KEY_FILE);
     config.net.reset_key =
         Some(reset_key(&key_path).map_err(|source| ServeError::ResetKey { path: key_path.clone(), source })?);
@@ -274,7 +277,7 @@ pub fn bind(mut config: ServerConfig) -> Result<Server, ServeError> {
     let local_addr = endpoint
         .local_addr()
         .map_err(|e| ServeError::Endpoint { addr: config.listen, source: bind_error(config.listen, e) })?;
-    Ok(Server { config, bundle, ledger, endpoint, revocations, local_addr })
+    Ok(Server { config, bundle, ledger, endpoint, revocations, local_addr, key })
 }
 
 /// [`bind`], then [`Server::run`] until `shutdown` completes.
@@ -382,14 +385,15 @@ fn replica_key(config: &ServerConfig, path: &Path) -> Result<Option<DataKey>, Se
     }
 }
 
-/// Opens the replica, or creates it on first run from the bundle's identity.
-fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeError> {
+/// Opens the replica, or creates it on first run from the bundle's identity; with its data key
+/// if it is encrypted.
+fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<(Ledger, Option<DataKey>), ServeError> {
     let path = config.data_dir.join(LEDGER_FILE);
     let ledger_err = |source| ServeError::Ledger { path: path.clone(), source };
     let clock = Arc::new(SystemClock);
     let key = replica_key(config, &path)?;
     let mut ledger = if path.exists() {
-        Ledger::open(&path, clock, LedgerOptions { key, ..Default::default() }).map_err(ledger_err)?
+        Ledger::open(&path, clock, LedgerOptions { key: key.clone(), ..Default::default() }).map_err(ledger_err)?
     } else {
         let role = match config.tier {
             Tier::County => Role::CountyAdmin,
@@ -402,8 +406,8 @@ fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeE
             scope: bundle.scope().clone(),
             grid: None,
         };
-        let ledger =
-            Ledger::init(&path, init, clock, LedgerOptions { key, ..Default::default() }).map_err(ledger_err)?;
+        let ledger = Ledger::init(&path, init, clock, LedgerOptions { key: key.clone(), ..Default::default() })
+            .map_err(ledger_err)?;
         info!(path = %path.display(), tier = config.tier.code(), scope = %bundle.scope(), "replica created");
         ledger
     };
@@ -418,7 +422,7 @@ fn open_replica(config: &ServerConfig, bundle: &Bundle) -> Result<Ledger, ServeE
         });
     }
     ledger.add_grant(bundle.grant()).map_err(ledger_err)?;
-    Ok(ledger)
+    Ok((ledger, key))
 }
 
 /// Connections being served, by number, with their certificate serial: a revocation list that
@@ -630,7 +634,7 @@ impl Server {
     /// Serves until `shutdown` completes, then shuts down gracefully (bounded by
     /// [`ServerConfig::shutdown_grace`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Server { config, bundle, ledger, endpoint, revocations, local_addr } = self;
+        let Server { config, bundle, ledger, endpoint, revocations, local_addr, key } = self;
         let wake = Arc::new(Notify::new());
         let own = OwnCredentials {
             ca: bundle.ca_verifying_key(),
@@ -695,6 +699,15 @@ impl Server {
             revocations,
             stop.clone(),
         ));
+        background.spawn(crate::policy::follow(
+            config.policy_file.clone(),
+            config.revocation_poll,
+            replica.sender(),
+            stop.clone(),
+        ));
+        if config.monthly_reports {
+            background.spawn(crate::report::monthly(config.data_dir.clone(), config.report_lang, key, stop.clone()));
+        }
 
         let mut connections = JoinSet::new();
         let mut replica_died = false;

@@ -35,6 +35,10 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// The newest refused or quarantined changes, newest first.
     pub refusals: Vec<AuditEntry>,
+    /// The county policy version this replica computes with (0: the built-in default).
+    pub policy_version: u64,
+    /// The newest monthly report written into `DIR/reports/`, if any.
+    pub newest_report: Option<crate::report::MonthlyFiles>,
     /// When this report was made (ms since the epoch).
     pub generated_at: Timestamp,
 }
@@ -112,6 +116,8 @@ pub fn read_with_key(data_dir: &Path, key: Option<&DataKey>) -> Result<Status, L
         log_head: ledger.log_head()?,
         peers,
         refusals,
+        policy_version: ledger.policy().version(),
+        newest_report: crate::report::newest(data_dir),
         generated_at: ledger.now(),
     })
 }

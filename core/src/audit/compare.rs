@@ -498,9 +498,10 @@ impl Comparison {
 fn summary_of(c: ListedChange) -> ChangeSummary {
     let mut parts = c.message.splitn(4, '|');
     let (op, author) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("fq1"), Some(op), Some(role), Some(name)) => {
-            (op.to_owned(), crate::case::Role::parse(role).ok().map(|role| Author { name: name.to_owned(), role }))
-        }
+        (Some("fq1"), Some(op), Some(role), Some(name)) => (
+            op.to_owned(),
+            crate::case::Role::parse(role).ok().map(|role| Author { name: name.to_owned(), role, id: None }),
+        ),
         _ => (c.message.clone(), None),
     };
     let device = (c.device != [0; 8]).then(|| DeviceId::from_bytes(c.device).to_string());

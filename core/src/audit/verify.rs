@@ -33,9 +33,10 @@ use serde::Serialize;
 use super::{grant_key, hex};
 use crate::case::{AdminCode, CaseId, DeviceId, EventKind, Level};
 use crate::clock::Timestamp;
-use crate::doc::{self, CaseDoc, DeadlinePolicy, Hash};
+use crate::doc::{self, CaseDoc, Hash};
 use crate::faults::{self, Bug};
 use crate::ledger::{Ledger, LedgerError, Tier, projection, resolve_key};
+use crate::policy::Policy;
 use crate::store::{CaseRow, StoredCase};
 use crate::trust::{self, GrantRole, SignedGrant};
 
@@ -168,7 +169,7 @@ struct GrantCheck {
 /// What every checker shares.
 struct Context {
     grants: BTreeMap<[u8; 32], GrantCheck>,
-    policy: DeadlinePolicy,
+    policy: Policy,
     own_device: DeviceId,
     server: bool,
     actor: automerge::ActorId,
@@ -258,7 +259,7 @@ fn verify_with(
     let id = ledger.identity();
     let cx = Context {
         grants,
-        policy: *ledger.policy(),
+        policy: ledger.policy().policy().clone(),
         own_device: id.replica.device(),
         server: id.tier != Tier::Device,
         actor: ledger.actor().clone(),

@@ -658,7 +658,7 @@ mod tests {
     use crate::doc::{FieldEdit, NewCaseDoc, NewEvent, actor_for, parse_change};
 
     fn author(name: &str, role: Role) -> Author {
-        Author { name: name.into(), role }
+        Author { name: name.into(), role, id: None }
     }
 
     fn case() -> CaseDoc {
@@ -675,7 +675,9 @@ mod tests {
             description: "屋檐滴水落到邻居院内",
             parties: &[],
             risk: Risk::Low,
+            flags: &[],
             level: Level::Village,
+            recorded_at: Timestamp(1_000),
         };
         CaseDoc::create(&new, &author("张三", Role::Mediator), actor_for(dev, [1; 8]), Timestamp(1_000)).unwrap()
     }
@@ -763,7 +765,7 @@ mod tests {
         let mut b = fork(&mut a, 2);
         a.push_event(&NewEvent::Settle("李四加装接水槽".into()), &author("张三", Role::Mediator), Timestamp(2_000))
             .unwrap();
-        let up = NewEvent::Escalate { to: Level::Township, reason: "涉及宅基地界址".into() };
+        let up = NewEvent::Escalate { to: Level::Township, reason: "涉及宅基地界址".into(), rule: None };
         b.push_event(&up, &author("李娜", Role::GridWorker), Timestamp(2_100)).unwrap();
         merge(&mut a, &mut b);
         let t = a.timeline();

@@ -20,6 +20,13 @@
 //!    batch is a no-op: changes are keyed by hash. Pushes start small and
 //!    follow the link: each ack says how fast the last push crossed, and the
 //!    next is sized to cross in a quarter of the ack watchdog (ADR 9).
+//!    2b. The county policy comes down (ADR 30): the child announces the version
+//!    it holds in a `Policy` frame; the parent answers with its version and
+//!    clock, and with the signed policy when its own is newer (and again
+//!    whenever it installs a newer one while the session is open). The child
+//!    installs it only if the county CA signed it and it is newer; a forged,
+//!    unsigned or older one is reported as an event and never installed. The
+//!    parent's clock tells the child how far off its own is.
 //! 4. A side with nothing more sends `Done`; when both have and nothing is in
 //!    flight the session reports [`Event::CaughtUp`]. It stays usable: call
 //!    [`Session::notify_local_changes`] when the log grows.
@@ -47,7 +54,7 @@ use crate::audit;
 use crate::case::{AdminCode, CaseId};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
-use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, RefuseReason, Tier};
+use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, PolicyInstall, RefuseReason, Tier};
 use crate::trust::{self, SignedGrant};
 
 /// The first push's size: at GPRS rates (2-5 KB/s under a weak signal) two
@@ -211,6 +218,43 @@ pub enum Event {
     },
     /// Both sides have sent everything and nothing is in flight.
     CaughtUp,
+    /// What became of a county policy the parent sent (child side).
+    Policy(PolicyOutcome),
+    /// How far the peer's clock is from ours: its clock minus ours when its
+    /// `Policy` frame arrived (so a device behind its server sees a positive
+    /// value on the server, a negative one on the device). A device corrects
+    /// its own time by it (see `Ledger::note_parent_clock`).
+    PeerClock {
+        /// The peer's clock minus ours, in ms (transit time included).
+        peer_minus_ours_ms: i64,
+    },
+}
+
+/// What a child did with a policy its parent sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyOutcome {
+    /// It was newer and is now in force.
+    Installed {
+        /// The version before.
+        previous: u64,
+        /// The version now in force.
+        version: u64,
+    },
+    /// It was not newer than the one in force.
+    Stale {
+        /// The version offered.
+        offered: u64,
+        /// The version in force.
+        current: u64,
+    },
+    /// It is not the county CA's (forged, altered, unsigned, another
+    /// county's) or does not read: refused, never installed.
+    Refused {
+        /// The version the frame claimed.
+        claimed: u64,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// Running totals of a session, for `fq sync`'s summary.
@@ -307,6 +351,12 @@ pub struct Session {
     inspecting: bool,
     /// The digest of the inspected scope, computed once per inspection.
     inspected: Option<Vec<(CaseId, Hash)>>,
+    /// Child: whether it announced its policy, and whether the parent answered.
+    policy_announced: bool,
+    policy_answered: bool,
+    /// Parent: the policy version the child holds, once it said, and the
+    /// newest version sent to it in this session.
+    peer_policy: Option<u64>,
 }
 
 impl Session {
@@ -353,6 +403,9 @@ impl Session {
             peer_grant_seen: false,
             inspecting: false,
             inspected: None,
+            policy_announced: false,
+            policy_answered: false,
+            peer_policy: None,
         };
         if side == Side::Child {
             s.send_hello(ledger, expected_peer)?;
@@ -398,6 +451,69 @@ impl Session {
             && self.peer_done
             && self.in_flight.is_empty()
             && self.recovery_resume.is_none()
+            && (!self.policy_announced || self.policy_answered)
+    }
+
+    /// Sends the child the policy in force if it is newer than what the child
+    /// holds (and than what was sent it): call when this replica installed a
+    /// newer policy while the session is open. A no-op on a child side, and
+    /// before the child said which version it holds.
+    pub fn offer_policy(&mut self, ledger: &Ledger, now: Timestamp) -> Result<(), SessionError> {
+        if self.side != Side::Parent || self.state != State::Streaming {
+            return Ok(());
+        }
+        let Some(theirs) = self.peer_policy else { return Ok(()) };
+        let in_force = ledger.policy();
+        if let Some(signed) = in_force.signed()
+            && in_force.version() > theirs
+        {
+            self.peer_policy = Some(in_force.version());
+            let msg = Message::Policy { now, version: in_force.version(), signed: Some(signed.as_bytes().to_vec()) };
+            self.send(&msg)?;
+        }
+        Ok(())
+    }
+
+    /// The parent's answer to a child's announcement, or a newer policy.
+    fn receive_policy(
+        &mut self,
+        ledger: &mut Ledger,
+        peer_now: Timestamp,
+        version: u64,
+        signed: Option<Vec<u8>>,
+        now: Timestamp,
+    ) -> Result<(), SessionError> {
+        match self.side {
+            Side::Parent => {
+                // A child's announcement: its clock, and the version it holds.
+                // A policy never goes up the tree: a body from a child is ignored.
+                self.events.push_back(Event::PeerClock { peer_minus_ours_ms: peer_now.0.saturating_sub(now.0) });
+                let mine = ledger.policy();
+                let newer = mine.signed().filter(|_| mine.version() > version).map(|s| s.as_bytes().to_vec());
+                self.peer_policy = Some(if newer.is_some() { mine.version() } else { version });
+                self.send(&Message::Policy { now, version: mine.version(), signed: newer })
+            }
+            Side::Child => {
+                if !self.policy_answered {
+                    // The first answer is the one to the announcement: the
+                    // parent's clock as it answered, a moment ago.
+                    self.policy_answered = true;
+                    ledger.note_parent_clock(peer_now, now)?;
+                    self.events.push_back(Event::PeerClock { peer_minus_ours_ms: peer_now.0.saturating_sub(now.0) });
+                }
+                let Some(bytes) = signed else { return Ok(()) };
+                let outcome = match ledger.install_policy(&bytes, &self.creds.ca) {
+                    Ok(PolicyInstall::Installed { previous, version }) => {
+                        PolicyOutcome::Installed { previous, version }
+                    }
+                    Ok(PolicyInstall::Stale { offered, current }) => PolicyOutcome::Stale { offered, current },
+                    Err(LedgerError::Policy(e)) => PolicyOutcome::Refused { claimed: version, reason: e.to_string() },
+                    Err(e) => return Err(e.into()),
+                };
+                self.events.push_back(Event::Policy(outcome));
+                Ok(())
+            }
+        }
     }
 
     /// Feeds bytes received from the peer. Call whenever the stream yields
@@ -611,6 +727,13 @@ impl Session {
                 self.state = State::Streaming;
                 self.events.push_back(Event::Connected(peer.clone()));
                 self.peer = Some(peer);
+                if self.side == Side::Child {
+                    // Which policy we hold, and our clock: the parent answers
+                    // with its own, and the policy itself if it is newer.
+                    let version = ledger.policy().version();
+                    self.send(&Message::Policy { now, version, signed: None })?;
+                    self.policy_announced = true;
+                }
                 self.send_own_grant()?;
                 self.start_from(ledger, have)
             }
@@ -662,6 +785,9 @@ impl Session {
                 self.peer_done = true;
                 self.peer_log_head = Some(log_head);
                 Ok(())
+            }
+            (State::Streaming, Message::Policy { now: peer_now, version, signed }) => {
+                self.receive_policy(ledger, peer_now, version, signed, now)
             }
             (_, other) => Err(SessionError::Unexpected(other.name())),
         }

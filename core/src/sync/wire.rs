@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | 4 | payload length | `u32` big-endian, at most [`MAX_FRAME_BYTES`]; the prefix is not counted |
 //! | 1 | protocol version | [`PROTOCOL_VERSION`] |
-//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error; a read-only inspection (ADR 22): 9 inspect, 10 sums query, 11 sums, 12 cases query, 13 changes query, 14 change list |
+//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error; a read-only inspection (ADR 22): 9 inspect, 10 sums query, 11 sums, 12 cases query, 13 changes query, 14 change list, 20 policy |
 //! | rest | body | the message's fields in order, nothing after them |
 //!
 //! Integers are big-endian and fixed width. A string is `u16 length | UTF-8`, a byte string
@@ -27,8 +27,10 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use crate::case::{AdminCode, CaseId, ReplicaId};
+use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::ledger::Tier;
+pub use crate::policy::MAX_POLICY_BYTES;
 
 pub use crate::doc::MAX_CHANGE_BYTES;
 
@@ -84,6 +86,9 @@ const KIND_SUMS: u8 = 11;
 const KIND_CASES_QUERY: u8 = 12;
 const KIND_CHANGES_QUERY: u8 = 13;
 const KIND_CHANGE_LIST: u8 = 14;
+/// The county policy and the sender's clock (ADR 30). Numbered apart from
+/// the change-carrying kinds, whose encoding may be reworked on its own.
+const KIND_POLICY: u8 = 20;
 
 const FLAG_SIGNER: u8 = 0b01;
 const FLAG_SIGNATURE: u8 = 0b10;
@@ -404,6 +409,19 @@ pub enum Message {
         /// The changes, at most [`MAX_LISTED_CHANGES`].
         changes: Vec<ListedChange>,
     },
+    /// The county policy (after the hellos): a child announces the version
+    /// it holds; the parent answers with its own version, and with the signed
+    /// policy itself when it holds a newer one (again whenever it installs a
+    /// newer one). Both carry the sender's clock, so a device learns how far
+    /// off its own is.
+    Policy {
+        /// The sender's clock when it sent this.
+        now: Timestamp,
+        /// The policy version the sender holds (0: the built-in default).
+        version: u64,
+        /// The signed policy, at most [`MAX_POLICY_BYTES`]; only from a parent.
+        signed: Option<Vec<u8>>,
+    },
 }
 
 impl Message {
@@ -424,6 +442,7 @@ impl Message {
             Message::CasesQuery { .. } => "cases query",
             Message::ChangesQuery { .. } => "changes query",
             Message::ChangeList { .. } => "change list",
+            Message::Policy { .. } => "policy",
         }
     }
 
@@ -443,6 +462,7 @@ impl Message {
             Message::CasesQuery { .. } => KIND_CASES_QUERY,
             Message::ChangesQuery { .. } => KIND_CHANGES_QUERY,
             Message::ChangeList { .. } => KIND_CHANGE_LIST,
+            Message::Policy { .. } => KIND_POLICY,
         }
     }
 }
@@ -718,6 +738,17 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
                 w.string("change message", &c.message, MAX_TEXT_BYTES)?;
             }
         }
+        Message::Policy { now, version, signed } => {
+            w.i64(now.0)?;
+            w.u64(*version)?;
+            match signed {
+                None => w.u8(0)?,
+                Some(bytes) => {
+                    w.u8(1)?;
+                    w.bytes("policy", bytes, MAX_POLICY_BYTES)?;
+                }
+            }
+        }
     }
     Ok(w.finish())
 }
@@ -841,6 +872,16 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
                 changes.push(ListedChange { hash, at, device, message });
             }
             Message::ChangeList { case, number, changes }
+        }
+        KIND_POLICY => {
+            let now = Timestamp(r.i64("policy clock")?);
+            let version = r.u64("policy version")?;
+            let signed = match r.u8("policy flag")? {
+                0 => None,
+                1 => Some(r.bytes("policy", MAX_POLICY_BYTES)?.to_vec()),
+                _ => return Err(DecodeError::BadValue { what: "policy flag" }),
+            };
+            Message::Policy { now, version, signed }
         }
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
@@ -1334,6 +1375,8 @@ mod tests {
             Message::Done { log_head: 1234 },
             Message::Error { code: ErrorCode::Unauthorized, text: "scope not granted".into() },
             Message::Error { code: ErrorCode::Other(999), text: String::new() },
+            Message::Policy { now: Timestamp(1_790_000_000_000), version: 0, signed: None },
+            Message::Policy { now: Timestamp(-1), version: 3, signed: Some(vec![b'f', b'q', b'P', b'1', 0]) },
         ]
     }
 
@@ -1636,6 +1679,17 @@ mod tests {
         want[..4].copy_from_slice(&len.to_be_bytes());
         assert_eq!(push, want);
         assert_eq!(push.len(), PREFIX_BYTES + PUSH_FIXED_BYTES + envelope.wire_len());
+    }
+
+    #[test]
+    fn policy_frame_layout_is_stable_and_refuses_bad_flags() {
+        let policy = encode(&Message::Policy { now: Timestamp(0x0102), version: 3, signed: Some(vec![0xab]) }).unwrap();
+        let mut want = vec![0, 0, 0, 24, 1, 20, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 1, 0xab];
+        assert_eq!(policy, want);
+        want[22] = 2;
+        assert_eq!(decode(&want[PREFIX_BYTES..]), Err(DecodeError::BadValue { what: "policy flag" }));
+        let too_big = Message::Policy { now: Timestamp(0), version: 1, signed: Some(vec![0; MAX_POLICY_BYTES + 1]) };
+        assert!(matches!(encode(&too_big), Err(EncodeError::TooLong { what: "policy", .. })));
     }
 
     #[test]

@@ -6,5 +6,7 @@ mod encryption;
 mod hostile;
 mod ledger;
 mod merge;
+mod report;
+mod routines;
 mod sync;
 mod wire;

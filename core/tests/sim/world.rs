@@ -11,6 +11,7 @@ use fq_core::case::{AdminCode, CaseId, Category, Party, Risk, Role};
 use fq_core::clock::{ManualClock, Timestamp};
 use fq_core::doc::{FieldEdit, Hash};
 use fq_core::ledger::{Durability, IncomingChange, InitOptions, Ledger, LedgerError, LedgerOptions, NewCase, Tier};
+use fq_core::policy::SignedPolicy;
 use fq_core::store::{CaseRow, ListFilter};
 use fq_core::sync::session::{Credentials, Session, SessionConfig, Side};
 use fq_core::sync::wire::{self, Message};
@@ -117,6 +118,8 @@ struct Pipe {
     at_parent: VecDeque<Vec<(CaseId, Hash)>>,
     /// Frames of an earlier session to deliver again once this one is up.
     replay: Vec<Vec<u8>>,
+    /// Policy frames of an earlier session to deliver again to the child.
+    replay_policies: Vec<Vec<u8>>,
     /// Log heads each side had when its session last looked, to wake it up
     /// when its replica took new changes from elsewhere.
     heads_seen: (i64, i64),
@@ -129,6 +132,8 @@ struct Link {
     pipes: Vec<Pipe>,
     /// Push frames the child sent on this link, for duplicate deliveries.
     sent_pushes: Vec<Vec<u8>>,
+    /// Policy frames (with a signed policy) the parent sent on this link, for replays.
+    sent_policies: Vec<Vec<u8>>,
 }
 
 struct World {
@@ -155,6 +160,11 @@ struct World {
     last_reinstall: u64,
     /// The step at which `fq audit compare` runs mid-run against the truth.
     compare_at: u64,
+    /// The newest county policy version issued (0: none yet), and its bytes.
+    policy: (u64, Vec<u8>),
+    /// Each node's policy version when last looked at: it may only grow
+    /// (a restored backup or a new phone starts again from what it holds).
+    policy_seen: Vec<u64>,
 }
 
 impl World {
@@ -181,6 +191,8 @@ impl World {
             step: 0,
             last_reinstall: 0,
             compare_at: 0,
+            policy: (0, Vec::new()),
+            policy_seen: Vec::new(),
         };
         let county = w.add_node("county", Kind::County, GrantRole::CountyServer, COUNTY, None)?;
         w.add_node("admin", Kind::Device, GrantRole::CountyAdmin, COUNTY, Some(county))?;
@@ -251,8 +263,16 @@ impl World {
             seed: seed.wrapping_add(1_000),
         });
         if let Some(p) = parent {
-            self.links.push(Link { child: id, parent: p, up: true, pipes: Vec::new(), sent_pushes: Vec::new() });
+            self.links.push(Link {
+                child: id,
+                parent: p,
+                up: true,
+                pipes: Vec::new(),
+                sent_pushes: Vec::new(),
+                sent_policies: Vec::new(),
+            });
         }
+        self.policy_seen.push(0);
         Ok(id)
     }
 
@@ -274,7 +294,8 @@ impl World {
                 90..=91 => self.backup_or_restore()?,
                 92 => self.reinstall_device()?,
                 93..=94 => self.rogue_edit()?,
-                95..=96 => self.skew_clock(),
+                95 => self.skew_clock(),
+                96 => self.issue_policy()?,
                 _ => self.timeouts()?,
             }
             self.check_bounds()?;
@@ -473,6 +494,7 @@ impl World {
                     description: format!("情况说明{n}"),
                     parties: vec![Party { name: format!("当事人{n}"), id_number: None, phone: None }],
                     risk: if n % 10 == 0 { Risk::High } else { Risk::Low },
+                    flags: Vec::new(),
                     village: Some(village),
                     grid: None,
                 })
@@ -497,6 +519,51 @@ impl World {
             Err(e) if e.is_user_error() => Ok(()),
             Err(e) => Err(format!("{}: local operation failed: {e}", self.nodes[i].name)),
         }
+    }
+
+    /// The county issues a new policy version (other deadlines and visits);
+    /// its server installs it from the CA's file, as `fq-server` does.
+    fn issue_policy(&mut self) -> Sim<()> {
+        let version = self.policy.0 + 1;
+        let text = format!(
+            "[deadlines]\nvillage = {}\ntownship = {}\n[follow_up]\ndays = [{}]\n",
+            self.rng.random_range(5..30),
+            self.rng.random_range(20..60),
+            self.rng.random_range(3..20)
+        );
+        let county = AdminCode::parse(COUNTY).map_err(|e| e.to_string())?;
+        let signed = SignedPolicy::sign(&county, version, Timestamp(self.now), &text, vec![], vec![], &self.ca)
+            .map_err(|e| e.to_string())?;
+        self.policy = (version, signed.as_bytes().to_vec());
+        self.install_newest_at_county()
+    }
+
+    fn install_newest_at_county(&mut self) -> Sim<()> {
+        if self.policy.0 == 0 {
+            return Ok(());
+        }
+        let ca = self.ca.verifying_key();
+        let bytes = self.policy.1.clone();
+        self.nodes[0].ledger().install_policy(&bytes, &ca).map_err(|e| format!("county: install policy: {e}"))?;
+        Ok(())
+    }
+
+    /// A replica's policy version never goes back (but after a restore).
+    fn check_policy(&mut self, i: usize) -> Sim<()> {
+        let Some(l) = &self.nodes[i].ledger else { return Ok(()) };
+        let now = l.policy().version();
+        if now < self.policy_seen[i] {
+            return Err(format!(
+                "{}'s policy went back from version {} to {now}",
+                self.nodes[i].name, self.policy_seen[i]
+            ));
+        }
+        self.policy_seen[i] = now;
+        Ok(())
+    }
+
+    fn reset_policy_seen(&mut self, i: usize) {
+        self.policy_seen[i] = self.nodes[i].ledger.as_ref().map_or(0, |l| l.policy().version());
     }
 
     fn pick_village(&mut self, i: usize) -> AdminCode {
@@ -583,7 +650,10 @@ impl World {
             return Ok(());
         }
         let replay = if self.rng.random_bool(0.3) { self.links[k].sent_pushes.clone() } else { Vec::new() };
-        let pipe = self.new_pipe(c, p, replay)?;
+        let mut pipe = self.new_pipe(c, p, replay)?;
+        if self.rng.random_bool(0.3) {
+            pipe.replay_policies = self.links[k].sent_policies.clone();
+        }
         self.links[k].pipes.push(pipe);
         Ok(())
     }
@@ -606,6 +676,7 @@ impl World {
             at_child: VecDeque::new(),
             at_parent: VecDeque::new(),
             replay,
+            replay_policies: Vec::new(),
             heads_seen: (0, 0),
         };
         self.collect(&mut pipe, c, p)?;
@@ -696,6 +767,14 @@ impl World {
                     pipe.to_parent.push_back((self.now, f));
                 }
             }
+            if !pipe.replay_policies.is_empty() && pipe.child.peer().is_some() {
+                for f in std::mem::take(&mut pipe.replay_policies) {
+                    pipe.to_child.push_back((self.now, f));
+                }
+            }
+            // A parent that installed a newer policy sends it on, as a server does.
+            let now = self.node_now(p);
+            alive &= pipe.parent.offer_policy(self.nodes[p].ledger(), now).is_ok();
             while let Some((at, _)) = pipe.to_parent.front() {
                 if !instant && *at > self.now {
                     break;
@@ -725,6 +804,12 @@ impl World {
                 let Some((_, f)) = pipe.to_child.pop_front() else { break };
                 moved = true;
                 note_push(&f, &mut pipe.at_child);
+                if is_signed_policy(&f) && !self.links[k].sent_policies.contains(&f) {
+                    self.links[k].sent_policies.push(f.clone());
+                    if self.links[k].sent_policies.len() > 8 {
+                        self.links[k].sent_policies.remove(0);
+                    }
+                }
                 let now = self.node_now(c);
                 if let Err(e) = pipe.child.handle_input(self.nodes[c].ledger(), &f, now) {
                     if instant {
@@ -734,6 +819,8 @@ impl World {
                 }
             }
             self.collect(&mut pipe, c, p)?;
+            self.check_policy(c)?;
+            self.check_policy(p)?;
             if alive && !pipe.child.is_closed() && !pipe.parent.is_closed() {
                 keep.push(pipe);
             }
@@ -796,6 +883,11 @@ impl World {
                 self.drop_pipes_of(i);
                 self.nodes[i].open()?;
                 self.nodes[i].backup = None;
+                // A restored county server re-reads the CA's policy file at start.
+                if i == 0 {
+                    self.install_newest_at_county()?;
+                }
+                self.reset_policy_seen(i);
                 // The audit is in the file: the restore took back what it
                 // recorded since the backup.
                 self.refusals.retain(|(at, _)| *at != i);
@@ -853,6 +945,7 @@ impl World {
         let mut l = Ledger::init(&node.path, init, Arc::new(node.clock.clone()), opts).map_err(|e| e.to_string())?;
         l.add_grant(&node.grant).map_err(|e| e.to_string())?;
         node.ledger = Some(l);
+        self.policy_seen[i] = 0;
         // Frames the old phone sent cannot arrive for the new one.
         for l in &mut self.links {
             if l.child == i {
@@ -1038,6 +1131,17 @@ impl World {
                 return Err(format!("refused change {prefix} is not in {}'s audit", self.nodes[*at].name));
             }
         }
+        // Every replica computes with the newest policy the county issued
+        // (they are all in the county: every one is entitled to it).
+        for n in &mut self.nodes {
+            let held = n.ledger().policy().version();
+            if held != self.policy.0 {
+                return Err(format!(
+                    "{} computes with policy version {held}, the county issued {}",
+                    n.name, self.policy.0
+                ));
+            }
+        }
         for n in &mut self.nodes {
             let dups = n.ledger().duplicate_log_rows().map_err(|e| e.to_string())?;
             if dups > 0 {
@@ -1079,6 +1183,10 @@ fn first_difference(a: &[(CaseId, Hash)], b: &[(CaseId, Hash)]) -> String {
 
 fn is_push(frame: &[u8]) -> bool {
     frame.get(5) == Some(&3)
+}
+
+fn is_signed_policy(frame: &[u8]) -> bool {
+    matches!(wire::decode(frame.get(4..).unwrap_or(&[])), Ok(Message::Policy { signed: Some(_), .. }))
 }
 
 /// Remembers the change hashes of a push about to be delivered.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fq_core::clock::SystemClock;
 use fq_core::ledger::{Ledger, LedgerOptions};
-use fq_core::vault::{DataKey, Passphrase, Protection, Vault};
+use fq_core::vault::{DEFAULT_WIPE_AFTER, DataKey, KdfParams, Passphrase, Protection, Vault, WipePolicy};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -69,6 +69,15 @@ pub fn key_for(ledger: &Path) -> Option<DataKey> {
     let vault = Vault::for_ledger(ledger);
     (vault.protection().unwrap() == Protection::Encrypted)
         .then(|| vault.unlock(&Passphrase::new(PASSPHRASE.into())).unwrap())
+}
+
+/// The data key of a new device ledger at `ledger`, wrapped with [`PASSPHRASE`] as `fq init`
+/// wraps it (same derivation, same wrong-try limit), for a test that builds a device's ledger
+/// through the core: [`fq_core::ledger::Ledger::init`] with it creates the file encrypted.
+pub fn new_device_key(ledger: &Path) -> DataKey {
+    fq_core::vault::private_dir(ledger.parent().unwrap()).unwrap();
+    let wipe = WipePolicy::device(DEFAULT_WIPE_AFTER).unwrap();
+    Vault::for_ledger(ledger).create(&Passphrase::new(PASSPHRASE.into()), wipe, KdfParams::DEFAULT).unwrap()
 }
 
 /// Opens a ledger file `fq` made (encrypted or not) through the core, read-write.

@@ -61,7 +61,7 @@ fn data_dir_comes_from_fq_data_dir_variable() {
 }
 
 /// The commands of `fq`: allowed right after `fq` or another command word.
-const COMMAND_WORDS: [&str; 31] = [
+const COMMAND_WORDS: [&str; 42] = [
     "fq",
     "demo",
     "encrypt",
@@ -93,20 +93,50 @@ const COMMAND_WORDS: [&str; 31] = [
     "compare",
     "refused",
     "log",
+    "todo",
+    "report",
+    "monthly",
+    "subsidy",
+    "policy",
+    "supervise",
+    "respond",
+    "waive",
+    "import",
+    "followups",
+    "reports",
 ];
 
 /// Words that are names, not English prose: formats, the locale names.
-const NAMES: [&str; 13] =
-    ["FQ_DATA_DIR", "FQ_PASSPHRASE", "UTF", "Excel", "WPS", "CSV", "JSON", "POSIX", "QUIC", "json", "csv", "zh", "en"];
+const NAMES: [&str; 18] = [
+    "FQ_DATA_DIR",
+    "FQ_PASSPHRASE",
+    "UTF",
+    "Excel",
+    "WPS",
+    "CSV",
+    "JSON",
+    "POSIX",
+    "QUIC",
+    "json",
+    "csv",
+    "zh",
+    "en",
+    "table",
+    "html",
+    "xlsx",
+    "HTML",
+    "SVG",
+];
 
 /// The stable codes people may type (categories, statuses, roles...): allowed
 /// only where they are offered as input, i.e. right before their label
 /// (`neighbor（邻里纠纷）`) or right after an option (`--role mediator`).
 fn codes() -> std::collections::BTreeSet<&'static str> {
-    use fq_core::case::{Category, EventKind, Level, Outcome, Risk, Role, Status};
+    use fq_core::case::{Category, EventKind, Level, Outcome, Risk, RiskFlag, Role, Status};
     Category::ALL
         .iter()
         .map(|c| c.code())
+        .chain(RiskFlag::ALL.iter().map(|f| f.code()))
         .chain(Status::ALL.iter().map(|s| s.code()))
         .chain(Level::ALL.iter().map(|l| l.code()))
         .chain(Risk::ALL.iter().map(|r| r.code()))
@@ -208,6 +238,10 @@ fn chinese_output_of_every_command_has_no_english_words() {
         "case confirm",
         "case followup",
         "case archive",
+        "case supervise",
+        "case respond",
+        "case waive",
+        "case import",
         "export",
         "audit",
         "audit conflicts",
@@ -217,6 +251,12 @@ fn chinese_output_of_every_command_has_no_english_words() {
         "audit compare",
         "audit refused",
         "audit log",
+        "todo",
+        "report",
+        "report monthly",
+        "report subsidy",
+        "policy",
+        "policy show",
     ] {
         let mut args: Vec<&str> = path.split_whitespace().collect();
         args.push("--help");
@@ -259,8 +299,43 @@ fn chinese_output_of_every_command_has_no_english_words() {
     ] {
         check(args, &[]);
     }
+    // The officers' routines.
+    for args in [
+        &["todo"][..],
+        &["policy", "show"],
+        &["report", "monthly"],
+        &["report", "monthly", "--month", "2026-10", "--format", "csv"],
+        &["report", "subsidy"],
+        &["report", "subsidy", "--person", "张三"],
+    ] {
+        let run = check(args, &[]);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    }
+    let html = fq.path("月报.html");
+    assert_eq!(check(&["report", "monthly", "--format", "html", "--out", html.to_str().unwrap()], &[]).code, 0);
+    let number2 = fq.json(&["case", "new", "--category", "debt", "--title", "借款纠纷"])["case"]["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n2 = number2.as_str();
+    for args in [
+        &["case", "supervise", n2, "--instruction", "一周内调处", "--due", "2026-12-01"][..],
+        &["case", "respond", n2, "--note", "已调处"],
+        &["case", "respond", n2, "--note", "再次回复"],
+        &["case", "settle", n2, "--agreement", "已和解"],
+        &["case", "archive", n2],
+        &["case", "waive", n2, "--reason", "当事人外出"],
+        &["case", "show", n2],
+        &["todo", "--scope", "532924102"],
+    ] {
+        check(args, &[]);
+    }
+    let bad = fq.path("旧台账.csv");
+    std::fs::write(&bad, "编号,村代码,类别代码,标题,登记时间\nX1,532924102201,ufo,,十月\n").unwrap();
+    let run = check(&["case", "import", bad.to_str().unwrap()], &["ufo"]);
+    assert_eq!(run.code, 2, "{run:?}");
     // The CSV keeps the category code in its own column.
-    check(&["export", "--format", "csv"], &["water"]);
+    check(&["export", "--format", "csv"], &["water", "debt"]);
     let out = fq.path("cases.csv");
     check(&["export", "--format", "csv", "--out", out.to_str().unwrap()], &[]);
     // Mistakes.
@@ -280,6 +355,10 @@ fn chinese_output_of_every_command_has_no_english_words() {
         (&["sync"], &[]),
         (&["enroll", "--bundle", "missing.json"], &["missing"]),
         (&["init", "--village", VILLAGE, "--name", "张三", "--role", "mediator"], &[]),
+        (&["report", "monthly", "--month", "2026-13"], &[]),
+        (&["report", "monthly", "--format", "xlsx"], &[]),
+        (&["case", "supervise", "nope", "--instruction", "x", "--due", "明天"], &["nope"]),
+        (&["case", "new", "--category", "debt", "--title", "x", "--flag", "ufo"], &["ufo"]),
     ] {
         let run = check(args, input);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");

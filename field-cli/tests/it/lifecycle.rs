@@ -48,14 +48,6 @@ fn case_lifecycle_by_number_and_uuid_prefix_survives_reopening() {
 
     let noted = fq.json(&["case", "note", by_number, "双方到场，初步沟通"])["case"].clone();
     assert_eq!(noted["status"], "mediating");
-    let escalated = fq.json(&["case", "escalate", by_uuid, "--reason", "村里调不动"])["case"].clone();
-    assert_eq!(
-        (escalated["status"].as_str(), escalated["escalated_to"].as_str()),
-        (Some("escalated"), Some("township"))
-    );
-    let refused = fq.run(&["--json", "case", "accept", by_number]);
-    assert_eq!(refused.code, 2);
-    assert_eq!(refused.error_json()["error"]["kind"], "role-not-allowed");
     let settled = fq.json(&["case", "settle", by_number, "--agreement", "王五加装接水槽"])["case"].clone();
     assert_eq!(settled["status"], "settled");
     let followed =
@@ -67,24 +59,41 @@ fn case_lifecycle_by_number_and_uuid_prefix_survives_reopening() {
     let b = fq.json(&["case", "show", by_uuid, "--history"]);
     assert_eq!(a, b);
     assert_eq!(a["id"], id.as_str());
-    assert_eq!(kinds(&a), ["recorded", "note", "escalated", "settled", "follow-up"]);
+    assert_eq!(kinds(&a), ["recorded", "note", "settled", "follow-up"]);
     assert_eq!(a["events"][1]["text"], "双方到场，初步沟通");
-    assert_eq!(a["events"][3]["text"], "王五加装接水槽");
+    assert_eq!(a["events"][2]["text"], "王五加装接水槽");
     for e in a["events"].as_array().unwrap() {
         assert_eq!((e["author"]["name"].as_str(), e["author"]["role"].as_str()), (Some("张三"), Some("mediator")));
     }
     let history = a["history"].as_array().unwrap();
     let ops: Vec<&str> = history.iter().map(|h| h["op"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["create", "note", "escalated", "settled", "follow-up"]);
+    assert_eq!(ops, ["create", "note", "settled", "follow-up"]);
     assert!(history.iter().all(|h| h["author"]["name"] == "张三" && h["device"].is_string()));
 
     let card = fq.run(&["case", "show", by_number, "--history"]);
-    for words in ["调解成功", "调解记录：双方到场，初步沟通", "上报到乡镇级", "张三（调解员）", "修改记录"]
+    for words in ["调解成功", "调解记录：双方到场，初步沟通", "回访次数：1", "张三（调解员）", "修改记录"]
     {
         assert!(card.stdout.contains(words), "{words} missing from:\n{}", card.stdout);
     }
+    // The policy's second visit is due: archiving waits for it, or a waiver with a reason.
+    let early = fq.run(&["--json", "case", "archive", by_number]);
+    assert_eq!((early.code, early.error_json()["error"]["kind"].as_str()), (2, Some("follow-ups-pending")));
+    let waived = fq.run(&["case", "waive", by_number, "--reason", "当事人已外出务工"]);
+    assert!(waived.stdout.contains("免予回访"), "{waived:?}");
     let archived = fq.run(&["case", "archive", by_number]);
     assert!(archived.stdout.contains("已归档"), "{archived:?}");
+    // A second case goes up; the village can neither accept nor settle it.
+    let other = fq.new_case()["number"].as_str().unwrap().to_owned();
+    let escalated = fq.json(&["case", "escalate", &other, "--reason", "村里调不动"])["case"].clone();
+    assert_eq!(
+        (escalated["status"].as_str(), escalated["escalated_to"].as_str()),
+        (Some("escalated"), Some("township"))
+    );
+    let refused = fq.run(&["--json", "case", "accept", &other]);
+    assert_eq!(refused.code, 2);
+    assert_eq!(refused.error_json()["error"]["kind"], "role-not-allowed");
+    let refused = fq.run(&["--json", "case", "settle", &other, "--agreement", "和解"]);
+    assert_eq!((refused.code, refused.error_json()["error"]["kind"].as_str()), (2, Some("below-level")));
 }
 
 #[test]
@@ -149,11 +158,14 @@ fn case_edit_changes_fields_and_refuses_empty_edit() {
     assert_eq!((edited["title"].as_str(), edited["risk"].as_str()), (Some("滴水纠纷"), Some("high")));
     assert_eq!(edited["category"], "housing");
     assert_eq!(edited["parties"].as_array().unwrap().len(), 3);
+    // Found high risk at the village: the county policy sends it to the township at once.
+    assert_eq!((edited["status"].as_str(), edited["escalated_to"].as_str()), (Some("escalated"), Some("township")));
     let empty = fq.run(&["--json", "case", "edit", &number]);
     assert_eq!(empty.code, 2);
     assert_eq!(empty.error_json()["error"]["kind"], "invalid-text");
     let history = fq.json(&["case", "show", &number, "--history"])["history"].clone();
-    assert_eq!(history.as_array().unwrap().len(), 2);
+    let ops: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["create", "edit:title,category,risk,parties", "escalated"]);
 }
 
 #[test]
@@ -170,7 +182,9 @@ fn case_list_filters_by_risk_status_village_search() {
     assert_eq!(count(&[]), 2);
     assert_eq!(count(&["--risk", "high"]), 1);
     assert_eq!(count(&["--category", "债务"]), 1);
-    assert_eq!(count(&["--status", "recorded"]), 2);
+    // The high-risk case went to the township at once (county policy).
+    assert_eq!(count(&["--status", "recorded"]), 1);
+    assert_eq!(count(&["--status", "escalated"]), 1);
     assert_eq!(count(&["--status", "settled"]), 0);
     assert_eq!(count(&["--village", "532924101"]), 2);
     assert_eq!(count(&["--village", "532924102"]), 0);
@@ -201,6 +215,7 @@ fn case_list_overdue_marks_cases_past_deadline() {
         description: String::new(),
         parties: Vec::new(),
         risk: Risk::Medium,
+        flags: Vec::new(),
         village: None,
         grid: None,
     };

@@ -14,5 +14,6 @@ mod lifecycle;
 // The `fq-server` process guard, shared with fq-sync-server's tests.
 #[path = "../../../sync-server/tests/it/process.rs"]
 mod process;
+mod routines;
 mod schema;
 mod sync;

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::harness::{FQ, Fq, Run, fq_command, run, wait_bounded};
-use crate::process::{RunSpec, ServerProcess, write_config};
+use crate::process::{RunSpec, ServerProcess, write_config, write_config_text};
 use crate::schema::assert_valid;
 
 pub(crate) const COUNTY: &str = "532924";
@@ -334,6 +334,7 @@ pub(crate) fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize)
                 description: String::new(),
                 parties: Vec::new(),
                 risk: fq_core::case::Risk::Low,
+                flags: Vec::new(),
                 village: None,
                 grid: None,
             })
@@ -662,9 +663,11 @@ fn sync_a_forged_peers_control_characters_are_printed_escaped_on_the_township() 
             description: "\u{1b}[2J",
             parties: std::slice::from_ref(&party),
             risk: Risk::Low,
+            flags: &[],
             level: Level::Village,
+            recorded_at: device.now(),
         };
-        let author = Author { name: "张三".into(), role: fq_core::case::Role::Mediator };
+        let author = Author { name: "张三".into(), role: fq_core::case::Role::Mediator, id: None };
         let mut doc = CaseDoc::create(&new, &author, actor_for(own, [7; 8]), device.now()).unwrap();
         let forged = doc
             .changes_after(&[])
@@ -743,6 +746,80 @@ fn enroll_refuses_a_revoked_bundle() {
         "张三",
     ]);
     assert_eq!(out.error_json()["error"]["kind"], "invalid-bundle", "{out:?}");
+}
+
+/// The county's policy file, signed by `fq-server ca policy` with the Binchuan roster.
+fn sign_policy(county: &County, text: &str) -> Run {
+    let file = county.path("policy.toml");
+    std::fs::write(&file, text).unwrap();
+    let roster = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/county-532924.json");
+    fq_server_run(&[
+        "ca",
+        "policy",
+        "--ca",
+        county.ca().to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+        "--roster",
+        roster.to_str().unwrap(),
+    ])
+}
+
+fn deadline_days(fq: &Fq) -> i64 {
+    let row = fq.json(&["case", "list"])["cases"][0].clone();
+    (row["deadline"].as_i64().unwrap() - row["since"].as_i64().unwrap()) / 86_400_000
+}
+
+#[test]
+fn sync_carries_a_county_policy_change_through_the_township_to_a_device() {
+    let county = County::new();
+    let signed = sign_policy(&county, "[deadlines]\nvillage = 10\n");
+    assert_eq!(signed.code, 0, "{signed:?}");
+    assert!(signed.stdout.contains("已签发县级政策第 1 版") && signed.stdout.contains("花名册 1592 人"), "{signed:?}");
+    let policy_file = county.ca().join("policy.json");
+    let config = write_config_text(
+        county.dir.path(),
+        "county.toml",
+        &format!("policy_file = {:?}\nrevocation_poll_secs = 1\n", policy_file.to_str().unwrap()),
+    );
+    let county_server = county.server("county", "county", COUNTY, None, Some(&config));
+    county_server.wait_log("county policy installed", |l| l["version"] == 1);
+    let tw_config = write_config(county.dir.path(), None);
+    let township = county.server("tw-101", "township", TOWNSHIP, Some(county_server.addr), Some(&tw_config));
+    township.wait_log("county policy installed", |l| l["version"] == 1 && l["source"] == "upstream");
+
+    // A device with a case under the built-in default (15 days at the village).
+    let a = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "普学伟");
+    a.new_case();
+    assert_eq!(deadline_days(&a), 15);
+    let summary = sync_json(&a, &["--server", &township.addr.to_string()]);
+    assert_eq!(
+        (summary["policy"]["outcome"].as_str(), summary["policy"]["version"].as_u64()),
+        (Some("installed"), Some(1))
+    );
+    assert_eq!(a.json(&["policy", "show"])["version"], 1);
+    assert_eq!(deadline_days(&a), 10, "the device's deadlines follow the county's policy");
+
+    // Version 2 at the county reaches the township over its open link, and the device at its next sync.
+    let signed = sign_policy(&county, "[deadlines]\nvillage = 20\n");
+    assert!(signed.stdout.contains("第 2 版"), "{signed:?}");
+    county_server.wait_log("county policy installed", |l| l["version"] == 2);
+    township.wait_log("county policy installed", |l| l["version"] == 2 && l["source"] == "upstream");
+    let out = sync(&a, &[]);
+    assert!(out.stdout.contains("县级政策已更新到第 2 版"), "{out:?}");
+    assert_eq!(deadline_days(&a), 20);
+
+    // A forged file (version 3, the old signature) is refused and logged; version 2 stays.
+    let mut forged: Value = serde_json::from_slice(&std::fs::read(&policy_file).unwrap()).unwrap();
+    forged["version"] = 3.into();
+    forged["policy"] = "[deadlines]\nvillage = 1\n".into();
+    std::fs::write(&policy_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    county_server.wait_log("county policy refused; the one in force stays", |_| true);
+    let again = sync_json(&a, &[]);
+    assert!(again["policy"].is_null(), "nothing newer to send: {again:#}");
+    assert_eq!((a.json(&["policy", "show"])["version"].as_u64(), deadline_days(&a)), (Some(2), 20));
+    // The township too still computes with version 2.
+    assert_eq!(on_server(&county.data("tw-101"), &["policy", "show"])["version"], 2);
 }
 
 /// The village's case list of a replica: ids and numbers.

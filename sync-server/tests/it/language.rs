@@ -40,6 +40,17 @@ const ALLOWED: &[&str] = &[
     "init",
     "issue",
     "revoke",
+    "policy",
+    "policy.json",
+    "deadlines",
+    "village",
+    "follow_up",
+    "days",
+    "routing",
+    "high_risk_to_township",
+    "flags_to_township",
+    "flag_overdue_village",
+    "township_categories",
     "human",
     "json",
     "county|township",
@@ -138,6 +149,12 @@ async fn server_speaks_chinese_under_c_utf8() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let (ca, tw, d07) = (path("ca"), path("tw-101.json"), path("d07.json"));
+    let policy = path("policy.toml");
+    std::fs::write(&policy, "[deadlines]\nvillage = 10\n").unwrap();
+    let typo_policy = path("typo-policy.toml");
+    std::fs::write(&typo_policy, "[deadlines]\nvilage = 10\n").unwrap();
+    let roster =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/county-532924.json").to_str().unwrap().to_owned();
 
     for args in [
         &["--help"][..],
@@ -147,6 +164,7 @@ async fn server_speaks_chinese_under_c_utf8() {
         &["ca", "init", "--help"],
         &["ca", "issue", "--help"],
         &["ca", "revoke", "--help"],
+        &["ca", "policy", "--help"],
         &["encrypt", "--help"],
     ] {
         let out = zh(args);
@@ -174,6 +192,7 @@ async fn server_speaks_chinese_under_c_utf8() {
             &path("d08.json"),
         ],
         &["ca", "revoke", "--ca", &ca, "--id", "d08"],
+        &["ca", "policy", "--ca", &ca, "--file", &policy, "--roster", &roster],
     ] {
         let out = zh(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
@@ -212,6 +231,9 @@ async fn server_speaks_chinese_under_c_utf8() {
         (&["ca", "init", "--dir", &path("ca2"), "--county", "5329241"], 2),
         (&["ca", "revoke", "--ca", &ca, "--id", "nobody"], 2),
         (&["ca", "revoke", "--ca", &path("no-ca"), "--id", "d07"], 2),
+        (&["ca", "policy", "--ca", &ca, "--file", &typo_policy], 2),
+        (&["ca", "policy", "--ca", &ca, "--file", &policy, "--roster", &policy], 2),
+        (&["ca", "policy", "--ca", &ca, "--file", &path("no-such.toml")], 2),
         (&["ca", "issue", "--ca", &ca, "--id", "x1", "--role", "boss", "--scope", "532924", "--out", &path("x")], 2),
         (
             &[

@@ -99,6 +99,7 @@ fn device_with_cases(bundle: &Bundle) -> Ledger {
                 description: "两户因滴水檐争执".into(),
                 parties: Vec::new(),
                 risk: Risk::Low,
+                flags: Vec::new(),
                 village: None,
                 grid: None,
             })

@@ -9,6 +9,7 @@ mod limits;
 mod lossy;
 mod process;
 mod relay;
+mod report;
 mod restart;
 mod revocation;
 mod schema;

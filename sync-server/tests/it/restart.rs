@@ -85,6 +85,15 @@ async fn restarted_server_resets_its_predecessors_connections() {
     let bundle = county.issue("d07", "mediator", VILLAGE);
     let endpoint = client_endpoint("127.0.0.1:0".parse().unwrap(), &bundle, &options().net).unwrap();
     let (conn, _) = timeout(WAIT, endpoint.connect(addr)).await.unwrap().unwrap();
+    // The device's connection is established at both ends (the server confirmed the handshake)
+    // before the kill: until then the device still retransmits its handshake in long-header
+    // packets, which no server answers with a stateless reset, and the test would race the
+    // server reading the device's Finished (slower while it writes its first monthly report).
+    let confirmed = Instant::now();
+    while conn.stats().frame_rx.handshake_done == 0 {
+        assert!(confirmed.elapsed() < WAIT, "the server never confirmed the handshake");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.signal("KILL");
     server.wait_exit(WAIT).unwrap();
     let _restarted = township(&county, &data, &addr.to_string());

@@ -66,6 +66,7 @@ pub fn new_case(title: &str) -> NewCase {
         description: String::new(),
         parties: Vec::new(),
         risk: Risk::Low,
+        flags: Vec::new(),
         village: None,
         grid: None,
     }
