@@ -380,3 +380,85 @@ fn routines_write_nothing_into_a_server_replica_and_read_it() {
         assert_eq!(read.code, 0, "{args:?}: {read:?}");
     }
 }
+
+/// Headless Chromium, if this machine has it (`.ci/run` installs Debian's
+/// `chromium` and `fonts-noto-cjk`, and sets `FQ_REQUIRE_CHROMIUM=1` so that
+/// a missing browser fails there instead of skipping).
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| Path::new(dir).join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("FQ_REQUIRE_CHROMIUM").is_none(),
+            "FQ_REQUIRE_CHROMIUM is set but no chromium is on PATH"
+        );
+        eprintln!("skipped: no chromium on PATH (apt-get install chromium fonts-noto-cjk)");
+    }
+    found
+}
+
+/// Renders `page` with headless Chromium into a PNG of `width`×`height`; returns its bytes.
+fn screenshot(chromium: &Path, page: &Path, png: &Path, width: u32, height: u32) -> Vec<u8> {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!("--screenshot={}", png.display()))
+    .arg(format!("--window-size={width},{height}"))
+    .arg(format!("file://{}", page.display()));
+    let out = run(cmd);
+    assert_eq!(out.code, 0, "chromium failed: {out:?}");
+    std::fs::read(png).unwrap()
+}
+
+/// The HTML report as a person sees it: Chromium renders it, and its Chinese
+/// labels are drawn with a CJK font. A label in the report's font stack must
+/// render differently from characters no font has (which every browser draws
+/// as the same empty box): if the Chinese were boxes, the two would match.
+#[test]
+fn report_html_renders_in_headless_chromium_with_chinese_glyphs() {
+    let Some(chromium) = chromium() else { return };
+    let fq = Fq::new();
+    scenario_ledger(&fq, Tier::County, Role::CountyAdmin, "532924", "宾川县综治中心");
+    let html_file = fq.path("report.html");
+    let out = at_now(
+        &fq,
+        &["report", "monthly", "--month", "2026-10", "--format", "html", "--out", html_file.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let png = screenshot(&chromium, &html_file, &fq.path("report.png"), 1280, 2000);
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // A blank page compresses to a few KB; the report's charts and tables do not.
+    assert!(png.len() > 50_000, "the rendered report is nearly empty: {} bytes", png.len());
+    let label = |text: &str, name: &str| {
+        let page = fq.path(&format!("{name}.html"));
+        std::fs::write(
+            &page,
+            format!(
+                "<!doctype html><meta charset=utf-8><body style=\"margin:0;background:#fff\">\
+                 <svg width=300 height=60><text x=4 y=40 font-size=32 \
+                 style='font-family:{}'>{text}</text></svg>",
+                fq_core::report::html::CJK_FONTS.replace('"', "&quot;")
+            ),
+        )
+        .unwrap();
+        screenshot(&chromium, &page, &fq.path(&format!("{name}.png")), 320, 80)
+    };
+    let chinese = label("调解成功率", "chinese");
+    let boxes = label("\u{e000}\u{e001}\u{e002}\u{e003}\u{e004}", "boxes");
+    assert_ne!(chinese, boxes, "Chinese labels render as boxes: install a CJK font (fonts-noto-cjk)");
+}
