@@ -72,26 +72,26 @@ async fn offer(path: &Path, replica: &mpsc::Sender<Command>) {
 }
 
 /// When the file was last changed, and its size: enough to notice a new version.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+pub(crate) fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = ();
+pub(crate) type Hangup = ();
 
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
+pub(crate) fn hangup_signal() -> Hangup {}
 
 #[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) {
+pub(crate) async fn recv_hangup(signal: &mut Hangup) {
     match signal {
         Some(s) => {
             if s.recv().await.is_none() {
@@ -103,6 +103,6 @@ async fn recv_hangup(signal: &mut Hangup) {
 }
 
 #[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) {
+pub(crate) async fn recv_hangup(_: &mut Hangup) {
     std::future::pending().await
 }

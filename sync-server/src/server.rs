@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fq_core::case::Role;
 use fq_core::clock::SystemClock;
@@ -63,6 +63,7 @@ use crate::net::{
     CloseCode, Connection, ConnectionError, EndpointError, Handshake, RESET_KEY_BYTES, ResetKey, ServerEndpoint,
     VarInt, WriteError, connection_end, server_endpoint,
 };
+use crate::policy::{hangup_signal, recv_hangup, stamp};
 use crate::replica::{Command, OwnCredentials, ReplicaHandle};
 use crate::{link, upstream};
 
@@ -971,42 +972,6 @@ async fn watch_revocations(
     }
 }
 
-/// When the file was last changed, and its size: enough to notice a new version.
-fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-#[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(s) => {
-            if s.recv().await.is_none() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) {
-    std::future::pending().await
-}
-
 /// An error and its causes on one line, for the log.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -1024,6 +989,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::ca::{CertificateAuthority, PeerIdentity, Serial, SubjectId};
+    use std::time::SystemTime;
 
     fn peer(role: GrantRole, scope: &str) -> PeerIdentity {
         PeerIdentity {

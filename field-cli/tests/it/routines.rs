@@ -386,11 +386,7 @@ fn routines_write_nothing_into_a_server_replica_and_read_it() {
 /// a missing browser fails there instead of skipping).
 fn chromium() -> Option<std::path::PathBuf> {
     let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|dir| Path::new(dir).join(name))
-            .find(|p| p.is_file())
+        std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
     });
     if found.is_none() {
         assert!(
