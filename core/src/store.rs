@@ -751,6 +751,48 @@ impl Store {
         rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
     }
 
+    /// Log rows after `after` of the urgent cases inside `scope` (a division
+    /// code prefix), most urgent class first, oldest first within a class: 0
+    /// high risk (民转刑), 1 an escalation waiting to be accepted. At most
+    /// `limit` rows.
+    pub fn urgent_log_after(&self, after: i64, scope: &str, limit: u32) -> Result<Vec<(u8, LogEntry)>, StoreError> {
+        let end = format!("{scope}~");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS}, CASE WHEN k.risk = 'high' THEN 0 ELSE 1 END AS urgency
+                 FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE (k.risk = 'high' OR k.status = 'escalated')
+                   AND k.village >= ?1 AND k.village < ?2 AND c.log_seq > ?3
+                 ORDER BY urgency, c.log_seq LIMIT ?4"
+            ))
+            .map_err(sq("prepare urgent log"))?;
+        let rows = stmt
+            .query_map(params![scope, end, after, limit], |r| Ok((read_log_row(r)?, r.get::<_, u8>(9)?)))
+            .map_err(sq("read urgent log"))?;
+        rows.map(|r| {
+            let (raw, urgency) = r.map_err(sq("read urgent log"))?;
+            Ok((urgency, raw.parse()?))
+        })
+        .collect()
+    }
+
+    /// How many log rows after `after` belong to urgent cases (see
+    /// [`Store::urgent_log_after`]) inside `scope`, and how many to others.
+    pub fn waiting_after(&self, after: i64, scope: &str) -> Result<(i64, i64), StoreError> {
+        let end = format!("{scope}~");
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(sum(k.risk = 'high' OR k.status = 'escalated'), 0),
+                        coalesce(sum(NOT (k.risk = 'high' OR k.status = 'escalated')), 0)
+                 FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.log_seq > ?1 AND k.village >= ?2 AND k.village < ?3",
+            )
+            .map_err(sq("prepare waiting"))?
+            .query_row(params![after, scope, end], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sq("read waiting"))
+    }
+
     /// The log's chain value at position `seq` (see [`LogEntry::chain`]), if
     /// the log reaches that far.
     pub fn log_chain(&self, seq: i64) -> Result<Option<i64>, StoreError> {

@@ -34,13 +34,13 @@ use ed25519_dalek::SigningKey;
 
 use super::wire::{
     self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
-    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, Message, PROTOCOL_VERSION, Refused,
+    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_RUN_CHANGES, Message, PROTOCOL_VERSION, Refused, Run,
 };
 use crate::case::{AdminCode, CaseId};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, RefuseReason, Tier};
-use crate::trust::{self, SignedGrant};
+use crate::trust::{self, Provenance, SignedGrant};
 
 /// The first push's size: at GPRS rates (2-5 KB/s under a weak signal) two
 /// such pushes cross in well under the 20 s ack watchdog.
@@ -52,6 +52,9 @@ const MIN_BATCH_BYTES: usize = 4 * 1024;
 const SLOWEST_LINK_BYTES_PER_SEC: u32 = 1_000;
 /// A push is sized to cross the link in this fraction of the ack watchdog.
 const WATCHDOG_SHARE: i64 = 4;
+
+/// Log rows of urgent cases read ahead of the log in one pass.
+const URGENT_ROWS: u32 = 4096;
 
 /// Cases per `Want` frame, so a frame stays under the limit whatever the heads.
 const WANT_CASES_PER_FRAME: usize = 256;
@@ -289,6 +292,15 @@ pub struct Session {
     caught_up_reported: bool,
     stats: Stats,
     error: Option<String>,
+    /// The protocol version both sides speak, once the peer said hello (1 before).
+    version: u8,
+    /// Hashes of the changes sent in this session: a change goes once per
+    /// session, however many passes (urgent first, then the log) reach it.
+    sent: BTreeSet<Hash>,
+    /// Changes of urgent cases still to push ahead of the log.
+    urgent: VecDeque<OutgoingChange>,
+    /// Whether the urgent cases after the current position were read.
+    urgent_read: bool,
 }
 
 impl Session {
@@ -331,6 +343,10 @@ impl Session {
             caught_up_reported: false,
             stats: Stats::default(),
             error: None,
+            version: 1,
+            sent: BTreeSet::new(),
+            urgent: VecDeque::new(),
+            urgent_read: false,
         };
         if side == Side::Child {
             s.send_hello(ledger, expected_peer)?;
@@ -458,6 +474,7 @@ impl Session {
         self.log_exhausted = false;
         self.sent_done = false;
         self.caught_up_reported = false;
+        self.urgent_read = false;
         let r = self.pump(ledger, now);
         if let Err(e) = &r {
             self.fail(e);
@@ -496,8 +513,13 @@ impl Session {
     }
 
     fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
-        self.transmit.push_back(wire::encode(msg)?);
+        self.transmit.push_back(wire::encode_with(msg, self.version)?);
         Ok(())
+    }
+
+    /// The protocol version in use (1 until the peer's hello is read).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     fn send_hello(&mut self, ledger: &Ledger, peer: Option<crate::case::ReplicaId>) -> Result<(), SessionError> {
@@ -528,9 +550,10 @@ impl Session {
                 Err(SessionError::Peer { code, text })
             }
             (State::Hello, Message::Hello { replica, tier, scope, have, min_version, max_version, .. }) => {
-                if wire::negotiate_version(min_version, max_version).is_none() {
+                let Some(version) = wire::negotiate_version(min_version, max_version) else {
                     return Err(SessionError::Version { min: min_version, max: max_version });
-                }
+                };
+                self.version = version;
                 if let Some(limit) = &self.creds.peer_scope_limit
                     && !limit.contains(&scope)
                 {
@@ -567,7 +590,20 @@ impl Session {
                 Ok(())
             }
             (State::Streaming, Message::Push { batch, upto, envelopes }) => {
-                self.receive_push(ledger, batch, upto, envelopes)
+                let changes = envelopes
+                    .into_iter()
+                    .map(|e| IncomingChange {
+                        case: e.case,
+                        bytes: e.change,
+                        signer: e.signer,
+                        signature: e.signature.map(|s| s.to_vec()),
+                    })
+                    .collect();
+                self.receive_push(ledger, batch, upto, changes)
+            }
+            (State::Streaming, Message::Pack { batch, upto, runs }) if self.version >= 2 => {
+                let changes = runs.into_iter().flat_map(incoming_run).collect();
+                self.receive_push(ledger, batch, upto, changes)
             }
             (State::Streaming, Message::Ack { batch, upto, refused, .. }) => {
                 self.receive_ack(ledger, batch, upto, refused, now)
@@ -715,14 +751,47 @@ impl Session {
         }
         let scope = self.peer_scope()?;
         let skip = self.peer.as_ref().map(|p| p.replica);
+        // Urgent cases first (high risk, then escalations waiting), in pushes
+        // that move no position: the log pass below skips what they carried.
+        if !self.urgent_read {
+            self.urgent_read = true;
+            let urgent = ledger.urgent_outgoing(self.next_seq, &scope, skip, URGENT_ROWS)?;
+            let urgent = self.unsent(urgent);
+            self.urgent.extend(urgent);
+        }
+        while self.in_flight.len() < self.cfg.max_in_flight && !self.urgent.is_empty() {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(next) = self.urgent.front() {
+                let inside_run = batch.last().is_some_and(|c: &OutgoingChange| {
+                    matches!(c.signature.as_deref().and_then(Provenance::from_blob), Some(Provenance::RunMember { .. }))
+                });
+                if !batch.is_empty()
+                    && !inside_run
+                    && (bytes + next.bytes.len() > self.batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH / 2)
+                {
+                    break;
+                }
+                bytes += next.bytes.len();
+                if let Some(c) = self.urgent.pop_front() {
+                    batch.push(c);
+                }
+            }
+            self.push_batch(ledger, batch, None, now)?;
+        }
+        if !self.urgent.is_empty() {
+            return Ok(());
+        }
         while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
-            let out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
+            let mut out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
             self.log_exhausted = out.exhausted;
             if out.upto == self.next_seq {
                 break;
             }
             self.next_seq = out.upto;
             let upto = LogPosition { seq: out.upto, hash: out.upto_hash };
+            // Sent earlier in this session (ahead of the log, or as part of a run).
+            out.changes = self.unsent(out.changes);
             if out.changes.is_empty() && !out.exhausted {
                 // Nothing here for this peer (other villages' changes): read
                 // on without a push and its ack, which for a new device on a
@@ -752,7 +821,8 @@ impl Session {
         Ok(())
     }
 
-    /// Signs our own changes, sends grants the peer may lack, then the push.
+    /// Signs our own changes, sends grants the peer may lack, then the push:
+    /// a [`Message::Pack`] of signed runs in version 2, else a [`Message::Push`].
     fn push_batch(
         &mut self,
         ledger: &mut Ledger,
@@ -760,6 +830,26 @@ impl Session {
         upto: Option<LogPosition>,
         now: Timestamp,
     ) -> Result<u32, SessionError> {
+        self.sent.extend(changes.iter().map(|c| c.hash));
+        if self.version >= 2 {
+            let runs = self.runs(ledger, changes)?;
+            let count = runs.iter().map(|r| r.changes.len()).sum::<usize>();
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let frame = wire::encode_with(&Message::Pack { batch, upto, runs }, self.version)?;
+            self.queue_push(frame, batch, count, now);
+            return Ok(count);
+        }
+        if changes.iter().any(|c| {
+            matches!(
+                c.signature.as_deref().and_then(Provenance::from_blob),
+                Some(Provenance::RunHead { .. } | Provenance::RunMember { .. })
+            )
+        }) {
+            // Version 1 has one signature per change; a run's cannot be split.
+            return Err(SessionError::Version { min: 1, max: 1 });
+        }
         let mut envelopes = Vec::with_capacity(changes.len());
         for c in changes {
             let (signer, signature) = match (c.signer, c.signature.as_deref()) {
@@ -783,13 +873,118 @@ impl Session {
         let count = u32::try_from(envelopes.len()).unwrap_or(u32::MAX);
         let batch = self.next_batch;
         self.next_batch += 1;
-        let frame = wire::encode(&Message::Push { batch, upto, envelopes })?;
+        let frame = wire::encode_with(&Message::Push { batch, upto, envelopes }, self.version)?;
+        self.queue_push(frame, batch, count, now);
+        Ok(count)
+    }
+
+    /// `changes` without what this session already sent: a change alone is
+    /// dropped if it went out, a signed run (its members, then its head) only
+    /// if all of it did, since its signature covers the whole set.
+    fn unsent(&self, changes: Vec<OutgoingChange>) -> Vec<OutgoingChange> {
+        let mut out = Vec::with_capacity(changes.len());
+        let mut run: Vec<OutgoingChange> = Vec::new();
+        for c in changes {
+            match c.signature.as_deref().and_then(Provenance::from_blob) {
+                Some(Provenance::RunMember { .. }) => run.push(c),
+                Some(Provenance::RunHead { .. }) => {
+                    run.push(c);
+                    let group = std::mem::take(&mut run);
+                    if group.iter().any(|g| !self.sent.contains(&g.hash)) {
+                        out.extend(group);
+                    }
+                }
+                _ => {
+                    out.append(&mut run);
+                    if !self.sent.contains(&c.hash) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out.append(&mut run);
+        out
+    }
+
+    fn queue_push(&mut self, frame: Vec<u8>, batch: u64, count: u32, now: Timestamp) {
         debug_assert!(frame.len() <= MAX_FRAME_BYTES + 4);
         let bytes = frame.len();
         let bytes_through = self.in_flight.iter().fold(bytes, |sum, f| sum.saturating_add(f.bytes));
         self.transmit.push_back(frame);
         self.in_flight.push_back(InFlight { batch, sent_at: now, changes: count, bytes, bytes_through });
-        Ok(count)
+    }
+
+    /// Groups a batch into signed runs, sending first the grants the peer may
+    /// lack. Our own changes to one case become one run under one signature;
+    /// a relayed run goes as it came (its members, then its head); any other
+    /// change is a run of one with its own signature.
+    fn runs(&mut self, ledger: &mut Ledger, changes: Vec<OutgoingChange>) -> Result<Vec<Run>, SessionError> {
+        let mut runs: Vec<Run> = Vec::new();
+        // Our own changes, per case, in log order: signed at the end, as one run each.
+        let mut own: BTreeMap<CaseId, (usize, Vec<Hash>)> = BTreeMap::new();
+        let mut members: Vec<Vec<u8>> = Vec::new();
+        for c in changes {
+            let provenance = c.signature.as_deref().and_then(Provenance::from_blob);
+            let mine = c.signer.is_none() && c.received_from.is_none() && self.creds.own.is_some();
+            if let Some(k) = c.signer {
+                self.offer_grant(ledger, k)?;
+            }
+            match provenance {
+                _ if mine => {
+                    let full = own
+                        .get(&c.case)
+                        .is_some_and(|(at, _)| runs.get(*at).is_none_or(|r| r.changes.len() >= MAX_RUN_CHANGES));
+                    if full || !own.contains_key(&c.case) {
+                        own.insert(c.case, (runs.len(), Vec::new()));
+                        runs.push(Run { case: c.case, signer: None, signature: None, changes: Vec::new() });
+                    }
+                    if let Some((at, hashes)) = own.get_mut(&c.case)
+                        && let Some(run) = runs.get_mut(*at)
+                    {
+                        hashes.push(c.hash);
+                        run.changes.push(c.bytes);
+                    }
+                }
+                Some(Provenance::RunMember { .. }) => members.push(c.bytes),
+                Some(Provenance::RunHead { signature, .. }) => {
+                    let mut changes = std::mem::take(&mut members);
+                    changes.push(c.bytes);
+                    runs.push(Run { case: c.case, signer: c.signer, signature: Some(signature), changes });
+                }
+                Some(Provenance::Single(sig)) => {
+                    runs.push(Run { case: c.case, signer: c.signer, signature: Some(sig), changes: vec![c.bytes] });
+                }
+                None => runs.push(Run { case: c.case, signer: c.signer, signature: None, changes: vec![c.bytes] }),
+            }
+        }
+        if let Some((grant, key)) = &self.creds.own {
+            let public = grant.grant.public_key;
+            for (case, (at, hashes)) in own {
+                let Some(run) = runs.get_mut(at) else { continue };
+                let signature = match hashes.as_slice() {
+                    [one] => trust::sign_change(key, one),
+                    many => trust::sign_run(key, case.as_bytes(), many),
+                };
+                run.signer = Some(public);
+                run.signature = Some(signature);
+            }
+            if !self.grants_sent.contains(&public) {
+                self.grants_sent.insert(public);
+                let bytes = grant.bytes.clone();
+                self.send(&Message::Grant { bytes })?;
+            }
+        }
+        Ok(runs.into_iter().filter(|r| !r.changes.is_empty()).collect())
+    }
+
+    /// Sends the grant of `signer` unless this session already did.
+    fn offer_grant(&mut self, ledger: &Ledger, signer: [u8; 32]) -> Result<(), SessionError> {
+        if self.grants_sent.insert(signer)
+            && let Some(g) = ledger.grant(&signer)?
+        {
+            self.send(&Message::Grant { bytes: g.bytes })?;
+        }
+        Ok(())
     }
 
     fn receive_push(
@@ -797,18 +992,9 @@ impl Session {
         ledger: &mut Ledger,
         batch: u64,
         upto: Option<LogPosition>,
-        envelopes: Vec<Envelope>,
+        changes: Vec<IncomingChange>,
     ) -> Result<(), SessionError> {
         let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("push")) };
-        let changes = envelopes
-            .into_iter()
-            .map(|e| IncomingChange {
-                case: e.case,
-                bytes: e.change,
-                signer: e.signer,
-                signature: e.signature.map(|s| s.to_vec()),
-            })
-            .collect();
         let upto = upto.filter(|_| !self.position_held);
         let report = ledger.apply_from_peer(&peer, changes, upto)?;
         // The ledger kept the old position for this push (see
@@ -871,6 +1057,40 @@ impl Session {
         self.events.push_back(Event::Acked { sent: done.changes, refused });
         Ok(())
     }
+}
+
+/// The changes of a received run, each with the provenance the ledger keeps:
+/// a run of one carries its own signature; in a longer run the last change is
+/// the head, holding the run signature and the other members' hashes, and
+/// every other change names the head.
+fn incoming_run(run: Run) -> Vec<IncomingChange> {
+    let Run { case, signer, signature, changes } = run;
+    let Some(signature) = signature else {
+        return changes.into_iter().map(|bytes| IncomingChange { case, bytes, signer, signature: None }).collect();
+    };
+    if changes.len() == 1 {
+        return changes
+            .into_iter()
+            .map(|bytes| IncomingChange { case, bytes, signer, signature: Some(signature.to_vec()) })
+            .collect();
+    }
+    let hashes: Vec<Hash> = changes.iter().map(|c| crate::doc::chunk_hash(c)).collect();
+    let head = hashes.last().copied().unwrap_or([0; 32]);
+    let mut others: Vec<Hash> = hashes.iter().take(hashes.len().saturating_sub(1)).copied().collect();
+    others.sort_unstable();
+    let head_blob = Provenance::RunHead { signature, others }.to_blob();
+    let member_blob = Provenance::RunMember { head }.to_blob();
+    let last = changes.len() - 1;
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| IncomingChange {
+            case,
+            bytes,
+            signer,
+            signature: Some(if i == last { head_blob.clone() } else { member_blob.clone() }),
+        })
+        .collect()
 }
 
 fn wire_reason(r: RefuseReason) -> wire::RefuseReason {

@@ -393,10 +393,17 @@ fn sync_over_slow_link(notes: usize, rate: i64, cfg: SessionConfig) -> SlowSync 
     let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
     let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
     let case = dev.ledger.create_case(new_case("宅基地边界纠纷")).unwrap().id;
+    // Words that differ from note to note (a pseudo-random draw of CJK characters): version 2
+    // compresses a push whole, and 200 copies of one sentence would cross in no time.
+    let mut seed: u32 = 0x2545_f491;
     for i in 0..notes {
-        let text =
-            format!("第{i}次走访：双方对宅基地边界仍有争议，网格员已联系村委会，约定下周到现场丈量并请老党员见证。");
-        dev.ledger.add_note(case, &text).unwrap();
+        let words: String = (0..48)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                char::from_u32(0x4e00 + (seed >> 16) % 0x5000).unwrap_or('调')
+            })
+            .collect();
+        dev.ledger.add_note(case, &format!("第{i}次走访：{words}")).unwrap();
     }
     let start = T0.0;
     let mut child = Session::new(Side::Child, &dev.ledger, creds(&dev, None), cfg.clone(), None, T0).unwrap();
@@ -447,7 +454,7 @@ fn sync_over_slow_link(notes: usize, rate: i64, cfg: SessionConfig) -> SlowSync 
 #[test]
 fn sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog() {
     let rate = 2_000;
-    let done = sync_over_slow_link(200, rate, SessionConfig::default());
+    let done = sync_over_slow_link(400, rate, SessionConfig::default());
     assert_eq!(done.timed_out, None, "the watchdog ended the session");
     let took = done.caught_up_after_ms.expect("the sessions did not catch up");
     eprintln!("caught up after {took} ms of virtual time; largest push {} B", done.largest_push);
@@ -463,7 +470,7 @@ fn sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog() {
         slowest_link_bytes_per_sec: u32::MAX,
         ..SessionConfig::default()
     };
-    let old = sync_over_slow_link(200, rate, unadapted);
+    let old = sync_over_slow_link(400, rate, unadapted);
     assert!(old.timed_out.is_some(), "one big push should have tripped the 20 s watchdog");
 }
 
@@ -509,4 +516,71 @@ fn group_commit_keeps_operations_atomic_and_shows_nothing_before_commit() {
     assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 2);
     assert_eq!(l.show(second.id, true).unwrap().history.unwrap().len(), 1);
     l.integrity_check().unwrap();
+}
+
+/// The load generator's device (two cases, then eighteen one-field edits and
+/// notes) made through the ledger API, as `sync-server/benches/loadgen.rs`
+/// makes it.
+fn loadgen_device(dev: &mut Node, edits: usize) {
+    use fq_core::case::{Category, Risk};
+    use fq_core::doc::FieldEdit;
+    use fq_core::ledger::NewCase;
+    let cases = edits.div_ceil(10).max(1).min(edits);
+    let mut ids = Vec::new();
+    for c in 0..cases {
+        let case = dev
+            .ledger
+            .create_case(NewCase {
+                category: Category::Neighbor,
+                title: format!("宅基地滴水纠纷 {c}"),
+                description: "两户因房屋滴水檐位置发生争执，经网格员上报。".into(),
+                parties: Vec::new(),
+                risk: Risk::Low,
+                village: None,
+                grid: None,
+            })
+            .unwrap();
+        ids.push(case.id);
+    }
+    let mut risks = vec![Risk::Low; ids.len()];
+    for e in 0..edits - cases {
+        let c = e % ids.len();
+        match e % 3 {
+            0 => dev
+                .ledger
+                .edit(ids[c], FieldEdit { title: Some(format!("宅基地滴水纠纷（第{e}稿）")), ..FieldEdit::default() }),
+            1 => dev.ledger.add_note(ids[c], "第二次调解：双方到场，初步达成意向"),
+            _ => {
+                risks[c] = if risks[c] == Risk::Low { Risk::Medium } else { Risk::Low };
+                dev.ledger.edit(ids[c], FieldEdit { risk: Some(risks[c]), ..FieldEdit::default() })
+            }
+        }
+        .unwrap();
+    }
+}
+
+/// Issue 12's budget: a device's 20 edits (2 cases, 18 edits) cross in at most
+/// 160 bytes of sync frames per edit, both ways, every change still signed
+/// (one run signature per case) and checked by the township.
+#[test]
+fn sync_of_twenty_edits_costs_under_160_bytes_per_edit() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    loadgen_device(&mut dev, 20);
+    let (c, _) = sync(&mut dev, &mut town, clock.now());
+    let stats = c.stats();
+    assert_eq!(stats.sent, 20);
+    let per_edit = (stats.bytes_out + stats.bytes_in) as f64 / 20.0;
+    eprintln!("20 edits: {} B up, {} B down, {per_edit:.0} B per edit", stats.bytes_out, stats.bytes_in);
+    assert!(per_edit <= 160.0, "{per_edit:.0} B per edit");
+    assert_eq!(town.ledger.counts().unwrap()[1], 20, "the township holds every change");
+
+    // One more edit to an existing case, the whole session counted.
+    let case = rows(&dev.ledger)[0].id;
+    dev.ledger.add_note(case, "第三次调解：双方签字").unwrap();
+    let (c, _) = sync(&mut dev, &mut town, clock.now());
+    let one = c.stats().bytes_out + c.stats().bytes_in;
+    eprintln!("one edit, whole session: {} B up, {} B down = {one} B", c.stats().bytes_out, c.stats().bytes_in);
+    assert_eq!(c.stats().sent, 1);
 }
