@@ -584,3 +584,104 @@ fn sync_of_twenty_edits_costs_under_160_bytes_per_edit() {
     eprintln!("one edit, whole session: {} B up, {} B down = {one} B", c.stats().bytes_out, c.stats().bytes_in);
     assert_eq!(c.stats().sent, 1);
 }
+
+/// Issue 12: over a link that breaks every 5 s (64 kbit/s, 300 ms each way),
+/// a high-risk case recorded last reaches the township in the first exchange
+/// that completes, before ordinary cases recorded earlier. In virtual time:
+/// each break ends the session, and the next one starts from the positions
+/// saved at every ack.
+#[test]
+fn sync_sends_a_high_risk_case_first_over_a_link_that_breaks_every_five_seconds() {
+    use fq_core::case::Risk;
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut seed: u32 = 7;
+    let mut words = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                char::from_u32(0x4e00 + (seed >> 16) % 0x5000).unwrap_or('调')
+            })
+            .collect()
+    };
+    let mut ordinary = Vec::new();
+    for i in 0..40 {
+        let mut case = new_case(&format!("邻里纠纷{i}"));
+        case.description = words(200);
+        ordinary.push(dev.ledger.create_case(case).unwrap().id);
+    }
+    let mut urgent = new_case("扬言报复，民转刑风险");
+    urgent.risk = Risk::High;
+    let urgent = dev.ledger.create_case(urgent).unwrap().id;
+
+    let rate = 8_000;
+    let mut now = T0.0;
+    let mut arrived: Vec<fq_core::case::CaseId> = Vec::new();
+    let mut exchanges = 0;
+    for _session in 0..40 {
+        let broken_at = now + 5_000;
+        let at = Timestamp(now);
+        let upstream = dev.ledger.upstream().unwrap();
+        let mut child =
+            Session::new(Side::Child, &dev.ledger, creds(&dev, None), SessionConfig::default(), upstream, at).unwrap();
+        let mut parent = Session::new(
+            Side::Parent,
+            &town.ledger,
+            creds(&town, Some("532924101201")),
+            SessionConfig::default(),
+            None,
+            at,
+        )
+        .unwrap();
+        let (mut up, mut down) = (SlowLink::new(rate, 300), SlowLink::new(rate, 300));
+        up.free_at = now;
+        down.free_at = now;
+        loop {
+            while let Some(f) = child.poll_transmit() {
+                up.send(now, f);
+            }
+            while let Some(f) = parent.poll_transmit() {
+                down.send(now, f);
+            }
+            if child.is_caught_up() && parent.is_caught_up() {
+                break;
+            }
+            let Some(next) = [up.next_arrival(), down.next_arrival()].into_iter().flatten().min() else { break };
+            if next > broken_at {
+                now = broken_at;
+                break;
+            }
+            now = next.max(now);
+            let at = Timestamp(now);
+            while up.next_arrival().is_some_and(|t| t <= now) {
+                let (_, f) = up.queue.pop_front().unwrap();
+                parent.handle_input(&mut town.ledger, &f, at).unwrap();
+                for e in std::iter::from_fn(|| parent.poll_event()) {
+                    if matches!(e, Event::Received { applied, .. } if applied > 0) {
+                        exchanges += 1;
+                        for row in rows(&town.ledger) {
+                            if !arrived.contains(&row.id) {
+                                arrived.push(row.id);
+                            }
+                        }
+                    }
+                }
+            }
+            while down.next_arrival().is_some_and(|t| t <= now) {
+                let (_, f) = down.queue.pop_front().unwrap();
+                child.handle_input(&mut dev.ledger, &f, at).unwrap();
+            }
+        }
+        if arrived.len() == 41 {
+            break;
+        }
+        now += 1_000; // redial
+    }
+    assert_eq!(arrived.len(), 41, "every case reached the township");
+    assert!(exchanges > 1, "the backlog took several exchanges");
+    assert_eq!(arrived.first(), Some(&urgent), "the high-risk case came in the first completed exchange");
+    let urgent_at = arrived.iter().position(|c| *c == urgent).unwrap();
+    let first_ordinary = arrived.iter().position(|c| *c == ordinary[0]).unwrap();
+    assert!(urgent_at < first_ordinary, "recorded last, it arrived before the cases recorded first");
+}
