@@ -779,17 +779,20 @@ impl Store {
 
     /// How many log rows after `after` belong to urgent cases (see
     /// [`Store::urgent_log_after`]) inside `scope`, and how many to others.
-    pub fn waiting_after(&self, after: i64, scope: &str) -> Result<(i64, i64), StoreError> {
+    /// Rows that came from `from` are not counted: they are that peer's own.
+    pub fn waiting_after(&self, after: i64, scope: &str, from: Option<ReplicaId>) -> Result<(i64, i64), StoreError> {
         let end = format!("{scope}~");
+        let from = from.map(|f| f.as_bytes().to_vec());
         self.conn
             .prepare_cached(
                 "SELECT coalesce(sum(k.risk = 'high' OR k.status = 'escalated'), 0),
                         coalesce(sum(NOT (k.risk = 'high' OR k.status = 'escalated')), 0)
                  FROM changes c JOIN cases k ON k.rowid = c.case_rowid
-                 WHERE c.log_seq > ?1 AND k.village >= ?2 AND k.village < ?3",
+                 WHERE c.log_seq > ?1 AND k.village >= ?2 AND k.village < ?3
+                   AND (?4 IS NULL OR c.received_from IS NULL OR c.received_from != ?4)",
             )
             .map_err(sq("prepare waiting"))?
-            .query_row(params![after, scope, end], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![after, scope, end, from], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(sq("read waiting"))
     }
 
@@ -915,6 +918,22 @@ impl Store {
     /// A grant by its public key.
     pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
         grant_get(&self.conn, signer)
+    }
+
+    /// Every grant held, oldest first.
+    pub fn grants(&self) -> Result<Vec<GrantRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT signer, bytes, subject, role, scope FROM grants ORDER BY received_at, signer")
+            .map_err(sq("prepare grants"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .map_err(sq("read grants"))?;
+        rows.map(|r| {
+            let (signer, bytes, subject, role, scope) = r.map_err(sq("read grants"))?;
+            Ok(GrantRow { signer: key32(signer)?, bytes, subject, role, scope })
+        })
+        .collect()
     }
 
     /// The highest log position.

@@ -55,6 +55,12 @@ pub fn run_key(head: &Hash) -> Hash {
     key
 }
 
+/// The `meta` key recording an imported sync file.
+fn file_key(sender: &ReplicaId, id: &[u8; 16]) -> String {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("file/{sender}/{hex}")
+}
+
 /// The hash a digest carries for a case: SHA-256 of its sorted heads.
 pub fn heads_digest(heads: &[u8]) -> Hash {
     Sha256::digest(heads).into()
@@ -223,10 +229,15 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Log rows after `after` inside `scope`: (urgent, other). What `fq sync`
-    /// shows as still waiting to go up.
-    pub fn waiting(&self, after: i64, scope: &AdminCode) -> Result<(i64, i64), LedgerError> {
-        Ok(self.store.waiting_after(after, scope.as_str())?)
+    /// Changes still waiting to reach `peer` (this replica's parent, usually):
+    /// log rows after the position it acknowledged, except those it sent us,
+    /// counted as (urgent, other). What `fq sync` shows as still to go up.
+    pub fn waiting_for(&self, peer: Option<ReplicaId>) -> Result<(i64, i64), LedgerError> {
+        let acked = match peer {
+            Some(p) => self.store.peer(p)?.map_or(0, |r| r.acked_seq),
+            None => 0,
+        };
+        Ok(self.store.waiting_after(acked, self.identity.scope.as_str(), peer)?)
     }
 
     /// What a log position is checked by: the log's chain value at `seq`
@@ -366,6 +377,24 @@ impl Ledger {
             }
         }
         Ok(duplicates)
+    }
+
+    /// Every grant this ledger holds, oldest first.
+    pub fn grants(&self) -> Result<Vec<GrantRow>, LedgerError> {
+        Ok(self.store.grants()?)
+    }
+
+    /// Whether this ledger imported the sync file `id` from `sender` before.
+    pub fn file_seen(&self, sender: &ReplicaId, id: &[u8; 16]) -> Result<bool, LedgerError> {
+        Ok(self.store.meta(&file_key(sender, id))?.is_some())
+    }
+
+    /// Records that the sync file `id` from `sender` was imported (`fq sync
+    /// --from-file` says so when it comes again).
+    pub fn note_file(&mut self, sender: &ReplicaId, id: &[u8; 16]) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        let now = self.clock.now();
+        Ok(self.store.set_meta_now(&file_key(sender, id), &now.0.to_string())?)
     }
 
     /// The grant of a signing key, if this ledger holds it.

@@ -101,6 +101,17 @@ pub struct SessionConfig {
     pub ack_timeout_ms: i64,
     /// A peer that has not said hello by then is dropped.
     pub hello_timeout_ms: i64,
+    /// A one-way exchange (a sync file): nothing the peer sends can answer
+    /// what this side sends, so pushes go all at once without waiting for
+    /// acks, no watchdog runs, an ack recorded in the file moves the
+    /// acknowledged position whichever session sent its push, and where a
+    /// peer's claim on our log does not hold, the log is sent again from its
+    /// start instead of a digest (recovery needs a round trip).
+    pub one_way: bool,
+    /// The peer is another person's device (device to device, over the local
+    /// network or by file): both are devices whose scopes overlap, and each
+    /// side sends only what lies in both.
+    pub device_peer: bool,
 }
 
 impl Default for SessionConfig {
@@ -113,6 +124,8 @@ impl Default for SessionConfig {
             max_in_flight: 2,
             ack_timeout_ms: 20_000,
             hello_timeout_ms: 30_000,
+            one_way: false,
+            device_peer: false,
         }
     }
 }
@@ -297,6 +310,8 @@ pub struct Session {
     /// Hashes of the changes sent in this session: a change goes once per
     /// session, however many passes (urgent first, then the log) reach it.
     sent: BTreeSet<Hash>,
+    /// This replica's own scope, read at the peer's hello.
+    own_scope: Option<AdminCode>,
     /// Changes of urgent cases still to push ahead of the log.
     urgent: VecDeque<OutgoingChange>,
     /// Whether the urgent cases after the current position were read.
@@ -347,6 +362,7 @@ impl Session {
             sent: BTreeSet::new(),
             urgent: VecDeque::new(),
             urgent_read: false,
+            own_scope: None,
         };
         if side == Side::Child {
             s.send_hello(ledger, expected_peer)?;
@@ -420,6 +436,9 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.cfg.one_way {
+            return None;
+        }
         match self.state {
             State::Closed => None,
             State::Hello => Some(Timestamp(self.started.0 + self.cfg.hello_timeout_ms)),
@@ -562,6 +581,11 @@ impl Session {
                 // A child dials its parent: the parent must cover the child.
                 let me = ledger.identity();
                 let fits = match self.side {
+                    _ if self.cfg.device_peer => {
+                        tier == Tier::Device
+                            && me.tier == Tier::Device
+                            && (scope.contains(&me.scope) || me.scope.contains(&scope))
+                    }
                     Side::Child => scope.contains(&me.scope) && tier != Tier::Device,
                     Side::Parent => me.scope.contains(&scope),
                 };
@@ -571,6 +595,7 @@ impl Session {
                         allowed: me.scope.to_string(),
                     });
                 }
+                self.own_scope = Some(me.scope.clone());
                 let peer = PeerInfo { replica, tier, scope };
                 if self.side == Side::Parent {
                     self.send_hello(ledger, Some(replica))?;
@@ -644,6 +669,12 @@ impl Session {
             self.next_seq = have.seq;
             return Ok(());
         }
+        if self.cfg.one_way {
+            // No round trip for a digest: send the peer's scope from the start
+            // (what it holds is a no-op there).
+            self.next_seq = 0;
+            return Ok(());
+        }
         // The peer's idea of our log does not match it: one side was restored
         // or rebuilt. Send a digest of our cases in its scope; it will ask for
         // what it lacks. Afterwards we resume from our current head.
@@ -671,8 +702,15 @@ impl Session {
         Ok(())
     }
 
+    /// What this side sends the peer: the peer's scope, or for another
+    /// person's device the part both cover (the narrower of the two).
     fn peer_scope(&self) -> Result<AdminCode, SessionError> {
-        self.peer.as_ref().map(|p| p.scope.clone()).ok_or(SessionError::Unexpected("message before hello"))
+        let peer =
+            self.peer.as_ref().map(|p| p.scope.clone()).ok_or(SessionError::Unexpected("message before hello"))?;
+        match &self.own_scope {
+            Some(mine) if self.cfg.device_peer && peer.contains(mine) => Ok(mine.clone()),
+            _ => Ok(peer),
+        }
     }
 
     fn answer_digest(&mut self, ledger: &mut Ledger) -> Result<(), SessionError> {
@@ -759,7 +797,8 @@ impl Session {
             let urgent = self.unsent(urgent);
             self.urgent.extend(urgent);
         }
-        while self.in_flight.len() < self.cfg.max_in_flight && !self.urgent.is_empty() {
+        let room = if self.cfg.one_way { usize::MAX } else { self.cfg.max_in_flight };
+        while self.in_flight.len() < room && !self.urgent.is_empty() {
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some(next) = self.urgent.front() {
@@ -782,7 +821,7 @@ impl Session {
         if !self.urgent.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
+        while self.in_flight.len() < room && !self.log_exhausted {
             let mut out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
             self.log_exhausted = out.exhausted;
             if out.upto == self.next_seq {
@@ -803,13 +842,13 @@ impl Session {
             self.unsent_position = None;
             self.push_batch(ledger, out.changes, Some(upto), now)?;
         }
-        if self.log_exhausted && self.in_flight.len() < self.cfg.max_in_flight {
+        if self.log_exhausted && self.in_flight.len() < room {
             // The tail was all skipped: one empty push moves the peer's position.
             if let Some(upto) = self.unsent_position.take() {
                 self.push_batch(ledger, Vec::new(), Some(upto), now)?;
             }
         }
-        if self.log_exhausted && self.in_flight.is_empty() && !self.sent_done {
+        if self.log_exhausted && (self.in_flight.is_empty() || self.cfg.one_way) && !self.sent_done {
             self.sent_done = true;
             let head = ledger.log_head()?;
             self.send(&Message::Done { log_head: head })?;
@@ -1042,7 +1081,18 @@ impl Session {
         now: Timestamp,
     ) -> Result<(), SessionError> {
         let Some(pos) = self.in_flight.iter().position(|f| f.batch == batch) else {
-            // An ack for a batch of an earlier session, or a duplicate: harmless.
+            if self.cfg.one_way
+                && let Some(peer) = self.peer.clone()
+            {
+                // An answer file acknowledges the pushes of the file it answers
+                // (another session): the peer committed up to `upto` of our log.
+                if upto > 0 {
+                    ledger.record_ack(&peer, upto)?;
+                }
+                self.stats.refused_by_peer += refused.len() as u64;
+                self.events.push_back(Event::Acked { sent: 0, refused });
+            }
+            // Otherwise an ack for a batch of an earlier session, or a duplicate: harmless.
             return Ok(());
         };
         let Some(done) = self.in_flight.remove(pos) else { return Ok(()) };

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod encryption;
+mod file;
 mod hostile;
 mod ledger;
 mod merge;
