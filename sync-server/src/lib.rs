@@ -34,6 +34,8 @@
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
 //!   [`client::Dialed::sync`] runs a session to the end, dialing once more if the link breaks
 //!   on the way; [`client::sync_once`] does both. `fq sync` is a thin shell over it.
+//! - [`import`]: `fq-server import`: a sync file from a village handed to the running server
+//!   over a Unix socket in its data directory; the replica thread answers it after its commit.
 //! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
 //!   read-only beside the running server.
 //! - [`journal`]: the log: JSON with stable English event names, or a human line in the
@@ -89,6 +91,7 @@
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod import;
 pub mod journal;
 pub mod limits;
 mod link;
