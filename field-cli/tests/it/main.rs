@@ -15,3 +15,4 @@ mod lifecycle;
 mod process;
 mod schema;
 mod sync;
+mod usb;

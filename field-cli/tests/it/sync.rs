@@ -21,10 +21,10 @@ use crate::harness::{FQ, Fq, Run, fq_command, run, wait_bounded};
 use crate::process::{RunSpec, ServerProcess, write_config};
 use crate::schema::assert_valid;
 
-const COUNTY: &str = "532924";
-const TOWNSHIP: &str = "532924101";
-const VILLAGE_A: &str = "532924101201";
-const VILLAGE_B: &str = "532924101202";
+pub(crate) const COUNTY: &str = "532924";
+pub(crate) const TOWNSHIP: &str = "532924101";
+pub(crate) const VILLAGE_A: &str = "532924101201";
+pub(crate) const VILLAGE_B: &str = "532924101202";
 /// Bound on waiting for changes to travel between servers.
 const CONVERGE: Duration = Duration::from_secs(60);
 /// `fq sync`'s dial bound in these tests (the default is 15 s).
@@ -41,19 +41,19 @@ fn fq_server() -> PathBuf {
     path
 }
 
-fn fq_server_run(args: &[&str]) -> Run {
+pub(crate) fn fq_server_run(args: &[&str]) -> Run {
     let mut cmd = Command::new(fq_server());
     cmd.args(args).stdin(Stdio::null());
     run(cmd)
 }
 
 /// A county CA in a temporary directory, driven through `fq-server ca`.
-struct County {
-    dir: TempDir,
+pub(crate) struct County {
+    pub(crate) dir: TempDir,
 }
 
 impl County {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let county = County { dir: tempfile::tempdir().unwrap() };
         let ca = county.ca();
         let out = fq_server_run(&["ca", "init", "--dir", ca.to_str().unwrap(), "--county", COUNTY]);
@@ -65,7 +65,7 @@ impl County {
         self.dir.path().join("ca")
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -96,7 +96,7 @@ impl County {
     }
 
     /// A server of `tier` with its own data directory under the county's temp dir.
-    fn server(
+    pub(crate) fn server(
         &self,
         id: &str,
         tier: &str,
@@ -127,13 +127,13 @@ impl County {
         )
     }
 
-    fn data(&self, id: &str) -> PathBuf {
+    pub(crate) fn data(&self, id: &str) -> PathBuf {
         self.path(&format!("{id}-data"))
     }
 }
 
 /// `fq init --bundle` for a device; returns it.
-fn enrolled_device(county: &County, id: &str, role: &str, scope: &str, name: &str) -> Fq {
+pub(crate) fn enrolled_device(county: &County, id: &str, role: &str, scope: &str, name: &str) -> Fq {
     let bundle = county.issue(id, role, scope);
     let fq = Fq::new();
     let out = fq.json(&["init", "--bundle", bundle.to_str().unwrap(), "--name", name]);
@@ -142,7 +142,7 @@ fn enrolled_device(county: &County, id: &str, role: &str, scope: &str, name: &st
 }
 
 /// `fq sync` with the test's connect timeout.
-fn sync(fq: &Fq, args: &[&str]) -> Run {
+pub(crate) fn sync(fq: &Fq, args: &[&str]) -> Run {
     let mut all = vec!["sync"];
     all.extend_from_slice(args);
     let mut cmd = fq.command(&all);
@@ -167,7 +167,7 @@ fn on_server(data: &Path, args: &[&str]) -> Value {
     run(cmd).json()
 }
 
-fn status(data: &Path) -> Value {
+pub(crate) fn status(data: &Path) -> Value {
     let out = fq_server_run(&["status", "--data-dir", data.to_str().unwrap(), "--json"]);
     let value: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status ({e}): {out:?}"));
     assert_valid("server-status.v1.schema.json", &value);
@@ -175,7 +175,7 @@ fn status(data: &Path) -> Value {
 }
 
 /// Polls `check` every 100 ms until it is true; fails the test after `limit`.
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
@@ -184,7 +184,7 @@ fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 }
 
 /// The case list rows of a replica inside `within`, by id.
-fn rows(data: &Path, within: &str) -> BTreeMap<String, Value> {
+pub(crate) fn rows(data: &Path, within: &str) -> BTreeMap<String, Value> {
     let list = on_server(data, &["case", "list", "--village", within]);
     list["cases"].as_array().unwrap().iter().map(|r| (r["id"].as_str().unwrap().to_owned(), r.clone())).collect()
 }
@@ -312,7 +312,7 @@ fn sync_reports_a_change_outside_the_device_scope_and_the_server_audits_it() {
 
 /// Adds `cases` cases of `notes + 1` changes each to the device ledger at `path`, quickly: they
 /// are written in memory and imported in one transaction, as this device's own.
-fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
+pub(crate) fn bulk_changes(path: &Path, scope: &str, cases: usize, notes: usize) {
     let clock = Arc::new(SystemClock);
     let mut scratch = Ledger::init_in_memory(
         InitOptions {
@@ -470,7 +470,7 @@ fn sync_to_a_name_that_cannot_be_found_says_so() {
     assert!(!a.data_dir().join("sync.json").exists(), "a name that was never found is not remembered");
 }
 
-fn file_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
