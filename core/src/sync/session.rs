@@ -794,8 +794,13 @@ impl Session {
         if !self.urgent_read {
             self.urgent_read = true;
             let urgent = ledger.urgent_outgoing(self.next_seq, &scope, skip, URGENT_ROWS)?;
-            let urgent = self.unsent(urgent);
-            self.urgent.extend(urgent);
+            // The read replaces what is still queued, never adds to it: the
+            // queue came from the same position (the log pass waits for it to
+            // empty), so this read holds it already. Added, a change still
+            // queued went twice in one push, and the peer refused the run signed
+            // over both copies while the next push's position covered it: an
+            // acknowledged change lost.
+            self.urgent = self.unsent(urgent).into();
         }
         let room = if self.cfg.one_way { usize::MAX } else { self.cfg.max_in_flight };
         while self.in_flight.len() < room && !self.urgent.is_empty() {
@@ -970,6 +975,11 @@ impl Session {
             }
             match provenance {
                 _ if mine => {
+                    // Once per run: a run signed over two copies of a change is
+                    // refused whole by the peer.
+                    if own.get(&c.case).is_some_and(|(_, hashes)| hashes.contains(&c.hash)) {
+                        continue;
+                    }
                     let full = own
                         .get(&c.case)
                         .is_some_and(|(at, _)| runs.get(*at).is_none_or(|r| r.changes.len() >= MAX_RUN_CHANGES));

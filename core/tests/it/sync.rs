@@ -685,3 +685,67 @@ fn sync_sends_a_high_risk_case_first_over_a_link_that_breaks_every_five_seconds(
     let first_ordinary = arrived.iter().position(|c| *c == ordinary[0]).unwrap();
     assert!(urgent_at < first_ordinary, "recorded last, it arrived before the cases recorded first");
 }
+
+/// Regression (simulator seeds 3655733423352523290 and 5209195425396659436):
+/// an edit made while urgent changes still wait for room in flight re-reads
+/// the urgent cases. Added to the queue instead of replacing it, that read
+/// put the waiting changes in it twice; the next push carried both copies
+/// in one run, the township refused the run's signature, and the log push
+/// after it acknowledged a position past changes the township never held.
+#[test]
+fn sync_an_edit_while_urgent_changes_wait_sends_each_once_and_acks_only_what_is_held() {
+    use fq_core::case::Risk;
+    let clock = ManualClock::new(T0);
+    let now = clock.now();
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let ordinary = dev.ledger.create_case(new_case("邻里纠纷")).unwrap().id;
+    let mut urgent = new_case("扬言报复，民转刑风险");
+    urgent.risk = Risk::High;
+    let urgent = dev.ledger.create_case(urgent).unwrap().id;
+    for i in 0..5 {
+        dev.ledger.add_note(urgent, &format!("第{i}次走访：当事人情绪激动")).unwrap();
+    }
+    // One push in flight, each first push one change: the urgent queue waits.
+    let cfg = SessionConfig { max_in_flight: 1, first_batch_bytes: 1, ..SessionConfig::default() };
+    let mut c = Session::new(Side::Child, &dev.ledger, creds(&dev, None), cfg.clone(), None, now).unwrap();
+    let mut p = Session::new(Side::Parent, &town.ledger, creds(&town, Some("532924101201")), cfg, None, now).unwrap();
+    // Hellos both ways: the child's first urgent push is queued, unacknowledged.
+    while let Some(f) = c.poll_transmit() {
+        p.handle_input(&mut town.ledger, &f, now).unwrap();
+    }
+    while let Some(f) = p.poll_transmit() {
+        c.handle_input(&mut dev.ledger, &f, now).unwrap();
+    }
+    // An edit while urgent changes wait: the session reads the urgent cases again.
+    dev.ledger.add_note(ordinary, "双方同意再次调解").unwrap();
+    c.notify_local_changes(&mut dev.ledger, now).unwrap();
+    for _ in 0..10_000 {
+        let mut moved = false;
+        while let Some(f) = c.poll_transmit() {
+            moved = true;
+            p.handle_input(&mut town.ledger, &f, now).unwrap();
+        }
+        while let Some(f) = p.poll_transmit() {
+            moved = true;
+            c.handle_input(&mut dev.ledger, &f, now).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
+    let town_id = town.ledger.identity().replica;
+    let acked = dev.ledger.peer(town_id).unwrap().expect("the township acknowledged").acked_seq;
+    let head = dev.ledger.log_head().unwrap();
+    assert_eq!(acked, head, "the township acknowledged the whole log");
+    for change in dev.ledger.changes_since(0, 1_000).unwrap() {
+        assert!(
+            town.ledger.holds_change(change.case, &change.hash).unwrap(),
+            "change {} at {} acknowledged but not held by the township",
+            change.hash.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>(),
+            change.log_seq
+        );
+    }
+    assert_eq!(c.stats().refused_by_peer, 0, "the township refused a change");
+}
