@@ -399,6 +399,7 @@ pub fn summary(ledger: &Ledger) -> Result<Summary, LedgerError> {
 
 /// A case's log rows by the change they name, resolved against its document.
 struct CaseLog {
+    case: CaseId,
     rows: BTreeMap<Hash, LogEntry>,
 }
 
@@ -411,7 +412,7 @@ impl CaseLog {
     fn from_entries(ledger: &mut Ledger, case: CaseId, entries: Vec<LogEntry>) -> Result<Self, LedgerError> {
         let hashes = ledger.case_doc(case)?.change_hashes();
         let rows = entries.into_iter().filter_map(|e| Some((resolve_key(&hashes, &e)?, e))).collect();
-        Ok(CaseLog { rows })
+        Ok(CaseLog { case, rows })
     }
 }
 
@@ -486,8 +487,12 @@ impl CaseReader<'_> {
                 if self.names.grant(signer).is_none() {
                     return SignatureState::NoGrant;
                 }
-                let Ok(sig) = <&[u8; 64]>::try_from(signature.as_slice()) else { return SignatureState::Invalid };
-                if trust::verify_change(signer, hash, sig).is_ok() {
+                let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(signer) else { return SignatureState::Invalid };
+                let head_of = |h: &Hash| {
+                    let r = self.log.rows.get(h).filter(|r| r.signer.as_ref() == Some(signer))?;
+                    r.signature.clone()
+                };
+                if trust::check_provenance(&key, self.log.case.as_bytes(), hash, signature, &head_of).is_ok() {
                     SignatureState::Valid
                 } else {
                     SignatureState::Invalid

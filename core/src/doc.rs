@@ -1072,6 +1072,15 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, DocError> {
     Ok(change)
 }
 
+/// The hash of a change from its bytes alone, without parsing it: Automerge hashes a chunk
+/// as SHA-256 over everything after its magic and checksum (type, length, body). For bytes
+/// that are not one well-formed change chunk the value names nothing, and the change is
+/// refused when it is parsed.
+pub fn chunk_hash(bytes: &[u8]) -> Hash {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes.get(8..).unwrap_or_default()).into()
+}
+
 /// The hash and dependencies of a parsed change.
 pub fn change_key(change: &Change) -> (Hash, Vec<Hash>) {
     (change.hash().0, change.deps().iter().map(hash_bytes).collect())
@@ -1380,6 +1389,17 @@ mod tests {
         assert_eq!((hashes.len(), &hashes), (3, &all));
         assert_eq!(snapshot_heads(b"garbage"), None);
         assert_eq!(snapshot_heads(&a.save()[..60]), None);
+    }
+
+    #[test]
+    fn chunk_hash_is_the_automerge_change_hash() {
+        let mut doc = new_doc(1);
+        doc.push_event(&NewEvent::Note("双方到场".into()), &author("张三"), Timestamp(2_000)).unwrap();
+        for (hash, bytes) in doc.changes_after(&[]) {
+            assert_eq!(chunk_hash(&bytes), hash);
+            assert_eq!(change_key(&parse_change(&bytes).unwrap()).0, hash);
+        }
+        assert_eq!(chunk_hash(b"short"), chunk_hash(b""));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::vault::DataKey;
 mod replica;
 
 pub(crate) use replica::resolve_key;
-pub use replica::{OutgoingBatch, PeerInfo, chain_position, heads_digest};
+pub use replica::{OutgoingBatch, PeerInfo, chain_position, heads_digest, run_key};
 
 /// How many case documents a ledger keeps loaded (about 20 KiB each).
 const DOC_CACHE_CASES: usize = 256;
@@ -1756,6 +1756,19 @@ struct ApplyCtx<'a, 't> {
     signers: std::cell::RefCell<Vec<Signer>>,
 }
 
+/// The verified heads of signed runs in one case's batch: head hash → (signer, the other
+/// members, the author's scope or why the run is refused).
+type RunHeads = BTreeMap<Hash, ([u8; 32], std::collections::BTreeSet<Hash>, Result<Option<AdminCode>, Why>)>;
+
+/// Which run a candidate belongs to (its head's hash), if it came in a signed run.
+fn run_of(c: &Candidate) -> Option<Hash> {
+    match c.signature.as_deref().and_then(trust::Provenance::from_blob)? {
+        trust::Provenance::RunHead { .. } => Some(c.hash),
+        trust::Provenance::RunMember { head } => Some(head),
+        trust::Provenance::Single(_) => None,
+    }
+}
+
 /// What [`ApplyCtx::admit`] learnt of one signing key.
 struct Signer {
     public: [u8; 32],
@@ -1816,17 +1829,8 @@ impl ApplyCtx<'_, '_> {
         Ok(())
     }
 
-    /// Checks signature, grant and role; returns the author's scope.
-    fn admit(&self, c: &Candidate) -> Result<Option<AdminCode>, Why> {
-        if self.admission == Admission::Open || faults::on(Bug::IgnoreScope) {
-            return Ok(None);
-        }
-        let (Some(signer), Some(signature)) = (&c.signer, &c.signature) else {
-            return Err(Why::new(RefuseReason::BadSignature, "the change is not signed").with("why", "unsigned"));
-        };
-        let sig: &[u8; 64] = signature.as_slice().try_into().map_err(|_| {
-            Why::new(RefuseReason::BadSignature, "signature is not 64 bytes").with("why", "signature-length")
-        })?;
+    /// The grant of `signer`, looked up once per batch.
+    fn signer_grant(&self, signer: &[u8; 32]) -> Result<(VerifyingKey, Option<AdminCode>), Why> {
         let mut signers = self.signers.borrow_mut();
         let known = match signers.iter().position(|s| &s.public == signer) {
             Some(i) => &signers[i],
@@ -1835,10 +1839,67 @@ impl ApplyCtx<'_, '_> {
                 &signers[signers.len() - 1]
             }
         };
-        let (key, scope) = known.grant.clone()?;
-        trust::verify_change_with(&key, &c.hash, sig)
-            .map_err(|e| Why::new(RefuseReason::BadSignature, e.to_string()).with("why", "does-not-verify"))?;
-        Ok(scope)
+        known.grant.clone()
+    }
+
+    /// Checks signature, grant and role; returns the author's scope. A change
+    /// of a signed run is admitted when its run's head, in `runs`, verified
+    /// and lists it.
+    fn admit(&self, c: &Candidate, case: CaseId, runs: &RunHeads) -> Result<Option<AdminCode>, Why> {
+        if self.admission == Admission::Open || faults::on(Bug::IgnoreScope) {
+            return Ok(None);
+        }
+        let (Some(signer), Some(blob)) = (&c.signer, &c.signature) else {
+            return Err(Why::new(RefuseReason::BadSignature, "the change is not signed").with("why", "unsigned"));
+        };
+        let provenance = trust::Provenance::from_blob(blob).ok_or_else(|| {
+            Why::new(RefuseReason::BadSignature, format!("a signature of {} bytes", blob.len()))
+                .with("why", "signature-length")
+        })?;
+        match provenance {
+            trust::Provenance::Single(sig) => {
+                let (key, scope) = self.signer_grant(signer)?;
+                trust::verify_change_with(&key, &c.hash, &sig)
+                    .map_err(|e| Why::new(RefuseReason::BadSignature, e.to_string()).with("why", "does-not-verify"))?;
+                Ok(scope)
+            }
+            trust::Provenance::RunHead { signature, others } => {
+                let (key, scope) = self.signer_grant(signer)?;
+                let mut hashes = others;
+                hashes.push(c.hash);
+                trust::verify_run_with(&key, case.as_bytes(), &hashes, &signature).map_err(|e| {
+                    Why::new(RefuseReason::BadSignature, format!("run {e}")).with("why", "does-not-verify")
+                })?;
+                Ok(scope)
+            }
+            trust::Provenance::RunMember { head } => match runs.get(&head) {
+                Some((head_signer, members, Ok(scope))) if head_signer == signer && members.contains(&c.hash) => {
+                    Ok(scope.clone())
+                }
+                Some((_, _, Err(e))) => Err(e.clone()),
+                _ => Err(Why::new(RefuseReason::BadSignature, "its run's signature did not come with it")
+                    .with("why", "run-unsigned")),
+            },
+        }
+    }
+
+    /// Verifies the head of every signed run among `candidates` once.
+    fn run_heads(&self, case: CaseId, candidates: &[Candidate]) -> RunHeads {
+        let mut heads = RunHeads::new();
+        if self.admission == Admission::Open {
+            return heads;
+        }
+        for c in candidates {
+            let (Some(signer), Some(blob)) = (&c.signer, &c.signature) else { continue };
+            let Some(trust::Provenance::RunHead { others, .. }) = trust::Provenance::from_blob(blob) else { continue };
+            let verdict = self.admit(c, case, &RunHeads::new());
+            let members: std::collections::BTreeSet<Hash> = others.into_iter().collect();
+            // The first good copy of a head wins, as for any change.
+            if heads.get(&c.hash).is_none_or(|(_, _, v)| v.is_err()) {
+                heads.insert(c.hash, (*signer, members, verdict));
+            }
+        }
+        heads
     }
 
     /// The grant of a signing key: its decompressed key and its scope, or why
@@ -1938,10 +1999,11 @@ fn apply_case(
             scope: None,
         });
     }
-    // Signatures and grants.
+    // Signatures and grants; a run's signature is checked once, at its head.
+    let runs = cx.run_heads(case, &candidates);
     let mut admitted = Vec::with_capacity(candidates.len());
     for mut c in candidates {
-        match cx.admit(&c) {
+        match cx.admit(&c, case, &runs) {
             Ok(scope) => {
                 c.scope = scope;
                 admitted.push(c);
@@ -1998,22 +2060,39 @@ fn apply_case(
         admitted = kept;
     }
     // Order the changes whose dependencies are present, in dependency order.
-    let mut ready: Vec<Candidate> = Vec::new();
-    let mut waiting = admitted;
-    loop {
-        let before = waiting.len();
-        let mut still = Vec::new();
-        for c in waiting {
-            let no_doc_yet = doc.is_none() && ready.is_empty();
-            let dep_ok = |h: &Hash| ready.iter().any(|r| &r.hash == h) || doc.as_mut().is_some_and(|d| d.has_change(h));
-            let ok = if no_doc_yet { c.deps.is_empty() } else { c.deps.iter().all(dep_ok) };
-            if ok { ready.push(c) } else { still.push(c) }
+    // A signed run is applied whole or waits whole, so that a replica never
+    // holds part of a run it could not pass on with its signature.
+    let mut held_back: std::collections::BTreeSet<Hash> = std::collections::BTreeSet::new();
+    let (ready, waiting) = loop {
+        let mut ready: Vec<Candidate> = Vec::new();
+        let mut waiting: Vec<Candidate> = admitted;
+        loop {
+            let before = waiting.len();
+            let mut still = Vec::new();
+            for c in waiting {
+                let no_doc_yet = doc.is_none() && ready.is_empty();
+                let dep_ok =
+                    |h: &Hash| ready.iter().any(|r| &r.hash == h) || doc.as_mut().is_some_and(|d| d.has_change(h));
+                let ok = if no_doc_yet { c.deps.is_empty() } else { c.deps.iter().all(dep_ok) };
+                let held = run_of(&c).is_some_and(|r| held_back.contains(&r));
+                if ok && !held { ready.push(c) } else { still.push(c) }
+            }
+            waiting = still;
+            if waiting.len() == before || waiting.is_empty() {
+                break;
+            }
         }
-        waiting = still;
-        if waiting.len() == before || waiting.is_empty() {
-            break;
+        let newly: Vec<Hash> = waiting
+            .iter()
+            .filter_map(run_of)
+            .filter(|r| !held_back.contains(r) && ready.iter().any(|c| run_of(c) == Some(*r)))
+            .collect();
+        if newly.is_empty() {
+            break (ready, waiting);
         }
-    }
+        held_back.extend(newly);
+        admitted = ready.into_iter().chain(waiting).collect();
+    };
     for c in &waiting {
         if !c.from_pending {
             let p = PendingChange {

@@ -1055,6 +1055,51 @@ impl Store {
         rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
     }
 
+    /// Log rows after `after` of the urgent cases inside `scope` (a division
+    /// code prefix), most urgent class first, oldest first within a class: 0
+    /// high risk (民转刑), 1 an escalation waiting to be accepted. At most
+    /// `limit` rows.
+    pub fn urgent_log_after(&self, after: i64, scope: &str, limit: u32) -> Result<Vec<(u8, LogEntry)>, StoreError> {
+        let end = format!("{scope}~");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS}, CASE WHEN {CRITICAL} THEN 0 ELSE 1 END AS urgency
+                 FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE ({CRITICAL} OR k.status = 'escalated')
+                   AND k.village >= ?1 AND k.village < ?2 AND c.log_seq > ?3
+                 ORDER BY urgency, c.log_seq LIMIT ?4"
+            ))
+            .map_err(sq("prepare urgent log"))?;
+        let rows = stmt
+            .query_map(params![scope, end, after, limit], |r| Ok((read_log_row(r)?, r.get::<_, u8>(LOG_COLUMN_COUNT)?)))
+            .map_err(sq("read urgent log"))?;
+        rows.map(|r| {
+            let (raw, urgency) = r.map_err(sq("read urgent log"))?;
+            Ok((urgency, raw.parse()?))
+        })
+        .collect()
+    }
+
+    /// How many log rows after `after` belong to urgent cases (see
+    /// [`Store::urgent_log_after`]) inside `scope`, and how many to others.
+    /// Rows that came from `from` are not counted: they are that peer's own.
+    pub fn waiting_after(&self, after: i64, scope: &str, from: Option<ReplicaId>) -> Result<(i64, i64), StoreError> {
+        let end = format!("{scope}~");
+        let from = from.map(|f| f.as_bytes().to_vec());
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT coalesce(sum({CRITICAL} OR k.status = 'escalated'), 0),
+                        coalesce(sum(NOT ({CRITICAL} OR k.status = 'escalated')), 0)
+                 FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.log_seq > ?1 AND k.village >= ?2 AND k.village < ?3
+                   AND (?4 IS NULL OR c.received_from IS NULL OR c.received_from != ?4)"
+            ))
+            .map_err(sq("prepare waiting"))?
+            .query_row(params![after, scope, end, from], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sq("read waiting"))
+    }
+
     /// The log's chain value at position `seq` (see [`LogEntry::chain`]), if
     /// the log reaches that far.
     pub fn log_chain(&self, seq: i64) -> Result<Option<i64>, StoreError> {
@@ -1177,6 +1222,22 @@ impl Store {
     /// A grant by its public key.
     pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
         grant_get(&self.conn, signer)
+    }
+
+    /// Every grant held, oldest first.
+    pub fn grants(&self) -> Result<Vec<GrantRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT signer, bytes, subject, role, scope FROM grants ORDER BY received_at, signer")
+            .map_err(sq("prepare grants"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .map_err(sq("read grants"))?;
+        rows.map(|r| {
+            let (signer, bytes, subject, role, scope) = r.map_err(sq("read grants"))?;
+            Ok(GrantRow { signer: key32(signer)?, bytes, subject, role, scope })
+        })
+        .collect()
     }
 
     /// The highest log position.
@@ -1365,23 +1426,6 @@ impl Store {
     /// Sets this connection's page cache (`PRAGMA cache_size`: pages, or KiB if negative).
     pub fn set_cache_size(&self, value: i64) -> Result<(), StoreError> {
         self.conn.pragma_update(None, "cache_size", value).map_err(sq("set cache size"))
-    }
-
-    /// Every grant this replica holds.
-    pub fn grants(&self) -> Result<Vec<GrantRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT signer, bytes, subject, role, scope FROM grants ORDER BY subject")
-            .map_err(sq("prepare grants"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-            .map_err(sq("read grants"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (signer, bytes, subject, role, scope) = row.map_err(sq("read grants"))?;
-            out.push(GrantRow { signer: key32(signer)?, bytes, subject, role, scope });
-        }
-        Ok(out)
     }
 
     /// (cases with open conflicts, open conflicts, cases whose count is not
@@ -1842,6 +1886,13 @@ fn grant_get(conn: &Connection, signer: &[u8; 32]) -> Result<Option<GrantRow>, S
 const LOG_COLUMNS: &str = "c.log_seq, k.id, c.hash_key, c.received_from, c.signer, c.signature, k.village, c.chain, \
      coalesce((SELECT p.chain FROM changes p WHERE p.log_seq < c.log_seq ORDER BY p.log_seq DESC LIMIT 1), 0), \
      c.received_sec";
+
+/// How many columns [`LOG_COLUMNS`] names.
+const LOG_COLUMN_COUNT: usize = 10;
+
+/// A case that crosses first in every push and pull: high risk, or flagged
+/// 民转刑 (its flags are kept comma-separated).
+const CRITICAL: &str = "(k.risk = 'high' OR (',' || coalesce(k.flags, '') || ',') LIKE '%,criminal-risk,%')";
 
 type LogRaw = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, String, i64, i64, Option<i64>);
 
@@ -2381,6 +2432,8 @@ mod tests {
     #[test]
     fn case_column_count_matches_the_list() {
         assert_eq!(CASE_COLUMNS.split(',').count(), CASE_COLUMN_COUNT);
+        // The log's: one column is a coalesce(), with a comma of its own.
+        assert_eq!(LOG_COLUMNS.split(',').count() - 1, LOG_COLUMN_COUNT);
     }
 
     fn row(n: u8, title: &str, status: Status, deadline: Option<i64>) -> CaseRow {

@@ -63,6 +63,8 @@ pub const SIGNATURE_BYTES: usize = 64;
 const GRANT_CONTEXT: &[u8] = b"fq grant v1\0";
 /// Domain separation for a device's signature over a change hash.
 const CHANGE_CONTEXT: &[u8] = b"fq change v1\0";
+/// Domain separation for a device's signature over a run of its changes to one case.
+const RUN_CONTEXT: &[u8] = b"fq run v1\0";
 
 /// What a certificate holder is: a person's device with a role that authors changes, or a
 /// server that relays them.
@@ -519,6 +521,122 @@ pub fn verify_change(public_key: &[u8; 32], hash: &[u8; 32], signature: &[u8; 64
 /// author decompresses its key once.
 pub fn verify_change_with(key: &VerifyingKey, hash: &[u8; 32], signature: &[u8; 64]) -> Result<(), SignatureError> {
     key.verify_strict(&change_message(hash), &Signature::from_bytes(signature)).map_err(|_| SignatureError::Invalid)
+}
+
+/// What a run signature covers: the context, the case, the number of changes and their hashes
+/// in sorted order (so the order they travel in does not matter).
+fn run_message(case: &[u8; 16], hashes: &[[u8; 32]]) -> Vec<u8> {
+    let mut sorted = hashes.to_vec();
+    sorted.sort_unstable();
+    let mut message = Vec::with_capacity(RUN_CONTEXT.len() + 16 + 4 + 32 * sorted.len());
+    message.extend_from_slice(RUN_CONTEXT);
+    message.extend_from_slice(case);
+    message.extend_from_slice(&u32::try_from(sorted.len()).unwrap_or(u32::MAX).to_be_bytes());
+    sorted.iter().for_each(|h| message.extend_from_slice(h));
+    message
+}
+
+/// Signs a run: several changes of one case, by one author, under one signature (protocol
+/// version 2). The signature covers every hash, so each change stays verifiable back to its
+/// author, as long as the run travels whole.
+pub fn sign_run(key: &SigningKey, case: &[u8; 16], hashes: &[[u8; 32]]) -> [u8; 64] {
+    key.sign(&run_message(case, hashes)).to_bytes()
+}
+
+/// Checks a run signature made by [`sign_run`] over `case` and exactly `hashes` (in any order).
+pub fn verify_run_with(
+    key: &VerifyingKey,
+    case: &[u8; 16],
+    hashes: &[[u8; 32]],
+    signature: &[u8; 64],
+) -> Result<(), SignatureError> {
+    key.verify_strict(&run_message(case, hashes), &Signature::from_bytes(signature))
+        .map_err(|_| SignatureError::Invalid)
+}
+
+/// Checks what is kept beside a held change of `case` (its `signature` column) against its
+/// author's key: a single signature; the head of a signed run, whose signature covers the
+/// run; or a member of a run, vouched for by its head, which `head_of` finds among the case's
+/// changes signed by the same key (its kept blob) and which must list the member.
+pub fn check_provenance(
+    key: &VerifyingKey,
+    case: &[u8; 16],
+    hash: &[u8; 32],
+    blob: &[u8],
+    head_of: &dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
+) -> Result<(), SignatureError> {
+    match Provenance::from_blob(blob).ok_or(SignatureError::Invalid)? {
+        Provenance::Single(sig) => verify_change_with(key, hash, &sig),
+        Provenance::RunHead { signature, mut others } => {
+            others.push(*hash);
+            verify_run_with(key, case, &others, &signature)
+        }
+        Provenance::RunMember { head } => {
+            let head_blob = head_of(&head).ok_or(SignatureError::Invalid)?;
+            match Provenance::from_blob(&head_blob) {
+                Some(Provenance::RunHead { ref others, .. }) if others.contains(hash) => {
+                    check_provenance(key, case, &head, &head_blob, &|_| None)
+                }
+                _ => Err(SignatureError::Invalid),
+            }
+        }
+    }
+}
+
+/// How a held change is vouched for, as kept beside it (the `signature` column, and the
+/// `signature` of a change in transit inside the ledger).
+///
+/// | bytes | meaning |
+/// | --- | --- |
+/// | 64 | [`Provenance::Single`]: a signature over this change's hash ([`sign_change`]) |
+/// | 64 + 32 × n, n ≥ 1 | [`Provenance::RunHead`]: a run signature ([`sign_run`]) over this change and the `n` others listed (sorted) |
+/// | 32 | [`Provenance::RunMember`]: covered by the run whose head is the change with this hash, in the same case |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    /// One change, one signature.
+    Single([u8; 64]),
+    /// The change that carries a run's signature, and the run's other changes.
+    RunHead {
+        /// The run signature.
+        signature: [u8; 64],
+        /// The hashes of the run's other changes, sorted.
+        others: Vec<[u8; 32]>,
+    },
+    /// A change covered by a run's signature, kept with its head.
+    RunMember {
+        /// The hash of the run's head.
+        head: [u8; 32],
+    },
+}
+
+impl Provenance {
+    /// Reads a stored blob; `None` for any other length.
+    pub fn from_blob(blob: &[u8]) -> Option<Self> {
+        match blob.len() {
+            32 => Some(Provenance::RunMember { head: blob.try_into().ok()? }),
+            64 => Some(Provenance::Single(blob.try_into().ok()?)),
+            n if n > 64 && (n - 64) % 32 == 0 => {
+                let (sig, rest) = blob.split_at(64);
+                let others: Vec<[u8; 32]> = rest.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+                Some(Provenance::RunHead { signature: sig.try_into().ok()?, others })
+            }
+            _ => None,
+        }
+    }
+
+    /// The blob to store.
+    pub fn to_blob(&self) -> Vec<u8> {
+        match self {
+            Provenance::Single(sig) => sig.to_vec(),
+            Provenance::RunHead { signature, others } => {
+                let mut out = Vec::with_capacity(64 + 32 * others.len());
+                out.extend_from_slice(signature);
+                others.iter().for_each(|h| out.extend_from_slice(h));
+                out
+            }
+            Provenance::RunMember { head } => head.to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -138,8 +138,20 @@ pub(crate) struct EnrollArgs {
 #[derive(Debug, Args)]
 pub(crate) struct SyncArgs {
     /// 服务器地址（如 10.0.0.5:4433），默认用上次的 / Server address (e.g. 10.0.0.5:4433); default: the last one used
-    #[arg(long, value_name = "地址 / ADDR")]
+    #[arg(long, value_name = "地址 / ADDR", conflicts_with_all = ["to_file", "from_file"])]
     pub server: Option<String>,
+    /// 没有网络时：把要上传的修改写进同步文件，用U盘带到乡镇导入 / No network: write the changes to send into a sync file, to carry to the township on a USB stick
+    #[arg(long, value_name = "文件 / FILE", conflicts_with = "from_file")]
+    pub to_file: Option<PathBuf>,
+    /// 导入同步文件：乡镇的回执，或同村另一台设备的文件 / Import a sync file: the township's answer, or a file from another device of the village
+    #[arg(long, value_name = "文件 / FILE")]
+    pub from_file: Option<PathBuf>,
+    /// 和 --to-file 一起用：文件给同村另一台设备（写它的证书编号），不给乡镇 / With --to-file: the file is for another device of the village (its certificate id), not the township
+    #[arg(long = "for", value_name = "编号 / ID", requires = "to_file")]
+    pub peer: Option<String>,
+    /// 和 --from-file 一起用：导入另一台设备的文件后，把回执写到这里带回去 / With --from-file: after importing another device's file, write the answer here to carry back
+    #[arg(long, value_name = "文件 / FILE", requires = "from_file")]
+    pub answer: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

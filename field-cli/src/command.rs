@@ -106,6 +106,7 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
             render::enrolled(out, lang, json, ledger.identity(), &bundle, &saved)
         }
         Request::Sync { server } => sync::run(out, &place, server, lang, json),
+        Request::SyncFile(file) => crate::usb::run(out, &place, file, lang, json),
         Request::Encrypt { wipe_after } => place.encrypt(out, wipe_after),
         Request::PassphraseChange { new_file } => place.change(out, new_file.as_deref()),
         Request::New(new) => {

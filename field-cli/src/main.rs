@@ -19,6 +19,8 @@
 //! - `vault`: the ledger unlocked and opened; `init`, `encrypt` and `passphrase change`.
 //! - `sync`: `fq sync` with the township or county server (the driver is
 //!   `fq_sync_server::client`).
+//! - `usb`: `fq sync --to-file` and `--from-file`: sync files carried on a USB stick (the
+//!   format and the one-way session are `fq_core::sync::file`).
 //! - `lang`: the user's language and the labels of the interface.
 //! - `message`: every error in words a village cadre can act on, and its exit code.
 //! - `demo`: the guided demo.
@@ -46,6 +48,7 @@ mod report;
 mod request;
 mod sync;
 mod todo;
+mod usb;
 mod vault;
 
 fn main() {

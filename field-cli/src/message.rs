@@ -31,7 +31,9 @@ use crate::lang::{Lang, choices};
 use crate::pin::PinError;
 use crate::request::{ArgError, TextFileProblem};
 use crate::sync::AddressError;
+use crate::usb::UsbError;
 use crate::vault::LockError;
+use fq_core::sync::file::FileError;
 
 /// Exit code of a failure that is not the user's to fix.
 pub(crate) const EXIT_FAILURE: i32 = 1;
@@ -113,6 +115,10 @@ pub(crate) enum Kind {
     NoConflict,
     CompareUnsupported,
     NotParent,
+    SyncFileDamaged,
+    SyncFileWrongReceiver,
+    SyncFileNoReceiver,
+    SyncFileUnauthorized,
 }
 
 impl Kind {
@@ -189,6 +195,10 @@ impl Kind {
         Kind::NoConflict,
         Kind::CompareUnsupported,
         Kind::NotParent,
+        Kind::SyncFileDamaged,
+        Kind::SyncFileWrongReceiver,
+        Kind::SyncFileNoReceiver,
+        Kind::SyncFileUnauthorized,
     ];
 }
 
@@ -384,6 +394,12 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
         }
         if let Some(e) = cause.downcast_ref::<WriteRefused>() {
             return write_refused(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<FileError>() {
+            return sync_file(e, lang, err);
+        }
+        if let Some(e) = cause.downcast_ref::<UsbError>() {
+            return usb(e, lang);
         }
         if let Some(e) = cause.downcast_ref::<AddressError>() {
             return address(e, lang);
@@ -1230,6 +1246,77 @@ fn bundle_problem_zh(e: &BundleError) -> String {
         BundleError::PrivateKey(_) | BundleError::KeyMismatch => "证书包里的私钥无效或与证书不符".to_owned(),
         BundleError::Revocations(_) => "证书包里的吊销清单无效".to_owned(),
         _ => "证书包无法读取".to_owned(),
+    }
+}
+
+/// The words for a sync file that was refused. A refused file changes nothing.
+fn sync_file(e: &FileError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    let unchanged = lang.pick("本机数据没有改动。", "Nothing on this device was changed.");
+    match e {
+        FileError::NotAFile
+        | FileError::TooLarge(_)
+        | FileError::Damaged(_)
+        | FileError::Frames(_)
+        | FileError::Decrypt => Problem::user(
+            Kind::SyncFileDamaged,
+            match lang {
+                Lang::Zh => format!(
+                    "这个同步文件已损坏或不完整（可能没有拷完，或被改动过），整个文件都不导入。请让对方重新生成文件再拷一次。{unchanged}"
+                ),
+                Lang::En => format!(
+                    "this sync file is damaged or incomplete (cut short while copying, or altered): none of it is imported. Ask for the file to be written and copied again. {unchanged}"
+                ),
+            },
+        ),
+        FileError::WrongReceiver { intended } => Problem::user(
+            Kind::SyncFileWrongReceiver,
+            match lang {
+                Lang::Zh => format!(
+                    "这个同步文件不是给本设备（或本服务器）的，是给另一方（密钥 {intended}）的，不能导入。请把它交给对的乡镇或设备。{unchanged}"
+                ),
+                Lang::En => format!(
+                    "this sync file is not for this device or server but for another one (key {intended}): it cannot be imported. Take it to the right township or device. {unchanged}"
+                ),
+            },
+        ),
+        FileError::Sender(_) | FileError::Unauthorized { .. } => Problem::user(
+            Kind::SyncFileUnauthorized,
+            match lang {
+                Lang::Zh => {
+                    format!("这个同步文件的发送方不是本县证书中心认可的、可以和本设备同步的一方，不能导入。{unchanged}")
+                }
+                Lang::En => format!(
+                    "the sender of this sync file is not one this county's CA lets sync with this device: it cannot be imported. {unchanged}"
+                ),
+            },
+        ),
+        _ => Problem::failure(
+            Kind::SyncFailed,
+            match lang {
+                Lang::Zh => format!("导入或写出同步文件没有成功。{unchanged}"),
+                Lang::En => format!("the sync file could not be handled: {whole:#}. {unchanged}"),
+            },
+        ),
+    }
+}
+
+fn usb(e: &UsbError, lang: Lang) -> Problem {
+    match e {
+        UsbError::NoReceiver => Problem::failure(
+            Kind::SyncFileNoReceiver,
+            lang.pick(
+                "本设备还不知道乡镇服务器的密钥，写不了给它的同步文件：请先在有网络的地方用 fq sync --server 同步一次（例如在乡镇领证书时）。本机数据没有改动。",
+                "this device does not know its township server's key yet, so it cannot seal a file for it: sync once over the network first (fq sync --server), e.g. when the bundle is handed over. Nothing on this device was changed.",
+            )
+            .to_owned(),
+        ),
+        UsbError::UnknownPeer(id) => Problem::user(
+            Kind::SyncFileNoReceiver,
+            match lang {
+                Lang::Zh => format!("本设备不认识同村的设备“{id}”（还没有收到过它的修改或文件），写不了给它的同步文件。本机数据没有改动。"),
+                Lang::En => format!("this device does not know a device \"{id}\" of its village (it has had none of its changes or files yet), so it cannot seal a file for it. Nothing on this device was changed."),
+            },
+        ),
     }
 }
 

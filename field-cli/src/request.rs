@@ -171,6 +171,7 @@ pub(crate) enum Request {
     Init(Init),
     Enroll { bundle: PathBuf, revocations: Option<PathBuf> },
     Sync { server: Option<String> },
+    SyncFile(SyncFile),
     New(NewCase),
     List { filter: Filter },
     Show { case: String, history: bool, unmasked: bool },
@@ -218,6 +219,15 @@ pub(crate) enum Audit {
     Log { limit: u32 },
 }
 
+/// `fq sync --to-file` or `--from-file`.
+#[derive(Debug)]
+pub(crate) enum SyncFile {
+    /// Write what the township (or the peer device named) lacks.
+    Write { out: PathBuf, peer: Option<String> },
+    /// Import a file; answer a peer device's file into `answer`.
+    Read { input: PathBuf, answer: Option<PathBuf> },
+}
+
 /// `case list` filters; `overdue` becomes a time when the ledger is open.
 #[derive(Debug, Default)]
 pub(crate) struct Filter {
@@ -261,7 +271,11 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             wipe_after: a.wipe_after.as_deref().map(|n| number("wipe-after", n)).transpose()?,
         }),
         Command::Enroll(a) => Request::Enroll { bundle: a.bundle, revocations: a.revocations },
-        Command::Sync(a) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
+        Command::Sync(a) => match (a.to_file, a.from_file) {
+            (Some(out), _) => Request::SyncFile(SyncFile::Write { out, peer: a.peer.map(|p| p.trim().to_owned()) }),
+            (None, Some(input)) => Request::SyncFile(SyncFile::Read { input, answer: a.answer }),
+            (None, None) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
+        },
         Command::Case(c) => case(c)?,
         Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
         Command::Audit(a) => Request::Audit(audit(a.command)?),

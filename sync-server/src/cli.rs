@@ -32,6 +32,8 @@ pub(crate) enum CliCommand {
     Run(RunArgs),
     /// 查看服务器台账：身份、数量、对端、最近的拒收（只读，可在服务器运行时使用） / Show a server's identity, counts, peers and recent refusals (read-only, works while it runs)
     Status(StatusArgs),
+    /// 导入村里用U盘带来的同步文件，交给正在运行的服务器，并写出回执文件 / Import a sync file a village brought on a USB stick into the running server, and write the answer file
+    Import(ImportArgs),
     /// 县证书中心：建立、签发、吊销证书，签发县级政策 / The county's certificate authority: init, issue, revoke, sign the county policy
     #[command(subcommand)]
     Ca(CaCommand),
@@ -113,6 +115,19 @@ pub(crate) struct StatusArgs {
     /// 加密台账的密钥文件（与 run --key-file 相同） / The key file of an encrypted replica (as given to run --key-file)
     #[arg(long, value_name = "文件 / FILE")]
     pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// 正在运行的服务器的台账目录 / Directory of the running server's replica
+    #[arg(long, value_name = "目录 / DIR")]
+    pub data_dir: PathBuf,
+    /// 村里用U盘带来的同步文件 / The sync file from the village (.fqs)
+    #[arg(value_name = "文件 / FILE")]
+    pub file: PathBuf,
+    /// 回执文件写到这里，带回村里用 fq sync --from-file 导入 / Where to write the answer file, to carry back and import with fq sync --from-file
+    #[arg(long, value_name = "文件 / FILE")]
+    pub answer: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -289,13 +289,25 @@ pub const EVENTS: &[(&str, &str)] = &[
     ("peer clock", "对端时钟"),
     ("monthly report written", "月报已生成"),
     ("cannot write the monthly report; trying again in an hour", "无法生成月报，一小时后重试"),
+    ("sync file imported", "已导入同步文件"),
+    ("sync file refused", "拒收同步文件"),
+    ("sync file refused: it is an answer file", "拒收同步文件：这是回执文件"),
+    ("sync file answered", "已回复同步文件"),
+    (
+        "cannot open the import socket; fq-server import will not work",
+        "无法打开导入套接字，fq-server import 将不能使用",
+    ),
+    ("an import over the socket failed", "经套接字导入同步文件失败"),
+    ("import socket accept failed", "导入套接字接受连接失败"),
 ];
 
 /// Every field name the server logs, with its Chinese name.
 pub const FIELDS: &[(&str, &str)] = &[
     ("addr", "地址"),
     ("after", "等待时间"),
+    ("answer_bytes", "回执字节"),
     ("applied", "已应用"),
+    ("bytes", "字节"),
     ("bytes_in", "收到字节"),
     ("bytes_out", "发出字节"),
     ("caught_up", "已同步完"),
@@ -330,6 +342,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("refused_by_peer", "被对端拒收"),
     ("refused_here", "本处拒收"),
     ("remote", "远端地址"),
+    ("replayed", "重复导入"),
     ("replica", "副本"),
     ("result", "处理结果"),
     ("revoked", "吊销数"),
@@ -341,6 +354,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("side", "方向"),
     ("signal", "信号"),
     ("source", "来源"),
+    ("status", "状态"),
     ("text", "说明"),
     ("tier", "层级"),
     ("update", "结果"),

@@ -38,6 +38,8 @@
 //!   on the way; [`client::sync_once`] does both. `fq sync` is a thin shell over it.
 //! - [`report`]: last month's report (HTML, xlsx, JSON) written into `DIR/reports/` on the
 //!   first of each month, and the newest one found for `status`.
+//! - [`import`]: `fq-server import`: a sync file from a village handed to the running server
+//!   over a Unix socket in its data directory; the replica thread answers it after its commit.
 //! - [`status`]: `fq-server status`: a server replica's identity, counts, peers and refusals,
 //!   read-only beside the running server.
 //! - [`journal`]: the log: JSON with stable English event names, or a human line in the
@@ -93,6 +95,7 @@
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod import;
 pub mod journal;
 pub mod limits;
 mod link;

@@ -35,8 +35,8 @@ use fq_sync_server::status::{self, Status};
 use serde_json::json;
 
 use crate::cli::{
-    CaCommand, Cli, CliCommand, EncryptArgs, InitArgs, IssueArgs, LogFormatArg, PolicyArgs, RevokeArgs, RunArgs,
-    StatusArgs, TierArg,
+    CaCommand, Cli, CliCommand, EncryptArgs, ImportArgs, InitArgs, IssueArgs, LogFormatArg, PolicyArgs, RevokeArgs,
+    RunArgs, StatusArgs, TierArg,
 };
 use crate::message::{role_words, tier_words};
 
@@ -182,6 +182,7 @@ fn run(cli: Cli, lang: Lang) -> anyhow::Result<()> {
     match cli.command {
         CliCommand::Run(args) => run_server(args, lang),
         CliCommand::Status(args) => show_status(&args, out),
+        CliCommand::Import(args) => import_file(&args, out),
         CliCommand::Ca(CaCommand::Init(args)) => ca_init(&args, now, out),
         CliCommand::Ca(CaCommand::Issue(args)) => ca_issue(&args, now, out),
         CliCommand::Ca(CaCommand::Revoke(args)) => ca_revoke(&args, now, out),
@@ -445,6 +446,66 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// `fq-server import`: the file goes to the running server over its import socket; the answer
+/// it returns (after its commit) is written beside its final name, then renamed.
+fn import_file(args: &ImportArgs, out: Output) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let done = runtime.block_on(fq_sync_server::import::import(&args.data_dir, &bytes))?;
+    let mut tmp = args.answer.clone().into_os_string();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, &done.answer).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.answer).with_context(|| format!("writing {}", args.answer.display()))?;
+    let mut w = SafeWriter::new(io::stdout().lock(), if out.json { Escape::Json } else { Escape::Human });
+    let (file, answer, size) = (args.file.display(), args.answer.display(), done.answer.len());
+    if out.json {
+        let value = json!({
+            "ok": true,
+            "file": file.to_string(),
+            "replayed": done.replayed,
+            "received": done.received,
+            "duplicates": done.duplicates,
+            "refused": done.refused,
+            "answer": answer.to_string(),
+            "answer_bytes": size,
+        });
+        writeln!(w, "{value}").context("cannot write output")?;
+        return w.flush().context("cannot write output");
+    }
+    let (received, duplicates, refused) = (done.received, done.duplicates, done.refused);
+    match out.lang {
+        Lang::Zh => {
+            if done.replayed {
+                writeln!(w, "同步文件 {file} 以前已经导入过，这次没有新内容；回执重新写了一份。")
+            } else {
+                writeln!(w, "已导入同步文件 {file}：接收修改 {received} 条（另有 {duplicates} 条服务器已有）。")
+            }
+            .context("cannot write output")?;
+            if refused > 0 {
+                writeln!(w, "  有 {refused} 条修改超出了发送设备的负责范围，没有接收（已记入审计，回执会告诉设备）。")
+                    .context("cannot write output")?;
+            }
+            writeln!(w, "  回执（{size} 字节）已写到 {answer}：请拷到U盘带回村里，用 fq sync --from-file 导入。")
+        }
+        Lang::En => {
+            if done.replayed {
+                writeln!(w, "Sync file {file} was imported before: nothing new; the answer was written again.")
+            } else {
+                writeln!(w, "Sync file {file} imported: {received} changes received ({duplicates} already here).")
+            }
+            .context("cannot write output")?;
+            if refused > 0 {
+                writeln!(w, "  {refused} changes lie outside the sending device's area and were refused (audited; the answer tells the device).")
+                    .context("cannot write output")?;
+            }
+            writeln!(w, "  The answer ({size} bytes) is in {answer}: copy it to the USB stick, take it back to the village and import it with fq sync --from-file.")
+        }
+    }
+    .context("cannot write output")?;
+    w.flush().context("cannot write output")
 }
 
 fn show_status(args: &StatusArgs, out: Output) -> anyhow::Result<()> {

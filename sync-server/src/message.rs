@@ -144,6 +144,8 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> (String, u8) {
         } else if let Some(e) = cause.downcast_ref::<LedgerError>() {
             let user = matches!(e, LedgerError::NotInitialized);
             Some((status_ledger(e, lang), if user { EXIT_USAGE } else { EXIT_FAILURE }))
+        } else if let Some(e) = cause.downcast_ref::<fq_sync_server::import::ImportError>() {
+            Some(import_words(e, lang))
         } else if let Some(e) = cause.downcast_ref::<InstallError>() {
             Some((with_detail(lang, "无法设置日志输出。", "cannot set up logging", &e.to_string()), EXIT_FAILURE))
         } else {
@@ -174,6 +176,84 @@ fn with_detail(lang: Lang, zh: &str, en: &str, detail: &str) -> String {
     match lang {
         Lang::Zh => format!("{zh}（用 --lang en 可以看到英文的详细原因）"),
         Lang::En => format!("{en}: {detail}"),
+    }
+}
+
+/// `fq-server import`: the server's reasons reach Chinese output as sentences of their kind,
+/// never as the English text the replica thread logged.
+fn import_words(e: &fq_sync_server::import::ImportError, lang: Lang) -> (String, u8) {
+    use fq_sync_server::import::{ImportError, Refusal};
+    let zh = lang == Lang::Zh;
+    match e {
+        ImportError::NotRunning { dir } => (
+            if zh {
+                format!(
+                    "台账目录 {} 上没有正在运行的服务器，同步文件没有导入，也没有写回执。请先启动服务器（systemctl start fq-server，或 fq-server run），再导入一次。",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "no server is running on {}: nothing was imported and no answer was written. Start the server (systemctl start fq-server, or fq-server run), then import the file again.",
+                    dir.display()
+                )
+            },
+            EXIT_FAILURE,
+        ),
+        ImportError::NotAServer { dir } => (
+            if zh {
+                format!(
+                    "{} 不是服务器的台账目录：请用 --data-dir 写服务器运行时用的目录（和 fq-server run 的一样）。",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "{} is not a server's data directory: give --data-dir the directory the server runs on (as for fq-server run)",
+                    dir.display()
+                )
+            },
+            EXIT_USAGE,
+        ),
+        ImportError::Refused { kind, reason } => {
+            let nothing = lang
+                .pick("整个文件都没有导入，也没有写回执。", "Nothing of it was imported and no answer was written.");
+            let (zh_text, en_text, code) = match kind {
+                Refusal::Damaged => (
+                    "这个同步文件已损坏或不完整（可能没有拷完，或被改动过）。请在村里的设备上用 fq sync --to-file 重新写一份，再拷过来。",
+                    "this sync file is damaged or incomplete (cut short while copying, or altered). Write it again on the village device with fq sync --to-file and copy it again.",
+                    EXIT_USAGE,
+                ),
+                Refusal::WrongReceiver => (
+                    "这个同步文件不是给本服务器的（是给另一个乡镇或另一台设备的）。请把它交给设备所属的乡镇导入。",
+                    "this sync file is not for this server (it is for another township or device). Take it to the device's own township.",
+                    EXIT_USAGE,
+                ),
+                Refusal::Unauthorized => (
+                    "这个同步文件的发送方不能和本服务器同步（证书不是本县签发的，或不在本乡镇范围内）。请核对设备的证书。",
+                    "the sender of this sync file may not sync with this server (its certificate is not from this county, or not within this township). Check the device's certificate.",
+                    EXIT_USAGE,
+                ),
+                Refusal::AnAnswer => (
+                    "这是一个回执文件，应当带回村里在设备上用 fq sync --from-file 导入，不是在服务器上导入。",
+                    "this is an answer file: import it on the village device with fq sync --from-file, not on the server.",
+                    EXIT_USAGE,
+                ),
+                _ => (
+                    "服务器导入这个同步文件时出错（详见服务器日志），请稍后再导入一次。",
+                    "the server failed while importing this sync file (see its log); import it again later.",
+                    EXIT_FAILURE,
+                ),
+            };
+            let text = if zh { format!("{zh_text}{nothing}") } else { format!("{en_text} {nothing} ({reason})") };
+            (text, code)
+        }
+        _ => (
+            lang.pick(
+                "和服务器之间传送同步文件时出错（服务器可能正在停止），请再导入一次。",
+                "handing the file to the server failed (it may be stopping); import it again",
+            )
+            .to_owned(),
+            EXIT_FAILURE,
+        ),
     }
 }
 
@@ -935,6 +1015,7 @@ fn revoke(e: &RevokeError, lang: Lang) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use fq_sync_server::import::{ImportError, Refusal};
 
     /// A Latin word of four letters or more outside option and command names and paths.
     fn has_latin_word(text: &str) -> bool {
@@ -953,6 +1034,9 @@ mod tests {
             "county-admin",
             "township",
             "county",
+            "systemctl",
+            "start",
+            "sync",
         ];
         text.split(|c: char| c.is_whitespace() || !c.is_ascii())
             .filter(|token| !token.starts_with('-') && !token.contains('/') && !NAMES.contains(token))
@@ -970,6 +1054,13 @@ mod tests {
             LedgerError::NotInitialized.into(),
             BadInput::Role { value: "boss".into() }.into(),
             anyhow::anyhow!("something no one has words for"),
+            ImportError::NotRunning { dir: "/var/lib/fq".into() }.into(),
+            ImportError::NotAServer { dir: "/var/lib/fq".into() }.into(),
+            ImportError::Refused { kind: Refusal::Damaged, reason: "the file is damaged".into() }.into(),
+            ImportError::Refused { kind: Refusal::WrongReceiver, reason: "for another replica".into() }.into(),
+            ImportError::Refused { kind: Refusal::Unauthorized, reason: "may not sync".into() }.into(),
+            ImportError::Refused { kind: Refusal::AnAnswer, reason: "an answer".into() }.into(),
+            ImportError::Refused { kind: Refusal::Failed, reason: "disk full".into() }.into(),
         ];
         for err in &errors {
             let (zh, _) = describe(err, Lang::Zh);

@@ -104,6 +104,14 @@ pub(crate) enum Command {
         /// What [`Ledger::install_policy`] said.
         reply: oneshot::Sender<Result<PolicyInstall, LedgerError>>,
     },
+    /// A sync file handed in by `fq-server import`: import it and answer, after the commit.
+    Import {
+        /// The file's bytes.
+        bytes: Vec<u8>,
+        /// Where the answer goes: one frame, `0` and the answer file, or `1` and why the file
+        /// was refused (English, for the operator's log and `fq-server import`).
+        out: mpsc::UnboundedSender<Outgoing>,
+    },
     /// Tests only: the actor panics, as a bug would make it.
     #[cfg(test)]
     Panic,
@@ -307,6 +315,49 @@ impl Actor {
         }
     }
 
+    /// Imports a sync file like a session from its sender: the answer (acks among it) is held
+    /// until the group commits, so it promises only what is on disk.
+    fn import(&mut self, bytes: &[u8], out: &mpsc::UnboundedSender<Outgoing>) {
+        use crate::import::{Refusal, accepted_frame, refused_frame};
+        let creds = Credentials {
+            ca: self.own.ca,
+            own: Some((self.own.grant.clone(), self.own.key.clone())),
+            peer_scope_limit: None,
+        };
+        let mut entropy = [0u8; 72];
+        let frame = match getrandom::fill(&mut entropy) {
+            Err(e) => refused_frame(Refusal::Failed, &format!("no randomness: {e}")),
+            Ok(()) => match fq_core::sync::file::import(&mut self.ledger, &creds, bytes, self.clock.now(), entropy) {
+                Ok((Some(answer), report)) => {
+                    info!(
+                        received = report.stats.received,
+                        duplicates = report.stats.duplicates,
+                        refused = report.stats.refused_here,
+                        replayed = report.replayed,
+                        answer_bytes = answer.len(),
+                        "sync file imported"
+                    );
+                    self.grew |= report.stats.received > 0;
+                    accepted_frame(&report, &answer)
+                }
+                Ok((None, _)) => {
+                    warn!("sync file refused: it is an answer file");
+                    refused_frame(Refusal::AnAnswer, "the file is an answer, not a file to answer")
+                }
+                Err(e) => {
+                    // Damaged, cut or misaddressed files are refused before anything is
+                    // applied; a session error later on keeps what committed before it, as
+                    // over QUIC.
+                    let why = error_chain_text(&e);
+                    warn!(error = %why, "sync file refused");
+                    refused_frame(Refusal::of(&e), &why)
+                }
+            },
+        };
+        self.emit(out, Outgoing::Frame(frame));
+        self.emit(out, Outgoing::Finish);
+    }
+
     /// Sends a frame to a session's writer, or holds it until the group commits.
     fn emit(&mut self, out: &mpsc::UnboundedSender<Outgoing>, o: Outgoing) {
         if self.grouped {
@@ -349,6 +400,7 @@ impl Actor {
                 }
                 let _ = reply.send(result);
             }
+            Command::Import { bytes, out } => self.import(&bytes, &out),
             #[cfg(test)]
             Command::Panic => panic!("the replica thread panics (test)"),
         }
@@ -621,6 +673,17 @@ fn log_event(id: SessionId, live: &Live, event: &Event) {
             }
         }
     }
+}
+
+fn error_chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn log_end(id: SessionId, live: &Live, reason: &str, caught_up: bool) {

@@ -694,6 +694,7 @@ impl Server {
             };
             background.spawn(link.run(stop.clone()));
         }
+        background.spawn(crate::import::listen(config.data_dir.clone(), replica.sender(), stop.clone()));
         background.spawn(watch_revocations(
             config.revocations_file.clone(),
             config.revocation_poll,

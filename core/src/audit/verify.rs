@@ -408,6 +408,13 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
     let village = AdminCode::parse(&row.as_ref().map_or_else(|| doc.village(), |r| r.village.clone())).ok();
     let mut logged: BTreeSet<Hash> = BTreeSet::new();
     let mut signer_of: BTreeMap<Hash, [u8; 32]> = BTreeMap::new();
+    // What is kept beside each signed change, for the members of signed runs.
+    let kept: BTreeMap<Hash, (&[u8; 32], &[u8])> = stored
+        .log
+        .iter()
+        .filter_map(|e| Some((resolve_key(&hashes, e)?, (e.signer.as_ref()?, e.signature.as_deref()?))))
+        .collect();
+    let case_bytes = case.map_or([0; 16], |c| *c.as_bytes());
     for entry in &stored.log {
         let Some(hash) = resolve_key(&hashes, entry) else {
             let params = serde_json::json!({ "key": hex(&entry.hash_key) });
@@ -431,10 +438,11 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
                     out.signatures += 1;
                     let memo_key = SignatureMemo::key(&[b"change", signer, &hash, signature]);
                     let ok = cx.memo.as_ref().is_some_and(|m| m.holds(&memo_key))
-                        || match (&grant.key, <&[u8; 64]>::try_from(signature.as_slice())) {
-                            (Some(key), Ok(sig)) => trust::verify_change_with(key, &hash, sig).is_ok(),
-                            _ => false,
-                        };
+                        || grant.key.as_ref().is_some_and(|key| {
+                            let head_of =
+                                |h: &Hash| kept.get(h).filter(|(s, _)| *s == signer).map(|(_, blob)| blob.to_vec());
+                            trust::check_provenance(key, &case_bytes, &hash, signature, &head_of).is_ok()
+                        });
                     if ok && let Some(m) = &cx.memo {
                         m.remember(memo_key);
                     }

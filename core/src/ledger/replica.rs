@@ -3,7 +3,7 @@
 //! operation; a batch from a peer and the peer's new log position commit
 //! together, so an acknowledged batch is never lost and never half-applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sha2::{Digest as _, Sha256};
 
@@ -12,7 +12,7 @@ use crate::case::{AdminCode, CaseId, ReplicaId};
 use crate::doc::{self, CaseDoc, Hash};
 use crate::store::{GrantRow, LogEntry, PeerLag, PeerRow, StoreError, chain_next};
 use crate::sync::wire::LogPosition;
-use crate::trust::SignedGrant;
+use crate::trust::{Provenance, SignedGrant};
 
 /// A bounded run of this ledger's log, for one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,21 @@ pub fn chain_position(chain: i64) -> Hash {
     let mut h = [0u8; 32];
     h[..8].copy_from_slice(&chain.to_be_bytes());
     h
+}
+
+/// The key a signed run is remembered by among change hashes: its head's
+/// hash with the first byte flipped, which no change of the same batch has
+/// (a collision would need a SHA-256 preimage).
+pub fn run_key(head: &Hash) -> Hash {
+    let mut key = *head;
+    key[0] ^= 0xff;
+    key
+}
+
+/// The `meta` key recording an imported sync file.
+fn file_key(sender: &ReplicaId, id: &[u8; 16]) -> String {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("file/{sender}/{hex}")
 }
 
 /// The hash a digest carries for a case: SHA-256 of its sorted heads.
@@ -140,6 +155,7 @@ impl Ledger {
         let mut batch = OutgoingBatch { changes: Vec::new(), upto: after, upto_hash: [0; 32], exhausted };
         let mut bytes = 0usize;
         let mut listed = DocHashes::new();
+        let mut emitted: BTreeSet<Hash> = BTreeSet::new();
         for row in rows {
             let inside = AdminCode::parse(&row.village).is_ok_and(|v| scope.contains(&v))
                 || crate::faults::on(crate::faults::Bug::IgnoreScope);
@@ -147,12 +163,29 @@ impl Ledger {
             let (seq, chain) = (row.log_seq, row.chain);
             if inside && !echo {
                 let change = self.log_entry_change(row, &mut listed)?;
-                if !batch.changes.is_empty() && bytes + change.bytes.len() > max_bytes {
+                // A change of a signed run goes with its whole run (members, then head).
+                let in_run = change.signature.as_ref().is_some_and(|b| b.len() != 64);
+                let mut trial = if in_run { emitted.clone() } else { BTreeSet::new() };
+                let group = if in_run {
+                    self.complete_runs(vec![change], &mut trial)?
+                } else if emitted.contains(&change.hash) {
+                    Vec::new()
+                } else {
+                    trial.insert(change.hash);
+                    vec![change]
+                };
+                let size: usize = group.iter().map(|c| c.bytes.len()).sum();
+                if !batch.changes.is_empty() && bytes + size > max_bytes {
                     batch.exhausted = false;
                     break;
                 }
-                bytes += change.bytes.len();
-                batch.changes.push(change);
+                if in_run {
+                    emitted = trial;
+                } else {
+                    emitted.extend(trial);
+                }
+                bytes += size;
+                batch.changes.extend(group);
             }
             batch.upto = seq;
             batch.upto_hash = chain_position(chain);
@@ -169,6 +202,42 @@ impl Ledger {
             }
         }
         Ok(batch)
+    }
+
+    /// The changes after `after` of the urgent cases inside `scope` — high
+    /// risk (民转刑) first, then escalations waiting to be accepted, oldest
+    /// first in each — for a peer, skipping what came from it (`skip_from`).
+    /// At most `max_rows` log rows are read; runs go whole.
+    pub fn urgent_outgoing(
+        &mut self,
+        after: i64,
+        scope: &AdminCode,
+        skip_from: Option<ReplicaId>,
+        max_rows: u32,
+    ) -> Result<Vec<OutgoingChange>, LedgerError> {
+        let rows = self.store.urgent_log_after(after, scope.as_str(), max_rows)?;
+        let mut listed = DocHashes::new();
+        let mut emitted = BTreeSet::new();
+        let mut out = Vec::new();
+        for (_, row) in rows {
+            if skip_from.is_some() && row.received_from == skip_from {
+                continue;
+            }
+            let change = self.log_entry_change(row, &mut listed)?;
+            out.extend(self.complete_runs(vec![change], &mut emitted)?);
+        }
+        Ok(out)
+    }
+
+    /// Changes still waiting to reach `peer` (this replica's parent, usually):
+    /// log rows after the position it acknowledged, except those it sent us,
+    /// counted as (urgent, other). What `fq sync` shows as still to go up.
+    pub fn waiting_for(&self, peer: Option<ReplicaId>) -> Result<(i64, i64), LedgerError> {
+        let acked = match peer {
+            Some(p) => self.store.peer(p)?.map_or(0, |r| r.acked_seq),
+            None => 0,
+        };
+        Ok(self.store.waiting_after(acked, self.identity.scope.as_str(), peer)?)
     }
 
     /// What a log position is checked by: the log's chain value at `seq`
@@ -374,6 +443,24 @@ impl Ledger {
         Ok(self.store.received_without_time()?)
     }
 
+    /// Every grant this ledger holds, oldest first.
+    pub fn grants(&self) -> Result<Vec<GrantRow>, LedgerError> {
+        Ok(self.store.grants()?)
+    }
+
+    /// Whether this ledger imported the sync file `id` from `sender` before.
+    pub fn file_seen(&self, sender: &ReplicaId, id: &[u8; 16]) -> Result<bool, LedgerError> {
+        Ok(self.store.meta(&file_key(sender, id))?.is_some())
+    }
+
+    /// Records that the sync file `id` from `sender` was imported (`fq sync
+    /// --from-file` says so when it comes again).
+    pub fn note_file(&mut self, sender: &ReplicaId, id: &[u8; 16]) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        let now = self.clock.now();
+        Ok(self.store.set_meta_now(&file_key(sender, id), &now.0.to_string())?)
+    }
+
     /// The grant of a signing key, if this ledger holds it.
     pub fn grant(&self, signer: &[u8; 32]) -> Result<Option<GrantRow>, LedgerError> {
         Ok(self.store.grant(signer)?)
@@ -394,6 +481,83 @@ impl Ledger {
         Ok(out)
     }
 
+    /// `changes` with every change of a signed run replaced by its whole run
+    /// (the members, then the head). A run goes whole even where some of its
+    /// changes went out before (in another run, or alone): its signature
+    /// covers exactly its set. `emitted` holds the changes and run heads
+    /// already given out and grows with these. A run whose head or a member
+    /// this ledger cannot find (it never should) leaves the change alone: the
+    /// receiver then refuses it as unsigned, and audits it.
+    pub(crate) fn complete_runs(
+        &mut self,
+        changes: Vec<OutgoingChange>,
+        emitted: &mut BTreeSet<Hash>,
+    ) -> Result<Vec<OutgoingChange>, LedgerError> {
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            let head = match change.signature.as_deref().and_then(Provenance::from_blob) {
+                Some(Provenance::RunHead { .. }) => Some(change.hash),
+                Some(Provenance::RunMember { head }) => Some(head),
+                _ => None,
+            };
+            let Some(head) = head else {
+                if emitted.insert(change.hash) {
+                    out.push(change);
+                }
+                continue;
+            };
+            // A run is known by its head; the key is kept apart from change hashes.
+            let key = run_key(&head);
+            if emitted.contains(&key) {
+                continue;
+            }
+            match self.run_changes(&change, head)? {
+                Some(run) => {
+                    emitted.insert(key);
+                    for c in run {
+                        emitted.insert(c.hash);
+                        out.push(c);
+                    }
+                }
+                None => {
+                    emitted.insert(change.hash);
+                    out.push(change);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole run whose head is `head`, in the case of `like`: its members
+    /// (provenance: member of `head`), then the head with its run signature.
+    fn run_changes(&mut self, like: &OutgoingChange, head: Hash) -> Result<Option<Vec<OutgoingChange>>, LedgerError> {
+        let case = like.case;
+        let signed = self.store.signed_case_changes(case)?;
+        let doc = self.doc(case)?;
+        let hashes = doc.change_hashes();
+        let Some(row) = signed.into_iter().find(|r| resolve_key(&hashes, r) == Some(head)) else { return Ok(None) };
+        let Some(Provenance::RunHead { others, .. }) = row.signature.as_deref().and_then(Provenance::from_blob) else {
+            return Ok(None);
+        };
+        let mut run = Vec::with_capacity(others.len() + 1);
+        for member in others.iter().chain(std::iter::once(&head)) {
+            let Some(bytes) = doc.change_bytes(member) else { return Ok(None) };
+            let signature =
+                if *member == head { row.signature.clone() } else { Some(Provenance::RunMember { head }.to_blob()) };
+            run.push(OutgoingChange {
+                log_seq: if *member == head { row.log_seq } else { 0 },
+                case,
+                hash: *member,
+                bytes,
+                received_from: row.received_from,
+                signer: row.signer,
+                signature,
+                village: like.village.clone(),
+            });
+        }
+        Ok(Some(run))
+    }
+
     /// The changes of `case` that a holder of `their_heads` lacks, with their
     /// signatures. Heads this ledger does not know are ignored (the peer is
     /// ahead there), so the answer may repeat changes the peer has: applying
@@ -407,7 +571,7 @@ impl Ledger {
             signed.into_iter().filter_map(|r| Some((resolve_key(&hashes, &r)?, r))).collect();
         let known: Vec<Hash> = their_heads.iter().copied().filter(|h| doc.has_change(h)).collect();
         let changes = doc.changes_after(&known);
-        Ok(changes
+        let missing: Vec<OutgoingChange> = changes
             .into_iter()
             .map(|(hash, bytes)| {
                 let (signer, signature) = signatures
@@ -426,7 +590,9 @@ impl Ledger {
                     village: row.village.clone(),
                 }
             })
-            .collect())
+            .collect();
+        // A signed run goes whole, even where the peer holds part of it.
+        self.complete_runs(missing, &mut BTreeSet::new())
     }
 }
 

@@ -48,14 +48,14 @@ use ed25519_dalek::SigningKey;
 
 use super::wire::{
     self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
-    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, Message, PROTOCOL_VERSION, Refused,
+    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_RUN_CHANGES, Message, PROTOCOL_VERSION, Refused, Run,
 };
 use crate::audit;
 use crate::case::{AdminCode, CaseId};
 use crate::clock::Timestamp;
 use crate::doc::Hash;
 use crate::ledger::{IncomingChange, Ledger, LedgerError, OutgoingChange, PeerInfo, PolicyInstall, RefuseReason, Tier};
-use crate::trust::{self, SignedGrant};
+use crate::trust::{self, Provenance, SignedGrant};
 
 /// The first push's size: at GPRS rates (2-5 KB/s under a weak signal) two
 /// such pushes cross in well under the 20 s ack watchdog.
@@ -67,6 +67,9 @@ const MIN_BATCH_BYTES: usize = 4 * 1024;
 const SLOWEST_LINK_BYTES_PER_SEC: u32 = 1_000;
 /// A push is sized to cross the link in this fraction of the ack watchdog.
 const WATCHDOG_SHARE: i64 = 4;
+
+/// Log rows of urgent cases read ahead of the log in one pass.
+const URGENT_ROWS: u32 = 4096;
 
 /// Cases per `Want` frame, so a frame stays under the limit whatever the heads.
 const WANT_CASES_PER_FRAME: usize = 256;
@@ -113,6 +116,17 @@ pub struct SessionConfig {
     pub ack_timeout_ms: i64,
     /// A peer that has not said hello by then is dropped.
     pub hello_timeout_ms: i64,
+    /// A one-way exchange (a sync file): nothing the peer sends can answer
+    /// what this side sends, so pushes go all at once without waiting for
+    /// acks, no watchdog runs, an ack recorded in the file moves the
+    /// acknowledged position whichever session sent its push, and where a
+    /// peer's claim on our log does not hold, the log is sent again from its
+    /// start instead of a digest (recovery needs a round trip).
+    pub one_way: bool,
+    /// The peer is another person's device (device to device, over the local
+    /// network or by file): both are devices whose scopes overlap, and each
+    /// side sends only what lies in both.
+    pub device_peer: bool,
 }
 
 impl Default for SessionConfig {
@@ -125,6 +139,8 @@ impl Default for SessionConfig {
             max_in_flight: 2,
             ack_timeout_ms: 20_000,
             hello_timeout_ms: 30_000,
+            one_way: false,
+            device_peer: false,
         }
     }
 }
@@ -357,6 +373,17 @@ pub struct Session {
     /// Parent: the policy version the child holds, once it said, and the
     /// newest version sent to it in this session.
     peer_policy: Option<u64>,
+    /// The protocol version both sides speak, once the peer said hello (1 before).
+    version: u8,
+    /// Hashes of the changes sent in this session: a change goes once per
+    /// session, however many passes (urgent first, then the log) reach it.
+    sent: BTreeSet<Hash>,
+    /// This replica's own scope, read at the peer's hello.
+    own_scope: Option<AdminCode>,
+    /// Changes of urgent cases still to push ahead of the log.
+    urgent: VecDeque<OutgoingChange>,
+    /// Whether the urgent cases after the current position were read.
+    urgent_read: bool,
 }
 
 impl Session {
@@ -406,6 +433,11 @@ impl Session {
             policy_announced: false,
             policy_answered: false,
             peer_policy: None,
+            version: 1,
+            sent: BTreeSet::new(),
+            urgent: VecDeque::new(),
+            urgent_read: false,
+            own_scope: None,
         };
         if side == Side::Child {
             s.send_hello(ledger, expected_peer)?;
@@ -553,6 +585,9 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.cfg.one_way {
+            return None;
+        }
         match self.state {
             State::Closed => None,
             State::Hello => Some(Timestamp(self.started.0 + self.cfg.hello_timeout_ms)),
@@ -609,6 +644,7 @@ impl Session {
         self.log_exhausted = false;
         self.sent_done = false;
         self.caught_up_reported = false;
+        self.urgent_read = false;
         let r = self.pump(ledger, now);
         if let Err(e) = &r {
             self.fail(e);
@@ -647,8 +683,13 @@ impl Session {
     }
 
     fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
-        self.transmit.push_back(wire::encode(msg)?);
+        self.transmit.push_back(wire::encode_with(msg, self.version)?);
         Ok(())
+    }
+
+    /// The protocol version in use (1 until the peer's hello is read).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     fn send_hello(&mut self, ledger: &Ledger, peer: Option<crate::case::ReplicaId>) -> Result<(), SessionError> {
@@ -681,7 +722,8 @@ impl Session {
             (State::Hello, Message::Inspect { replica, tier, scope, min_version, max_version })
                 if self.side == Side::Parent =>
             {
-                self.check_peer(ledger, tier, &scope, min_version, max_version)?;
+                self.version = self.check_peer(ledger, tier, &scope, min_version, max_version)?;
+                self.own_scope = Some(ledger.identity().scope.clone());
                 let peer = PeerInfo { replica, tier, scope };
                 self.send_hello(ledger, None)?;
                 self.state = State::Inspecting;
@@ -718,7 +760,8 @@ impl Session {
                 self.send(&Message::Done { log_head: ledger.log_head()? })
             }
             (State::Hello, Message::Hello { replica, tier, scope, have, min_version, max_version, log_head }) => {
-                self.check_peer(ledger, tier, &scope, min_version, max_version)?;
+                self.version = self.check_peer(ledger, tier, &scope, min_version, max_version)?;
+                self.own_scope = Some(ledger.identity().scope.clone());
                 let peer = PeerInfo { replica, tier, scope };
                 self.peer_log_head = Some(log_head);
                 if self.side == Side::Parent {
@@ -765,7 +808,20 @@ impl Session {
                 Ok(())
             }
             (State::Streaming, Message::Push { batch, upto, envelopes }) => {
-                self.receive_push(ledger, batch, upto, envelopes)
+                let changes = envelopes
+                    .into_iter()
+                    .map(|e| IncomingChange {
+                        case: e.case,
+                        bytes: e.change,
+                        signer: e.signer,
+                        signature: e.signature.map(|s| s.to_vec()),
+                    })
+                    .collect();
+                self.receive_push(ledger, batch, upto, changes)
+            }
+            (State::Streaming, Message::Pack { batch, upto, runs }) if self.version >= 2 => {
+                let changes = runs.into_iter().flat_map(incoming_run).collect();
+                self.receive_push(ledger, batch, upto, changes)
             }
             (State::Streaming, Message::Ack { batch, upto, refused, .. }) => {
                 self.receive_ack(ledger, batch, upto, refused, now)
@@ -803,17 +859,24 @@ impl Session {
         scope: &AdminCode,
         min_version: u8,
         max_version: u8,
-    ) -> Result<(), SessionError> {
-        if wire::negotiate_version(min_version, max_version).is_none() {
+    ) -> Result<u8, SessionError> {
+        let Some(version) = wire::negotiate_version(min_version, max_version) else {
             return Err(SessionError::Version { min: min_version, max: max_version });
-        }
+        };
         if let Some(limit) = &self.creds.peer_scope_limit
             && !limit.contains(scope)
         {
             return Err(SessionError::Unauthorized { claimed: scope.to_string(), allowed: limit.to_string() });
         }
         let me = ledger.identity();
+        // A child dials its parent: the parent must cover the child. Two
+        // devices meeting must share their area, one inside the other's.
         let fits = match self.side {
+            _ if self.cfg.device_peer => {
+                tier == Tier::Device
+                    && me.tier == Tier::Device
+                    && (scope.contains(&me.scope) || me.scope.contains(scope))
+            }
             Side::Child => scope.contains(&me.scope) && tier != Tier::Device,
             Side::Parent => me.scope.contains(scope),
         };
@@ -823,7 +886,7 @@ impl Session {
                 allowed: me.scope.to_string(),
             });
         }
-        Ok(())
+        Ok(version)
     }
 
     /// The digest of the inspecting child's scope, read once per inspection.
@@ -850,6 +913,12 @@ impl Session {
         let ours = ledger.log_hash(have.seq)?;
         if have.seq >= 0 && ours == Some(have.hash) {
             self.next_seq = have.seq;
+            return Ok(());
+        }
+        if self.cfg.one_way {
+            // No round trip for a digest: send the peer's scope from the start
+            // (what it holds is a no-op there).
+            self.next_seq = 0;
             return Ok(());
         }
         // The peer's idea of our log does not match it: one side was restored
@@ -879,8 +948,15 @@ impl Session {
         Ok(())
     }
 
+    /// What this side sends the peer: the peer's scope, or for another
+    /// person's device the part both cover (the narrower of the two).
     fn peer_scope(&self) -> Result<AdminCode, SessionError> {
-        self.peer.as_ref().map(|p| p.scope.clone()).ok_or(SessionError::Unexpected("message before hello"))
+        let peer =
+            self.peer.as_ref().map(|p| p.scope.clone()).ok_or(SessionError::Unexpected("message before hello"))?;
+        match &self.own_scope {
+            Some(mine) if self.cfg.device_peer && peer.contains(mine) => Ok(mine.clone()),
+            _ => Ok(peer),
+        }
     }
 
     fn answer_digest(&mut self, ledger: &mut Ledger) -> Result<(), SessionError> {
@@ -959,14 +1035,53 @@ impl Session {
         }
         let scope = self.peer_scope()?;
         let skip = self.peer.as_ref().map(|p| p.replica);
-        while self.in_flight.len() < self.cfg.max_in_flight && !self.log_exhausted {
-            let out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
+        // Urgent cases first (high risk, then escalations waiting), in pushes
+        // that move no position: the log pass below skips what they carried.
+        if !self.urgent_read {
+            self.urgent_read = true;
+            let urgent = ledger.urgent_outgoing(self.next_seq, &scope, skip, URGENT_ROWS)?;
+            // The read replaces what is still queued, never adds to it: the
+            // queue came from the same position (the log pass waits for it to
+            // empty), so this read holds it already. Added, a change still
+            // queued went twice in one push, and the peer refused the run signed
+            // over both copies while the next push's position covered it: an
+            // acknowledged change lost.
+            self.urgent = self.unsent(urgent).into();
+        }
+        let room = if self.cfg.one_way { usize::MAX } else { self.cfg.max_in_flight };
+        while self.in_flight.len() < room && !self.urgent.is_empty() {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(next) = self.urgent.front() {
+                let inside_run = batch.last().is_some_and(|c: &OutgoingChange| {
+                    matches!(c.signature.as_deref().and_then(Provenance::from_blob), Some(Provenance::RunMember { .. }))
+                });
+                if !batch.is_empty()
+                    && !inside_run
+                    && (bytes + next.bytes.len() > self.batch_bytes || batch.len() >= MAX_ENVELOPES_PER_PUSH / 2)
+                {
+                    break;
+                }
+                bytes += next.bytes.len();
+                if let Some(c) = self.urgent.pop_front() {
+                    batch.push(c);
+                }
+            }
+            self.push_batch(ledger, batch, None, now)?;
+        }
+        if !self.urgent.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() < room && !self.log_exhausted {
+            let mut out = ledger.outgoing(self.next_seq, &scope, skip, self.cfg.max_batch_rows, self.batch_bytes)?;
             self.log_exhausted = out.exhausted;
             if out.upto == self.next_seq {
                 break;
             }
             self.next_seq = out.upto;
             let upto = LogPosition { seq: out.upto, hash: out.upto_hash };
+            // Sent earlier in this session (ahead of the log, or as part of a run).
+            out.changes = self.unsent(out.changes);
             if out.changes.is_empty() && !out.exhausted {
                 // Nothing here for this peer (other villages' changes): read
                 // on without a push and its ack, which for a new device on a
@@ -978,13 +1093,13 @@ impl Session {
             self.unsent_position = None;
             self.push_batch(ledger, out.changes, Some(upto), now)?;
         }
-        if self.log_exhausted && self.in_flight.len() < self.cfg.max_in_flight {
+        if self.log_exhausted && self.in_flight.len() < room {
             // The tail was all skipped: one empty push moves the peer's position.
             if let Some(upto) = self.unsent_position.take() {
                 self.push_batch(ledger, Vec::new(), Some(upto), now)?;
             }
         }
-        if self.log_exhausted && self.in_flight.is_empty() && !self.sent_done {
+        if self.log_exhausted && (self.in_flight.is_empty() || self.cfg.one_way) && !self.sent_done {
             self.sent_done = true;
             let head = ledger.log_head()?;
             self.send(&Message::Done { log_head: head })?;
@@ -996,7 +1111,8 @@ impl Session {
         Ok(())
     }
 
-    /// Signs our own changes, sends grants the peer may lack, then the push.
+    /// Signs our own changes, sends grants the peer may lack, then the push:
+    /// a [`Message::Pack`] of signed runs in version 2, else a [`Message::Push`].
     fn push_batch(
         &mut self,
         ledger: &mut Ledger,
@@ -1004,6 +1120,26 @@ impl Session {
         upto: Option<LogPosition>,
         now: Timestamp,
     ) -> Result<u32, SessionError> {
+        self.sent.extend(changes.iter().map(|c| c.hash));
+        if self.version >= 2 {
+            let runs = self.runs(ledger, changes)?;
+            let count = runs.iter().map(|r| r.changes.len()).sum::<usize>();
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let frame = wire::encode_with(&Message::Pack { batch, upto, runs }, self.version)?;
+            self.queue_push(frame, batch, count, now);
+            return Ok(count);
+        }
+        if changes.iter().any(|c| {
+            matches!(
+                c.signature.as_deref().and_then(Provenance::from_blob),
+                Some(Provenance::RunHead { .. } | Provenance::RunMember { .. })
+            )
+        }) {
+            // Version 1 has one signature per change; a run's cannot be split.
+            return Err(SessionError::Version { min: 1, max: 1 });
+        }
         let mut envelopes = Vec::with_capacity(changes.len());
         for c in changes {
             let (signer, signature) = match (c.signer, c.signature.as_deref()) {
@@ -1027,13 +1163,123 @@ impl Session {
         let count = u32::try_from(envelopes.len()).unwrap_or(u32::MAX);
         let batch = self.next_batch;
         self.next_batch += 1;
-        let frame = wire::encode(&Message::Push { batch, upto, envelopes })?;
+        let frame = wire::encode_with(&Message::Push { batch, upto, envelopes }, self.version)?;
+        self.queue_push(frame, batch, count, now);
+        Ok(count)
+    }
+
+    /// `changes` without what this session already sent: a change alone is
+    /// dropped if it went out, a signed run (its members, then its head) only
+    /// if all of it did, since its signature covers the whole set.
+    fn unsent(&self, changes: Vec<OutgoingChange>) -> Vec<OutgoingChange> {
+        let mut out = Vec::with_capacity(changes.len());
+        let mut run: Vec<OutgoingChange> = Vec::new();
+        for c in changes {
+            match c.signature.as_deref().and_then(Provenance::from_blob) {
+                Some(Provenance::RunMember { .. }) => run.push(c),
+                Some(Provenance::RunHead { .. }) => {
+                    run.push(c);
+                    let group = std::mem::take(&mut run);
+                    if group.iter().any(|g| !self.sent.contains(&g.hash)) {
+                        out.extend(group);
+                    }
+                }
+                _ => {
+                    out.append(&mut run);
+                    if !self.sent.contains(&c.hash) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out.append(&mut run);
+        out
+    }
+
+    fn queue_push(&mut self, frame: Vec<u8>, batch: u64, count: u32, now: Timestamp) {
         debug_assert!(frame.len() <= MAX_FRAME_BYTES + 4);
         let bytes = frame.len();
         let bytes_through = self.in_flight.iter().fold(bytes, |sum, f| sum.saturating_add(f.bytes));
         self.transmit.push_back(frame);
         self.in_flight.push_back(InFlight { batch, sent_at: now, changes: count, bytes, bytes_through });
-        Ok(count)
+    }
+
+    /// Groups a batch into signed runs, sending first the grants the peer may
+    /// lack. Our own changes to one case become one run under one signature;
+    /// a relayed run goes as it came (its members, then its head); any other
+    /// change is a run of one with its own signature.
+    fn runs(&mut self, ledger: &mut Ledger, changes: Vec<OutgoingChange>) -> Result<Vec<Run>, SessionError> {
+        let mut runs: Vec<Run> = Vec::new();
+        // Our own changes, per case, in log order: signed at the end, as one run each.
+        let mut own: BTreeMap<CaseId, (usize, Vec<Hash>)> = BTreeMap::new();
+        let mut members: Vec<Vec<u8>> = Vec::new();
+        for c in changes {
+            let provenance = c.signature.as_deref().and_then(Provenance::from_blob);
+            let mine = c.signer.is_none() && c.received_from.is_none() && self.creds.own.is_some();
+            if let Some(k) = c.signer {
+                self.offer_grant(ledger, k)?;
+            }
+            match provenance {
+                _ if mine => {
+                    // Once per run: a run signed over two copies of a change is
+                    // refused whole by the peer.
+                    if own.get(&c.case).is_some_and(|(_, hashes)| hashes.contains(&c.hash)) {
+                        continue;
+                    }
+                    let full = own
+                        .get(&c.case)
+                        .is_some_and(|(at, _)| runs.get(*at).is_none_or(|r| r.changes.len() >= MAX_RUN_CHANGES));
+                    if full || !own.contains_key(&c.case) {
+                        own.insert(c.case, (runs.len(), Vec::new()));
+                        runs.push(Run { case: c.case, signer: None, signature: None, changes: Vec::new() });
+                    }
+                    if let Some((at, hashes)) = own.get_mut(&c.case)
+                        && let Some(run) = runs.get_mut(*at)
+                    {
+                        hashes.push(c.hash);
+                        run.changes.push(c.bytes);
+                    }
+                }
+                Some(Provenance::RunMember { .. }) => members.push(c.bytes),
+                Some(Provenance::RunHead { signature, .. }) => {
+                    let mut changes = std::mem::take(&mut members);
+                    changes.push(c.bytes);
+                    runs.push(Run { case: c.case, signer: c.signer, signature: Some(signature), changes });
+                }
+                Some(Provenance::Single(sig)) => {
+                    runs.push(Run { case: c.case, signer: c.signer, signature: Some(sig), changes: vec![c.bytes] });
+                }
+                None => runs.push(Run { case: c.case, signer: c.signer, signature: None, changes: vec![c.bytes] }),
+            }
+        }
+        if let Some((grant, key)) = &self.creds.own {
+            let public = grant.grant.public_key;
+            for (case, (at, hashes)) in own {
+                let Some(run) = runs.get_mut(at) else { continue };
+                let signature = match hashes.as_slice() {
+                    [one] => trust::sign_change(key, one),
+                    many => trust::sign_run(key, case.as_bytes(), many),
+                };
+                run.signer = Some(public);
+                run.signature = Some(signature);
+            }
+            if !self.grants_sent.contains(&public) {
+                self.grants_sent.insert(public);
+                let bytes = grant.bytes.clone();
+                self.send(&Message::Grant { bytes })?;
+            }
+        }
+        Ok(runs.into_iter().filter(|r| !r.changes.is_empty()).collect())
+    }
+
+    /// Sends the grant of `signer` unless this session already did.
+    fn offer_grant(&mut self, ledger: &Ledger, signer: [u8; 32]) -> Result<(), SessionError> {
+        if self.grants_sent.insert(signer)
+            && let Some(g) = ledger.grant(&signer)?
+        {
+            self.send(&Message::Grant { bytes: g.bytes })?;
+        }
+        Ok(())
     }
 
     fn receive_push(
@@ -1041,18 +1287,9 @@ impl Session {
         ledger: &mut Ledger,
         batch: u64,
         upto: Option<LogPosition>,
-        envelopes: Vec<Envelope>,
+        changes: Vec<IncomingChange>,
     ) -> Result<(), SessionError> {
         let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("push")) };
-        let changes = envelopes
-            .into_iter()
-            .map(|e| IncomingChange {
-                case: e.case,
-                bytes: e.change,
-                signer: e.signer,
-                signature: e.signature.map(|s| s.to_vec()),
-            })
-            .collect();
         let upto = upto.filter(|_| !self.position_held);
         let report = ledger.apply_from_peer(&peer, changes, upto)?;
         // The ledger kept the old position for this push (see
@@ -1100,7 +1337,18 @@ impl Session {
         now: Timestamp,
     ) -> Result<(), SessionError> {
         let Some(pos) = self.in_flight.iter().position(|f| f.batch == batch) else {
-            // An ack for a batch of an earlier session, or a duplicate: harmless.
+            if self.cfg.one_way
+                && let Some(peer) = self.peer.clone()
+            {
+                // An answer file acknowledges the pushes of the file it answers
+                // (another session): the peer committed up to `upto` of our log.
+                if upto > 0 {
+                    ledger.record_ack(&peer, upto)?;
+                }
+                self.stats.refused_by_peer += refused.len() as u64;
+                self.events.push_back(Event::Acked { sent: 0, refused });
+            }
+            // Otherwise an ack for a batch of an earlier session, or a duplicate: harmless.
             return Ok(());
         };
         let Some(done) = self.in_flight.remove(pos) else { return Ok(()) };
@@ -1115,6 +1363,40 @@ impl Session {
         self.events.push_back(Event::Acked { sent: done.changes, refused });
         Ok(())
     }
+}
+
+/// The changes of a received run, each with the provenance the ledger keeps:
+/// a run of one carries its own signature; in a longer run the last change is
+/// the head, holding the run signature and the other members' hashes, and
+/// every other change names the head.
+fn incoming_run(run: Run) -> Vec<IncomingChange> {
+    let Run { case, signer, signature, changes } = run;
+    let Some(signature) = signature else {
+        return changes.into_iter().map(|bytes| IncomingChange { case, bytes, signer, signature: None }).collect();
+    };
+    if changes.len() == 1 {
+        return changes
+            .into_iter()
+            .map(|bytes| IncomingChange { case, bytes, signer, signature: Some(signature.to_vec()) })
+            .collect();
+    }
+    let hashes: Vec<Hash> = changes.iter().map(|c| crate::doc::chunk_hash(c)).collect();
+    let head = hashes.last().copied().unwrap_or([0; 32]);
+    let mut others: Vec<Hash> = hashes.iter().take(hashes.len().saturating_sub(1)).copied().collect();
+    others.sort_unstable();
+    let head_blob = Provenance::RunHead { signature, others }.to_blob();
+    let member_blob = Provenance::RunMember { head }.to_blob();
+    let last = changes.len() - 1;
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| IncomingChange {
+            case,
+            bytes,
+            signer,
+            signature: Some(if i == last { head_blob.clone() } else { member_blob.clone() }),
+        })
+        .collect()
 }
 
 fn wire_reason(r: RefuseReason) -> wire::RefuseReason {

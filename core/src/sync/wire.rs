@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | 4 | payload length | `u32` big-endian, at most [`MAX_FRAME_BYTES`]; the prefix is not counted |
 //! | 1 | protocol version | [`PROTOCOL_VERSION`] |
-//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error; a read-only inspection (ADR 22): 9 inspect, 10 sums query, 11 sums, 12 cases query, 13 changes query, 14 change list, 20 policy |
+//! | 1 | message kind | 1 hello, 2 grant, 3 push, 4 ack, 5 digest, 6 want, 7 done, 8 error; a read-only inspection (ADR 22): 9 inspect, 10 sums query, 11 sums, 12 cases query, 13 changes query, 14 change list, 20 policy; version 2 adds 30 pack |
 //! | rest | body | the message's fields in order, nothing after them |
 //!
 //! Integers are big-endian and fixed width. A string is `u16 length | UTF-8`, a byte string
@@ -34,8 +34,9 @@ pub use crate::policy::MAX_POLICY_BYTES;
 
 pub use crate::doc::MAX_CHANGE_BYTES;
 
-/// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks best. Version 2 adds [`Message::Pack`], the
+/// compressed push with signed runs (`docs/PROTOCOL.md`); every other message is the same.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
@@ -63,6 +64,16 @@ pub const MAX_QUERY_BUCKETS: usize = 16_384;
 pub const MAX_QUERY_CASES: usize = 4096;
 /// Most changes listed in one change list (a case with more is listed in several).
 pub const MAX_LISTED_CHANGES: usize = 8192;
+/// Most bytes the block of a [`Message::Pack`] may inflate to: the same as a frame, so a pack
+/// never holds more than a version-1 push could.
+pub const MAX_PACK_BYTES: usize = MAX_FRAME_BYTES;
+/// Most changes one signed run of a [`Message::Pack`] holds.
+pub const MAX_RUN_CHANGES: usize = 512;
+/// Most distinct signers or cases one pack names in its tables.
+pub const MAX_PACK_TABLE: usize = 4096;
+/// Bytes of a pack payload before its compressed block (version, kind, batch, upto flag,
+/// upto seq and chain, block length).
+pub const PACK_FIXED_BYTES: usize = 1 + 1 + 8 + 1 + 8 + 8 + 4;
 
 /// Bytes of the length prefix in front of every payload.
 pub const PREFIX_BYTES: usize = 4;
@@ -89,6 +100,7 @@ const KIND_CHANGE_LIST: u8 = 14;
 /// The county policy and the sender's clock (ADR 30). Numbered apart from
 /// the change-carrying kinds, whose encoding may be reworked on its own.
 const KIND_POLICY: u8 = 20;
+const KIND_PACK: u8 = 30;
 
 const FLAG_SIGNER: u8 = 0b01;
 const FLAG_SIGNATURE: u8 = 0b10;
@@ -146,6 +158,32 @@ impl Envelope {
             + self.signer.map_or(0, |k| k.len())
             + self.signature.map_or(0, |s| s.len())
             + self.change.len()
+    }
+}
+
+/// Changes of one case that travel under one signature, in a [`Message::Pack`].
+///
+/// With one change, `signature` is the author's signature over its hash, exactly as in an
+/// [`Envelope`]. With more, it is a run signature ([`crate::trust::sign_run`]) over the case
+/// and the sorted hashes of every change of the run, so one signature covers them all; a relay
+/// forwards the run whole (docs/PROTOCOL.md, "Signed runs").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The case every change of the run belongs to.
+    pub case: CaseId,
+    /// The signing device's ed25519 public key, if known.
+    pub signer: Option<[u8; 32]>,
+    /// The signature over the run, if any.
+    pub signature: Option<[u8; 64]>,
+    /// The raw Automerge changes, at least one, at most [`MAX_RUN_CHANGES`], each at most
+    /// [`MAX_CHANGE_BYTES`].
+    pub changes: Vec<Vec<u8>>,
+}
+
+impl Run {
+    /// Uncompressed bytes of this run's changes, to size packs.
+    pub fn change_bytes(&self) -> usize {
+        self.changes.iter().map(Vec::len).sum()
     }
 }
 
@@ -422,6 +460,18 @@ pub enum Message {
         /// The signed policy, at most [`MAX_POLICY_BYTES`]; only from a parent.
         signed: Option<Vec<u8>>,
     },
+    /// Version 2's push: the same batch, position and changes as a [`Message::Push`], with
+    /// each signer and case named once, one signature per run of one author's changes to a
+    /// case, and the whole block DEFLATEd. Acknowledged by an [`Message::Ack`] like a push.
+    Pack {
+        /// The sender's batch number, echoed by the ack.
+        batch: u64,
+        /// As in [`Message::Push`]; only the first 8 bytes of its hash (the chain value) travel,
+        /// the other 24 must be zero.
+        upto: Option<LogPosition>,
+        /// The runs, at most [`MAX_ENVELOPES_PER_PUSH`] changes in all.
+        runs: Vec<Run>,
+    },
 }
 
 impl Message {
@@ -443,6 +493,7 @@ impl Message {
             Message::ChangesQuery { .. } => "changes query",
             Message::ChangeList { .. } => "change list",
             Message::Policy { .. } => "policy",
+            Message::Pack { .. } => "pack",
         }
     }
 
@@ -463,6 +514,7 @@ impl Message {
             Message::ChangesQuery { .. } => KIND_CHANGES_QUERY,
             Message::ChangeList { .. } => KIND_CHANGE_LIST,
             Message::Policy { .. } => KIND_POLICY,
+            Message::Pack { .. } => KIND_PACK,
         }
     }
 }
@@ -600,11 +652,28 @@ pub enum DecodeError {
     Poisoned,
 }
 
-/// Encodes `msg` as one whole frame, length prefix included.
+/// Encodes `msg` as one whole frame, length prefix included, framed with the oldest version
+/// that has its kind (1, or 2 for a [`Message::Pack`]).
 ///
 /// Refuses (naming the limit) any frame that [`decode`] would refuse.
 pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
-    let mut w = Writer::new(msg.kind());
+    let version = if matches!(msg, Message::Pack { .. }) { 2 } else { 1 };
+    encode_with(msg, version)
+}
+
+/// Encodes `msg` framed with the session's negotiated `version`. A Hello and an Error are
+/// always framed with version 1 (their layout is frozen, so any peer reads them); a Pack needs
+/// version 2 or later.
+pub fn encode_with(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
+    let version = match msg {
+        Message::Hello { .. } | Message::Error { .. } => 1,
+        Message::Pack { .. } if version < 2 => return Err(EncodeError::BadValue { what: "pack needs version 2" }),
+        _ => version,
+    };
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(EncodeError::BadValue { what: "version" });
+    }
+    let mut w = Writer::new(msg.kind(), version);
     match msg {
         Message::Hello { replica, tier, scope, log_head, have, min_version, max_version } => {
             check_hello(*log_head, have, *min_version, *max_version).map_err(|what| EncodeError::BadValue { what })?;
@@ -749,8 +818,214 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
                 }
             }
         }
+        Message::Pack { batch, upto, runs } => {
+            w.u64(*batch)?;
+            match upto {
+                None => w.u8(0)?,
+                Some(p) => {
+                    check_position(p.seq, "pack upto").map_err(|what| EncodeError::BadValue { what })?;
+                    let (chain, rest) = p.hash.split_at(8);
+                    if rest.iter().any(|b| *b != 0) {
+                        return Err(EncodeError::BadValue { what: "pack upto hash" });
+                    }
+                    w.u8(1)?;
+                    w.i64(p.seq)?;
+                    w.put(chain)?;
+                }
+            }
+            let block = pack_block(runs)?;
+            w.u32(u32::try_from(block.len()).unwrap_or(u32::MAX))?;
+            w.put(&deflate(&block))?;
+        }
     }
     Ok(w.finish())
+}
+
+/// The uncompressed block of a pack: the signer and case tables, then the runs.
+fn pack_block(runs: &[Run]) -> Result<Vec<u8>, EncodeError> {
+    let mut signers: Vec<[u8; 32]> = Vec::new();
+    let mut cases: Vec<CaseId> = Vec::new();
+    let mut changes = 0usize;
+    for run in runs {
+        if let Some(k) = run.signer
+            && !signers.contains(&k)
+        {
+            signers.push(k);
+        }
+        if !cases.contains(&run.case) {
+            cases.push(run.case);
+        }
+        if run.changes.is_empty() || run.changes.len() > MAX_RUN_CHANGES {
+            return Err(EncodeError::TooMany { what: "run changes", count: run.changes.len(), max: MAX_RUN_CHANGES });
+        }
+        changes += run.changes.len();
+    }
+    let too_many = |what, count, max| EncodeError::TooMany { what, count, max };
+    if changes > MAX_ENVELOPES_PER_PUSH {
+        return Err(too_many("envelopes", changes, MAX_ENVELOPES_PER_PUSH));
+    }
+    if signers.len() > MAX_PACK_TABLE {
+        return Err(too_many("pack signers", signers.len(), MAX_PACK_TABLE));
+    }
+    if cases.len() > MAX_PACK_TABLE {
+        return Err(too_many("pack cases", cases.len(), MAX_PACK_TABLE));
+    }
+    let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
+    let mut out = Vec::with_capacity(64 + runs.iter().map(|r| r.change_bytes() + 72).sum::<usize>());
+    out.extend_from_slice(&index(signers.len()));
+    signers.iter().for_each(|k| out.extend_from_slice(k));
+    out.extend_from_slice(&index(cases.len()));
+    cases.iter().for_each(|c| out.extend_from_slice(c.as_bytes()));
+    out.extend_from_slice(&u32::try_from(runs.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for run in runs {
+        out.extend_from_slice(&index(cases.iter().position(|c| *c == run.case).unwrap_or(0)));
+        let flags = if run.signer.is_some() { FLAG_SIGNER } else { 0 }
+            | if run.signature.is_some() { FLAG_SIGNATURE } else { 0 };
+        out.push(flags);
+        if let Some(k) = &run.signer {
+            out.extend_from_slice(&index(signers.iter().position(|s| s == k).unwrap_or(0)));
+        }
+        if let Some(sig) = &run.signature {
+            out.extend_from_slice(sig);
+        }
+        out.extend_from_slice(&index(run.changes.len()));
+        for change in &run.changes {
+            if change.len() > MAX_CHANGE_BYTES {
+                return Err(EncodeError::TooLong { what: "change", len: change.len(), max: MAX_CHANGE_BYTES });
+            }
+            put_uleb(&mut out, change.len());
+            out.extend_from_slice(change);
+        }
+        if out.len() > MAX_PACK_BYTES {
+            return Err(EncodeError::TooLong { what: "pack block", len: out.len(), max: MAX_PACK_BYTES });
+        }
+    }
+    Ok(out)
+}
+
+fn put_uleb(out: &mut Vec<u8>, mut v: usize) {
+    loop {
+        let byte = u8::try_from(v & 0x7f).unwrap_or(0);
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// DEFLATE (raw, no header) at the best level: a pack is compressed once and may cross a
+/// 2G link, so bytes matter more than the sender's CPU.
+fn deflate(block: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc =
+        flate2::write::DeflateEncoder::new(Vec::with_capacity(block.len() / 2 + 64), flate2::Compression::best());
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(block);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inflates a pack's block, refusing a declared length over [`MAX_PACK_BYTES`] before reading
+/// it, and any stream that inflates to more or less than it declared.
+fn inflate(compressed: &[u8], declared: usize) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read as _;
+    if declared > MAX_PACK_BYTES {
+        return Err(DecodeError::TooLong { what: "pack block", len: declared, max: MAX_PACK_BYTES });
+    }
+    // Sized by what arrived, never by the claim alone.
+    let mut out = Vec::with_capacity(declared.min(compressed.len().saturating_mul(8)));
+    flate2::read::DeflateDecoder::new(compressed)
+        .take(u64::try_from(declared).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|_| DecodeError::BadValue { what: "pack block" })?;
+    if out.len() != declared {
+        return Err(DecodeError::BadValue { what: "pack block length" });
+    }
+    Ok(out)
+}
+
+fn decode_pack(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let batch = r.u64("pack batch")?;
+    let upto = match r.u8("pack upto flag")? {
+        0 => None,
+        1 => {
+            let seq = r.i64("pack upto")?;
+            check_position(seq, "pack upto").map_err(|what| DecodeError::BadValue { what })?;
+            let chain: [u8; 8] = r.array("pack upto chain")?;
+            let mut hash = ZERO_HASH;
+            hash[..8].copy_from_slice(&chain);
+            if seq == 0 && hash != ZERO_HASH {
+                return Err(DecodeError::BadValue { what: "pack upto chain" });
+            }
+            Some(LogPosition { seq, hash })
+        }
+        _ => return Err(DecodeError::BadValue { what: "pack upto flag" }),
+    };
+    let declared = usize::try_from(r.u32("pack block length")?).unwrap_or(usize::MAX);
+    let block = inflate(r.rest(), declared)?;
+    let mut b = Reader { buf: &block };
+    let signer_count = r_count16(&mut b, "pack signers", 32)?;
+    let mut signers = Vec::with_capacity(signer_count);
+    for _ in 0..signer_count {
+        signers.push(b.array::<32>("signer")?);
+    }
+    let case_count = r_count16(&mut b, "pack cases", 16)?;
+    let mut cases = Vec::with_capacity(case_count);
+    for _ in 0..case_count {
+        cases.push(CaseId::from_bytes(b.array("case id")?));
+    }
+    // case index 2, flags 1, change count 2, one change length 1.
+    let run_count = b.count("runs", MAX_ENVELOPES_PER_PUSH, 6)?;
+    let mut runs = Vec::with_capacity(run_count);
+    let mut total = 0usize;
+    for _ in 0..run_count {
+        let case = *cases.get(usize::from(b.u16("run case")?)).ok_or(DecodeError::BadValue { what: "run case" })?;
+        let flags = b.u8("run flags")?;
+        if flags & !(FLAG_SIGNER | FLAG_SIGNATURE) != 0 {
+            return Err(DecodeError::BadValue { what: "run flags" });
+        }
+        let signer = if flags & FLAG_SIGNER != 0 {
+            Some(*signers.get(usize::from(b.u16("run signer")?)).ok_or(DecodeError::BadValue { what: "run signer" })?)
+        } else {
+            None
+        };
+        let signature = if flags & FLAG_SIGNATURE != 0 { Some(b.array("signature")?) } else { None };
+        let n = usize::from(b.u16("run changes")?);
+        if n == 0 || n > MAX_RUN_CHANGES {
+            return Err(DecodeError::TooMany { what: "run changes", count: n, max: MAX_RUN_CHANGES });
+        }
+        total += n;
+        if total > MAX_ENVELOPES_PER_PUSH {
+            return Err(DecodeError::TooMany { what: "envelopes", count: total, max: MAX_ENVELOPES_PER_PUSH });
+        }
+        if n > b.buf.len() {
+            return Err(DecodeError::Truncated { what: "run changes" });
+        }
+        let mut changes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = b.uleb("change")?;
+            if len > MAX_CHANGE_BYTES {
+                return Err(DecodeError::TooLong { what: "change", len, max: MAX_CHANGE_BYTES });
+            }
+            changes.push(b.take(len, "change")?.to_vec());
+        }
+        runs.push(Run { case, signer, signature, changes });
+    }
+    b.finish()?;
+    Ok(Message::Pack { batch, upto, runs })
+}
+
+/// A `u16` table size, checked against the table limit and the bytes left.
+fn r_count16(r: &mut Reader<'_>, what: &'static str, item: usize) -> Result<usize, DecodeError> {
+    let n = usize::from(r.u16(what)?);
+    if n > MAX_PACK_TABLE {
+        return Err(DecodeError::TooMany { what, count: n, max: MAX_PACK_TABLE });
+    }
+    if n.saturating_mul(item) > r.buf.len() {
+        return Err(DecodeError::Truncated { what });
+    }
+    Ok(n)
 }
 
 /// Decodes one payload (a frame without its length prefix).
@@ -762,11 +1037,13 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     }
     let mut r = Reader { buf: payload };
     let version = r.u8("version")?;
-    if version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion { got: version });
     }
     let kind = r.u8("kind")?;
     let msg = match kind {
+        KIND_PACK if version < 2 => return Err(DecodeError::UnknownKind { kind }),
+        KIND_PACK => decode_pack(&mut r)?,
         KIND_HELLO => decode_hello(&mut r)?,
         KIND_GRANT => Message::Grant { bytes: r.bytes("grant", MAX_GRANT_BYTES)?.to_vec() },
         KIND_PUSH => decode_push(&mut r)?,
@@ -1230,6 +1507,24 @@ impl<'a> Reader<'a> {
     fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes { len: self.buf.len() }) }
     }
+
+    /// Everything left (a pack's compressed block runs to the end of the frame).
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// An unsigned LEB128 length of at most 5 bytes.
+    fn uleb(&mut self, what: &'static str) -> Result<usize, DecodeError> {
+        let mut v: u64 = 0;
+        for shift in [0, 7, 14, 21, 28] {
+            let byte = self.u8(what)?;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(usize::try_from(v).unwrap_or(usize::MAX));
+            }
+        }
+        Err(DecodeError::BadValue { what })
+    }
 }
 
 /// Builds one frame; refuses to grow the payload past [`MAX_FRAME_BYTES`].
@@ -1238,10 +1533,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(kind: u8) -> Self {
+    fn new(kind: u8, version: u8) -> Self {
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(&[0; PREFIX_BYTES]);
-        buf.push(PROTOCOL_VERSION);
+        buf.push(version);
         buf.push(kind);
         Self { buf }
     }
@@ -1544,7 +1839,8 @@ mod tests {
     #[test]
     fn decode_refuses_bad_versions_kinds_and_values() {
         assert_eq!(decode(&[]), Err(DecodeError::Truncated { what: "version" }));
-        assert_eq!(decode(&[2, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 2 }));
+        assert_eq!(decode(&[3, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 3 }));
+        assert_eq!(decode(&[1, KIND_PACK]), Err(DecodeError::UnknownKind { kind: KIND_PACK }));
         assert_eq!(decode(&[PROTOCOL_VERSION, 0]), Err(DecodeError::UnknownKind { kind: 0 }));
         assert_eq!(decode(&[PROTOCOL_VERSION, 15]), Err(DecodeError::UnknownKind { kind: 15 }));
 
@@ -1681,6 +1977,87 @@ mod tests {
         assert_eq!(push.len(), PREFIX_BYTES + PUSH_FIXED_BYTES + envelope.wire_len());
     }
 
+    fn pack() -> Message {
+        let change = |n: u8| {
+            let mut c = vec![0x85, 0x6f, 0x4a, 0x83, n, n, n, n, 1, 4];
+            c.extend_from_slice(&[n; 60]);
+            c
+        };
+        Message::Pack {
+            batch: 9,
+            upto: Some(LogPosition { seq: 12, hash: chain_hash(0x0102_0304_0506_0708) }),
+            runs: vec![
+                Run {
+                    case: case(1),
+                    signer: Some([5; 32]),
+                    signature: Some([6; 64]),
+                    changes: vec![change(1), change(2)],
+                },
+                Run { case: case(2), signer: Some([5; 32]), signature: Some([7; 64]), changes: vec![change(3)] },
+                Run { case: case(1), signer: None, signature: None, changes: vec![vec![]] },
+            ],
+        }
+    }
+
+    fn chain_hash(chain: i64) -> Hash {
+        let mut h = [0; 32];
+        h[..8].copy_from_slice(&chain.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn pack_round_trips_smaller_than_the_push_it_replaces() {
+        let msg = pack();
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(bytes[PREFIX_BYTES], 2, "a pack is framed as version 2");
+        assert_eq!(decode_stream(&bytes, 5).unwrap(), vec![msg.clone()]);
+        let Message::Pack { batch, upto, runs } = msg else { unreachable!() };
+        let envelopes: Vec<Envelope> = runs
+            .iter()
+            .flat_map(|r| {
+                r.changes.iter().map(|c| Envelope {
+                    case: r.case,
+                    signer: r.signer,
+                    signature: r.signature,
+                    change: c.clone(),
+                })
+            })
+            .collect();
+        let push = encode(&Message::Push { batch, upto, envelopes }).unwrap();
+        assert!(bytes.len() * 2 < push.len(), "pack {} B, push {} B", bytes.len(), push.len());
+        assert_eq!(
+            encode_with(&Message::Pack { batch, upto, runs: Vec::new() }, 1),
+            Err(EncodeError::BadValue { what: "pack needs version 2" })
+        );
+    }
+
+    #[test]
+    fn pack_refuses_a_block_that_inflates_past_what_it_declared() {
+        let Message::Pack { batch, upto, runs } = pack() else { unreachable!() };
+        let good = encode(&Message::Pack { batch, upto, runs }).unwrap();
+        // The declared block length sits before the compressed block.
+        let at = PREFIX_BYTES + 2 + 8 + 1 + 8 + 8;
+        let mut lying = good.clone();
+        lying[at..at + 4].copy_from_slice(&10u32.to_be_bytes());
+        assert_eq!(decode(&lying[PREFIX_BYTES..]), Err(DecodeError::BadValue { what: "pack block length" }));
+        let mut huge = good.clone();
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(decode(&huge[PREFIX_BYTES..]), Err(DecodeError::TooLong { what: "pack block", .. })));
+        // A bomb: a small stream that inflates to far more than a frame is refused at the cap.
+        let bomb = deflate(&vec![0u8; 8 * MAX_PACK_BYTES]);
+        let mut payload = vec![2, KIND_PACK];
+        payload.extend_from_slice(&1u64.to_be_bytes());
+        payload.push(0);
+        payload.extend_from_slice(&u32::try_from(MAX_PACK_BYTES).unwrap().to_be_bytes());
+        payload.extend_from_slice(&bomb);
+        assert!(bomb.len() < 64 * 1024);
+        assert_eq!(decode(&payload), Err(DecodeError::BadValue { what: "pack block length" }));
+        let mut flipped = good;
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0xff;
+        assert!(decode(&flipped[PREFIX_BYTES..]).is_err());
+    }
+
     #[test]
     fn policy_frame_layout_is_stable_and_refuses_bad_flags() {
         let policy = encode(&Message::Policy { now: Timestamp(0x0102), version: 3, signed: Some(vec![0xab]) }).unwrap();
@@ -1696,7 +2073,8 @@ mod tests {
     fn negotiate_version_picks_the_highest_common() {
         assert_eq!(negotiate_version(1, 1), Some(1));
         assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_VERSION));
-        assert_eq!(negotiate_version(2, 5), None);
+        assert_eq!(negotiate_version(2, 5), Some(2));
+        assert_eq!(negotiate_version(3, 5), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 }

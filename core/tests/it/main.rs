@@ -3,6 +3,7 @@
 
 mod audit;
 mod encryption;
+mod file;
 mod hostile;
 mod ledger;
 mod merge;

@@ -393,10 +393,17 @@ fn sync_over_slow_link(notes: usize, rate: i64, cfg: SessionConfig) -> SlowSync 
     let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
     let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
     let case = dev.ledger.create_case(new_case("宅基地边界纠纷")).unwrap().id;
+    // Words that differ from note to note (a pseudo-random draw of CJK characters): version 2
+    // compresses a push whole, and 200 copies of one sentence would cross in no time.
+    let mut seed: u32 = 0x2545_f491;
     for i in 0..notes {
-        let text =
-            format!("第{i}次走访：双方对宅基地边界仍有争议，网格员已联系村委会，约定下周到现场丈量并请老党员见证。");
-        dev.ledger.add_note(case, &text).unwrap();
+        let words: String = (0..48)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                char::from_u32(0x4e00 + (seed >> 16) % 0x5000).unwrap_or('调')
+            })
+            .collect();
+        dev.ledger.add_note(case, &format!("第{i}次走访：{words}")).unwrap();
     }
     let start = T0.0;
     let mut child = Session::new(Side::Child, &dev.ledger, creds(&dev, None), cfg.clone(), None, T0).unwrap();
@@ -447,7 +454,7 @@ fn sync_over_slow_link(notes: usize, rate: i64, cfg: SessionConfig) -> SlowSync 
 #[test]
 fn sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog() {
     let rate = 2_000;
-    let done = sync_over_slow_link(200, rate, SessionConfig::default());
+    let done = sync_over_slow_link(400, rate, SessionConfig::default());
     assert_eq!(done.timed_out, None, "the watchdog ended the session");
     let took = done.caught_up_after_ms.expect("the sessions did not catch up");
     eprintln!("caught up after {took} ms of virtual time; largest push {} B", done.largest_push);
@@ -463,7 +470,7 @@ fn sync_a_backlog_crosses_a_gprs_link_without_tripping_the_watchdog() {
         slowest_link_bytes_per_sec: u32::MAX,
         ..SessionConfig::default()
     };
-    let old = sync_over_slow_link(200, rate, unadapted);
+    let old = sync_over_slow_link(400, rate, unadapted);
     assert!(old.timed_out.is_some(), "one big push should have tripped the 20 s watchdog");
 }
 
@@ -509,4 +516,237 @@ fn group_commit_keeps_operations_atomic_and_shows_nothing_before_commit() {
     assert_eq!(l.list(&ListFilter::default()).unwrap().len(), 2);
     assert_eq!(l.show(second.id, true).unwrap().history.unwrap().len(), 1);
     l.integrity_check().unwrap();
+}
+
+/// The load generator's device (two cases, then eighteen one-field edits and
+/// notes) made through the ledger API, as `sync-server/benches/loadgen.rs`
+/// makes it.
+fn loadgen_device(dev: &mut Node, edits: usize) {
+    use fq_core::case::{Category, Risk};
+    use fq_core::doc::FieldEdit;
+    use fq_core::ledger::NewCase;
+    let cases = edits.div_ceil(10).max(1).min(edits);
+    let mut ids = Vec::new();
+    for c in 0..cases {
+        let case = dev
+            .ledger
+            .create_case(NewCase {
+                category: Category::Neighbor,
+                title: format!("宅基地滴水纠纷 {c}"),
+                description: "两户因房屋滴水檐位置发生争执，经网格员上报。".into(),
+                parties: Vec::new(),
+                risk: Risk::Low,
+                flags: Vec::new(),
+                village: None,
+                grid: None,
+            })
+            .unwrap();
+        ids.push(case.id);
+    }
+    let mut risks = vec![Risk::Low; ids.len()];
+    for e in 0..edits - cases {
+        let c = e % ids.len();
+        match e % 3 {
+            0 => dev
+                .ledger
+                .edit(ids[c], FieldEdit { title: Some(format!("宅基地滴水纠纷（第{e}稿）")), ..FieldEdit::default() }),
+            1 => dev.ledger.add_note(ids[c], "第二次调解：双方到场，初步达成意向"),
+            _ => {
+                risks[c] = if risks[c] == Risk::Low { Risk::Medium } else { Risk::Low };
+                dev.ledger.edit(ids[c], FieldEdit { risk: Some(risks[c]), ..FieldEdit::default() })
+            }
+        }
+        .unwrap();
+    }
+}
+
+/// Issue 12's budget: a device's 20 edits (2 cases, 18 edits) cross in at most
+/// 160 bytes of sync frames per edit, both ways, every change still signed
+/// (one run signature per case) and checked by the township.
+#[test]
+fn sync_of_twenty_edits_costs_under_160_bytes_per_edit() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    loadgen_device(&mut dev, 20);
+    let (c, _) = sync(&mut dev, &mut town, clock.now());
+    let stats = c.stats();
+    assert_eq!(stats.sent, 20);
+    let per_edit = (stats.bytes_out + stats.bytes_in) as f64 / 20.0;
+    eprintln!("20 edits: {} B up, {} B down, {per_edit:.0} B per edit", stats.bytes_out, stats.bytes_in);
+    assert!(per_edit <= 160.0, "{per_edit:.0} B per edit");
+    assert_eq!(town.ledger.counts().unwrap()[1], 20, "the township holds every change");
+
+    // One more edit to an existing case, the whole session counted.
+    let case = rows(&dev.ledger)[0].id;
+    dev.ledger.add_note(case, "第三次调解：双方签字").unwrap();
+    let (c, _) = sync(&mut dev, &mut town, clock.now());
+    let one = c.stats().bytes_out + c.stats().bytes_in;
+    eprintln!("one edit, whole session: {} B up, {} B down = {one} B", c.stats().bytes_out, c.stats().bytes_in);
+    assert_eq!(c.stats().sent, 1);
+}
+
+/// Issue 12: over a link that breaks every 5 s (64 kbit/s, 300 ms each way),
+/// a high-risk case recorded last reaches the township in the first exchange
+/// that completes, before ordinary cases recorded earlier. In virtual time:
+/// each break ends the session, and the next one starts from the positions
+/// saved at every ack.
+#[test]
+fn sync_sends_a_high_risk_case_first_over_a_link_that_breaks_every_five_seconds() {
+    use fq_core::case::Risk;
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut seed: u32 = 7;
+    let mut words = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                char::from_u32(0x4e00 + (seed >> 16) % 0x5000).unwrap_or('调')
+            })
+            .collect()
+    };
+    let mut ordinary = Vec::new();
+    for i in 0..40 {
+        let mut case = new_case(&format!("邻里纠纷{i}"));
+        case.description = words(200);
+        ordinary.push(dev.ledger.create_case(case).unwrap().id);
+    }
+    let mut urgent = new_case("扬言报复，民转刑风险");
+    urgent.risk = Risk::High;
+    let urgent = dev.ledger.create_case(urgent).unwrap().id;
+
+    let rate = 8_000;
+    let mut now = T0.0;
+    let mut arrived: Vec<fq_core::case::CaseId> = Vec::new();
+    let mut exchanges = 0;
+    for _session in 0..40 {
+        let broken_at = now + 5_000;
+        let at = Timestamp(now);
+        let upstream = dev.ledger.upstream().unwrap();
+        let mut child =
+            Session::new(Side::Child, &dev.ledger, creds(&dev, None), SessionConfig::default(), upstream, at).unwrap();
+        let mut parent = Session::new(
+            Side::Parent,
+            &town.ledger,
+            creds(&town, Some("532924101201")),
+            SessionConfig::default(),
+            None,
+            at,
+        )
+        .unwrap();
+        let (mut up, mut down) = (SlowLink::new(rate, 300), SlowLink::new(rate, 300));
+        up.free_at = now;
+        down.free_at = now;
+        loop {
+            while let Some(f) = child.poll_transmit() {
+                up.send(now, f);
+            }
+            while let Some(f) = parent.poll_transmit() {
+                down.send(now, f);
+            }
+            if child.is_caught_up() && parent.is_caught_up() {
+                break;
+            }
+            let Some(next) = [up.next_arrival(), down.next_arrival()].into_iter().flatten().min() else { break };
+            if next > broken_at {
+                now = broken_at;
+                break;
+            }
+            now = next.max(now);
+            let at = Timestamp(now);
+            while up.next_arrival().is_some_and(|t| t <= now) {
+                let (_, f) = up.queue.pop_front().unwrap();
+                parent.handle_input(&mut town.ledger, &f, at).unwrap();
+                for e in std::iter::from_fn(|| parent.poll_event()) {
+                    if matches!(e, Event::Received { applied, .. } if applied > 0) {
+                        exchanges += 1;
+                        for row in rows(&town.ledger) {
+                            if !arrived.contains(&row.id) {
+                                arrived.push(row.id);
+                            }
+                        }
+                    }
+                }
+            }
+            while down.next_arrival().is_some_and(|t| t <= now) {
+                let (_, f) = down.queue.pop_front().unwrap();
+                child.handle_input(&mut dev.ledger, &f, at).unwrap();
+            }
+        }
+        if arrived.len() == 41 {
+            break;
+        }
+        now += 1_000; // redial
+    }
+    assert_eq!(arrived.len(), 41, "every case reached the township");
+    assert!(exchanges > 1, "the backlog took several exchanges");
+    assert_eq!(arrived.first(), Some(&urgent), "the high-risk case came in the first completed exchange");
+    let urgent_at = arrived.iter().position(|c| *c == urgent).unwrap();
+    let first_ordinary = arrived.iter().position(|c| *c == ordinary[0]).unwrap();
+    assert!(urgent_at < first_ordinary, "recorded last, it arrived before the cases recorded first");
+}
+
+/// Regression (simulator seeds 3655733423352523290 and 5209195425396659436):
+/// an edit made while urgent changes still wait for room in flight re-reads
+/// the urgent cases. Added to the queue instead of replacing it, that read
+/// put the waiting changes in it twice; the next push carried both copies
+/// in one run, the township refused the run's signature, and the log push
+/// after it acknowledged a position past changes the township never held.
+#[test]
+fn sync_an_edit_while_urgent_changes_wait_sends_each_once_and_acks_only_what_is_held() {
+    use fq_core::case::Risk;
+    let clock = ManualClock::new(T0);
+    let now = clock.now();
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let ordinary = dev.ledger.create_case(new_case("邻里纠纷")).unwrap().id;
+    let mut urgent = new_case("扬言报复，民转刑风险");
+    urgent.risk = Risk::High;
+    let urgent = dev.ledger.create_case(urgent).unwrap().id;
+    for i in 0..5 {
+        dev.ledger.add_note(urgent, &format!("第{i}次走访：当事人情绪激动")).unwrap();
+    }
+    // One push in flight, each first push one change: the urgent queue waits.
+    let cfg = SessionConfig { max_in_flight: 1, first_batch_bytes: 1, ..SessionConfig::default() };
+    let mut c = Session::new(Side::Child, &dev.ledger, creds(&dev, None), cfg.clone(), None, now).unwrap();
+    let mut p = Session::new(Side::Parent, &town.ledger, creds(&town, Some("532924101201")), cfg, None, now).unwrap();
+    // Hellos both ways: the child's first urgent push is queued, unacknowledged.
+    while let Some(f) = c.poll_transmit() {
+        p.handle_input(&mut town.ledger, &f, now).unwrap();
+    }
+    while let Some(f) = p.poll_transmit() {
+        c.handle_input(&mut dev.ledger, &f, now).unwrap();
+    }
+    // An edit while urgent changes wait: the session reads the urgent cases again.
+    dev.ledger.add_note(ordinary, "双方同意再次调解").unwrap();
+    c.notify_local_changes(&mut dev.ledger, now).unwrap();
+    for _ in 0..10_000 {
+        let mut moved = false;
+        while let Some(f) = c.poll_transmit() {
+            moved = true;
+            p.handle_input(&mut town.ledger, &f, now).unwrap();
+        }
+        while let Some(f) = p.poll_transmit() {
+            moved = true;
+            c.handle_input(&mut dev.ledger, &f, now).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
+    let town_id = town.ledger.identity().replica;
+    let acked = dev.ledger.peer(town_id).unwrap().expect("the township acknowledged").acked_seq;
+    let head = dev.ledger.log_head().unwrap();
+    assert_eq!(acked, head, "the township acknowledged the whole log");
+    for change in dev.ledger.changes_since(0, 1_000).unwrap() {
+        assert!(
+            town.ledger.holds_change(change.case, &change.hash).unwrap(),
+            "change {} at {} acknowledged but not held by the township",
+            change.hash.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>(),
+            change.log_seq
+        );
+    }
+    assert_eq!(c.stats().refused_by_peer, 0, "the township refused a change");
 }

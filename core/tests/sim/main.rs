@@ -151,9 +151,9 @@ fn sim_catches_dropped_changes_with_missing_dependencies() {
     // A dropped change was acknowledged as kept: caught when the ack goes
     // out, or at the end when the change is missing downstream.
     // Few seeds deliver a change before its dependencies in a way that the
-    // bug turns into a loss (2 of the first 160, 74 and 105): those two are
-    // run too, so the check cannot pass by luck of the first 40.
-    assert_caught_in(Bug::DropMissingDeps, &["acknowledged but not held", "missing at"], &[74, 105]);
+    // bug turns into a loss (2 of the first 400: 57 and 58); those two run
+    // too, so the check does not depend on the luck of the first 40.
+    assert_caught_in(Bug::DropMissingDeps, &["acknowledged but not held", "missing at"], &[57, 58]);
 }
 
 #[test]
@@ -173,7 +173,9 @@ fn sim_catches_compare_that_drops_cases() {
 
 #[test]
 fn sim_catches_an_older_policy_installed() {
-    assert_caught(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"]);
+    // An older policy reaches a replica that holds a newer one in 2 of the
+    // first 400 seeds (80 and 97); those run too.
+    assert_caught_in(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"], &[80, 97]);
 }
 
 #[test]

@@ -1181,8 +1181,9 @@ fn first_difference(a: &[(CaseId, Hash)], b: &[(CaseId, Hash)]) -> String {
     String::new()
 }
 
+/// A push of either version: a version-1 Push (3) or a version-2 Pack (30).
 fn is_push(frame: &[u8]) -> bool {
-    frame.get(5) == Some(&3)
+    matches!(frame.get(5), Some(&3) | Some(&30))
 }
 
 fn is_signed_policy(frame: &[u8]) -> bool {
@@ -1191,13 +1192,16 @@ fn is_signed_policy(frame: &[u8]) -> bool {
 
 /// Remembers the change hashes of a push about to be delivered.
 fn note_push(frame: &[u8], into: &mut VecDeque<Vec<(CaseId, Hash)>>) {
-    if let Ok(Message::Push { envelopes, .. }) = wire::decode(frame.get(4..).unwrap_or(&[])) {
-        let hashes = envelopes
-            .iter()
-            .filter_map(|e| {
-                fq_core::doc::parse_change(&e.change).ok().map(|c| (e.case, fq_core::doc::change_key(&c).0))
-            })
-            .collect();
-        into.push_back(hashes);
+    let key = |case: CaseId, bytes: &[u8]| {
+        fq_core::doc::parse_change(bytes).ok().map(|c| (case, fq_core::doc::change_key(&c).0))
+    };
+    match wire::decode(frame.get(4..).unwrap_or(&[])) {
+        Ok(Message::Push { envelopes, .. }) => {
+            into.push_back(envelopes.iter().filter_map(|e| key(e.case, &e.change)).collect());
+        }
+        Ok(Message::Pack { runs, .. }) => {
+            into.push_back(runs.iter().flat_map(|r| r.changes.iter().filter_map(|c| key(r.case, c))).collect());
+        }
+        _ => {}
     }
 }

@@ -17,3 +17,4 @@ mod process;
 mod routines;
 mod schema;
 mod sync;
+mod usb;

@@ -471,7 +471,7 @@ fn sync_to_a_name_that_cannot_be_found_says_so() {
     assert!(!a.data_dir().join("sync.json").exists(), "a name that was never found is not remembered");
 }
 
-fn file_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 

@@ -263,11 +263,19 @@ async fn sync_carries_a_backlog_over_a_gprs_rate_link_in_one_session() {
     let bundle = ca.issue(&"d09".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
     let mut ledger = crate::server::device(&bundle);
     let case = ledger.create_case(crate::server::new_case("承包地边界纠纷")).unwrap().id;
+    // Pushes are DEFLATEd: notes that repeat one sentence would shrink to a few seconds of
+    // link, so each carries text of its own (pseudo-random characters, as varied as real notes).
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
     for i in 0..GPRS_NOTES {
-        let text = format!(
-            "第{i}次走访：双方对承包地东侧边界仍有争议，网格员已请村民小组长和两位老党员到场指认界桩，\
-             约定本周五上午在村委会再次调解，届时请镇司法所派员参加并做好记录。"
-        );
+        let own: String = (0..150)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from_u32(0x4e00 + u32::try_from(state % 0x5000).unwrap()).unwrap()
+            })
+            .collect();
+        let text = format!("第{i}次走访：双方对承包地东侧边界仍有争议。{own}");
         ledger.add_note(case, &text).unwrap();
     }
     let total = u64::try_from(ledger.log_head().unwrap()).unwrap();
