@@ -378,14 +378,15 @@ fn story(rt: &Runtime, dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
         let theirs = top.digest(&scope)?;
         let same = mine == theirs;
         all_equal &= same;
+        let padded = pad(label, 24);
         n.say(
             &format!(
-                "  {label:<24} 范围 {scope}：{} 件案件，{}",
+                "  {padded} 范围 {scope}：{} 件案件，{}",
                 mine.len(),
                 if same { "与县服务器一致 ✓" } else { "与县服务器不一致 ✗" }
             ),
             &format!(
-                "  {label:<24} scope {scope}: {} cases, {}",
+                "  {padded} scope {scope}: {} cases, {}",
                 mine.len(),
                 if same { "same as the county ✓" } else { "DIFFERS from the county ✗" }
             ),
@@ -397,8 +398,8 @@ fn story(rt: &Runtime, dir: &Path, n: &Narrator) -> Result<serde_json::Value> {
         let who = ev.author.as_ref().map(|a| a.name.as_str()).unwrap_or("?");
         let text = ev.text.as_deref().unwrap_or("");
         n.say(
-            &format!("    {} {} {} {}", local_time(ev.at), ev.kind.zh(), who, text),
-            &format!("    {} {} {} {}", local_time(ev.at), ev.kind.en(), who, text),
+            format!("    {} {} {} {}", local_time(ev.at), ev.kind.zh(), who, text).trim_end(),
+            format!("    {} {} {} {}", local_time(ev.at), ev.kind.en(), who, text).trim_end(),
         );
     }
     for srv in [&mut binju, &mut jinniu, &mut county_srv] {
@@ -603,4 +604,10 @@ fn local_time(t: Timestamp) -> String {
         .to_utc()
         .map(|d| d.format("%m-%d %H:%M").to_string())
         .unwrap_or_else(|| t.to_string())
+}
+
+/// `text` and spaces to fill `columns` terminal columns (a Chinese character takes two).
+fn pad(text: &str, columns: usize) -> String {
+    let used = unicode_width::UnicodeWidthStr::width(text);
+    format!("{text}{}", " ".repeat(columns.saturating_sub(used)))
 }
