@@ -76,6 +76,13 @@ pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Se
         now,
     )
     .unwrap();
+    drive(&mut c, child, &mut p, parent, now);
+    (c, p)
+}
+
+/// Moves frames between two open sessions until neither has more to say;
+/// both must then be caught up.
+pub fn drive(c: &mut Session, child: &mut Node, p: &mut Session, parent: &mut Node, now: Timestamp) {
     for _ in 0..10_000 {
         let mut moved = false;
         while let Some(f) = c.poll_transmit() {
@@ -91,7 +98,6 @@ pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Se
         }
     }
     assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
-    (c, p)
 }
 
 fn events(s: &mut Session) -> Vec<Event> {
@@ -721,21 +727,7 @@ fn sync_an_edit_while_urgent_changes_wait_sends_each_once_and_acks_only_what_is_
     // An edit while urgent changes wait: the session reads the urgent cases again.
     dev.ledger.add_note(ordinary, "双方同意再次调解").unwrap();
     c.notify_local_changes(&mut dev.ledger, now).unwrap();
-    for _ in 0..10_000 {
-        let mut moved = false;
-        while let Some(f) = c.poll_transmit() {
-            moved = true;
-            p.handle_input(&mut town.ledger, &f, now).unwrap();
-        }
-        while let Some(f) = p.poll_transmit() {
-            moved = true;
-            c.handle_input(&mut dev.ledger, &f, now).unwrap();
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
+    drive(&mut c, &mut dev, &mut p, &mut town, now);
     let town_id = town.ledger.identity().replica;
     let acked = dev.ledger.peer(town_id).unwrap().expect("the township acknowledged").acked_seq;
     let head = dev.ledger.log_head().unwrap();
