@@ -113,6 +113,15 @@ pub enum ImportError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// The socket's path is longer than a Unix socket address holds
+    /// ([`MAX_SOCKET_PATH_BYTES`]): no server can listen there.
+    #[error("the import socket's path {path} is {len} bytes, more than a Unix socket allows")]
+    PathTooLong {
+        /// The socket's path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The directory holds no server replica at all.
     #[error("{dir} is not a server's data directory")]
     NotAServer {
@@ -216,9 +225,16 @@ async fn reply(stream: &mut UnixStream, frame: &[u8]) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
 /// Hands `file` to the server running on `dir` and returns what it did, with its answer file.
 pub async fn import(dir: &Path, file: &[u8]) -> Result<Imported, ImportError> {
     let path = dir.join(IMPORT_SOCKET);
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(ImportError::PathTooLong { path, len });
+    }
     let mut stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
         Err(_) if !dir.join(crate::server::LEDGER_FILE).exists() => {
@@ -251,4 +267,27 @@ pub async fn import(dir: &Path, file: &[u8]) -> Result<Imported, ImportError> {
         replayed: counts.get(12) == Some(&1),
         answer: answer.to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_too_deep_for_a_socket_is_named_not_taken_for_a_stopped_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("县综治中心".repeat(8));
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join(crate::server::LEDGER_FILE), b"").unwrap();
+        match import(&deep, b"").await {
+            Err(ImportError::PathTooLong { len, .. }) => assert!(len > MAX_SOCKET_PATH_BYTES),
+            other => panic!("expected PathTooLong, got {other:?}"),
+        }
+        // A short one that nobody listens on is a stopped server.
+        let short = dir.path().join("tw");
+        std::fs::create_dir_all(&short).unwrap();
+        std::fs::write(short.join(crate::server::LEDGER_FILE), b"").unwrap();
+        assert!(matches!(import(&short, b"").await, Err(ImportError::NotRunning { .. })));
+    }
 }
