@@ -406,6 +406,7 @@ fn screenshot(chromium: &Path, page: &Path, png: &Path, width: u32, height: u32)
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
