@@ -1,0 +1,169 @@
+//! A village day over a 2G link: a device that recorded 10 cases and 50 edits syncs with its
+//! township through the project's userspace UDP relay at 64 kbit/s each way, 10 % loss each
+//! way and 300 ms round trip (issue 12's figure: at most 5 s from the start of `fq sync` to its
+//! exit).
+//!
+//! ```text
+//! cargo bench -p fq-sync-server --bench village_day
+//! FQ_VILLAGE_RUNS=9 cargo bench -p fq-sync-server --bench village_day
+//! ```
+//!
+//! The township runs in this process on 127.0.0.1, with the default settings of `fq-server
+//! run`; the device syncs with the client `fq sync` uses (dial, then one session, then the
+//! hang-up), with its default options. Each run has a fresh township, a fresh device and its
+//! own relay seed (which datagrams are lost). What is timed is dial to hang-up; `fq sync` also
+//! starts a process (about 2 ms) and unlocks the ledger (one Argon2id derivation, about 270
+//! ms, ADR 11), which are added to the total printed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/it/relay.rs"]
+mod relay;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fq_core::case::{AdminCode, Category, Risk};
+use fq_core::clock::SystemClock;
+use fq_core::doc::FieldEdit;
+use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
+use fq_core::trust::GrantRole;
+use fq_sync_server::ca::{Bundle, CertificateAuthority};
+use fq_sync_server::client::{SyncOptions, sync_once};
+use fq_sync_server::config::ServerConfig;
+use fq_sync_server::server;
+use relay::{LinkSettings, Relay};
+
+const COUNTY: &str = "532924";
+const TOWNSHIP: &str = "532924101";
+const VILLAGE: &str = "532924101201";
+/// 64 kbit/s.
+const RATE_BYTES_PER_SEC: u64 = 8_000;
+const LOSS: f64 = 0.10;
+/// One way: 300 ms round trip.
+const DELAY: Duration = Duration::from_millis(150);
+const CASES: usize = 10;
+const EDITS: usize = 50;
+/// What `fq sync` adds around the session: process start and the passphrase's Argon2id.
+const UNLOCK_AND_START: Duration = Duration::from_millis(272);
+
+fn code(s: &str) -> AdminCode {
+    s.parse().unwrap()
+}
+
+/// The device of `bundle`, in memory, with a village day: 10 cases, 50 edits in all (each
+/// case recorded, then notes and field edits with text of their own).
+fn village_day(bundle: &Bundle) -> Ledger {
+    let init = InitOptions {
+        tier: Tier::Device,
+        name: bundle.id().to_string(),
+        role: bundle.role().person_role().unwrap(),
+        scope: bundle.scope().clone(),
+        grid: None,
+    };
+    let mut ledger = Ledger::init_in_memory(init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
+    ledger.add_grant(bundle.grant()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..CASES {
+        let case = ledger
+            .create_case(NewCase {
+                category: Category::ALL[i % Category::ALL.len()],
+                title: format!("第{i}号纠纷：宅基地滴水与排水沟"),
+                description: format!("两户相邻，第{i}户屋檐滴水落入邻院，雨季积水，双方多次争吵，网格员走访登记。"),
+                parties: Vec::new(),
+                risk: if i == 0 { Risk::High } else { Risk::Low },
+                flags: Vec::new(),
+                village: None,
+                grid: None,
+            })
+            .unwrap();
+        ids.push(case.id);
+    }
+    for e in 0..EDITS - CASES {
+        let case = ids[e % CASES];
+        if e % 3 == 0 {
+            let edit =
+                FieldEdit { title: Some(format!("第{}号纠纷（第{e}稿）", e % CASES)), ..FieldEdit::default() };
+            ledger.edit(case, edit).unwrap();
+        } else {
+            ledger.add_note(case, &format!("第{e}次走访：双方到村委会，就滴水槽位置和赔偿金额再次协商。")).unwrap();
+        }
+    }
+    ledger
+}
+
+struct Outcome {
+    took: Duration,
+    bytes_out: u64,
+    bytes_in: u64,
+    sent: u64,
+}
+
+async fn one_run(dir: &Path, seed: u64) -> Outcome {
+    let now = SystemTime::now();
+    let ca = CertificateAuthority::init(&dir.join("ca"), &code(COUNTY), now).unwrap();
+    let tw_bundle = dir.join("tw-101.bundle.json");
+    ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
+        .unwrap()
+        .save(&tw_bundle)
+        .unwrap();
+    let bundle = ca.issue(&"d07".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
+    let mut ledger = village_day(&bundle);
+    let config = ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), dir.join("tw"), tw_bundle);
+    let bound = server::bind(config).unwrap();
+    let addr = bound.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+    let relay = Relay::start(addr, seed).await.unwrap();
+    relay.control().set(LinkSettings {
+        loss: LOSS,
+        delay: DELAY,
+        rate_bytes_per_sec: Some(RATE_BYTES_PER_SEC),
+        ..LinkSettings::default()
+    });
+    let began = Instant::now();
+    let report = sync_once(&mut ledger, &bundle, relay.addr(), &SyncOptions::default(), |_| {})
+        .await
+        .expect("the village day synced");
+    let took = began.elapsed();
+    relay.shutdown().await;
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+    Outcome { took, bytes_out: report.stats.bytes_out, bytes_in: report.stats.bytes_in, sent: report.stats.sent }
+}
+
+fn main() {
+    let runs: u64 = std::env::var("FQ_VILLAGE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!(
+        "village day: {CASES} cases, {EDITS} edits; link {} kbit/s each way, {:.0} % loss each way, {} ms round trip",
+        RATE_BYTES_PER_SEC * 8 / 1000,
+        LOSS * 100.0,
+        DELAY.as_millis() * 2
+    );
+    let mut times = Vec::new();
+    for seed in 1..=runs {
+        let dir = tempfile::tempdir().unwrap();
+        let o = runtime.block_on(one_run(dir.path(), seed));
+        println!(
+            "  run {seed}: dial to hang-up {:.2} s; {} changes sent; {} B up, {} B down in sync frames",
+            o.took.as_secs_f64(),
+            o.sent,
+            o.bytes_out,
+            o.bytes_in
+        );
+        times.push(o.took);
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!(
+        "median dial to hang-up {:.2} s (best {:.2}, worst {:.2}); with process start and unlock, `fq sync` about {:.2} s (target 5 s)",
+        median.as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        (median + UNLOCK_AND_START).as_secs_f64()
+    );
+}
