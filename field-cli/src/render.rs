@@ -174,6 +174,7 @@ pub(crate) fn sync_summary(
     json: bool,
     address: &str,
     report: &SyncReport,
+    (urgent, normal): (i64, i64),
 ) -> anyhow::Result<()> {
     let s = &report.stats;
     let mut by_reason: BTreeMap<&'static str, (RefuseReason, u64)> = BTreeMap::new();
@@ -216,6 +217,7 @@ pub(crate) fn sync_summary(
                 "clock_offset_ms": report.peer_minus_ours_ms.map(|o| -o),
                 "bytes": { "sent": s.bytes_out, "received": s.bytes_in },
                 "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+                "waiting": { "urgent": urgent, "normal": normal },
             }),
         );
     }
@@ -229,6 +231,15 @@ pub(crate) fn sync_summary(
         Lang::En => {
             writeln!(out, "Sync complete (server {server}, {address}, {secs:.1} s)")?;
             writeln!(out, "  sent {} changes, received {} ({} already here)", s.sent, s.received, s.duplicates)?;
+        }
+    }
+    if urgent + normal > 0 {
+        match lang {
+            Lang::Zh => writeln!(out, "  ⚠ 仍有修改未送达服务器：紧急 {urgent} 条，一般 {normal} 条；请稍后再同步")?,
+            Lang::En => writeln!(
+                out,
+                "  ⚠ changes not yet delivered to the server: {urgent} urgent, {normal} normal; sync again later"
+            )?,
         }
     }
     if !report.refused.is_empty() {

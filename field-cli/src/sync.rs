@@ -99,7 +99,10 @@ pub(crate) fn run(
     let mut ledger = unlocked.open()?;
     let report = runtime.block_on(dialed.sync(&mut ledger, |p| show(&bar, lang, p)));
     bar.finish_and_clear();
-    render::sync_summary(out, lang, json, &text, &report?)
+    let report = report?;
+    // What the server has still not acknowledged (refused changes stay here).
+    let waiting = ledger.waiting_for(ledger.upstream()?)?;
+    render::sync_summary(out, lang, json, &text, &report, waiting)
 }
 
 /// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).

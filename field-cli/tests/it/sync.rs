@@ -296,6 +296,8 @@ fn sync_reports_a_change_outside_the_device_scope_and_the_server_audits_it() {
     assert_eq!(summary["refused"]["by_reason"][0]["reason"], "out-of-scope");
     assert_eq!(summary["refused"]["by_reason"][0]["count"], 1);
     assert_eq!(summary["refused"]["changes"][0]["reason"], "out-of-scope");
+    // A refused change is answered: nothing is left waiting for the township.
+    assert_eq!((summary["waiting"]["urgent"].as_i64(), summary["waiting"]["normal"].as_i64()), (Some(0), Some(0)));
 
     let s = status(&county.data("tw-101"));
     assert_eq!(s["counts"]["cases"], 1, "only the case inside the device's scope: {s:#}");
