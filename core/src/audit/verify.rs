@@ -408,15 +408,18 @@ fn check_case(cx: &Context, stored: StoredCase) -> CaseResult {
     let village = AdminCode::parse(&row.as_ref().map_or_else(|| doc.village(), |r| r.village.clone())).ok();
     let mut logged: BTreeSet<Hash> = BTreeSet::new();
     let mut signer_of: BTreeMap<Hash, [u8; 32]> = BTreeMap::new();
+    // Each log row's change, resolved once.
+    let resolved: Vec<Option<Hash>> = stored.log.iter().map(|e| resolve_key(&hashes, e)).collect();
     // What is kept beside each signed change, for the members of signed runs.
     let kept: BTreeMap<Hash, (&[u8; 32], &[u8])> = stored
         .log
         .iter()
-        .filter_map(|e| Some((resolve_key(&hashes, e)?, (e.signer.as_ref()?, e.signature.as_deref()?))))
+        .zip(&resolved)
+        .filter_map(|(e, h)| Some(((*h)?, (e.signer.as_ref()?, e.signature.as_deref()?))))
         .collect();
     let case_bytes = case.map_or([0; 16], |c| *c.as_bytes());
-    for entry in &stored.log {
-        let Some(hash) = resolve_key(&hashes, entry) else {
+    for (entry, resolved) in stored.log.iter().zip(resolved) {
+        let Some(hash) = resolved else {
             let params = serde_json::json!({ "key": hex(&entry.hash_key) });
             fail(&mut out, Check::Chain, "log-row-unresolved", None, Some(entry.log_seq), params);
             continue;
