@@ -199,7 +199,7 @@ fn import_words(e: &fq_sync_server::import::ImportError, lang: Lang) -> (String,
             },
             EXIT_FAILURE,
         ),
-        ImportError::PathTooLong { path, len } => (
+        ImportError::PathTooLong { len, .. } => (
             if zh {
                 format!(
                     "台账目录的路径太长（导入用的套接字路径有 {len} 字节，最多只能 {} 字节），服务器无法在那里接收导入，同步文件没有导入。请把台账目录放到较短的路径下，或建一个短路径的符号链接指向它，用它启动服务器和导入。",
@@ -207,8 +207,7 @@ fn import_words(e: &fq_sync_server::import::ImportError, lang: Lang) -> (String,
                 )
             } else {
                 format!(
-                    "the import socket's path {} is {len} bytes, more than the {} a Unix socket allows: the server cannot take imports there and nothing was imported. Move the data directory to a shorter path, or start the server and import through a short symlink to it.",
-                    path.display(),
+                    "the data directory's path is too long for the import socket ({len} bytes, at most {}): the server cannot take imports there and nothing was imported. Move the data directory to a shorter path, or start the server and import through a short symlink to it.",
                     fq_sync_server::import::MAX_SOCKET_PATH_BYTES
                 )
             },
