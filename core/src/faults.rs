@@ -9,7 +9,7 @@
 
 /// A bug that can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Bug {
     /// Report a batch applied (and so acknowledge it) without committing it.
     AckBeforeCommit = 1,
@@ -27,23 +27,29 @@ pub enum Bug {
     CompareDropsCases = 64,
     /// Install a county policy older than the one in force.
     AcceptOlderPolicy = 128,
+    /// Writing a sync file counts what it carries as acknowledged by its
+    /// receiver, before any answer says so.
+    AckOnWrite = 256,
+    /// Another person's device acknowledging a change counts as the
+    /// township's acknowledgement of it.
+    PeerAckCountsUpstream = 512,
 }
 
 #[cfg(feature = "sim-faults")]
 thread_local! {
-    static ACTIVE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    static ACTIVE: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
 }
 
 /// Switches `bugs` on for the current thread (and every other bug off).
 #[cfg(feature = "sim-faults")]
 pub fn set(bugs: &[Bug]) {
-    ACTIVE.with(|a| a.set(bugs.iter().fold(0, |m, b| m | *b as u8)));
+    ACTIVE.with(|a| a.set(bugs.iter().fold(0, |m, b| m | *b as u16)));
 }
 
 /// Whether `bug` is switched on for the current thread.
 #[cfg(feature = "sim-faults")]
 pub fn on(bug: Bug) -> bool {
-    ACTIVE.with(|a| a.get() & bug as u8 != 0)
+    ACTIVE.with(|a| a.get() & bug as u16 != 0)
 }
 
 /// Whether `bug` is switched on: never, in a build without `sim-faults`.

@@ -1279,6 +1279,17 @@ fn sync_file(e: &FileError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 ),
             },
         ),
+        FileError::NotOurAnswer => Problem::user(
+            Kind::SyncFileWrongReceiver,
+            match lang {
+                Lang::Zh => format!(
+                    "这个回执答复的不是本机写的同步文件（可能是换机前旧手机写的文件的回执），不能导入：里面的确认说的是另一台手机的记录。请在本机重新写同步文件（fq sync --to-file）带去乡镇，或有网络时直接同步。{unchanged}"
+                ),
+                Lang::En => format!(
+                    "this answer is not for a sync file this device wrote (it may answer a file the phone this one replaced wrote), so it cannot be imported: its acknowledgements are about another phone's records. Write a new sync file on this device (fq sync --to-file) and take it to the township, or sync over the network. {unchanged}"
+                ),
+            },
+        ),
         FileError::Sender(_) | FileError::Unauthorized { .. } => Problem::user(
             Kind::SyncFileUnauthorized,
             match lang {

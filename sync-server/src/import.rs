@@ -82,6 +82,8 @@ impl Refusal {
             | FileError::Frames(_) => Refusal::Damaged,
             FileError::WrongReceiver { .. } => Refusal::WrongReceiver,
             FileError::Sender(_) | FileError::Unauthorized { .. } => Refusal::Unauthorized,
+            // A server writes no files, so an answer is never to one of its own.
+            FileError::NotOurAnswer => Refusal::AnAnswer,
             _ => Refusal::Failed,
         }
     }

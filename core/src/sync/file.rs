@@ -43,7 +43,7 @@ use super::session::{Credentials, Event, Session, SessionConfig, SessionError, S
 use super::wire::{self, FrameDecoder, LogPosition, Message, Refused};
 use crate::case::{AdminCode, ReplicaId};
 use crate::clock::Timestamp;
-use crate::ledger::{Ledger, LedgerError, Tier};
+use crate::ledger::{Ledger, LedgerError, PeerInfo, Tier};
 use crate::trust::{GrantError, GrantRole, SignedGrant};
 
 /// The first bytes of every sync file.
@@ -94,6 +94,11 @@ pub enum FileError {
     /// A frame could not be encoded (a bug).
     #[error("cannot encode a frame: {0}")]
     Encode(#[from] wire::EncodeError),
+    /// An answer to a file this replica did not write: a file the phone this one replaced
+    /// wrote (same certificate, another log), or one written before a restore. Its
+    /// acknowledgements are about another log, so none of it is taken.
+    #[error("the file answers a sync file this replica did not write")]
+    NotOurAnswer,
     /// The sender's role or scope may not sync with this replica.
     #[error("the file's sender {subject} ({scope}) may not sync with this replica")]
     Unauthorized {
@@ -310,7 +315,7 @@ fn file_key(shared: &MontgomeryPoint, ephemeral: &MontgomeryPoint, receiver: &[u
 
 /// Decodes every frame of a file before any is handled: a file whose frames do not all
 /// decode is refused whole.
-fn frames(bytes: &[u8]) -> Result<Vec<Vec<u8>>, FileError> {
+pub fn frames(bytes: &[u8]) -> Result<Vec<Vec<u8>>, FileError> {
     let mut decoder = FrameDecoder::new();
     decoder.push(bytes).map_err(FileError::Frames)?;
     let mut count = 0usize;
@@ -357,7 +362,9 @@ fn collect(session: &mut Session, report: &mut FileReport) {
 
 /// Writes what `receiver` lacks, as far as this replica knows: a one-way session started
 /// against the receiver's hello as last seen (where it stands in our log: the position it
-/// last acknowledged). Reads the ledger; writes nothing to it. Returns the sealed file.
+/// last acknowledged). Writes nothing to the ledger but the new file's id, so that its answer is
+/// taken here and on no other replica (a replaced phone has the same key, not the same log).
+/// Returns the sealed file.
 pub fn write(
     ledger: &mut Ledger,
     creds: &Credentials,
@@ -393,7 +400,20 @@ pub fn write(
     let mut report = FileReport { stats: session.stats().clone(), ..FileReport::default() };
     // The session counted what it queued as sent; nothing is acknowledged yet.
     report.stats.sent = 0;
-    let file = seal(&frames, own_grant, own_key, ledger.identity().replica, &receiver.key, None, now, entropy)?;
+    if crate::faults::on(crate::faults::Bug::AckOnWrite)
+        && let Some(replica) = receiver.replica
+    {
+        // The injected bug: what the file carries counts as taken before any answer.
+        let peer = PeerInfo { replica, tier, scope: receiver.scope.clone() };
+        ledger.record_ack(&peer, ledger.log_head()?)?;
+    }
+    let me = ledger.identity().replica;
+    let file = seal(&frames, own_grant, own_key, me, &receiver.key, None, now, entropy)?;
+    // Remembered (under our own replica id, which no sender has) so that an answer is taken
+    // only for a file of this log: a replaced phone has the same key but another log.
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&entropy[..16]);
+    ledger.note_file(&me, &id)?;
     report.stats.bytes_out = u64::try_from(file.len()).unwrap_or(u64::MAX);
     Ok((file, report))
 }
@@ -422,6 +442,11 @@ pub fn import(
     let overlap = sender.scope.contains(&me.scope) || me.scope.contains(&sender.scope);
     if !(from_parent || from_child || (device_peer && overlap)) {
         return Err(FileError::Unauthorized { subject: sender.subject.clone(), scope: sender.scope.to_string() });
+    }
+    if let Some(answered) = header.answers
+        && !ledger.file_seen(&me.replica, &answered)?
+    {
+        return Err(FileError::NotOurAnswer);
     }
     let replayed = seen(ledger, &header)?;
     let mut report = FileReport { replayed, ..FileReport::default() };

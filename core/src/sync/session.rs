@@ -1357,6 +1357,13 @@ impl Session {
             && let Some(peer) = self.peer.clone()
         {
             ledger.record_ack(&peer, upto)?;
+            if crate::faults::on(crate::faults::Bug::PeerAckCountsUpstream)
+                && self.cfg.device_peer
+                && let Some(up) = ledger.upstream()?
+            {
+                // The injected bug: another device's ack taken for the township's.
+                ledger.record_ack(&PeerInfo { replica: up, ..peer }, upto)?;
+            }
         }
         self.stats.sent += u64::from(done.changes);
         self.stats.refused_by_peer += refused.len() as u64;

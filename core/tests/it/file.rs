@@ -166,3 +166,32 @@ fn file_carrying_a_change_outside_its_authors_scope_applies_none_of_it() {
     assert_eq!(back.refused.len(), 1, "the answer tells the device");
     let _ = clock.now();
 }
+
+#[test]
+fn file_answer_to_the_file_of_a_replaced_phone_is_refused_whole() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut old = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    sync(&mut old, &mut town, clock.now());
+    for i in 0..3 {
+        old.ledger.create_case(new_case(&format!("旧手机记录{i}"))).unwrap();
+    }
+    let to = file::upstream_receiver(&old.ledger).unwrap().expect("the township's grant is known");
+    let (out, _) = file::write(&mut old.ledger, &creds(&old.grant, &old.key), &to, clock.now(), entropy(1)).unwrap();
+    let (answer, _) =
+        file::import(&mut town.ledger, &creds(&town.grant, &town.key), &out, clock.now(), entropy(2)).unwrap();
+    let answer = answer.expect("answered");
+    // The phone is replaced: the same certificate and key, a new ledger with a case of its own.
+    let mut new = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    new.ledger.create_case(new_case("新手机记录")).unwrap();
+    let before = counts(&new);
+    let err = file::import(&mut new.ledger, &creds(&new.grant, &new.key), &answer, clock.now(), entropy(3))
+        .expect_err("an answer about another log");
+    assert!(matches!(err, FileError::NotOurAnswer), "{err:?}");
+    assert_eq!(counts(&new), before, "nothing of the refused answer was applied");
+    assert_eq!(new.ledger.upstream().unwrap(), None, "no acknowledgement was taken");
+    // The phone that wrote the file takes it.
+    let (_, back) =
+        file::import(&mut old.ledger, &creds(&old.grant, &old.key), &answer, clock.now(), entropy(4)).unwrap();
+    assert!(back.acknowledged);
+}

@@ -19,6 +19,27 @@ use fq_core::trust::{Grant, GrantRole, SignedGrant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod carry;
+
+/// Which ways of syncing a seed uses before healing (healing always runs
+/// QUIC sessions down the tree).
+#[derive(Debug, Clone, Copy)]
+pub struct Paths {
+    /// Sessions between a replica and its parent, as over QUIC.
+    pub quic: bool,
+    /// Sync files carried on a USB stick: to the township and back, and
+    /// device to device.
+    pub files: bool,
+    /// Sessions between two devices whose scopes overlap (`fq serve` and
+    /// `fq sync --peer` on the local network).
+    pub peers: bool,
+}
+
+impl Paths {
+    /// Every path.
+    pub const ALL: Paths = Paths { quic: true, files: true, peers: true };
+}
+
 /// How a seed ended.
 pub enum Outcome {
     /// Every invariant held.
@@ -39,10 +60,17 @@ const MAX_PENDING: i64 = 10_000;
 
 type Sim<T> = Result<T, String>;
 
+/// Whether `SIM_TRACE` is set: then a seed says what it does, step by step,
+/// on stderr (`SIM_TRACE=1 SIM_SEED=… cargo test --release -p fq-core --test sim`).
+fn trace_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SIM_TRACE").is_some())
+}
+
 /// Runs one seed; never panics (a panic is a failure with its message).
-pub fn run_seed(seed: u64) -> Outcome {
+pub fn run_seed(seed: u64, paths: Paths) -> Outcome {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut w = World::new(seed)?;
+        let mut w = World::new(seed, paths)?;
         let r = w.run();
         if r.is_err() && std::env::var_os("SIM_KEEP").is_some() {
             eprintln!("kept the replicas of seed {seed} in {}", w._dir.path().display());
@@ -128,6 +156,9 @@ struct Pipe {
 struct Link {
     child: usize,
     parent: usize,
+    /// Two devices meeting (the child dials, the parent listens), not a
+    /// replica and its parent server.
+    peer: bool,
     up: bool,
     pipes: Vec<Pipe>,
     /// Push frames the child sent on this link, for duplicate deliveries.
@@ -165,10 +196,20 @@ struct World {
     /// Each node's policy version when last looked at: it may only grow
     /// (a restored backup or a new phone starts again from what it holds).
     policy_seen: Vec<u64>,
+    paths: Paths,
+    /// Sync files on their way (on a USB stick, in a pocket).
+    files: Vec<carry::Carried>,
+    /// Files delivered before, to deliver again (a stick plugged in twice).
+    file_history: Vec<carry::Carried>,
+    /// The step each node was last restored from a backup or reinstalled at.
+    restored_at: Vec<u64>,
+    /// Each device's position in its own log that its township has
+    /// acknowledged, as last checked.
+    acked_seen: Vec<i64>,
 }
 
 impl World {
-    fn new(seed: u64) -> Sim<Self> {
+    fn new(seed: u64, paths: Paths) -> Sim<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // On tmpfs when there is one: the simulation models crashes of the
         // process, not of the disk, so fsync only costs time here.
@@ -193,6 +234,11 @@ impl World {
             compare_at: 0,
             policy: (0, Vec::new()),
             policy_seen: Vec::new(),
+            paths,
+            files: Vec::new(),
+            file_history: Vec::new(),
+            restored_at: Vec::new(),
+            acked_seen: Vec::new(),
         };
         let county = w.add_node("county", Kind::County, GrantRole::CountyServer, COUNTY, None)?;
         w.add_node("admin", Kind::Device, GrantRole::CountyAdmin, COUNTY, Some(county))?;
@@ -209,6 +255,9 @@ impl World {
                     w.add_node(&format!("dev{t}{v}{d}"), Kind::Device, role, &vcode, Some(town))?;
                 }
             }
+        }
+        if paths.peers {
+            w.add_peer_links();
         }
         Ok(w)
     }
@@ -266,6 +315,7 @@ impl World {
             self.links.push(Link {
                 child: id,
                 parent: p,
+                peer: false,
                 up: true,
                 pipes: Vec::new(),
                 sent_pushes: Vec::new(),
@@ -273,6 +323,8 @@ impl World {
             });
         }
         self.policy_seen.push(0);
+        self.restored_at.push(0);
+        self.acked_seen.push(0);
         Ok(id)
     }
 
@@ -283,7 +335,10 @@ impl World {
             self.step = step;
             self.now += self.rng.random_range(50..5_000);
             self.tick_clocks();
-            let roll = self.rng.random_range(0..100);
+            let roll = self.rng.random_range(0..112);
+            if trace_on() {
+                eprintln!("step {step} roll {roll}");
+            }
             match roll {
                 0..=34 => self.local_op()?,
                 35..=54 => self.start_session()?,
@@ -296,7 +351,9 @@ impl World {
                 93..=94 => self.rogue_edit()?,
                 95 => self.skew_clock(),
                 96 => self.issue_policy()?,
-                _ => self.timeouts()?,
+                97..=99 => self.timeouts()?,
+                100..=104 => self.write_file()?,
+                _ => self.carry_file()?,
             }
             self.check_bounds()?;
             if step == self.compare_at {
@@ -314,7 +371,7 @@ impl World {
         let live: Vec<usize> = (0..self.links.len())
             .filter(|&k| {
                 let l = &self.links[k];
-                self.nodes[l.child].ledger.is_some() && self.nodes[l.parent].ledger.is_some()
+                !l.peer && self.nodes[l.child].ledger.is_some() && self.nodes[l.parent].ledger.is_some()
             })
             .collect();
         let Some(&k) = live.get(self.rng.random_range(0..live.len().max(1))) else { return Ok(()) };
@@ -397,6 +454,9 @@ impl World {
             }
         }
         for k in 0..self.links.len() {
+            if self.links[k].peer {
+                continue;
+            }
             let (c, p) = (self.links[k].child, self.links[k].parent);
             let report = self.compare(c, p)?;
             if let Some(d) = report.cases.first() {
@@ -642,7 +702,9 @@ impl World {
         }
         let k = self.rng.random_range(0..self.links.len());
         let (c, p) = (self.links[k].child, self.links[k].parent);
-        if !self.links[k].up
+        let peer = self.links[k].peer;
+        if (if peer { !self.paths.peers } else { !self.paths.quic })
+            || !self.links[k].up
             || self.nodes[c].ledger.is_none()
             || self.nodes[p].ledger.is_none()
             || self.links[k].pipes.len() >= 2
@@ -650,7 +712,7 @@ impl World {
             return Ok(());
         }
         let replay = if self.rng.random_bool(0.3) { self.links[k].sent_pushes.clone() } else { Vec::new() };
-        let mut pipe = self.new_pipe(c, p, replay)?;
+        let mut pipe = self.new_pipe(c, p, peer, replay)?;
         if self.rng.random_bool(0.3) {
             pipe.replay_policies = self.links[k].sent_policies.clone();
         }
@@ -658,16 +720,27 @@ impl World {
         Ok(())
     }
 
-    fn new_pipe(&mut self, c: usize, p: usize, replay: Vec<Vec<u8>>) -> Sim<Pipe> {
+    /// A session from `c` to `p`: a replica dialing its parent, or (`peer`)
+    /// a device dialing another device of its area that listens.
+    fn new_pipe(&mut self, c: usize, p: usize, peer: bool, replay: Vec<Vec<u8>>) -> Sim<Pipe> {
         let (cn, pn) = (self.node_now(c), self.node_now(p));
         let child_scope = self.nodes[c].scope.clone();
-        let cc = self.creds(c, None);
+        // Over TLS each side knows the other's certificate; a device dials
+        // its parent knowing only the county's CA.
+        let cc = self.creds(c, peer.then(|| self.nodes[p].scope.clone()));
         let pc = self.creds(p, Some(child_scope));
-        let upstream = self.nodes[c].ledger().upstream().map_err(|e| e.to_string())?;
-        let child = Session::new(Side::Child, self.nodes[c].ledger(), cc, SessionConfig::default(), upstream, cn)
+        let cfg = SessionConfig { device_peer: peer, ..SessionConfig::default() };
+        let expected = if peer {
+            // A device may or may not remember the other's replica.
+            let known = self.nodes[p].ledger().identity().replica;
+            self.rng.random_bool(0.5).then_some(known)
+        } else {
+            self.nodes[c].ledger().upstream().map_err(|e| e.to_string())?
+        };
+        let child = Session::new(Side::Child, self.nodes[c].ledger(), cc, cfg.clone(), expected, cn)
             .map_err(|e| e.to_string())?;
-        let parent = Session::new(Side::Parent, self.nodes[p].ledger(), pc, SessionConfig::default(), None, pn)
-            .map_err(|e| e.to_string())?;
+        let parent =
+            Session::new(Side::Parent, self.nodes[p].ledger(), pc, cfg, None, pn).map_err(|e| e.to_string())?;
         let mut pipe = Pipe {
             child,
             parent,
@@ -826,6 +899,11 @@ impl World {
             }
         }
         self.links[k].pipes = keep;
+        if self.links[k].peer && !instant {
+            // Another device's acks are not the township's.
+            self.check_township_acks(c, None)?;
+            self.check_township_acks(p, None)?;
+        }
         Ok(moved)
     }
 
@@ -863,6 +941,9 @@ impl World {
     /// A process dies: its sessions and cache go; its file stays; it comes back.
     fn crash_node(&mut self) -> Sim<()> {
         let i = self.rng.random_range(0..self.nodes.len());
+        if trace_on() {
+            eprintln!("crash {}", self.nodes[i].name);
+        }
         self.drop_pipes_of(i);
         self.nodes[i].ledger = None;
         self.nodes[i].open()
@@ -888,6 +969,12 @@ impl World {
                     self.install_newest_at_county()?;
                 }
                 self.reset_policy_seen(i);
+                self.restored_at[i] = self.step;
+                if trace_on() {
+                    eprintln!("restore {}", self.nodes[i].name);
+                }
+                // What its children were told before the restore may be gone.
+                self.forgive_acks_of_children(i)?;
                 // The audit is in the file: the restore took back what it
                 // recorded since the backup.
                 self.refusals.retain(|(at, _)| *at != i);
@@ -911,7 +998,7 @@ impl World {
     fn reinstall_device(&mut self) -> Sim<()> {
         let devs = self.devices();
         let i = devs[self.rng.random_range(0..devs.len())];
-        let Some(k) = self.links.iter().position(|l| l.child == i) else { return Ok(()) };
+        let Some(k) = self.links.iter().position(|l| l.child == i && !l.peer) else { return Ok(()) };
         let p = self.links[k].parent;
         if self.nodes[p].ledger.is_none() {
             return Ok(());
@@ -925,6 +1012,9 @@ impl World {
         }
         self.drop_pipes_of(i);
         self.last_reinstall = self.step;
+        if trace_on() {
+            eprintln!("reinstall {}", self.nodes[i].name);
+        }
         let node = &mut self.nodes[i];
         node.ledger = None;
         for ext in ["", "-wal", "-shm"] {
@@ -946,6 +1036,8 @@ impl World {
         l.add_grant(&node.grant).map_err(|e| e.to_string())?;
         node.ledger = Some(l);
         self.policy_seen[i] = 0;
+        self.restored_at[i] = self.step;
+        self.acked_seen[i] = 0;
         // Frames the old phone sent cannot arrive for the new one.
         for l in &mut self.links {
             if l.child == i {
@@ -1012,8 +1104,9 @@ impl World {
                 self.nodes[i].open()?;
             }
         }
-        // Leaves first, so each pass carries changes one tier further.
-        let mut order: Vec<usize> = (0..self.links.len()).collect();
+        // Leaves first, so each pass carries changes one tier further. Only
+        // the tree: what devices learnt from each other must travel up it.
+        let mut order: Vec<usize> = (0..self.links.len()).filter(|&k| !self.links[k].peer).collect();
         order.sort_by_key(|&k| std::cmp::Reverse(self.nodes[self.links[k].child].kind == Kind::Device));
         let mut last = Vec::new();
         for _pass in 0..8 {
@@ -1035,7 +1128,7 @@ impl World {
 
     fn settle_link(&mut self, k: usize) -> Sim<()> {
         let (c, p) = (self.links[k].child, self.links[k].parent);
-        let pipe = self.new_pipe(c, p, Vec::new())?;
+        let pipe = self.new_pipe(c, p, false, Vec::new())?;
         self.links[k].pipes = vec![pipe];
         for _ in 0..10_000 {
             if !self.deliver_link(k, true)? {
