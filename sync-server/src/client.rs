@@ -45,8 +45,16 @@ pub const REDIALS: u32 = 1;
 /// when a packet of it arrives: at the default 15 s keep-alive a restart cost the device 15 s.
 /// A ping and its ack are about 120 bytes: 60 B/s both ways, during a sync only.
 pub const SYNC_KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// How long hanging up may take: the server's last bytes and its view of our close.
+/// How long hanging up may wait for the server's last bytes (the end of its stream).
 const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds on how long a closed connection lingers so that its close reaches the server: about
+/// two round trips, so that a close lost on the way is sent again when the server's next packet
+/// arrives. Waiting for quinn's whole draining period (three probe timeouts, seconds on 2G)
+/// would only keep the user waiting: the sync is over, and a server that never hears the close
+/// drops the connection at its idle timeout.
+const LINGER_MIN: Duration = Duration::from_millis(50);
+/// See [`LINGER_MIN`].
+const LINGER_MAX: Duration = Duration::from_secs(1);
 /// Bytes read from the stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -378,6 +386,7 @@ impl Dialed {
                 Err(e) => break Err(e),
             }
         };
+        let linger = (self.connection.rtt() * 2).clamp(LINGER_MIN, LINGER_MAX);
         CloseCode::Done.close(&self.connection);
         let report = result.map(|()| SyncReport {
             server: self.server.clone(),
@@ -388,7 +397,7 @@ impl Dialed {
             elapsed: self.started.elapsed(),
             redials,
         });
-        (report, HangUp { endpoint: self.endpoint })
+        (report, HangUp { endpoint: self.endpoint, linger })
     }
 
     /// One session on the current connection. Returns its outcome and what it did, also when it
@@ -557,8 +566,9 @@ impl Dialed {
     /// both sides (`fq audit compare`, ADR 22), then hangs up.
     pub async fn compare(self, ledger: &mut Ledger) -> Result<CompareReport, SyncError> {
         let result = self.run_compare(ledger).await;
+        let linger = (self.connection.rtt() * 2).clamp(LINGER_MIN, LINGER_MAX);
         CloseCode::Done.close(&self.connection);
-        HangUp { endpoint: self.endpoint }.wait().await;
+        HangUp { endpoint: self.endpoint, linger }.wait().await;
         result
     }
 
@@ -591,13 +601,15 @@ impl Dialed {
 #[derive(Debug)]
 pub struct HangUp {
     endpoint: ClientEndpoint,
+    /// How long to let the close travel: about two round trips, at most a second.
+    linger: Duration,
 }
 
 impl HangUp {
-    /// Waits (at most a few seconds) until the close reached the server, so that it does not
-    /// keep the connection until an idle timeout.
+    /// Lets the close reach the server (about two round trips, at most a second), so that it
+    /// does not keep the connection until an idle timeout.
     pub async fn wait(self) {
-        let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(self.linger, self.endpoint.wait_idle()).await;
     }
 }
 
