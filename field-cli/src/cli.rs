@@ -54,8 +54,10 @@ pub(crate) enum Command {
     Init(InitArgs),
     /// 用县里发的证书包登记已在使用的本机 / Enroll this device with a certificate bundle from the county
     Enroll(EnrollArgs),
-    /// 与乡镇或县服务器同步 / Sync with the township or county server
+    /// 与乡镇或县服务器同步，或与同村另一台设备直接同步 / Sync with the township or county server, or directly with another device of the village
     Sync(SyncArgs),
+    /// 等待同村另一台设备连过来直接同步（同一无线网或热点，不用服务器） / Wait for another device of the village to sync with this one directly (same Wi-Fi or hotspot, no server)
+    Serve(ServeArgs),
     /// 今日待办：超期、快到期、该回访、待接收、待回复督办 / Today's work: overdue, due soon, visits due, escalations to accept, supervision to answer
     Todo(TodoArgs),
     /// 案件：登记、查看、办理 / Cases: record, view, handle
@@ -140,6 +142,9 @@ pub(crate) struct SyncArgs {
     /// 服务器地址（如 10.0.0.5:4433），默认用上次的 / Server address (e.g. 10.0.0.5:4433); default: the last one used
     #[arg(long, value_name = "地址 / ADDR", conflicts_with_all = ["to_file", "from_file"])]
     pub server: Option<String>,
+    /// 与同村另一台设备直接同步：写对方运行 fq serve 时显示的地址 / Sync directly with another device of the village: the address its fq serve shows
+    #[arg(long = "peer", value_name = "地址 / ADDR", conflicts_with_all = ["server", "to_file", "from_file"])]
+    pub device: Option<String>,
     /// 没有网络时：把要上传的修改写进同步文件，用U盘带到乡镇导入 / No network: write the changes to send into a sync file, to carry to the township on a USB stick
     #[arg(long, value_name = "文件 / FILE", conflicts_with = "from_file")]
     pub to_file: Option<PathBuf>,
@@ -152,6 +157,16 @@ pub(crate) struct SyncArgs {
     /// 和 --from-file 一起用：导入另一台设备的文件后，把回执写到这里带回去 / With --from-file: after importing another device's file, write the answer here to carry back
     #[arg(long, value_name = "文件 / FILE", requires = "from_file")]
     pub answer: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// 在哪个地址和端口等待（默认 0.0.0.0:4433，即本机连着的所有网络） / Address and port to wait on (default 0.0.0.0:4433: every network this device is on)
+    #[arg(long, value_name = "地址 / ADDR")]
+    pub listen: Option<String>,
+    /// 与一台设备同步完就结束 / Stop after one device has synced
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -668,6 +683,16 @@ fn after_help(path: &str, lang: Lang) -> Option<String> {
                     .to_owned()
             }
         }
+        "fq serve" => lang
+            .pick(
+                "同村的两台设备（如网格员和调解员）不用服务器也能交换案件：一台运行 fq serve，另一台运行 fq sync --peer 加上这里显示的地址。\n\
+                 两台设备要连在同一个无线网或手机热点上。只交换两台设备都负责的区域里的案件；之后任何一台与乡镇同步时，都会把对方的修改连同对方的签名一起送上去。\n\
+                 例如：fq serve --once\n      fq sync --peer 192.168.43.1:4433",
+                "Two devices of one village (the grid worker and the mediator) exchange cases with no server: one runs fq serve, the other fq sync --peer with the address shown here.\n\
+                 Both must be on the same Wi-Fi or phone hotspot. Only cases in the area both cover are exchanged; either device later carries the other's changes, with their signatures, to the township.\n\
+                 e.g. fq serve --once\n     fq sync --peer 192.168.43.1:4433",
+            )
+            .to_owned(),
         "fq init" | "fq enroll" => format!(
             "{}{}\n{}",
             lang.pick("角色：", "Roles: "),

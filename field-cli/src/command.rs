@@ -23,7 +23,7 @@ use crate::lang::Lang;
 use crate::render::{self, Written};
 use crate::request::{self, Action, Filter, Request};
 use crate::vault::Place;
-use crate::{audit, demo, enroll, export, import, policy, report, sync, todo};
+use crate::{audit, demo, enroll, export, import, peer, policy, report, sync, todo};
 
 /// The ledger's file name inside the data directory.
 pub(crate) const LEDGER_FILE: &str = "ledger.db";
@@ -106,6 +106,8 @@ pub(crate) fn execute(cli: Cli, lang: Lang) -> anyhow::Result<()> {
             render::enrolled(out, lang, json, ledger.identity(), &bundle, &saved)
         }
         Request::Sync { server } => sync::run(out, &place, server, lang, json),
+        Request::SyncPeer { addr } => peer::sync(out, &place, &addr, lang, json),
+        Request::Serve { listen, once } => peer::serve(out, &place, listen.as_deref(), once, lang, json),
         Request::SyncFile(file) => crate::usb::run(out, &place, file, lang, json),
         Request::Encrypt { wipe_after } => place.encrypt(out, wipe_after),
         Request::PassphraseChange { new_file } => place.change(out, new_file.as_deref()),

@@ -19,6 +19,8 @@
 //! - `vault`: the ledger unlocked and opened; `init`, `encrypt` and `passphrase change`.
 //! - `sync`: `fq sync` with the township or county server (the driver is
 //!   `fq_sync_server::client`).
+//! - `peer`: `fq serve` and `fq sync --peer`: two devices of one area over the local network,
+//!   with no server (the listener and the driver are `fq_sync_server::peer` and `client`).
 //! - `usb`: `fq sync --to-file` and `--from-file`: sync files carried on a USB stick (the
 //!   format and the one-way session are `fq_core::sync::file`).
 //! - `lang`: the user's language and the labels of the interface.
@@ -41,6 +43,7 @@ mod export;
 mod import;
 mod lang;
 mod message;
+mod peer;
 mod pin;
 mod policy;
 mod render;

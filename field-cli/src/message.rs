@@ -20,7 +20,7 @@ use fq_core::text::{Escape, SafeWriter, escape};
 use fq_core::vault::{MAX_WIPE_AFTER, MIN_WIPE_AFTER, VaultError, WARN_TRIES_LEFT};
 use fq_sync_server::ca::BundleError;
 use fq_sync_server::client::SyncError;
-use fq_sync_server::net::{CloseCode, ConnectError};
+use fq_sync_server::net::{AcceptError, CloseCode, ConnectError, ConnectionError, EndpointError, PeerMismatch};
 use serde::Serialize;
 
 use crate::audit::{Findings, findings_words};
@@ -28,6 +28,7 @@ use crate::command::WriteRefused;
 use crate::enroll::EnrollError;
 use crate::import::{CellProblem, ImportError, RowProblem};
 use crate::lang::{Lang, choices};
+use crate::peer::PeerError;
 use crate::pin::PinError;
 use crate::request::{ArgError, TextFileProblem};
 use crate::sync::AddressError;
@@ -119,6 +120,9 @@ pub(crate) enum Kind {
     SyncFileWrongReceiver,
     SyncFileNoReceiver,
     SyncFileUnauthorized,
+    PeerUnreachable,
+    PeerRefused,
+    ListenFailed,
 }
 
 impl Kind {
@@ -199,6 +203,9 @@ impl Kind {
         Kind::SyncFileWrongReceiver,
         Kind::SyncFileNoReceiver,
         Kind::SyncFileUnauthorized,
+        Kind::PeerUnreachable,
+        Kind::PeerRefused,
+        Kind::ListenFailed,
     ];
 }
 
@@ -403,6 +410,9 @@ pub(crate) fn describe(err: &anyhow::Error, lang: Lang) -> Problem {
         }
         if let Some(e) = cause.downcast_ref::<AddressError>() {
             return address(e, lang);
+        }
+        if let Some(e) = cause.downcast_ref::<PeerError>() {
+            return peer(e, lang, err);
         }
         if let Some(e) = cause.downcast_ref::<SyncError>() {
             return sync(e, lang, err);
@@ -1344,8 +1354,8 @@ fn address(e: &AddressError, lang: Lang) -> Problem {
         AddressError::Invalid { input } => Problem::user(
             Kind::InvalidAddress,
             match lang {
-                Lang::Zh => format!("服务器地址“{input}”不对：请写成 地址:端口，例如 10.0.0.5:4433。"),
-                Lang::En => format!("server address \"{input}\" is not valid: write HOST:PORT, e.g. 10.0.0.5:4433."),
+                Lang::Zh => format!("地址“{input}”不对：请写成 地址:端口，例如 10.0.0.5:4433。"),
+                Lang::En => format!("address \"{input}\" is not valid: write HOST:PORT, e.g. 10.0.0.5:4433."),
             },
         ),
         // A failure, not bad input: the same name works once the network's name service does.
@@ -1436,6 +1446,22 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
                 )
             },
         ),
+        SyncError::Connect { addr, source: ConnectError::NotAServer { id, role } } if !role.is_server() => {
+            let role = role.person_role().map_or("", |r| lang.label(r));
+            Problem::failure(
+                Kind::ServerRefused,
+                if zh {
+                    format!(
+                        "{addr} 上的是{role}的设备（证书编号 {id}），不是同步服务器：与同村设备直接同步请用 fq sync --peer {addr}；与乡镇同步请核对服务器地址。{unchanged}"
+                    )
+                } else {
+                    format!(
+                        "{addr} is a device ({}, certificate {id}), not a sync server: to sync with a device of the village use fq sync --peer {addr}; to sync with the township check the server's address. {unchanged}",
+                        role.to_lowercase()
+                    )
+                },
+            )
+        }
         SyncError::Refused { code: Some(CloseCode::WrongPeer), reason } => Problem::failure(
             Kind::ServerRefused,
             if zh {
@@ -1508,6 +1534,284 @@ fn sync(e: &SyncError, lang: Lang, whole: &anyhow::Error) -> Problem {
             } else {
                 format!("the sync stopped: {whole:#}. {kept} Try again later.")
             },
+        ),
+    }
+}
+
+/// The words for a failed device-to-device sync (`fq sync --peer`, `fq serve`).
+fn peer(e: &PeerError, lang: Lang, whole: &anyhow::Error) -> Problem {
+    match e {
+        PeerError::Sync { addr, source } => peer_sync(source, lang, addr, whole),
+        PeerError::Served { peer } => Problem::failure(
+            Kind::SyncFailed,
+            match lang {
+                Lang::Zh => format!("与设备 {peer} 的同步没有完成（原因见上）。已经同步成功的部分都已保存。"),
+                Lang::En => {
+                    format!("the sync with the device {peer} did not complete (see above). What was synced is kept.")
+                }
+            },
+        ),
+        PeerError::Listen { addr, source } => Problem::failure(
+            Kind::ListenFailed,
+            match (lang, source) {
+                (Lang::Zh, EndpointError::Bind { .. }) => format!(
+                    "无法在 {addr} 上等待连接：这个端口可能已被别的程序占用，或者这不是本机的地址。请换一个端口再试，例如 fq serve --listen 0.0.0.0:4434。本机数据没有改动。"
+                ),
+                (Lang::Zh, _) => format!(
+                    "无法在 {addr} 上等待连接：本机的证书包不能用于设备之间直接同步。请联系县综治中心。本机数据没有改动。"
+                ),
+                (Lang::En, _) => format!(
+                    "cannot wait for devices on {addr}: {whole:#}. If the port is taken, try another, e.g. fq serve --listen 0.0.0.0:4434. Nothing on this device was changed."
+                ),
+            },
+        ),
+    }
+}
+
+/// The words for a device-to-device sync that failed on the dialing side; `addr` is the
+/// address given. Like [`sync`], every one says whether local data changed, and no text from
+/// the other device reaches Chinese output.
+fn peer_sync(e: &SyncError, lang: Lang, addr: &str, whole: &anyhow::Error) -> Problem {
+    let zh = lang == Lang::Zh;
+    let unchanged = lang.pick("本机数据没有改动。", "Nothing on this device was changed.");
+    let check = lang.pick(
+        "请确认两台设备连在同一个无线网或手机热点上，对方已经运行 fq serve，并且地址就是它显示的那个。",
+        "Check that both devices are on the same Wi-Fi or phone hotspot, that the other one runs fq serve, and that the address is the one it shows.",
+    );
+    let refused = |message: String| Problem::failure(Kind::PeerRefused, message);
+    match e {
+        SyncError::Unreachable { after, .. } => Problem::failure(
+            Kind::PeerUnreachable,
+            if zh {
+                format!("连不上设备 {addr}（等了 {} 秒没有回应）。{check}{unchanged}", after.as_secs())
+            } else {
+                format!(
+                    "cannot reach the device at {addr} (no answer within {} s). {check} {unchanged}",
+                    after.as_secs()
+                )
+            },
+        ),
+        SyncError::Busy { .. } => Problem::failure(
+            Kind::PeerUnreachable,
+            if zh {
+                format!(
+                    "设备 {addr} 拒绝了连接（它可能正在结束 fq serve）：请对方重新运行 fq serve 后再试。{unchanged}"
+                )
+            } else {
+                format!(
+                    "the device at {addr} refused the connection (it may be stopping fq serve): ask for fq serve to be run again, then retry. {unchanged}"
+                )
+            },
+        ),
+        e if e.is_unreachable() => Problem::failure(
+            Kind::PeerUnreachable,
+            if zh {
+                format!("连不上设备 {addr}：连接没有建立起来。{check}{unchanged}")
+            } else {
+                format!("cannot reach the device at {addr}: {whole:#}. {check} {unchanged}")
+            },
+        ),
+        SyncError::Connect { source: ConnectError::Peer(mismatch), .. } => refused(match (lang, mismatch) {
+            (Lang::Zh, PeerMismatch::NotADevice { id, .. }) => format!(
+                "{addr} 上的是同步服务器（{id}），不是同村的设备：与服务器同步请用 fq sync --server {addr}。{unchanged}"
+            ),
+            (Lang::En, PeerMismatch::NotADevice { id, .. }) => format!(
+                "{addr} is a sync server ({id}), not a device of the village: to sync with it use fq sync --server {addr}. {unchanged}"
+            ),
+            (Lang::Zh, PeerMismatch::NoOverlap { id, peer_scope, own_scope }) => format!(
+                "对方设备 {id} 负责 {peer_scope}，与本机负责的 {own_scope} 不重叠：只有同一个村的设备（或负责本村所在乡镇的设备）之间才能直接同步。{unchanged}"
+            ),
+            (Lang::En, PeerMismatch::NoOverlap { id, peer_scope, own_scope }) => format!(
+                "the device {id} covers {peer_scope}, which does not overlap this device's {own_scope}: only devices of one village (or of the township around it) sync directly. {unchanged}"
+            ),
+            (Lang::Zh, PeerMismatch::SameDevice { id }) => format!(
+                "{addr} 上用的是本机自己的证书（{id}）：请写另一台设备运行 fq serve 时显示的地址；如果那台设备用的是复制来的证书包，请联系县综治中心。{unchanged}"
+            ),
+            (Lang::En, PeerMismatch::SameDevice { id }) => format!(
+                "{addr} presents this device's own certificate ({id}): give the address another device's fq serve shows; if that device uses a copy of this bundle, contact the county centre. {unchanged}"
+            ),
+            (Lang::Zh, _) => format!("对方设备不能与本机直接同步。{unchanged}"),
+            (Lang::En, _) => format!("the device at {addr} cannot sync with this one: {whole:#}. {unchanged}"),
+        }),
+        SyncError::Connect { source: ConnectError::Revoked { id, .. }, .. } => refused(if zh {
+            format!("对方设备 {id} 的证书已被县里吊销（例如手机挂失），不能与它同步。{unchanged}")
+        } else {
+            format!(
+                "the certificate of the device {id} has been revoked by the county (e.g. a lost phone): do not sync with it. {unchanged}"
+            )
+        }),
+        SyncError::Refused { code: Some(CloseCode::Revoked), .. } => refused(if zh {
+            format!(
+                "对方设备拒绝了本机：本机的证书已被吊销（例如设备挂失后）。请联系县综治中心重新办理证书。{unchanged}"
+            )
+        } else {
+            format!(
+                "the other device refused this one: this device's certificate has been revoked (e.g. after it was reported lost). Contact the county centre for a new one. {unchanged}"
+            )
+        }),
+        SyncError::Refused { code: Some(CloseCode::WrongPeer), .. } => refused(if zh {
+            format!("对方设备不接受本机：两台设备负责的区域不重叠（不是同一个村的设备）。{unchanged}")
+        } else {
+            format!(
+                "the other device does not take this one: the areas the two cover do not overlap (not devices of one village). {unchanged}"
+            )
+        }),
+        e if e.is_trust_failure() => refused(if zh {
+            format!(
+                "无法和设备 {addr} 建立安全连接：对方的证书不是本县颁发的，或者对方不接受本机的证书。只有本县登记过的设备之间才能直接同步。{unchanged}"
+            )
+        } else {
+            format!(
+                "no secure connection with the device at {addr}: its certificate is not from this county's CA, or it does not accept this device's ({whole:#}). Only devices enrolled in this county sync directly. {unchanged}"
+            )
+        }),
+        SyncError::Ledger(l) => ledger(l, lang, whole),
+        other => {
+            let mut problem = peer_failure(other, lang);
+            if lang == Lang::En {
+                problem.message = format!("{} ({whole:#})", problem.message);
+            }
+            problem
+        }
+    }
+}
+
+/// The words for a device-to-device session that broke off, on either side: what was
+/// acknowledged before is kept.
+pub(crate) fn peer_failure(e: &SyncError, lang: Lang) -> Problem {
+    let zh = lang == Lang::Zh;
+    let kept = lang.pick(
+        "已经同步成功的部分都已保存，下次同步会从断开处继续。",
+        "Whatever was synced before the break is kept; the next sync carries on from there.",
+    );
+    let message = match e {
+        SyncError::Refused { code: Some(CloseCode::ShuttingDown), .. }
+        | SyncError::Server { code: ErrorCode::ShuttingDown, .. } => {
+            if zh {
+                format!("对方结束了等待（fq serve 已停止），同步中断。{kept}")
+            } else {
+                format!("the other device stopped fq serve and the sync stopped. {kept}")
+            }
+        }
+        SyncError::Session(SessionError::TimedOut { ms }) => {
+            if zh {
+                format!("对方设备 {} 秒没有确认收到，同步中断（两台设备可能离得太远）。{kept}", ms / 1000)
+            } else {
+                format!(
+                    "the other device did not acknowledge for {} s and the sync stopped (the devices may be too far apart). {kept}",
+                    ms / 1000
+                )
+            }
+        }
+        SyncError::Stalled(after) => {
+            if zh {
+                format!(
+                    "对方设备 {} 秒没有任何回应，同步中断（两台设备可能离得太远，或网络断了）。{kept}",
+                    after.as_secs()
+                )
+            } else {
+                format!(
+                    "the other device went silent for {} s and the sync stopped (the devices may be too far apart, or the network is down). {kept}",
+                    after.as_secs()
+                )
+            }
+        }
+        SyncError::Server { code, .. } => {
+            let why = match (lang, code) {
+                (Lang::Zh, ErrorCode::Unauthorized) => "对方设备认为两台设备的区域不符，不与本机同步。",
+                (Lang::En, ErrorCode::Unauthorized) => {
+                    "the other device finds the two areas do not fit and will not sync."
+                }
+                (Lang::Zh, ErrorCode::BadFrame | ErrorCode::UnsupportedVersion) => {
+                    "两台设备的 fq 版本不兼容，请都更新到最新版本。"
+                }
+                (Lang::En, ErrorCode::BadFrame | ErrorCode::UnsupportedVersion) => {
+                    "the two devices' fq versions do not fit: update both."
+                }
+                (Lang::Zh, ErrorCode::Internal) => "对方设备内部出错（例如无法保存）。",
+                (Lang::En, ErrorCode::Internal) => "the other device failed inside (e.g. it could not save).",
+                (Lang::Zh, _) => "对方设备结束了同步。",
+                (Lang::En, _) => "the other device ended the sync.",
+            };
+            if zh { format!("同步中断：{why}{kept}") } else { format!("the sync stopped: {why} {kept}") }
+        }
+        SyncError::Ledger(_) => {
+            if zh {
+                format!("本机台账读写出错，同步中断。{kept}")
+            } else {
+                format!("this device's ledger failed and the sync stopped. {kept}")
+            }
+        }
+        _ => {
+            let why = match e {
+                SyncError::Lost(_) | SyncError::Refused { .. } => lang.pick("连接断开了", "the connection was lost"),
+                SyncError::Session(_) => {
+                    lang.pick("对方发来的数据有误，本机结束了同步", "the other device sent something this one refuses")
+                }
+                SyncError::Endpoint(_) => lang.pick("本机的网络无法使用", "this device's network cannot be used"),
+                _ => lang.pick("连接出了问题", "the link failed"),
+            };
+            if zh { format!("同步中断：{why}。{kept}") } else { format!("the sync stopped: {why}. {kept}") }
+        }
+    };
+    Problem::failure(Kind::SyncFailed, message)
+}
+
+/// Why `fq serve` refused a connection: a stable code (for `--json`) and words.
+pub(crate) fn accept_words(e: &AcceptError, lang: Lang) -> (&'static str, String) {
+    let zh = lang == Lang::Zh;
+    match e {
+        AcceptError::Revoked { id, .. } => (
+            "revoked",
+            if zh {
+                format!("设备 {id} 的证书已被县里吊销，不与它同步。")
+            } else {
+                format!("the certificate of the device {id} is revoked; no sync with it.")
+            },
+        ),
+        AcceptError::Peer(PeerMismatch::NotADevice { id, .. }) => (
+            "not-a-device",
+            if zh {
+                format!("{id} 是服务器，不是同村的设备。")
+            } else {
+                format!("{id} is a server, not a device of the village.")
+            },
+        ),
+        AcceptError::Peer(PeerMismatch::NoOverlap { id, peer_scope, own_scope }) => (
+            "other-area",
+            if zh {
+                format!("设备 {id} 负责 {peer_scope}，与本机负责的 {own_scope} 不重叠（不是同一个村的设备）。")
+            } else {
+                format!("the device {id} covers {peer_scope}, which does not overlap this device's {own_scope} (not a device of this village).")
+            },
+        ),
+        AcceptError::Peer(PeerMismatch::SameDevice { id }) => (
+            "same-device",
+            if zh {
+                format!("对方用的是本机自己的证书（{id}）；如果那是复制来的证书包，请联系县综治中心。")
+            } else {
+                format!("it presents this device's own certificate ({id}); if that is a copied bundle, contact the county centre.")
+            },
+        ),
+        AcceptError::Handshake(ConnectionError::TimedOut) => (
+            "handshake",
+            lang.pick("对方没有完成连接（超时）。", "the other side did not complete the connection (timed out).").to_owned(),
+        ),
+        AcceptError::Handshake(_) | AcceptError::NoCertificate => (
+            "handshake",
+            lang.pick(
+                "没有建立起安全连接：对方的证书不是本县颁发的，或者对方把本机当成了服务器（用 fq sync --server 连过来的）。",
+                "no secure connection: its certificate is not from this county's CA, or it took this device for a server (it dialed with fq sync --server).",
+            )
+            .to_owned(),
+        ),
+        AcceptError::OutsideCounty { scope, .. } => (
+            "other-area",
+            if zh { format!("对方负责 {scope}，不在本县。") } else { format!("it covers {scope}, outside this county.") },
+        ),
+        _ => (
+            "bad-identity",
+            lang.pick("对方的证书中没有有效的身份。", "its certificate names no valid identity.").to_owned(),
         ),
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use chrono::{DateTime, FixedOffset};
@@ -23,8 +24,10 @@ use fq_core::ledger::{CaseView, Identity};
 use fq_core::store::CaseRow;
 use fq_core::sync::session::PolicyOutcome;
 use fq_core::sync::wire::RefuseReason;
-use fq_sync_server::ca::Bundle;
+use fq_sync_server::ca::{Bundle, PeerIdentity};
 use fq_sync_server::client::SyncReport;
+use fq_sync_server::net::{AcceptError, PeerMismatch};
+use fq_sync_server::peer::{PeerEvent, PeerSession};
 use serde::Serialize;
 use serde_json::json;
 
@@ -167,7 +170,30 @@ pub(crate) fn refusal_words(lang: Lang, reason: RefuseReason) -> &'static str {
     }
 }
 
-/// `fq sync`'s summary: sentences, or `schemas/sync-summary.v1.schema.json`.
+/// Whom `fq sync` synced with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncedWith {
+    /// The township (or county) server.
+    Server,
+    /// Another device of the area (`fq sync --peer`).
+    Device,
+}
+
+/// A device as people read it, from its certificate: `调解员 d07（532924101201）`,
+/// `d07 (mediator, 532924101201)`. Certificates carry no person's name.
+pub(crate) fn device_words(lang: Lang, peer: &PeerIdentity) -> String {
+    let role = match peer.role.person_role() {
+        Some(role) => lang.label(role),
+        None => lang.pick("服务器", "server"),
+    };
+    match lang {
+        Lang::Zh => format!("{role} {}（{}）", peer.id, peer.scope),
+        Lang::En => format!("{} ({}, {})", peer.id, role.to_lowercase(), peer.scope),
+    }
+}
+
+/// `fq sync`'s summary, with the server or a device: sentences, or
+/// `schemas/sync-summary.v1.schema.json`.
 pub(crate) fn sync_summary(
     out: &mut dyn Write,
     lang: Lang,
@@ -175,8 +201,10 @@ pub(crate) fn sync_summary(
     address: &str,
     report: &SyncReport,
     (urgent, normal): (i64, i64),
+    with: SyncedWith,
 ) -> anyhow::Result<()> {
     let s = &report.stats;
+    let device = with == SyncedWith::Device;
     let mut by_reason: BTreeMap<&'static str, (RefuseReason, u64)> = BTreeMap::new();
     for r in &report.refused {
         by_reason.entry(refusal_code(r.reason)).or_insert((r.reason, 0)).1 += 1;
@@ -198,54 +226,74 @@ pub(crate) fn sync_summary(
                 })
             })
             .collect();
-        return json_line(
-            out,
-            &json!({
-                "ok": true,
-                "server": {
-                    "address": address,
-                    "id": report.server.id.as_str(),
-                    "role": report.server.role.code(),
-                    "scope": report.server.scope.as_str(),
-                },
-                "sent": s.sent,
-                "received": s.received,
-                "duplicates": s.duplicates,
-                "refused": { "count": report.refused.len(), "by_reason": groups, "changes": changes },
-                "refused_here": s.refused_here,
-                "policy": report.policy.as_ref().map(policy_json),
-                "clock_offset_ms": report.peer_minus_ours_ms.map(|o| -o),
-                "bytes": { "sent": s.bytes_out, "received": s.bytes_in },
-                "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-                "waiting": { "urgent": urgent, "normal": normal },
-            }),
-        );
+        let other = json!({
+            "address": address,
+            "id": report.server.id.as_str(),
+            "role": report.server.role.code(),
+            "scope": report.server.scope.as_str(),
+        });
+        let mut value = json!({
+            "ok": true,
+            "sent": s.sent,
+            "received": s.received,
+            "duplicates": s.duplicates,
+            "refused": { "count": report.refused.len(), "by_reason": groups, "changes": changes },
+            "refused_here": s.refused_here,
+            "policy": report.policy.as_ref().map(policy_json),
+            "clock_offset_ms": report.peer_minus_ours_ms.map(|o| -o),
+            "bytes": { "sent": s.bytes_out, "received": s.bytes_in },
+            "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+            "waiting": { "urgent": urgent, "normal": normal },
+        });
+        value[if device { "peer" } else { "server" }] = other;
+        return json_line(out, &value);
     }
     let server = &report.server.id;
     let secs = report.elapsed.as_secs_f64();
+    match (lang, device) {
+        (Lang::Zh, false) => writeln!(out, "同步完成（服务器 {server}，{address}，用时 {secs:.1} 秒）")?,
+        (Lang::En, false) => writeln!(out, "Sync complete (server {server}, {address}, {secs:.1} s)")?,
+        (Lang::Zh, true) => {
+            writeln!(out, "与{}的设备同步完成（{address}，用时 {secs:.1} 秒）", device_words(lang, &report.server))?
+        }
+        (Lang::En, true) => {
+            writeln!(out, "Sync with device {} complete ({address}, {secs:.1} s)", device_words(lang, &report.server))?
+        }
+    }
     match lang {
         Lang::Zh => {
-            writeln!(out, "同步完成（服务器 {server}，{address}，用时 {secs:.1} 秒）")?;
-            writeln!(out, "  发送修改 {} 条，接收修改 {} 条（另有 {} 条本机已有）", s.sent, s.received, s.duplicates)?;
+            writeln!(out, "  发送修改 {} 条，接收修改 {} 条（另有 {} 条本机已有）", s.sent, s.received, s.duplicates)?
         }
         Lang::En => {
-            writeln!(out, "Sync complete (server {server}, {address}, {secs:.1} s)")?;
-            writeln!(out, "  sent {} changes, received {} ({} already here)", s.sent, s.received, s.duplicates)?;
+            writeln!(out, "  sent {} changes, received {} ({} already here)", s.sent, s.received, s.duplicates)?
         }
     }
     if urgent + normal > 0 {
-        match lang {
-            Lang::Zh => writeln!(out, "  ⚠ 仍有修改未送达服务器：紧急 {urgent} 条，一般 {normal} 条；请稍后再同步")?,
-            Lang::En => writeln!(
+        match (lang, device) {
+            (Lang::Zh, false) => {
+                writeln!(out, "  ⚠ 仍有修改未送达服务器：紧急 {urgent} 条，一般 {normal} 条；请稍后再同步")?
+            }
+            (Lang::En, false) => writeln!(
                 out,
                 "  ⚠ changes not yet delivered to the server: {urgent} urgent, {normal} normal; sync again later"
+            )?,
+            // Handing changes to a device delivers nothing to the township: say what is left.
+            (Lang::Zh, true) => writeln!(
+                out,
+                "  本机仍有修改等待送达乡镇：紧急 {urgent} 条，一般 {normal} 条；有网络时用 fq sync 同步（对方同步时也会带上本机的修改）"
+            )?,
+            (Lang::En, true) => writeln!(
+                out,
+                "  changes of this device still waiting for the township: {urgent} urgent, {normal} normal; sync with fq sync when there is a network (the other device carries them too when it syncs)"
             )?,
         }
     }
     if !report.refused.is_empty() {
-        match lang {
-            Lang::Zh => writeln!(out, "  ⚠ 服务器拒收 {} 条修改：", report.refused.len())?,
-            Lang::En => writeln!(out, "  ⚠ the server refused {} changes:", report.refused.len())?,
+        match (lang, device) {
+            (Lang::Zh, false) => writeln!(out, "  ⚠ 服务器拒收 {} 条修改：", report.refused.len())?,
+            (Lang::En, false) => writeln!(out, "  ⚠ the server refused {} changes:", report.refused.len())?,
+            (Lang::Zh, true) => writeln!(out, "  ⚠ 对方设备拒收 {} 条修改：", report.refused.len())?,
+            (Lang::En, true) => writeln!(out, "  ⚠ the other device refused {} changes:", report.refused.len())?,
         }
         for (reason, count) in by_reason.values() {
             match lang {
@@ -263,9 +311,15 @@ pub(crate) fn sync_summary(
         )?;
     }
     if s.refused_here > 0 {
-        match lang {
-            Lang::Zh => writeln!(out, "  本机拒收服务器发来的修改 {} 条（见 fq audit）", s.refused_here)?,
-            Lang::En => writeln!(out, "  {} changes from the server were refused here (see fq audit)", s.refused_here)?,
+        match (lang, device) {
+            (Lang::Zh, false) => writeln!(out, "  本机拒收服务器发来的修改 {} 条（见 fq audit）", s.refused_here)?,
+            (Lang::En, false) => {
+                writeln!(out, "  {} changes from the server were refused here (see fq audit)", s.refused_here)?
+            }
+            (Lang::Zh, true) => writeln!(out, "  本机拒收对方设备发来的修改 {} 条（见 fq audit）", s.refused_here)?,
+            (Lang::En, true) => {
+                writeln!(out, "  {} changes from the other device were refused here (see fq audit)", s.refused_here)?
+            }
         }
     }
     match &report.policy {
@@ -278,12 +332,15 @@ pub(crate) fn sync_summary(
             }
         },
         Some(PolicyOutcome::Refused { claimed, .. }) => match lang {
-            Lang::Zh => {
-                writeln!(out, "  ⚠ 服务器发来的县级政策（第 {claimed} 版）没有县里的有效签名，已拒收，仍按原政策执行")?
-            }
+            Lang::Zh => writeln!(
+                out,
+                "  ⚠ {}发来的县级政策（第 {claimed} 版）没有县里的有效签名，已拒收，仍按原政策执行",
+                if device { "对方设备" } else { "服务器" }
+            )?,
             Lang::En => writeln!(
                 out,
-                "  ⚠ the county policy the server sent (version {claimed}) is not signed by the county; refused, the old one stays"
+                "  ⚠ the county policy the {} sent (version {claimed}) is not signed by the county; refused, the old one stays",
+                if device { "other device" } else { "server" }
             )?,
         },
         _ => {}
@@ -294,17 +351,28 @@ pub(crate) fn sync_summary(
         let minutes = peer_minus_ours.unsigned_abs() / 60_000;
         let (h, m) = (minutes / 60, minutes % 60);
         let ahead = peer_minus_ours < 0;
-        match lang {
-            Lang::Zh => writeln!(
+        let zh_span = if h > 0 { format!("{h}小时{m}分钟") } else { format!("{m}分钟") };
+        let en_span = format!("{}{m} min", if h > 0 { format!("{h} h ") } else { String::new() });
+        match (lang, device) {
+            (Lang::Zh, false) => writeln!(
                 out,
-                "  ⚠ 本机时钟比服务器{}{}，请调整手机时间。在调好之前，期限和登记时间按服务器时间校正计算。",
+                "  ⚠ 本机时钟比服务器{}{zh_span}，请调整手机时间。在调好之前，期限和登记时间按服务器时间校正计算。",
                 if ahead { "快" } else { "慢" },
-                if h > 0 { format!("{h}小时{m}分钟") } else { format!("{m}分钟") }
             )?,
-            Lang::En => writeln!(
+            (Lang::En, false) => writeln!(
                 out,
-                "  ⚠ this device's clock is {}{m} min {} the server's: set the phone's time. Until then deadlines and times are corrected to the server's.",
-                if h > 0 { format!("{h} h ") } else { String::new() },
+                "  ⚠ this device's clock is {en_span} {} the server's: set the phone's time. Until then deadlines and times are corrected to the server's.",
+                if ahead { "ahead of" } else { "behind" }
+            )?,
+            // Neither device is the authority on the time: nothing is corrected.
+            (Lang::Zh, true) => writeln!(
+                out,
+                "  ⚠ 本机时钟比对方设备{}{zh_span}：请核对两台手机的时间，时间不对的那台请调好。",
+                if ahead { "快" } else { "慢" },
+            )?,
+            (Lang::En, true) => writeln!(
+                out,
+                "  ⚠ this device's clock is {en_span} {} the other device's: check both phones' time and set the wrong one.",
                 if ahead { "ahead of" } else { "behind" }
             )?,
         }
@@ -312,6 +380,183 @@ pub(crate) fn sync_summary(
     match lang {
         Lang::Zh => writeln!(out, "  流量：发送 {}，接收 {}", bytes(s.bytes_out), bytes(s.bytes_in))?,
         Lang::En => writeln!(out, "  traffic: {} sent, {} received", bytes(s.bytes_out), bytes(s.bytes_in))?,
+    }
+    Ok(())
+}
+
+/// A certificate's identity as `--json` writes it.
+fn identity_json(peer: &PeerIdentity) -> serde_json::Value {
+    json!({ "id": peer.id.as_str(), "role": peer.role.code(), "scope": peer.scope.as_str() })
+}
+
+/// `fq serve` is waiting: the address and the certificate id to tell the other device
+/// (`schemas/serve.v1.schema.json`, one JSON object a line).
+pub(crate) fn serving(
+    out: &mut dyn Write,
+    lang: Lang,
+    json: bool,
+    addr: SocketAddr,
+    me: &PeerIdentity,
+) -> anyhow::Result<()> {
+    if json {
+        json_line(out, &json!({ "event": "listening", "address": addr.to_string(), "device": identity_json(me) }))?;
+        out.flush()?;
+        return Ok(());
+    }
+    let known = !addr.ip().is_unspecified();
+    let (id, scope) = (&me.id, &me.scope);
+    let role = me.role.person_role().map_or("", |r| lang.label(r));
+    match lang {
+        Lang::Zh => {
+            if known {
+                writeln!(out, "正在等待同村设备连接：本机地址 {addr}，证书编号 {id}（{role}，{scope}）")?;
+                writeln!(
+                    out,
+                    "  请对方运行 fq sync --peer {addr}（两台设备要连在同一个无线网或手机热点上）。同时按 Ctrl 和 C 键结束。"
+                )?;
+            } else {
+                let port = addr.port();
+                writeln!(out, "正在等待同村设备连接：端口 {port}，本机证书编号 {id}（{role}，{scope}）")?;
+                writeln!(
+                    out,
+                    "  本机的地址请在手机的无线网设置里查看，再请对方运行 fq sync --peer 本机地址:{port}（两台设备要连在同一个无线网或手机热点上）。同时按 Ctrl 和 C 键结束。"
+                )?;
+            }
+        }
+        Lang::En => {
+            if known {
+                writeln!(
+                    out,
+                    "Waiting for a device of the village at {addr}; this device's certificate: {id} ({}, {scope})",
+                    role.to_lowercase()
+                )?;
+                writeln!(
+                    out,
+                    "  On the other device run fq sync --peer {addr} (both must be on the same Wi-Fi or phone hotspot). Press Ctrl-C to stop."
+                )?;
+            } else {
+                let port = addr.port();
+                writeln!(
+                    out,
+                    "Waiting for a device of the village on port {port}; this device's certificate: {id} ({}, {scope})",
+                    role.to_lowercase()
+                )?;
+                writeln!(
+                    out,
+                    "  Find this device's address in its Wi-Fi settings, then run fq sync --peer ADDRESS:{port} on the other device (both must be on the same Wi-Fi or phone hotspot). Press Ctrl-C to stop."
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One connection `fq serve` handled: a session with a device, or a connection it refused.
+pub(crate) fn peer_event(out: &mut dyn Write, lang: Lang, json: bool, event: &PeerEvent) -> anyhow::Result<()> {
+    match event {
+        PeerEvent::Session(session) => peer_session(out, lang, json, session)?,
+        PeerEvent::Refused { addr, error } => {
+            let (code, words) = crate::message::accept_words(error, lang);
+            if json {
+                let peer = match error {
+                    AcceptError::Revoked { id, .. }
+                    | AcceptError::Peer(
+                        PeerMismatch::NotADevice { id, .. }
+                        | PeerMismatch::SameDevice { id }
+                        | PeerMismatch::NoOverlap { id, .. },
+                    ) => Some(id.as_str()),
+                    _ => None,
+                };
+                json_line(
+                    out,
+                    &json!({ "event": "refused", "address": addr.to_string(), "peer": peer, "reason": code, "message": words }),
+                )?;
+            } else {
+                match lang {
+                    Lang::Zh => writeln!(out, "拒绝了来自 {addr} 的连接：{words}")?,
+                    Lang::En => writeln!(out, "Refused a connection from {addr}: {words}")?,
+                }
+            }
+        }
+        _ => {}
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn peer_session(out: &mut dyn Write, lang: Lang, json: bool, session: &PeerSession) -> anyhow::Result<()> {
+    let s = &session.stats;
+    let failure = session.result.as_ref().err().map(|e| crate::message::peer_failure(e, lang));
+    if json {
+        let mut peer = identity_json(&session.peer);
+        peer["address"] = json!(session.addr.to_string());
+        return json_line(
+            out,
+            &json!({
+                "event": "session",
+                "ok": failure.is_none(),
+                "peer": peer,
+                "sent": s.sent,
+                "received": s.received,
+                "duplicates": s.duplicates,
+                "refused": session.refused.len(),
+                "refused_here": s.refused_here,
+                "elapsed_ms": u64::try_from(session.elapsed.as_millis()).unwrap_or(u64::MAX),
+                "error": failure,
+            }),
+        );
+    }
+    let who = device_words(lang, &session.peer);
+    let addr = session.addr;
+    let secs = session.elapsed.as_secs_f64();
+    match (lang, &failure) {
+        (Lang::Zh, None) => writeln!(
+            out,
+            "已与{who}的设备同步（{addr}，用时 {secs:.1} 秒）：发送修改 {} 条，接收修改 {} 条（另有 {} 条本机已有）",
+            s.sent, s.received, s.duplicates
+        )?,
+        (Lang::En, None) => writeln!(
+            out,
+            "Synced with device {who} from {addr} in {secs:.1} s: sent {} changes, received {} ({} already here)",
+            s.sent, s.received, s.duplicates
+        )?,
+        (Lang::Zh, Some(problem)) => writeln!(out, "与{who}的设备（{addr}）同步没有完成：{}", problem.message)?,
+        (Lang::En, Some(problem)) => {
+            writeln!(out, "The sync with device {who} from {addr} did not complete: {}", problem.message)?
+        }
+    }
+    if !session.refused.is_empty() {
+        match lang {
+            Lang::Zh => {
+                writeln!(out, "  ⚠ 对方设备拒收本机的修改 {} 条（原因已记入对方的审计）", session.refused.len())?
+            }
+            Lang::En => writeln!(
+                out,
+                "  ⚠ the other device refused {} of this device's changes (see its audit)",
+                session.refused.len()
+            )?,
+        }
+    }
+    if s.refused_here > 0 {
+        match lang {
+            Lang::Zh => writeln!(out, "  本机拒收对方设备发来的修改 {} 条（见 fq audit）", s.refused_here)?,
+            Lang::En => {
+                writeln!(out, "  {} changes from the other device were refused here (see fq audit)", s.refused_here)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `fq serve` stopped (Ctrl-C, SIGTERM, or `--once` after its session).
+pub(crate) fn serve_stopped(out: &mut dyn Write, lang: Lang, json: bool, sessions: u32) -> anyhow::Result<()> {
+    if json {
+        return json_line(out, &json!({ "event": "stopped", "sessions": sessions }));
+    }
+    match lang {
+        Lang::Zh => writeln!(out, "已停止等待（共与设备同步 {sessions} 次）")?,
+        Lang::En => writeln!(out, "Stopped waiting ({sessions} sessions with devices)")?,
     }
     Ok(())
 }

@@ -171,6 +171,8 @@ pub(crate) enum Request {
     Init(Init),
     Enroll { bundle: PathBuf, revocations: Option<PathBuf> },
     Sync { server: Option<String> },
+    SyncPeer { addr: String },
+    Serve { listen: Option<String>, once: bool },
     SyncFile(SyncFile),
     New(NewCase),
     List { filter: Filter },
@@ -271,11 +273,17 @@ pub(crate) fn from_cli(cli: Cli) -> anyhow::Result<(Settings, Request)> {
             wipe_after: a.wipe_after.as_deref().map(|n| number("wipe-after", n)).transpose()?,
         }),
         Command::Enroll(a) => Request::Enroll { bundle: a.bundle, revocations: a.revocations },
-        Command::Sync(a) => match (a.to_file, a.from_file) {
-            (Some(out), _) => Request::SyncFile(SyncFile::Write { out, peer: a.peer.map(|p| p.trim().to_owned()) }),
-            (None, Some(input)) => Request::SyncFile(SyncFile::Read { input, answer: a.answer }),
-            (None, None) => Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) },
+        Command::Sync(a) => match (a.to_file, a.from_file, a.device) {
+            (Some(out), _, _) => Request::SyncFile(SyncFile::Write { out, peer: a.peer.map(|p| p.trim().to_owned()) }),
+            (None, Some(input), _) => Request::SyncFile(SyncFile::Read { input, answer: a.answer }),
+            (None, None, Some(addr)) => Request::SyncPeer { addr: addr.trim().to_owned() },
+            (None, None, None) => {
+                Request::Sync { server: a.server.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) }
+            }
         },
+        Command::Serve(a) => {
+            Request::Serve { listen: a.listen.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()), once: a.once }
+        }
         Command::Case(c) => case(c)?,
         Command::Export(a) => Request::Export { format: a.format, out: a.out, unmasked: a.unmasked },
         Command::Audit(a) => Request::Audit(audit(a.command)?),

@@ -36,7 +36,7 @@ pub(crate) enum AddressError {
     #[error("no server address: give --server ADDR")]
     NoServer,
     /// The address is not written as `HOST:PORT`.
-    #[error("invalid server address {input:?}: expected HOST:PORT")]
+    #[error("invalid address {input:?}: expected HOST:PORT")]
     Invalid {
         /// What was given.
         input: String,
@@ -102,7 +102,7 @@ pub(crate) fn run(
     let report = report?;
     // What the server has still not acknowledged (refused changes stay here).
     let waiting = ledger.waiting_for(ledger.upstream()?)?;
-    render::sync_summary(out, lang, json, &text, &report, waiting)
+    render::sync_summary(out, lang, json, &text, &report, waiting, render::SyncedWith::Server)
 }
 
 /// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).
@@ -145,7 +145,7 @@ fn remember(dir: &Path, server: &str) -> anyhow::Result<()> {
     fq_core::vault::write_private(&path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-fn progress_bar(json: bool) -> ProgressBar {
+pub(crate) fn progress_bar(json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -157,7 +157,7 @@ fn progress_bar(json: bool) -> ProgressBar {
     bar
 }
 
-fn show(bar: &ProgressBar, lang: Lang, p: &Progress) {
+pub(crate) fn show(bar: &ProgressBar, lang: Lang, p: &Progress) {
     bar.set_length(p.to_send);
     bar.set_position(p.sent);
     bar.set_message(match (lang, p.reconnects) {

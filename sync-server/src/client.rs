@@ -18,20 +18,27 @@
 //! predecessor's connections at once (its reset key is kept on disk), so a restart costs a
 //! syncing device the time to dial again, not a watchdog. If the second dial fails too, the
 //! sync ends with the first error, and the next `fq sync` resumes where it stopped.
+//!
+//! Device to device (`fq sync --peer`, ADR 43): [`dial_peer`] dials another device of this
+//! device's area running `fq serve` ([`crate::peer`]), and the same [`Dialed::sync`] runs the
+//! session with [`SessionConfig::device_peer`]: each side sends only what lies in both scopes.
+//! The position reached with that device is found again by its certificate's key (the peer
+//! row its own grant names), so the next session with it resumes instead of starting over.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fq_core::audit::{CompareError, CompareReport, Comparison};
+use fq_core::case::ReplicaId;
 use fq_core::clock::{Clock, SystemClock};
-use fq_core::ledger::{Ledger, LedgerError};
+use fq_core::ledger::{Ledger, LedgerError, Tier};
 use fq_core::sync::session::{Credentials, Event, PolicyOutcome, Session, SessionConfig, SessionError, Side, Stats};
 use fq_core::sync::wire::{ErrorCode, Refused};
 
-use crate::ca::{Bundle, PeerIdentity};
+use crate::ca::{Bundle, PeerIdentity, RevocationHandle};
 use crate::net::{
     ClientEndpoint, CloseCode, ConnectError, Connection, ConnectionError, EndpointError, NetConfig, ReadError,
-    RecvStream, SendStream, WriteError, client_endpoint, is_refused,
+    RecvStream, SendStream, WriteError, client_endpoint, is_refused, peer_client_endpoint,
 };
 
 /// How long dialing may take by default: a 2G handshake takes seconds, not this long.
@@ -46,7 +53,7 @@ pub const REDIALS: u32 = 1;
 /// A ping and its ack are about 120 bytes: 60 B/s both ways, during a sync only.
 pub const SYNC_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long hanging up may wait for the server's last bytes (the end of its stream).
-const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bounds on how long a closed connection lingers so that its close reaches the server: about
 /// two round trips, so that a close lost on the way is sent again when the server's next packet
 /// arrives. Waiting for quinn's whole draining period (three probe timeouts, seconds on 2G)
@@ -110,7 +117,7 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SyncReport {
-    /// The server, as its certificate says.
+    /// The server (or the device, for [`dial_peer`]), as its certificate says.
     pub server: PeerIdentity,
     /// Totals.
     pub stats: Stats,
@@ -222,7 +229,8 @@ impl SyncError {
     }
 
     /// True when a TLS or identity check refused the connection: a certificate from another
-    /// CA on either side, a revoked certificate, a server that is not our parent.
+    /// CA on either side, a revoked certificate, a server that is not our parent (or, device
+    /// to device, a peer that is not a device of our area).
     pub fn is_trust_failure(&self) -> bool {
         match self {
             Self::Connect { source, .. } => match source {
@@ -251,16 +259,48 @@ pub struct Dialed {
     bundle: Bundle,
     options: SyncOptions,
     started: Instant,
+    /// The peer is another device (device to device), not our parent server.
+    device_peer: bool,
 }
 
 /// Dials `server` with the device's `bundle`. Touches no local data.
 pub async fn dial(bundle: &Bundle, server: SocketAddr, options: &SyncOptions) -> Result<Dialed, SyncError> {
     let started = Instant::now();
-    let bind: SocketAddr = match server {
+    let endpoint = client_endpoint(any_port(server), bundle, &options.net).map_err(SyncError::Endpoint)?;
+    dial_on(endpoint, bundle, server, options, started, false).await
+}
+
+/// Dials another device of this device's area, listening at `peer` (`fq serve`), with the
+/// device's `bundle`; its certificate is checked against `revocations` (the newest list the
+/// device knows). Touches no local data. [`Dialed::sync`] then runs a device-to-device session.
+pub async fn dial_peer(
+    bundle: &Bundle,
+    revocations: RevocationHandle,
+    peer: SocketAddr,
+    options: &SyncOptions,
+) -> Result<Dialed, SyncError> {
+    let started = Instant::now();
+    let endpoint =
+        peer_client_endpoint(any_port(peer), bundle, revocations, &options.net).map_err(SyncError::Endpoint)?;
+    dial_on(endpoint, bundle, peer, options, started, true).await
+}
+
+/// The wildcard address of `peer`'s family, any port.
+fn any_port(peer: SocketAddr) -> SocketAddr {
+    match peer {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let endpoint = client_endpoint(bind, bundle, &options.net).map_err(SyncError::Endpoint)?;
+    }
+}
+
+async fn dial_on(
+    endpoint: ClientEndpoint,
+    bundle: &Bundle,
+    server: SocketAddr,
+    options: &SyncOptions,
+    started: Instant,
+    device_peer: bool,
+) -> Result<Dialed, SyncError> {
     let (connection, peer) = match connect(&endpoint, server, options.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -276,6 +316,7 @@ pub async fn dial(bundle: &Bundle, server: SocketAddr, options: &SyncOptions) ->
         bundle: bundle.clone(),
         options: options.clone(),
         started,
+        device_peer,
     })
 }
 
@@ -322,7 +363,7 @@ fn closed_by_server(e: &ConnectionError) -> Option<SyncError> {
     }
 }
 
-fn lost(e: &ConnectionError) -> SyncError {
+pub(crate) fn lost(e: &ConnectionError) -> SyncError {
     closed_by_server(e).unwrap_or_else(|| SyncError::Lost(e.to_string()))
 }
 
@@ -341,9 +382,14 @@ fn write_error(e: WriteError) -> SyncError {
 }
 
 impl Dialed {
-    /// The server, as its certificate says.
+    /// The server (or the device), as its certificate says.
     pub fn server(&self) -> &PeerIdentity {
         &self.server
+    }
+
+    /// Whether the peer is another device ([`dial_peer`]).
+    pub fn is_device_peer(&self) -> bool {
+        self.device_peer
     }
 
     /// Runs one session with the server until both sides are caught up, then hangs up.
@@ -420,19 +466,20 @@ impl Dialed {
             own: Some((self.bundle.grant().clone(), self.bundle.signing_key().clone())),
             peer_scope_limit: Some(self.server.scope.clone()),
         };
-        let to_send = match to_send(ledger) {
-            Ok(n) => n,
-            Err(e) => return (Err(e), Stats::default()),
-        };
-        let upstream = match ledger.upstream() {
+        // The peer this ledger last synced with on this link: its position goes into our Hello.
+        let expected = match self.expected_peer(ledger) {
             Ok(up) => up,
             Err(e) => return (Err(SyncError::Ledger(e)), Stats::default()),
         };
-        let mut session =
-            match Session::new(Side::Child, ledger, creds, self.options.session.clone(), upstream, clock.now()) {
-                Ok(session) => session,
-                Err(e) => return (Err(SyncError::Session(e)), Stats::default()),
-            };
+        let to_send = match to_send(ledger, expected) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), Stats::default()),
+        };
+        let config = SessionConfig { device_peer: self.device_peer, ..self.options.session.clone() };
+        let mut session = match Session::new(Side::Child, ledger, creds, config, expected, clock.now()) {
+            Ok(session) => session,
+            Err(e) => return (Err(SyncError::Session(e)), Stats::default()),
+        };
         let mut show = |s: &Stats| {
             progress(&Progress {
                 sent: before.sent + s.sent,
@@ -443,11 +490,43 @@ impl Dialed {
                 reconnects,
             });
         };
-        let result = self.drive(&mut session, ledger, &mut send, &mut recv, &mut show, told).await;
+        let driver = Driver { stall_timeout: self.options.stall_timeout };
+        let result = driver.drive(&mut session, ledger, &mut send, &mut recv, &mut show, told).await;
         (result, session.stats().clone())
     }
 
-    async fn drive(
+    /// Our parent server as this ledger last synced with it, or, device to device, the replica
+    /// of the device whose certificate key we dialed.
+    fn expected_peer(&self, ledger: &Ledger) -> Result<Option<ReplicaId>, LedgerError> {
+        if self.device_peer { known_device(ledger, &self.server.public_key.to_bytes()) } else { ledger.upstream() }
+    }
+}
+
+/// The replica of the device whose own grant has `key`, as this ledger last synced with it: a
+/// session records the key of the grant its peer sends first (the peer's own), so the device
+/// found behind a certificate is found again, and the next session with it resumes from where
+/// the last one reached. A device set up again under the same certificate (a new replica)
+/// answers a stale position, and the session recovers with a digest.
+fn known_device(ledger: &Ledger, key: &[u8; 32]) -> Result<Option<ReplicaId>, LedgerError> {
+    Ok(ledger
+        .peers()?
+        .into_iter()
+        .filter(|p| p.tier == Tier::Device.code() && p.signer.as_ref() == Some(key))
+        .max_by_key(|p| p.last_sync)
+        .map(|p| p.replica))
+}
+
+/// Runs a session on one stream: the dialing side's loop, and a listening device's
+/// (`crate::peer`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Driver {
+    /// Bound on silence from the peer while the session is not caught up.
+    pub(crate) stall_timeout: Duration,
+}
+
+impl Driver {
+    /// Runs `session` until both sides are caught up, then finishes our side of the stream.
+    pub(crate) async fn drive(
         &self,
         session: &mut Session,
         ledger: &mut Ledger,
@@ -476,7 +555,7 @@ impl Dialed {
                 let ms = at.0.saturating_sub(clock.now().0).max(0);
                 Duration::from_millis(u64::try_from(ms).unwrap_or(0))
             });
-            let stall = self.options.stall_timeout.saturating_sub(heard.elapsed());
+            let stall = self.stall_timeout.saturating_sub(heard.elapsed());
             tokio::select! {
                 r = recv.read(&mut buf) => match r {
                     Ok(Some(n)) => {
@@ -500,7 +579,7 @@ impl Dialed {
                         return Err(SyncError::Session(e));
                     }
                 }
-                () = tokio::time::sleep(stall) => return Err(SyncError::Stalled(self.options.stall_timeout)),
+                () = tokio::time::sleep(stall) => return Err(SyncError::Stalled(self.stall_timeout)),
             }
         }
         // Done: finish our side and read the server's to its end (it finishes once it has
@@ -513,13 +592,13 @@ impl Dialed {
 
 /// What the server told us during a sync, over every session of it (a redial starts another).
 #[derive(Debug, Default)]
-struct Told {
+pub(crate) struct Told {
     /// Our changes the server refused.
-    refused: Vec<Refused>,
+    pub(crate) refused: Vec<Refused>,
     /// The county policy the server sent, if any.
-    policy: Option<PolicyOutcome>,
+    pub(crate) policy: Option<PolicyOutcome>,
     /// The server's clock minus ours, as last measured.
-    peer_minus_ours_ms: Option<i64>,
+    pub(crate) peer_minus_ours_ms: Option<i64>,
 }
 
 impl Told {
@@ -540,9 +619,9 @@ impl Told {
     }
 }
 
-/// About how many changes there are to send: log rows after the server's acknowledged position.
-fn to_send(ledger: &Ledger) -> Result<u64, SyncError> {
-    let acked = match ledger.upstream().map_err(SyncError::Ledger)? {
+/// About how many changes there are to send: log rows after the position `peer` acknowledged.
+fn to_send(ledger: &Ledger, peer: Option<ReplicaId>) -> Result<u64, SyncError> {
+    let acked = match peer {
         Some(up) => ledger.peer(up).map_err(SyncError::Ledger)?.map_or(0, |p| p.acked_seq),
         None => 0,
     };

@@ -36,6 +36,10 @@
 //! - [`client`]: a device's sync: [`client::dial`] (touches nothing local), then
 //!   [`client::Dialed::sync`] runs a session to the end, dialing once more if the link breaks
 //!   on the way; [`client::sync_once`] does both. `fq sync` is a thin shell over it.
+//!   [`client::dial_peer`] dials another device of the same area instead (`fq sync --peer`).
+//! - [`peer`]: a device waiting for another device of its area on the local network
+//!   (`fq serve`, ADR 43): [`peer::listen`], then [`peer::serve_peers`] runs one
+//!   device-to-device session at a time, with the device's ledger opened for each session.
 //! - [`report`]: last month's report (HTML, xlsx, JSON) written into `DIR/reports/` on the
 //!   first of each month, and the newest one found for `status`.
 //! - [`import`]: `fq-server import`: a sync file from a village handed to the running server
@@ -83,6 +87,8 @@
 //!   connection is ever shared between threads.
 //! - A server never accepts a child whose certificate scope lies outside its own, and limits
 //!   every session to the scope the peer's certificate names.
+//! - Device to device, each side takes the other only if it is another person's device, not
+//!   revoked, whose scope contains or lies in its own, and sends only what lies in both.
 //! - A device's changes are acknowledged only after the server committed them (the session's
 //!   rule); a server killed at any moment keeps every acknowledged change.
 //! - What one certificate can make the server hold is bounded ([`limits`]): at most
@@ -100,6 +106,7 @@ pub mod journal;
 pub mod limits;
 mod link;
 pub mod net;
+pub mod peer;
 mod policy;
 mod replica;
 pub mod report;

@@ -6,20 +6,32 @@
 //! one only through [`ClientEndpoint::connect`], which checks that the peer is a county or
 //! township server above the client's own scope.
 //!
+//! Device to device on the local network (`fq serve` / `fq sync --peer`, ADR 43): one device
+//! listens ([`peer_server_endpoint`]) and the other dials it ([`peer_client_endpoint`]), each
+//! with its own device certificate. A device certificate is for client authentication only and
+//! names no DNS name, so the dialer checks the listener's chain as a server checks a client's
+//! (rustls' WebPKI client verifier, the county CA the only root). After the handshake both
+//! sides check the other's identity as for any peer (not revoked, inside the county) and that
+//! it is another person's device whose scope contains, or lies in, their own
+//! ([`check_device_peer`]).
+//!
 //! Transport settings are tuned for 2G links (see the constants and DESIGN.md §8): quinn's
 //! defaults assume a fast link and an unbounded connection receive window.
 
 use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::ca::{
     AdminCode, Bundle, CaCertificate, GrantRole, IdentityError, PeerIdentity, RevocationError, RevocationHandle,
@@ -227,6 +239,9 @@ pub enum EndpointError {
     /// A server endpoint needs a county or township certificate.
     #[error("role {0} cannot run a server (county or township required)")]
     NotAServer(GrantRole),
+    /// A device-to-device endpoint needs a person's device certificate.
+    #[error("role {0} is not a person's device")]
+    NotADevice(GrantRole),
     /// The revocation handle trusts another CA than the bundle.
     #[error("revocation list ca (county {handle}) differs from the bundle ca (county {bundle})")]
     CaMismatch {
@@ -298,6 +313,61 @@ pub enum AcceptError {
         /// The server's county.
         county: AdminCode,
     },
+    /// A device listening for another device was dialed by a peer it does not take.
+    #[error("peer is not a device of this area")]
+    Peer(#[source] PeerMismatch),
+}
+
+/// Why a device does not take another certificate as a device-to-device peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerMismatch {
+    /// The peer is a server, not a person's device.
+    #[error("peer {id} has role {role}, not a person's device")]
+    NotADevice {
+        /// The peer's id.
+        id: SubjectId,
+        /// The peer's role.
+        role: GrantRole,
+    },
+    /// The peer presents this device's own certificate.
+    #[error("peer {id} is this device itself")]
+    SameDevice {
+        /// The id both certificates name.
+        id: SubjectId,
+    },
+    /// Neither scope contains the other: a device of another village (or township).
+    #[error("peer {id} covers {peer_scope}, which neither contains nor lies in our scope {own_scope}")]
+    NoOverlap {
+        /// The peer's id.
+        id: SubjectId,
+        /// The peer's scope.
+        peer_scope: AdminCode,
+        /// Our scope.
+        own_scope: AdminCode,
+    },
+}
+
+/// Checks that `peer` may be a device-to-device peer of `own`: another person's device whose
+/// scope contains ours or lies in it (the grid worker and the mediator of one village; a
+/// township officer and a device of one of its villages). The session checks the same from
+/// the Hellos ([`fq_core::sync::session::SessionConfig::device_peer`]); this check refuses the
+/// connection before either side reads a byte of the other's data.
+pub fn check_device_peer(own: &PeerIdentity, peer: &PeerIdentity) -> Result<(), PeerMismatch> {
+    if peer.role.is_server() {
+        return Err(PeerMismatch::NotADevice { id: peer.id.clone(), role: peer.role });
+    }
+    if peer.id == own.id || peer.public_key == own.public_key {
+        return Err(PeerMismatch::SameDevice { id: peer.id.clone() });
+    }
+    if !(peer.scope.contains(&own.scope) || own.scope.contains(&peer.scope)) {
+        return Err(PeerMismatch::NoOverlap {
+            id: peer.id.clone(),
+            peer_scope: peer.scope.clone(),
+            own_scope: own.scope.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Why an outgoing connection failed.
@@ -349,22 +419,28 @@ pub enum ConnectError {
         /// Our scope.
         own_scope: AdminCode,
     },
-    /// The server's certificate is in our revocation list.
-    #[error("server certificate {serial} of {id} is revoked")]
+    /// The peer's certificate is in our revocation list.
+    #[error("peer certificate {serial} of {id} is revoked")]
     Revoked {
-        /// The server's id.
+        /// The peer's id.
         id: SubjectId,
         /// The revoked serial.
         serial: Serial,
     },
+    /// A device dialing another device found a peer it does not take.
+    #[error("the peer is not a device of this area")]
+    Peer(#[source] PeerMismatch),
 }
 
-/// A server's QUIC endpoint. Yields [`Handshake`]s; a connection is reachable only through
+/// A server's QUIC endpoint, or a device's listening for another device
+/// ([`peer_server_endpoint`]). Yields [`Handshake`]s; a connection is reachable only through
 /// [`Handshake::authenticate`], so no caller can skip the revocation check.
 #[derive(Debug)]
 pub struct ServerEndpoint {
     endpoint: quinn::Endpoint,
     revocations: RevocationHandle,
+    /// A listening device: itself, to check each dialer against ([`check_device_peer`]).
+    device: Option<PeerIdentity>,
 }
 
 /// Binds a server endpoint on `bind` with the server's `bundle` (role county or township).
@@ -379,12 +455,7 @@ pub fn server_endpoint(
     if !bundle.role().is_server() {
         return Err(EndpointError::NotAServer(bundle.role()));
     }
-    if revocations.ca() != bundle.ca() {
-        return Err(EndpointError::CaMismatch {
-            handle: revocations.ca().county().clone(),
-            bundle: bundle.county().clone(),
-        });
-    }
+    check_same_ca(&revocations, bundle)?;
     let provider = provider();
     let roots = Arc::new(root_store(bundle.ca())?);
     // Default builder: a client certificate is required; none means the handshake fails.
@@ -431,7 +502,54 @@ pub fn server_endpoint(
     let socket = server_socket(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| EndpointError::Bind { addr: bind, source })?;
-    Ok(ServerEndpoint { endpoint, revocations })
+    Ok(ServerEndpoint { endpoint, revocations, device: None })
+}
+
+/// Binds a device's endpoint on `bind` that waits for another device of its area
+/// (`fq serve`), presenting `bundle`'s certificate. Dialers must present a certificate from the
+/// bundle's CA, not revoked in `revocations` (the newest list the device knows), and pass
+/// [`check_device_peer`].
+///
+/// Unlike a server's endpoint it has no 0-RTT, no stateless-reset key kept across restarts and
+/// default UDP buffers: one person's phone, one session at a time.
+pub fn peer_server_endpoint(
+    bind: SocketAddr,
+    bundle: &Bundle,
+    revocations: RevocationHandle,
+    net: &NetConfig,
+) -> Result<ServerEndpoint, EndpointError> {
+    if bundle.role().is_server() {
+        return Err(EndpointError::NotADevice(bundle.role()));
+    }
+    check_same_ca(&revocations, bundle)?;
+    let provider = provider();
+    let roots = Arc::new(root_store(bundle.ca())?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(EndpointError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![bundle.certificate_der().clone()], bundle.private_key_der())
+        .map_err(EndpointError::Tls)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport(net)?));
+    let endpoint =
+        quinn::Endpoint::server(config, bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    Ok(ServerEndpoint { endpoint, revocations, device: Some(bundle.identity().clone()) })
+}
+
+fn check_same_ca(revocations: &RevocationHandle, bundle: &Bundle) -> Result<(), EndpointError> {
+    if revocations.ca() != bundle.ca() {
+        return Err(EndpointError::CaMismatch {
+            handle: revocations.ca().county().clone(),
+            bundle: bundle.county().clone(),
+        });
+    }
+    Ok(())
 }
 
 /// A UDP socket bound on `bind` with [`SERVER_UDP_BUFFER_BYTES`] asked for each way.
@@ -468,7 +586,7 @@ impl ServerEndpoint {
     /// in its own task: a handshake over 2G takes seconds.
     pub async fn accept(&self) -> Option<Handshake> {
         let incoming = self.endpoint.accept().await?;
-        Some(Handshake { incoming, revocations: self.revocations.clone() })
+        Some(Handshake { incoming, revocations: self.revocations.clone(), device: self.device.clone() })
     }
 
     /// The revocation list handle; install newer lists through it.
@@ -503,6 +621,7 @@ impl ServerEndpoint {
 pub struct Handshake {
     incoming: quinn::Incoming,
     revocations: RevocationHandle,
+    device: Option<PeerIdentity>,
 }
 
 impl Handshake {
@@ -523,7 +642,7 @@ impl Handshake {
         // Wait for the full handshake, even when the client sent 0-RTT data: that data stays in
         // quinn's buffers until the checks below have passed.
         let connection = connecting.await.map_err(AcceptError::Handshake)?;
-        match check_client(&connection, &self.revocations) {
+        match check_client(&connection, &self.revocations, self.device.as_ref()) {
             Ok(peer) => Ok((connection, peer)),
             Err((code, err)) => {
                 code.close(&connection);
@@ -542,9 +661,12 @@ impl Handshake {
 /// with a ticket for as long as the server remembers the session. Checking the restored
 /// certificate here covers full, resumed and 0-RTT handshakes alike, and reads the list in
 /// force at this moment, so a list installed a second ago already applies.
+///
+/// A listening device (`device`) also takes only another device of its area.
 fn check_client(
     connection: &Connection,
     revocations: &RevocationHandle,
+    device: Option<&PeerIdentity>,
 ) -> Result<PeerIdentity, (CloseCode, AcceptError)> {
     if !negotiated_alpn(connection) {
         return Err((CloseCode::WrongProtocol, AcceptError::WrongProtocol));
@@ -558,15 +680,31 @@ fn check_client(
     if !county.contains(&peer.scope) {
         return Err((CloseCode::WrongPeer, AcceptError::OutsideCounty { scope: peer.scope, county: county.clone() }));
     }
+    if let Some(own) = device {
+        check_device_peer(own, &peer).map_err(|e| (CloseCode::WrongPeer, AcceptError::Peer(e)))?;
+    }
     Ok(peer)
 }
 
-/// A device's (or a township server's) QUIC endpoint for dialling its parent.
+/// A device's (or a township server's) QUIC endpoint for dialling its parent, or a device's
+/// for dialling another device ([`peer_client_endpoint`]).
 #[derive(Debug)]
 pub struct ClientEndpoint {
     endpoint: quinn::Endpoint,
     own: PeerIdentity,
     revocations: RevocationHandle,
+    /// Whom this endpoint dials.
+    dials: Dials,
+}
+
+/// Whom a client endpoint dials.
+#[derive(Debug, Clone)]
+enum Dials {
+    /// Its parent server. A device's certificate met instead is noted here by the verifier
+    /// ([`ServerVerifier`]), so a failed handshake can say that the address is a device.
+    Parent(Arc<Mutex<Option<PeerIdentity>>>),
+    /// Another device of its area.
+    Device,
 }
 
 /// Binds a client endpoint on `bind` (use port 0) presenting `bundle`'s certificate. Servers
@@ -575,32 +713,202 @@ pub struct ClientEndpoint {
 pub fn client_endpoint(bind: SocketAddr, bundle: &Bundle, net: &NetConfig) -> Result<ClientEndpoint, EndpointError> {
     let revocations =
         RevocationHandle::new(bundle.ca().clone(), bundle.revocations().clone()).map_err(EndpointError::Revocations)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let roots = Arc::new(root_store(bundle.ca())?);
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let as_device = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = ServerVerifier { webpki, as_device, device_seen: Arc::clone(&seen) };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(EndpointError::Tls)?
-        .with_root_certificates(root_store(bundle.ca())?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![bundle.certificate_der().clone()], bundle.private_key_der())
         .map_err(EndpointError::Tls)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = true;
+    let endpoint = client_quinn(bind, tls, net)?;
+    Ok(ClientEndpoint { endpoint, own: bundle.identity().clone(), revocations, dials: Dials::Parent(seen) })
+}
+
+/// Binds a device's client endpoint on `bind` (use port 0) for dialling another device of its
+/// area that runs `fq serve`, presenting `bundle`'s certificate. The listener's certificate is
+/// checked against the bundle's CA as a server checks a client's (a device certificate is for
+/// client authentication only and names no DNS name), then against `revocations` (the newest
+/// list the device knows) and [`check_device_peer`]. No 0-RTT: one dial per `fq sync --peer`.
+pub fn peer_client_endpoint(
+    bind: SocketAddr,
+    bundle: &Bundle,
+    revocations: RevocationHandle,
+    net: &NetConfig,
+) -> Result<ClientEndpoint, EndpointError> {
+    if bundle.role().is_server() {
+        return Err(EndpointError::NotADevice(bundle.role()));
+    }
+    check_same_ca(&revocations, bundle)?;
+    let provider = provider();
+    let roots = Arc::new(root_store(bundle.ca())?);
+    let as_device = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(EndpointError::Tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DeviceVerifier(as_device)))
+        .with_client_auth_cert(vec![bundle.certificate_der().clone()], bundle.private_key_der())
+        .map_err(EndpointError::Tls)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let endpoint = client_quinn(bind, tls, net)?;
+    Ok(ClientEndpoint { endpoint, own: bundle.identity().clone(), revocations, dials: Dials::Device })
+}
+
+fn client_quinn(
+    bind: SocketAddr,
+    tls: rustls::ClientConfig,
+    net: &NetConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
     let quic = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport(net)?));
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
-    Ok(ClientEndpoint { endpoint, own: bundle.identity().clone(), revocations })
+    Ok(endpoint)
+}
+
+/// How a client checks its parent's certificate: rustls' WebPKI server verifier for
+/// [`SERVER_NAME`] with the county CA as the only root, unchanged. When that fails on a
+/// certificate that is a person's device of the same CA (someone gave `fq sync --server` the
+/// address of a device running `fq serve`), the device's identity is noted, so the error can
+/// say what answered instead of a bare TLS failure. The verdict is never changed.
+#[derive(Debug)]
+struct ServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    as_device: Arc<dyn ClientCertVerifier>,
+    device_seen: Arc<Mutex<Option<PeerIdentity>>>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if verdict.is_err()
+            && self.as_device.verify_client_cert(end_entity, intermediates, now).is_ok()
+            && let Ok(device) = PeerIdentity::from_der(end_entity.as_ref())
+            && !device.role.is_server()
+            && let Ok(mut seen) = self.device_seen.lock()
+        {
+            *seen = Some(device);
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// How a dialing device checks the device it dials. A device certificate carries only the
+/// client-authentication purpose and no DNS name, so rustls' server verifier refuses it; it is
+/// checked instead exactly as a server checks a client's: chained to the county CA (the only
+/// root), valid now, for client authentication. The server name is not checked: who the peer
+/// is comes from its certificate's identity, checked after the handshake
+/// ([`check_device_peer`], revocation). Handshake signatures are checked by the same verifier.
+#[derive(Debug)]
+struct DeviceVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ServerCertVerifier for DeviceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now).map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 impl ClientEndpoint {
-    /// Connects to the server at `addr` (server name [`SERVER_NAME`]) and checks that it is a
-    /// county or township server whose scope contains ours and whose certificate is not revoked.
-    /// Resumes an earlier TLS session with that server when one is remembered.
+    /// Connects to the peer at `addr` and checks it: for a parent (server name
+    /// [`SERVER_NAME`]), a county or township server whose scope contains ours; for a device
+    /// ([`peer_client_endpoint`]), another device of our area ([`check_device_peer`]). Either
+    /// way its certificate must not be revoked. Resumes an earlier TLS session with that peer
+    /// when one is remembered.
     pub async fn connect(&self, addr: SocketAddr) -> Result<(Connection, PeerIdentity), ConnectError> {
+        if let Dials::Parent(seen) = &self.dials
+            && let Ok(mut seen) = seen.lock()
+        {
+            *seen = None;
+        }
         let connecting =
             self.endpoint.connect(addr, SERVER_NAME).map_err(|source| ConnectError::Start { addr, source })?;
-        let connection = connecting.await.map_err(|source| ConnectError::Handshake { addr, source })?;
-        match self.check_server(&connection) {
-            Ok(server) => Ok((connection, server)),
+        let connection = match connecting.await {
+            Ok(connection) => connection,
+            Err(source) => {
+                // A device's certificate where a server was expected: say so.
+                if let Dials::Parent(seen) = &self.dials
+                    && let Some(device) = seen.lock().ok().and_then(|mut s| s.take())
+                {
+                    return Err(ConnectError::NotAServer { id: device.id, role: device.role });
+                }
+                return Err(ConnectError::Handshake { addr, source });
+            }
+        };
+        match self.check_peer(&connection) {
+            Ok(peer) => Ok((connection, peer)),
             Err((code, err)) => {
                 code.close(&connection);
                 Err(err)
@@ -608,7 +916,7 @@ impl ClientEndpoint {
         }
     }
 
-    fn check_server(&self, connection: &Connection) -> Result<PeerIdentity, (CloseCode, ConnectError)> {
+    fn check_peer(&self, connection: &Connection) -> Result<PeerIdentity, (CloseCode, ConnectError)> {
         if !negotiated_alpn(connection) {
             return Err((CloseCode::WrongProtocol, ConnectError::WrongProtocol));
         }
@@ -619,6 +927,10 @@ impl ClientEndpoint {
         // without verifying it again.
         if self.revocations.is_revoked(&server.serial) {
             return Err((CloseCode::Revoked, ConnectError::Revoked { id: server.id, serial: server.serial }));
+        }
+        if let Dials::Device = self.dials {
+            check_device_peer(&self.own, &server).map_err(|e| (CloseCode::WrongPeer, ConnectError::Peer(e)))?;
+            return Ok(server);
         }
         if !server.role.is_server() {
             return Err((CloseCode::WrongPeer, ConnectError::NotAServer { id: server.id, role: server.role }));

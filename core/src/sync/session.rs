@@ -530,7 +530,12 @@ impl Session {
                     // The first answer is the one to the announcement: the
                     // parent's clock as it answered, a moment ago.
                     self.policy_answered = true;
-                    ledger.note_parent_clock(peer_now, now)?;
+                    // Another person's device is no authority on the time (its
+                    // clock may be the wrong one, and an answer file's is as old
+                    // as the file): only a parent server's corrects ours (ADR 34).
+                    if !self.cfg.device_peer {
+                        ledger.note_parent_clock(peer_now, now)?;
+                    }
                     self.events.push_back(Event::PeerClock { peer_minus_ours_ms: peer_now.0.saturating_sub(now.0) });
                 }
                 let Some(bytes) = signed else { return Ok(()) };

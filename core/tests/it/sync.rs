@@ -742,3 +742,49 @@ fn sync_an_edit_while_urgent_changes_wait_sends_each_once_and_acks_only_what_is_
     }
     assert_eq!(c.stats().refused_by_peer, 0, "the township refused a change");
 }
+
+/// Device to device (ADR 43): a township officer's device and the mediator's of one of its
+/// villages. Each gets only what lies in both scopes, and the dialing device does not take the
+/// other device's clock for the time: only a parent server corrects it.
+#[test]
+fn sync_device_peer_sends_only_the_shared_scope_and_leaves_each_clock_alone() {
+    let clock = ManualClock::new(T0);
+    let mut officer = node(&clock, 6, "officer", GrantRole::TownshipOfficer, "532924101");
+    let mut mediator = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut here = new_case("本村的纠纷");
+    here.village = Some(AdminCode::parse("532924101201").unwrap());
+    officer.ledger.create_case(here).unwrap();
+    let mut next_door = new_case("邻村的纠纷");
+    next_door.village = Some(AdminCode::parse("532924101202").unwrap());
+    officer.ledger.create_case(next_door).unwrap();
+    mediator.ledger.create_case(new_case("调解员记录的纠纷")).unwrap();
+    let config = SessionConfig { device_peer: true, ..SessionConfig::default() };
+    let mut c =
+        Session::new(Side::Child, &mediator.ledger, creds(&mediator, Some("532924101")), config.clone(), None, T0)
+            .unwrap();
+    let mut p =
+        Session::new(Side::Parent, &officer.ledger, creds(&officer, Some("532924101201")), config, None, T0).unwrap();
+    // The officer's phone runs an hour ahead.
+    let ahead = Timestamp(T0.0 + 3_600_000);
+    for _ in 0..1_000 {
+        let mut moved = false;
+        while let Some(f) = c.poll_transmit() {
+            moved = true;
+            p.handle_input(&mut officer.ledger, &f, ahead).unwrap();
+        }
+        while let Some(f) = p.poll_transmit() {
+            moved = true;
+            c.handle_input(&mut mediator.ledger, &f, T0).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(c.is_caught_up() && p.is_caught_up(), "sessions did not converge");
+    let titles: Vec<String> = rows(&mediator.ledger).into_iter().map(|r| r.title).collect();
+    assert_eq!(titles.len(), 2, "{titles:?}");
+    assert!(!titles.iter().any(|t| t == "邻村的纠纷"), "{titles:?}");
+    assert_eq!(rows(&officer.ledger).len(), 3);
+    assert_eq!(mediator.ledger.time_source(), fq_core::ledger::TimeSource::Local);
+    assert!(events(&mut c).iter().any(|e| matches!(e, Event::PeerClock { .. })));
+}

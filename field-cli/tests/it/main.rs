@@ -11,6 +11,7 @@ mod harness;
 mod input;
 mod language;
 mod lifecycle;
+mod peer;
 // The `fq-server` process guard, shared with fq-sync-server's tests.
 #[path = "../../../sync-server/tests/it/process.rs"]
 mod process;

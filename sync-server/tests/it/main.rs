@@ -7,6 +7,7 @@ mod county;
 mod language;
 mod limits;
 mod lossy;
+mod peer;
 mod process;
 mod relay;
 mod report;
