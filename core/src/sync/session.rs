@@ -531,9 +531,10 @@ impl Session {
                     // parent's clock as it answered, a moment ago.
                     self.policy_answered = true;
                     // Another person's device is no authority on the time (its
-                    // clock may be the wrong one, and an answer file's is as old
-                    // as the file): only a parent server's corrects ours (ADR 34).
-                    if !self.cfg.device_peer {
+                    // clock may be the wrong one), and a file's clock reading is
+                    // as old as the file, hours or days by the time it is read:
+                    // only a parent server's, live, corrects ours (ADR 34).
+                    if !self.cfg.device_peer && !self.cfg.one_way {
                         ledger.note_parent_clock(peer_now, now)?;
                     }
                     self.events.push_back(Event::PeerClock { peer_minus_ours_ms: peer_now.0.saturating_sub(now.0) });

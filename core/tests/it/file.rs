@@ -195,3 +195,24 @@ fn file_answer_to_the_file_of_a_replaced_phone_is_refused_whole() {
         file::import(&mut old.ledger, &creds(&old.grant, &old.key), &answer, clock.now(), entropy(4)).unwrap();
     assert!(back.acknowledged);
 }
+
+#[test]
+fn file_answer_read_hours_later_does_not_set_the_devices_clock() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    sync(&mut dev, &mut town, clock.now());
+    dev.ledger.create_case(new_case("离线记录")).unwrap();
+    let to = file::upstream_receiver(&dev.ledger).unwrap().expect("the township's grant is known");
+    let (out, _) = file::write(&mut dev.ledger, &creds(&dev.grant, &dev.key), &to, clock.now(), entropy(1)).unwrap();
+    let (answer, _) =
+        file::import(&mut town.ledger, &creds(&town.grant, &town.key), &out, clock.now(), entropy(2)).unwrap();
+    // The mediator walks back to the village: the answer is read five hours after it was written.
+    clock.set(fq_core::clock::Timestamp(clock.now().0 + 5 * 3_600_000));
+    file::import(&mut dev.ledger, &creds(&dev.grant, &dev.key), &answer.unwrap(), clock.now(), entropy(3)).unwrap();
+    assert_eq!(
+        dev.ledger.time_source(),
+        fq_core::ledger::TimeSource::Local,
+        "the file's old clock reading is not the time"
+    );
+}
