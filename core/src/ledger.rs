@@ -1374,6 +1374,12 @@ impl Ledger {
         entries.into_iter().map(|e| self.log_entry_change(e, &mut listed)).collect()
     }
 
+    /// How many changes this ledger's log holds after position `after` in cases inside
+    /// `scope` (what a session from that position would offer, echoes included).
+    pub fn count_changes_after(&self, after: i64, scope: &AdminCode) -> Result<u64, LedgerError> {
+        Ok(self.store.count_log_after_within(after, scope.as_str())?)
+    }
+
     /// The highest position in this ledger's change log.
     pub fn log_head(&self) -> Result<i64, LedgerError> {
         Ok(self.store.log_head()?)

@@ -1055,6 +1055,21 @@ impl Store {
         rows.map(|r| r.map_err(sq("read log")).and_then(ParseLog::parse)).collect()
     }
 
+    /// How many log rows after `after` belong to cases inside `scope` (a division code prefix).
+    pub fn count_log_after_within(&self, after: i64, scope: &str) -> Result<u64, StoreError> {
+        let end = format!("{scope}~");
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE k.village >= ?1 AND k.village < ?2 AND c.log_seq > ?3",
+            )
+            .map_err(sq("prepare log count"))?
+            .query_row(params![scope, end, after], |r| r.get(0))
+            .map_err(sq("count log"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Log rows after `after` of the urgent cases inside `scope` (a division
     /// code prefix), most urgent class first, oldest first within a class: 0
     /// high risk (民转刑), 1 an escalation waiting to be accepted. At most

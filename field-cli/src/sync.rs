@@ -150,23 +150,42 @@ pub(crate) fn progress_bar(json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {wide_bar} {pos}/{len}") {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {wide_bar}") {
         bar.set_style(style);
     }
     bar.enable_steady_tick(TICK);
     bar
 }
 
+/// The bar follows what dominates the sync: the changes this device sends, or, when the server
+/// has more to bring (a new or replaced phone's first sync), the bytes received and about how
+/// many are left (the server's count of changes to come at the bytes a change has cost so far).
 pub(crate) fn show(bar: &ProgressBar, lang: Lang, p: &Progress) {
+    let again = p.reconnects > 0;
+    if p.to_receive > p.to_send && p.to_receive > 0 {
+        let left_changes = p.to_receive.saturating_sub(p.received);
+        let per_change = p.bytes_in.checked_div(p.received).unwrap_or(0);
+        let left = left_changes.saturating_mul(per_change);
+        bar.set_length(p.bytes_in.saturating_add(left).max(1));
+        bar.set_position(p.bytes_in);
+        let (done, left) = (render::bytes(p.bytes_in), render::bytes(left));
+        let (got, of) = (p.received, p.to_receive);
+        bar.set_message(match (lang, again) {
+            (Lang::Zh, false) => format!("正在接收：{got}/{of} 条修改，已收 {done}，约剩 {left}"),
+            (Lang::Zh, true) => format!("重新连上后继续接收：{got}/{of} 条修改，已收 {done}，约剩 {left}"),
+            (Lang::En, false) => format!("receiving: {got}/{of} changes, {done} in, about {left} left"),
+            (Lang::En, true) => format!("reconnected, receiving on: {got}/{of} changes, {done} in, about {left} left"),
+        });
+        return;
+    }
     bar.set_length(p.to_send);
     bar.set_position(p.sent);
-    bar.set_message(match (lang, p.reconnects) {
-        (Lang::Zh, 0) => format!("同步中：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
-        (Lang::Zh, _) => format!("连接断开后已重新连上，继续同步：已发送 {} 条，已接收 {} 条修改", p.sent, p.received),
-        (Lang::En, 0) => format!("syncing: {} changes sent, {} received", p.sent, p.received),
-        (Lang::En, _) => {
-            format!("reconnected after the link broke, syncing on: {} sent, {} received", p.sent, p.received)
-        }
+    let (sent, of, got) = (p.sent, p.to_send, p.received);
+    bar.set_message(match (lang, again) {
+        (Lang::Zh, false) => format!("同步中：已发送 {sent}/{of} 条，已接收 {got} 条修改"),
+        (Lang::Zh, true) => format!("连接断开后已重新连上，继续同步：已发送 {sent}/{of} 条，已接收 {got} 条修改"),
+        (Lang::En, false) => format!("syncing: {sent}/{of} changes sent, {got} received"),
+        (Lang::En, true) => format!("reconnected after the link broke, syncing on: {sent}/{of} sent, {got} received"),
     });
 }
 

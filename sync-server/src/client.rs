@@ -105,6 +105,9 @@ pub struct Progress {
     pub to_send: u64,
     /// Changes received and applied.
     pub received: u64,
+    /// About how many changes the server said this sync would bring, those received before a
+    /// redial included (0: it did not say; a server older than protocol version 3).
+    pub to_receive: u64,
     /// Bytes sent.
     pub bytes_out: u64,
     /// Bytes received.
@@ -485,6 +488,7 @@ impl Dialed {
                 sent: before.sent + s.sent,
                 to_send: (before.sent + to_send).max(before.sent + s.sent),
                 received: before.received + s.received,
+                to_receive: if s.to_receive > 0 { before.received + s.to_receive } else { 0 },
                 bytes_out: before.bytes_out + s.bytes_out,
                 bytes_in: before.bytes_in + s.bytes_in,
                 reconnects,

@@ -687,7 +687,7 @@ fn error_chain_text(e: &dyn std::error::Error) -> String {
 }
 
 fn log_end(id: SessionId, live: &Live, reason: &str, caught_up: bool) {
-    let Stats { sent, received, duplicates, refused_by_peer, refused_here, bytes_out, bytes_in } =
+    let Stats { sent, received, duplicates, refused_by_peer, refused_here, bytes_out, bytes_in, .. } =
         live.session.stats().clone();
     info!(
         session = id,

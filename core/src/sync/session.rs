@@ -290,6 +290,9 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Bytes received.
     pub bytes_in: u64,
+    /// About how many changes the parent said it would send in this session (0: it did not
+    /// say: a version 1 or 2 parent, or the child side of nothing).
+    pub to_receive: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -784,7 +787,12 @@ impl Session {
                     self.policy_announced = true;
                 }
                 self.send_own_grant()?;
-                self.start_from(ledger, have)
+                self.start_from(ledger, have)?;
+                self.send_outlook(ledger)
+            }
+            (State::Streaming, Message::Outlook { changes }) if self.side == Side::Child => {
+                self.stats.to_receive = changes;
+                Ok(())
             }
             (State::Streaming, Message::Grant { bytes }) => {
                 // A grant that does not verify is ignored: changes signed by
@@ -902,6 +910,17 @@ impl Session {
             self.inspected = Some(ledger.digest(&scope)?);
         }
         Ok(self.inspected.as_deref().unwrap_or_default())
+    }
+
+    /// Tells a child how many changes are coming (version 3, in a live session): what our log
+    /// holds after its position in its scope. Nothing when a recovery digest went instead.
+    fn send_outlook(&mut self, ledger: &Ledger) -> Result<(), SessionError> {
+        if self.side != Side::Parent || self.version < 3 || self.cfg.one_way || self.digest_sent {
+            return Ok(());
+        }
+        let scope = self.peer_scope()?;
+        let changes = ledger.count_changes_after(self.next_seq, &scope)?;
+        self.send(&Message::Outlook { changes })
     }
 
     fn send_own_grant(&mut self) -> Result<(), SessionError> {

@@ -36,7 +36,7 @@ pub use crate::doc::MAX_CHANGE_BYTES;
 
 /// The protocol version this build speaks best. Version 2 adds [`Message::Pack`], the
 /// compressed push with signed runs (`docs/PROTOCOL.md`); every other message is the same.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
@@ -101,6 +101,8 @@ const KIND_CHANGE_LIST: u8 = 14;
 /// the change-carrying kinds, whose encoding may be reworked on its own.
 const KIND_POLICY: u8 = 20;
 const KIND_PACK: u8 = 30;
+/// How many changes the parent is about to send (version 3).
+const KIND_OUTLOOK: u8 = 31;
 
 const FLAG_SIGNER: u8 = 0b01;
 const FLAG_SIGNATURE: u8 = 0b10;
@@ -382,6 +384,14 @@ pub enum Message {
         /// The cases, at most [`MAX_WANT_CASES`], each with at most [`MAX_HEADS_PER_CASE`] heads.
         cases: Vec<(CaseId, Vec<Hash>)>,
     },
+    /// How many changes the parent is about to send in this session, about (it counts its
+    /// log after the child's position in the child's scope; changes the child holds already
+    /// are among them). Sent once, after the parent's Hello; version 3 or later. The child
+    /// shows it as progress and relies on it for nothing else.
+    Outlook {
+        /// Changes to come.
+        changes: u64,
+    },
     /// The sender has nothing more to send now.
     Done {
         /// The sender's log head.
@@ -485,6 +495,7 @@ impl Message {
             Message::Digest { .. } => "digest",
             Message::Want { .. } => "want",
             Message::Done { .. } => "done",
+            Message::Outlook { .. } => "outlook",
             Message::Error { .. } => "error",
             Message::Inspect { .. } => "inspect",
             Message::SumsQuery { .. } => "sums query",
@@ -506,6 +517,7 @@ impl Message {
             Message::Digest { .. } => KIND_DIGEST,
             Message::Want { .. } => KIND_WANT,
             Message::Done { .. } => KIND_DONE,
+            Message::Outlook { .. } => KIND_OUTLOOK,
             Message::Error { .. } => KIND_ERROR,
             Message::Inspect { .. } => KIND_INSPECT,
             Message::SumsQuery { .. } => KIND_SUMS_QUERY,
@@ -657,7 +669,11 @@ pub enum DecodeError {
 ///
 /// Refuses (naming the limit) any frame that [`decode`] would refuse.
 pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
-    let version = if matches!(msg, Message::Pack { .. }) { 2 } else { 1 };
+    let version = match msg {
+        Message::Pack { .. } => 2,
+        Message::Outlook { .. } => 3,
+        _ => 1,
+    };
     encode_with(msg, version)
 }
 
@@ -668,6 +684,9 @@ pub fn encode_with(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
     let version = match msg {
         Message::Hello { .. } | Message::Error { .. } => 1,
         Message::Pack { .. } if version < 2 => return Err(EncodeError::BadValue { what: "pack needs version 2" }),
+        Message::Outlook { .. } if version < 3 => {
+            return Err(EncodeError::BadValue { what: "outlook needs version 3" });
+        }
         _ => version,
     };
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -751,6 +770,7 @@ pub fn encode_with(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
             check_position(*log_head, "log head").map_err(|what| EncodeError::BadValue { what })?;
             w.i64(*log_head)?;
         }
+        Message::Outlook { changes } => w.u64(*changes)?,
         Message::Error { code, text } => {
             w.u16(code.code())?;
             w.string("error text", text, MAX_TEXT_BYTES)?;
@@ -1044,6 +1064,8 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     let msg = match kind {
         KIND_PACK if version < 2 => return Err(DecodeError::UnknownKind { kind }),
         KIND_PACK => decode_pack(&mut r)?,
+        KIND_OUTLOOK if version < 3 => return Err(DecodeError::UnknownKind { kind }),
+        KIND_OUTLOOK => Message::Outlook { changes: r.u64("outlook changes")? },
         KIND_HELLO => decode_hello(&mut r)?,
         KIND_GRANT => Message::Grant { bytes: r.bytes("grant", MAX_GRANT_BYTES)?.to_vec() },
         KIND_PUSH => decode_push(&mut r)?,
@@ -1668,6 +1690,7 @@ mod tests {
             Message::Digest { part: 0, last: true, entries: vec![(case(1), [1; 32]), (case(2), [2; 32])] },
             Message::Want { cases: vec![(case(1), vec![[1; 32], [2; 32]]), (case(9), vec![])] },
             Message::Done { log_head: 1234 },
+            Message::Outlook { changes: 10_001 },
             Message::Error { code: ErrorCode::Unauthorized, text: "scope not granted".into() },
             Message::Error { code: ErrorCode::Other(999), text: String::new() },
             Message::Policy { now: Timestamp(1_790_000_000_000), version: 0, signed: None },
@@ -1839,8 +1862,14 @@ mod tests {
     #[test]
     fn decode_refuses_bad_versions_kinds_and_values() {
         assert_eq!(decode(&[]), Err(DecodeError::Truncated { what: "version" }));
-        assert_eq!(decode(&[3, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 3 }));
+        assert_eq!(decode(&[4, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 4 }));
         assert_eq!(decode(&[1, KIND_PACK]), Err(DecodeError::UnknownKind { kind: KIND_PACK }));
+        // An Outlook is version 3's: a version 2 frame of that kind is not one.
+        assert_eq!(
+            decode(&[2, KIND_OUTLOOK, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::UnknownKind { kind: KIND_OUTLOOK })
+        );
+        assert!(matches!(encode_with(&Message::Outlook { changes: 1 }, 2), Err(EncodeError::BadValue { .. })));
         assert_eq!(decode(&[PROTOCOL_VERSION, 0]), Err(DecodeError::UnknownKind { kind: 0 }));
         assert_eq!(decode(&[PROTOCOL_VERSION, 15]), Err(DecodeError::UnknownKind { kind: 15 }));
 
@@ -2073,8 +2102,10 @@ mod tests {
     fn negotiate_version_picks_the_highest_common() {
         assert_eq!(negotiate_version(1, 1), Some(1));
         assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_VERSION));
-        assert_eq!(negotiate_version(2, 5), Some(2));
-        assert_eq!(negotiate_version(3, 5), None);
+        assert_eq!(negotiate_version(2, 5), Some(3));
+        assert_eq!(negotiate_version(1, 2), Some(2));
+        assert_eq!(negotiate_version(3, 5), Some(3));
+        assert_eq!(negotiate_version(4, 5), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 }

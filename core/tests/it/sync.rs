@@ -788,3 +788,25 @@ fn sync_device_peer_sends_only_the_shared_scope_and_leaves_each_clock_alone() {
     assert_eq!(mediator.ledger.time_source(), fq_core::ledger::TimeSource::Local);
     assert!(events(&mut c).iter().any(|e| matches!(e, Event::PeerClock { .. })));
 }
+
+#[test]
+fn sync_tells_a_new_device_how_many_changes_are_coming() {
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut grid = node(&clock, 3, "dev-a", GrantRole::GridWorker, "532924101201");
+    let mut elsewhere = node(&clock, 5, "dev-c", GrantRole::GridWorker, "532924101202");
+    for i in 0..4 {
+        grid.ledger.create_case(new_case(&format!("本村纠纷{i}"))).unwrap();
+    }
+    elsewhere.ledger.create_case(new_case("邻村纠纷")).unwrap();
+    sync(&mut grid, &mut town, clock.now());
+    sync(&mut elsewhere, &mut town, clock.now());
+    // A new phone of the first village: the township counts what lies in its village only.
+    let mut fresh = node(&clock, 4, "dev-b", GrantRole::Mediator, "532924101201");
+    let (c, _) = sync(&mut fresh, &mut town, clock.now());
+    assert_eq!(c.stats().to_receive, 4, "the township's count of what the new phone lacks");
+    assert_eq!(c.stats().received, 4);
+    // Once caught up, nothing more is coming.
+    let (again, _) = sync(&mut fresh, &mut town, clock.now());
+    assert_eq!(again.stats().to_receive, 0);
+}
