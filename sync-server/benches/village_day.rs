@@ -34,7 +34,7 @@ use fq_core::doc::FieldEdit;
 use fq_core::ledger::{InitOptions, Ledger, LedgerOptions, NewCase, Tier};
 use fq_core::trust::GrantRole;
 use fq_sync_server::ca::{Bundle, CertificateAuthority};
-use fq_sync_server::client::{SyncOptions, sync_once};
+use fq_sync_server::client::{SyncOptions, dial, sync_once};
 use fq_sync_server::config::ServerConfig;
 use fq_sync_server::server;
 use relay::{LinkSettings, Relay};
@@ -188,10 +188,19 @@ async fn one_run(dir: &Path, seed: u64) -> Outcome {
         ..LinkSettings::default()
     });
     let began = Instant::now();
-    let report = sync_once(&mut ledger, &bundle, relay.addr(), &SyncOptions::default(), |_| {})
-        .await
-        .expect("the village day synced");
+    let dialed = dial(&bundle, relay.addr(), &SyncOptions::default()).await.expect("dialed the township");
+    let handshake = began.elapsed();
+    let (report, hang_up) = dialed.sync_then_hang_up(&mut ledger, |_| {}).await;
+    let session = began.elapsed() - handshake;
+    hang_up.wait().await;
+    let report = report.expect("the village day synced");
     let took = began.elapsed();
+    println!(
+        "  handshake {:.2} s, session {:.2} s, hang-up {:.2} s",
+        handshake.as_secs_f64(),
+        session.as_secs_f64(),
+        (took - handshake - session).as_secs_f64()
+    );
     relay.shutdown().await;
     stop.send(()).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(30), running).await;

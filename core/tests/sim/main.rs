@@ -158,9 +158,11 @@ fn sim_catches_dropped_changes_with_missing_dependencies() {
     // A dropped change was acknowledged as kept: caught when the ack goes
     // out, or at the end when the change is missing downstream.
     // Few seeds deliver a change before its dependencies in a way that the
-    // bug turns into a loss (found scanning seeds 41..600: 68 and 71); those
+    // bug turns into a loss (found scanning seeds 41..700: 46 and 241); those
     // run too, so the check does not depend on the luck of the first 40.
-    assert_caught_in(Bug::DropMissingDeps, &["acknowledged but not held", "missing at"], &[68, 71]);
+    // Any change to what a seed draws moves them: scan again
+    // (`&(41..700).collect::<Vec<_>>()` prints the seeds that catch it).
+    assert_caught_in(Bug::DropMissingDeps, &["acknowledged but not held", "missing at"], &[46, 241]);
 }
 
 #[test]
@@ -181,8 +183,8 @@ fn sim_catches_compare_that_drops_cases() {
 #[test]
 fn sim_catches_an_older_policy_installed() {
     // An older policy reaches a replica that holds a newer one in few seeds
-    // (found scanning seeds 41..600: 44 and 71); those run too.
-    assert_caught_in(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"], &[44, 71]);
+    // (found scanning seeds 41..700: 158; seed 5 of the first 40 does too).
+    assert_caught_in(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"], &[158]);
 }
 
 #[test]
