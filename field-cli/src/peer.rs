@@ -121,7 +121,10 @@ pub(crate) fn serve(
     runtime.block_on(async {
         // Registered before binding: Ctrl-C or SIGTERM right after the address is shown must
         // end the listener cleanly, not kill the process mid-session.
-        let shutdown = shutdown_signal()?;
+        let signal = fq_sync_server::signal::shutdown().context("cannot listen for SIGTERM and SIGINT")?;
+        let shutdown = async move {
+            signal.await;
+        };
         let listener = peer::listen(bind, &bundle, revocations, &ServeOptions::default())
             .map_err(|source| PeerError::Listen { addr: bind, source })?;
         let local = listener.local_addr().context("reading the listening address")?;
@@ -170,26 +173,4 @@ fn shown_address(local: SocketAddr) -> SocketAddr {
         Ok(addr) if !addr.ip().is_unspecified() && !addr.ip().is_loopback() => SocketAddr::new(addr.ip(), local.port()),
         _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), local.port()),
     }
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
-/// Completes on Ctrl-C.
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }

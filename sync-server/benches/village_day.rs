@@ -56,6 +56,16 @@ fn code(s: &str) -> AdminCode {
     s.parse().unwrap()
 }
 
+/// The link of a village on 2G: 64 kbit/s each way, 10 % loss each way, 300 ms round trip.
+fn two_g(relay: &Relay) {
+    relay.control().set(LinkSettings {
+        loss: LOSS,
+        delay: DELAY,
+        rate_bytes_per_sec: Some(RATE_BYTES_PER_SEC),
+        ..LinkSettings::default()
+    });
+}
+
 /// An empty device of `bundle`, in memory.
 fn device(bundle: &Bundle) -> Ledger {
     let init = InitOptions {
@@ -109,6 +119,38 @@ fn record(ledger: &mut Ledger, cases: usize, edits: usize) {
     }
 }
 
+/// A county CA and a township server of it on 127.0.0.1, with the default settings of
+/// `fq-server run`.
+struct Township {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+impl Township {
+    fn start(dir: &Path, now: SystemTime) -> (CertificateAuthority, Township) {
+        let ca = CertificateAuthority::init(&dir.join("ca"), &code(COUNTY), now).unwrap();
+        let tw_bundle = dir.join("tw-101.bundle.json");
+        ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
+            .unwrap()
+            .save(&tw_bundle)
+            .unwrap();
+        let config = ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), dir.join("tw"), tw_bundle);
+        let bound = server::bind(config).unwrap();
+        let addr = bound.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(bound.run(async {
+            let _ = stopped.await;
+        }));
+        (ca, Township { addr, stop, running })
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.running).await;
+    }
+}
+
 struct Outcome {
     took: Duration,
     bytes_out: u64,
@@ -120,19 +162,8 @@ struct Outcome {
 /// village; then a new device's first sync through the 2G relay.
 async fn first_sync(dir: &Path, cases: usize) -> Outcome {
     let now = SystemTime::now();
-    let ca = CertificateAuthority::init(&dir.join("ca"), &code(COUNTY), now).unwrap();
-    let tw_bundle = dir.join("tw-101.bundle.json");
-    ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
-        .unwrap()
-        .save(&tw_bundle)
-        .unwrap();
-    let config = ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), dir.join("tw"), tw_bundle);
-    let bound = server::bind(config).unwrap();
-    let addr = bound.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(bound.run(async {
-        let _ = stopped.await;
-    }));
+    let (ca, township) = Township::start(dir, now);
+    let addr = township.addr;
     let grid = ca.issue(&"d01".parse().unwrap(), GrantRole::GridWorker, &code(VILLAGE), now).unwrap();
     let mut source = device(&grid);
     record(&mut source, cases, cases * 20);
@@ -142,12 +173,7 @@ async fn first_sync(dir: &Path, cases: usize) -> Outcome {
     let bundle = ca.issue(&"d07".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
     let mut fresh = device(&bundle);
     let relay = Relay::start(addr, 1).await.unwrap();
-    relay.control().set(LinkSettings {
-        loss: LOSS,
-        delay: DELAY,
-        rate_bytes_per_sec: Some(RATE_BYTES_PER_SEC),
-        ..LinkSettings::default()
-    });
+    two_g(&relay);
     let options = SyncOptions { stall_timeout: Duration::from_secs(120), ..SyncOptions::default() };
     let began = Instant::now();
     let report = sync_once(&mut fresh, &bundle, relay.addr(), &options, |_| {}).await.expect("the first sync");
@@ -158,35 +184,17 @@ async fn first_sync(dir: &Path, cases: usize) -> Outcome {
         wire.bytes_down, wire.bytes_up
     );
     relay.shutdown().await;
-    stop.send(()).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+    township.stop().await;
     Outcome { took, bytes_out: report.stats.bytes_out, bytes_in: report.stats.bytes_in, sent: report.stats.received }
 }
 
 async fn one_run(dir: &Path, seed: u64) -> Outcome {
     let now = SystemTime::now();
-    let ca = CertificateAuthority::init(&dir.join("ca"), &code(COUNTY), now).unwrap();
-    let tw_bundle = dir.join("tw-101.bundle.json");
-    ca.issue(&"tw-101".parse().unwrap(), GrantRole::TownshipServer, &code(TOWNSHIP), now)
-        .unwrap()
-        .save(&tw_bundle)
-        .unwrap();
+    let (ca, township) = Township::start(dir, now);
     let bundle = ca.issue(&"d07".parse().unwrap(), GrantRole::Mediator, &code(VILLAGE), now).unwrap();
     let mut ledger = village_day(&bundle);
-    let config = ServerConfig::new(Tier::Township, "127.0.0.1:0".parse().unwrap(), dir.join("tw"), tw_bundle);
-    let bound = server::bind(config).unwrap();
-    let addr = bound.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(bound.run(async {
-        let _ = stopped.await;
-    }));
-    let relay = Relay::start(addr, seed).await.unwrap();
-    relay.control().set(LinkSettings {
-        loss: LOSS,
-        delay: DELAY,
-        rate_bytes_per_sec: Some(RATE_BYTES_PER_SEC),
-        ..LinkSettings::default()
-    });
+    let relay = Relay::start(township.addr, seed).await.unwrap();
+    two_g(&relay);
     let began = Instant::now();
     let dialed = dial(&bundle, relay.addr(), &SyncOptions::default()).await.expect("dialed the township");
     let handshake = began.elapsed();
@@ -202,8 +210,7 @@ async fn one_run(dir: &Path, seed: u64) -> Outcome {
         (took - handshake - session).as_secs_f64()
     );
     relay.shutdown().await;
-    stop.send(()).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+    township.stop().await;
     Outcome { took, bytes_out: report.stats.bytes_out, bytes_in: report.stats.bytes_in, sent: report.stats.sent }
 }
 

@@ -111,5 +111,6 @@ mod policy;
 mod replica;
 pub mod report;
 pub mod server;
+pub mod signal;
 pub mod status;
 mod upstream;

@@ -415,37 +415,18 @@ fn run_server(args: RunArgs, lang: Lang) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
+        // Registered before the server binds: a SIGTERM right after "listening" must shut
+        // down gracefully, not kill the process with the default action.
+        let signal = fq_sync_server::signal::shutdown().context("cannot listen for SIGTERM and SIGINT")?;
+        let shutdown = async move {
+            let name = signal.await;
+            tracing::info!(signal = name, "signal received");
+        };
         let server = server::bind(config)?;
         server.run(shutdown).await.map_err(anyhow::Error::from)
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     served
-}
-
-/// Registers for SIGTERM and SIGINT now, and returns a future that completes
-/// on either. Registering before the server binds matters: a SIGTERM that
-/// arrives right after "listening" must shut down gracefully, not kill the
-/// process with the default action.
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-            _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-        }
-    })
-}
-
-/// Completes on Ctrl-C.
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }
 
 /// `fq-server import`: the file goes to the running server over its import socket; the answer

@@ -458,10 +458,7 @@ pub fn server_endpoint(
     check_same_ca(&revocations, bundle)?;
     let provider = provider();
     let roots = Arc::new(root_store(bundle.ca())?);
-    // Default builder: a client certificate is required; none means the handshake fails.
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let verifier = client_verifier(roots, &provider)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(EndpointError::Tls)?
@@ -518,15 +515,10 @@ pub fn peer_server_endpoint(
     revocations: RevocationHandle,
     net: &NetConfig,
 ) -> Result<ServerEndpoint, EndpointError> {
-    if bundle.role().is_server() {
-        return Err(EndpointError::NotADevice(bundle.role()));
-    }
-    check_same_ca(&revocations, bundle)?;
+    check_device_bundle(&revocations, bundle)?;
     let provider = provider();
     let roots = Arc::new(root_store(bundle.ca())?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let verifier = client_verifier(roots, &provider)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(EndpointError::Tls)?
@@ -540,6 +532,25 @@ pub fn peer_server_endpoint(
     let endpoint =
         quinn::Endpoint::server(config, bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     Ok(ServerEndpoint { endpoint, revocations, device: Some(bundle.identity().clone()) })
+}
+
+/// rustls' WebPKI client-certificate verifier over `roots` (the county CA): a certificate is
+/// required, and none means the handshake fails.
+fn client_verifier(
+    roots: Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, EndpointError> {
+    WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider))
+        .build()
+        .map_err(|e| EndpointError::Verifier(e.to_string()))
+}
+
+/// A device-to-device endpoint is for a person's device, with the revocation list of its CA.
+fn check_device_bundle(revocations: &RevocationHandle, bundle: &Bundle) -> Result<(), EndpointError> {
+    if bundle.role().is_server() {
+        return Err(EndpointError::NotADevice(bundle.role()));
+    }
+    check_same_ca(revocations, bundle)
 }
 
 fn check_same_ca(revocations: &RevocationHandle, bundle: &Bundle) -> Result<(), EndpointError> {
@@ -718,9 +729,7 @@ pub fn client_endpoint(bind: SocketAddr, bundle: &Bundle, net: &NetConfig) -> Re
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
         .build()
         .map_err(|e| EndpointError::Verifier(e.to_string()))?;
-    let as_device = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let as_device = client_verifier(roots, &provider)?;
     let seen = Arc::new(Mutex::new(None));
     let verifier = ServerVerifier { webpki, as_device, device_seen: Arc::clone(&seen) };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -747,15 +756,10 @@ pub fn peer_client_endpoint(
     revocations: RevocationHandle,
     net: &NetConfig,
 ) -> Result<ClientEndpoint, EndpointError> {
-    if bundle.role().is_server() {
-        return Err(EndpointError::NotADevice(bundle.role()));
-    }
-    check_same_ca(&revocations, bundle)?;
+    check_device_bundle(&revocations, bundle)?;
     let provider = provider();
     let roots = Arc::new(root_store(bundle.ca())?);
-    let as_device = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(|e| EndpointError::Verifier(e.to_string()))?;
+    let as_device = client_verifier(roots, &provider)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(EndpointError::Tls)?
