@@ -2401,7 +2401,17 @@ impl Tx<'_> {
         peer_get(&self.tx, replica)
     }
 
-    /// Records that a peer acknowledged this replica's log up to `seq`.
+    /// Moves a peer's acknowledged position back to `seq` if it is further (never forward).
+    pub fn lower_peer_acked(&self, replica: ReplicaId, seq: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE peers SET acked_seq = min(acked_seq, max(?2, 0)) WHERE replica = ?1")
+            .map_err(sq("prepare peer"))?
+            .execute(params![replica.as_bytes(), seq])
+            .map_err(sq("write peer"))?;
+        Ok(())
+    }
+
+    /// Records that a peer acknowledged this replica's log up to `seq` (never moves it back).
     pub fn set_peer_acked(&self, replica: ReplicaId, seq: i64, at: Timestamp) -> Result<(), StoreError> {
         self.tx
             .prepare_cached("UPDATE peers SET acked_seq = max(acked_seq, ?2), last_sync = ?3 WHERE replica = ?1")

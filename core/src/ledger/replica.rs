@@ -306,7 +306,17 @@ impl Ledger {
         })
     }
 
-    /// Records that `peer` acknowledged this ledger's log up to `upto`.
+    /// Takes back what `peer` acknowledged of this ledger's log beyond `holds`: it says it
+    /// holds only that much now (it was restored from a backup since). Never moves forward.
+    pub fn lower_ack(&mut self, peer: ReplicaId, holds: i64) -> Result<(), LedgerError> {
+        self.check_writable()?;
+        let tx = self.store.transaction()?;
+        tx.lower_peer_acked(peer, holds)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that `peer` acknowledged this ledger's log up to `upto` (never moves it back).
     pub fn record_ack(&mut self, peer: &PeerInfo, upto: i64) -> Result<(), LedgerError> {
         self.check_writable()?;
         let now = self.clock.now();

@@ -28,6 +28,7 @@
 //! | 16 | this file's id (random) |
 //! | 16 | the id of the file this one answers (zero: none) |
 //! | 8 | written at (ms since the epoch, the sender's clock) |
+//! | 8 | where the sender's pushes start in its log (the position it last saw acknowledged) |
 //! | 32 | the ephemeral X25519 public key |
 //! | 24 | the XChaCha20-Poly1305 nonce |
 //! | 4 + n | the sealed frames (`u32` length; the AEAD's associated data is every byte above) |
@@ -130,6 +131,8 @@ pub struct FileHeader {
     pub answers: Option<[u8; 16]>,
     /// When it was written, by the sender's clock.
     pub written_at: Timestamp,
+    /// Where the file's pushes start in the sender's log: they carry what comes after it.
+    pub from_seq: i64,
 }
 
 /// Who a file is for, as the writer knows it (from the receiver's grant).
@@ -172,6 +175,7 @@ pub fn seal(
     receiver: &[u8; 32],
     answers: Option<[u8; 16]>,
     written_at: Timestamp,
+    from_seq: i64,
     entropy: [u8; 72],
 ) -> Result<Vec<u8>, FileError> {
     let (id, rest) = entropy.split_at(16);
@@ -191,6 +195,7 @@ pub fn seal(
     out.extend_from_slice(id);
     out.extend_from_slice(&answers.unwrap_or([0; 16]));
     out.extend_from_slice(&written_at.0.to_be_bytes());
+    out.extend_from_slice(&from_seq.to_be_bytes());
     out.extend_from_slice(ephemeral_public.as_bytes());
     out.extend_from_slice(nonce);
     let sealed = XChaCha20Poly1305::new(&key.into())
@@ -248,6 +253,7 @@ fn parse<'a>(bytes: &'a [u8], ca: &VerifyingKey) -> Result<Parsed<'a>, FileError
     let id: [u8; 16] = r.array()?;
     let answers: [u8; 16] = r.array()?;
     let written_at = i64::from_be_bytes(r.array()?);
+    let from_seq = i64::from_be_bytes(r.array()?);
     let ephemeral: [u8; 32] = r.array()?;
     let nonce: [u8; 24] = r.array()?;
     let aad_end = r.at;
@@ -268,6 +274,7 @@ fn parse<'a>(bytes: &'a [u8], ca: &VerifyingKey) -> Result<Parsed<'a>, FileError
         id,
         answers: (answers != [0; 16]).then_some(answers),
         written_at: Timestamp(written_at),
+        from_seq,
     };
     Ok((header, body.get(..aad_end).unwrap_or_default(), nonce, ephemeral, sealed))
 }
@@ -408,7 +415,7 @@ pub fn write(
         ledger.record_ack(&peer, ledger.log_head()?)?;
     }
     let me = ledger.identity().replica;
-    let file = seal(&frames, own_grant, own_key, me, &receiver.key, None, now, entropy)?;
+    let file = seal(&frames, own_grant, own_key, me, &receiver.key, None, now, acked, entropy)?;
     // Remembered (under our own replica id, which no sender has) so that an answer is taken
     // only for a file of this log: a replaced phone has the same key but another log.
     let mut id = [0u8; 16];
@@ -459,12 +466,28 @@ pub fn import(
     // key from an answer, and a peer's from its file).
     ledger.add_grant(&header.sender)?;
     let mut session = Session::new(side, ledger, creds, session_config(device_peer), Some(header.sender_replica), now)?;
+    // The writer started its pushes where it last saw us acknowledge its log. If this replica
+    // holds less of that log now (it was restored from a backup since), the file has a gap:
+    // its changes are taken, but no position is, so nothing after the gap counts as held
+    // (the answer's Hello tells the writer where this replica really stands).
+    let held = ledger.peer(header.sender_replica)?.map_or(0, |p| p.their_seq);
+    if header.answers.is_none() && header.from_seq > held {
+        session.hold_position();
+    }
     let _ours = drain(&mut session);
     for frame in &frames {
-        if let Ok(Message::Hello { replica, .. }) = wire::decode(frame.get(4..).unwrap_or_default())
-            && replica != header.sender_replica
-        {
-            return Err(FileError::Unauthorized { subject: sender.subject.clone(), scope: sender.scope.to_string() });
+        if let Ok(Message::Hello { replica, have, .. }) = wire::decode(frame.get(4..).unwrap_or_default()) {
+            if replica != header.sender_replica {
+                return Err(FileError::Unauthorized {
+                    subject: sender.subject.clone(),
+                    scope: sender.scope.to_string(),
+                });
+            }
+            // An answer says how much of our log its writer holds (before our file): if less
+            // than it acknowledged before (it was restored), the next file starts there.
+            if header.answers.is_some() && !replayed {
+                ledger.lower_ack(replica, have.seq)?;
+            }
         }
         session.handle_input(ledger, frame, now)?;
         collect(&mut session, &mut report);
@@ -476,7 +499,8 @@ pub fn import(
     if header.answers.is_some() {
         return Ok((None, report));
     }
-    let sealed = seal(&answer, own_grant, own_key, me.replica, &sender.public_key, Some(header.id), now, entropy)?;
+    // An answer's pushes start where the file's writer said it holds our log: no gap.
+    let sealed = seal(&answer, own_grant, own_key, me.replica, &sender.public_key, Some(header.id), now, 0, entropy)?;
     report.stats.bytes_out = u64::try_from(sealed.len()).unwrap_or(u64::MAX);
     Ok((Some(sealed), report))
 }

@@ -448,6 +448,13 @@ impl Session {
         Ok(s)
     }
 
+    /// Claims no position for what the peer sends from now on (its pushes may not follow on
+    /// from what this replica holds of its log: a sync file written against a position this
+    /// replica has lost): the changes are taken, the position stays, and the acks say so.
+    pub fn hold_position(&mut self) {
+        self.position_held = true;
+    }
+
     /// The peer, once it has said hello.
     pub fn peer(&self) -> Option<&PeerInfo> {
         self.peer.as_ref()
