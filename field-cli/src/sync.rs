@@ -100,6 +100,13 @@ pub(crate) fn run(
     let report = runtime.block_on(dialed.sync(&mut ledger, |p| show(&bar, lang, p)));
     bar.finish_and_clear();
     let report = report?;
+    // A newer revocation list from the county, through the township: kept, so that `fq serve`
+    // and `fq sync --peer` refuse a revoked phone even where there is no server (ADR 43).
+    if let Some(list) = &report.revocations
+        && list.version() > enroll::newest_revocations(&bundle, dir, None)?.version()
+    {
+        list.save(&dir.join(enroll::REVOCATIONS_FILE))?;
+    }
     // What the server has still not acknowledged (refused changes stay here).
     let waiting = ledger.waiting_for(ledger.upstream()?)?;
     render::sync_summary(out, lang, json, &text, &report, waiting, render::SyncedWith::Server)

@@ -26,6 +26,7 @@
 //! row its own grant names), so the next session with it resumes instead of starting over.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fq_core::audit::{CompareError, CompareReport, Comparison};
@@ -35,7 +36,7 @@ use fq_core::ledger::{Ledger, LedgerError, Tier};
 use fq_core::sync::session::{Credentials, Event, PolicyOutcome, Session, SessionConfig, SessionError, Side, Stats};
 use fq_core::sync::wire::{ErrorCode, Refused};
 
-use crate::ca::{Bundle, PeerIdentity, RevocationHandle};
+use crate::ca::{Bundle, CaCertificate, PeerIdentity, RevocationHandle, RevocationList};
 use crate::net::{
     ClientEndpoint, CloseCode, ConnectError, Connection, ConnectionError, EndpointError, NetConfig, ReadError,
     RecvStream, SendStream, WriteError, client_endpoint, is_refused, peer_client_endpoint,
@@ -135,6 +136,9 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// How many times the link failed during the sync and the server was dialed again.
     pub redials: u32,
+    /// The newest revocation list the server sent that the county CA signed, if it sent one:
+    /// the device keeps it if it is newer than what it knows, to check other devices with.
+    pub revocations: Option<RevocationList>,
 }
 
 /// Why a sync failed.
@@ -413,6 +417,8 @@ impl Dialed {
         let mut so_far = Stats::default();
         let mut told = Told::default();
         let mut redials = 0;
+        let lists = Arc::new(Mutex::new(None));
+        let mut taker = take_revocations(self.connection.clone(), self.bundle.ca().clone(), Arc::clone(&lists));
         let result = loop {
             let (result, stats) = self.attempt(ledger, &mut progress, &so_far, redials, &mut told).await;
             add(&mut so_far, &stats);
@@ -424,7 +430,11 @@ impl Dialed {
                     match connect(&self.endpoint, self.addr, self.options.connect_timeout).await {
                         // The same CA vouches for it, but a different server at that address
                         // (another township) must not get this device's changes.
-                        Ok((connection, server)) if server.id == self.server.id => self.connection = connection,
+                        Ok((connection, server)) if server.id == self.server.id => {
+                            taker.abort();
+                            taker = take_revocations(connection.clone(), self.bundle.ca().clone(), Arc::clone(&lists));
+                            self.connection = connection;
+                        }
                         Ok((connection, _)) => {
                             CloseCode::Done.close(&connection);
                             break Err(e);
@@ -435,6 +445,8 @@ impl Dialed {
                 Err(e) => break Err(e),
             }
         };
+        taker.abort();
+        let revocations = lists.lock().ok().and_then(|mut newest| newest.take());
         let linger = self.connection.rtt().clamp(LINGER_MIN, LINGER_MAX);
         CloseCode::Done.close(&self.connection);
         let report = result.map(|()| SyncReport {
@@ -445,6 +457,7 @@ impl Dialed {
             peer_minus_ours_ms: told.peer_minus_ours_ms,
             elapsed: self.started.elapsed(),
             redials,
+            revocations,
         });
         (report, HangUp { endpoint: self.endpoint, linger })
     }
@@ -592,6 +605,32 @@ impl Driver {
         let _ = tokio::time::timeout(HANG_UP_TIMEOUT, drain(recv)).await;
         Ok(())
     }
+}
+
+/// Takes the revocation lists the server sends on `conn` (each on a stream of its own) while
+/// the sync runs, keeping in `newest` the newest one `ca` signed. A list that does not verify
+/// is dropped: the server relays the county's list, and a device keeps only the county's word.
+fn take_revocations(
+    conn: Connection,
+    ca: CaCertificate,
+    newest: Arc<Mutex<Option<RevocationList>>>,
+) -> tokio::task::JoinHandle<()> {
+    // A device's endpoint takes no unidirectional streams by default; its server may open
+    // these (the list, and a newer one if the county revokes during the sync).
+    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::upstream::REVOCATION_STREAMS));
+    tokio::spawn(async move {
+        while let Ok(recv) = conn.accept_uni().await {
+            let Ok(list) = crate::upstream::read_list(recv).await else { continue };
+            if list.verify(&ca).is_err() {
+                continue;
+            }
+            if let Ok(mut kept) = newest.lock()
+                && kept.as_ref().is_none_or(|k| list.version() > k.version())
+            {
+                *kept = Some(list);
+            }
+        }
+    })
 }
 
 /// What the server told us during a sync, over every session of it (a redial starts another).

@@ -64,10 +64,10 @@ pub const SEND_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
 /// one overlap and bounds what one connection can make the server hold (OPERATIONS.md,
 /// "Limits").
 pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 2;
-/// Unidirectional streams a peer may open by default: none. The one use of them, a county
-/// sending its revocation list down to a township (PROTOCOL.md, "Revocation lists"), is
-/// allowed by the township on the connection it dials (`Connection::set_max_concurrent_uni_streams`),
-/// so a device's endpoint and every server's accepting side still take none.
+/// Unidirectional streams a peer may open by default: none. The one use of them, a server
+/// sending its revocation list down to a township or a device (PROTOCOL.md, "Revocation
+/// lists"), is allowed by the child on the connection it dials
+/// (`Connection::set_max_concurrent_uni_streams`), so every accepting side still takes none.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
 /// RTT assumed before the first measurement. 2G/EDGE round trips are 300-1000 ms; quinn's
 /// default of 333 ms would retransmit the first handshake flight needlessly on such a link.

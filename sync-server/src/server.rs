@@ -818,11 +818,12 @@ async fn connection(handshake: Handshake, _slot: Slot, shared: Arc<Shared>, mut 
             "connection limit per certificate reached; oldest connection closed"
         );
     }
-    // Only servers take lists: a device never checks anyone's certificate but its server's.
-    let sender = peer
-        .role
-        .is_server()
-        .then(|| tokio::spawn(send_revocations(conn.clone(), shared.revocations.subscribe(), peer.id.clone())));
+    // Every peer takes the list: a server checks its children, a device checks the other device
+    // when two sync directly (ADR 43). A device is sent a list only once it names a revoked
+    // certificate: an empty one would only cost it bytes on 2G.
+    let only_if_any = !peer.role.is_server();
+    let sender =
+        tokio::spawn(send_revocations(conn.clone(), shared.revocations.subscribe(), peer.id.clone(), only_if_any));
     let mut streams = JoinSet::new();
     let ended = loop {
         tokio::select! {
@@ -848,23 +849,32 @@ async fn connection(handshake: Handshake, _slot: Slot, shared: Arc<Shared>, mut 
         while streams.join_next().await.is_some() {}
     }
     shared.connections.remove(conn_id);
-    if let Some(sender) = sender {
-        sender.abort();
-    }
+    sender.abort();
     if *stop.borrow() {
         CloseCode::ShuttingDown.close(&conn);
     }
     info!(%remote, peer = %peer.id, reason = %ended, "connection closed");
 }
 
-/// Sends the list in force to a child server on a new unidirectional stream, at once and again
-/// each time a newer list is installed, until the connection ends. A list the child does not
-/// take in time is logged and not retried: the next list, or the next connection, sends it.
-async fn send_revocations(conn: Connection, mut in_force: watch::Receiver<Arc<RevocationList>>, peer: SubjectId) {
+/// Sends the list in force to a child on a new unidirectional stream, at once and again each
+/// time a newer list is installed, until the connection ends; with `only_if_any`, a list that
+/// revokes nothing is not sent. A list the child does not take in time is logged and not
+/// retried: the next list, or the next connection, sends it.
+async fn send_revocations(
+    conn: Connection,
+    mut in_force: watch::Receiver<Arc<RevocationList>>,
+    peer: SubjectId,
+    only_if_any: bool,
+) {
     loop {
         let list = Arc::clone(&in_force.borrow_and_update());
         let version = list.version();
-        match send_list(&conn, &list, REVOCATION_SEND_TIMEOUT).await {
+        let sent = if only_if_any && list.serials().is_empty() {
+            Ok(())
+        } else {
+            send_list(&conn, &list, REVOCATION_SEND_TIMEOUT).await
+        };
+        match sent {
             Ok(()) => debug!(%peer, version, "revocation list sent"),
             Err(SendListError::Open(_)) => return,
             Err(SendListError::TimedOut) => {

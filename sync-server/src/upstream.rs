@@ -42,7 +42,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// sends the list again on the next connection.
 pub(crate) const REVOCATION_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Unidirectional streams the county may have open to us at once: one list at a time.
-const REVOCATION_STREAMS: u32 = 1;
+pub(crate) const REVOCATION_STREAMS: u32 = 1;
 
 /// Everything the dialer needs.
 pub(crate) struct Upstream {
@@ -161,7 +161,7 @@ async fn receive_revocations(conn: &Connection, revocations: &Arc<Revocations>, 
 /// Reads one list from its stream: at most [`MAX_REVOCATION_LIST_BYTES`], within
 /// [`REVOCATION_READ_TIMEOUT`], then parsed (not yet verified). A stream abandoned on error is
 /// stopped when dropped, which gives its flow-control credit back.
-async fn read_list(mut recv: RecvStream) -> Result<RevocationList, String> {
+pub(crate) async fn read_list(mut recv: RecvStream) -> Result<RevocationList, String> {
     let bytes = match tokio::time::timeout(REVOCATION_READ_TIMEOUT, recv.read_to_end(MAX_REVOCATION_LIST_BYTES)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => return Err(format!("cannot read the stream (at most {MAX_REVOCATION_LIST_BYTES} bytes): {e}")),

@@ -319,3 +319,32 @@ fn peer_serve_keeps_what_the_person_writes_between_two_exchanges() {
         assert_eq!(fq.json(&["audit", "verify"])["passed"], true);
     }
 }
+
+/// A phone revoked at the county (lost, say) is refused by a phone of its village that has
+/// synced with its township since: the county's list comes down with the sync and is kept, so
+/// the refusal holds where there is no server.
+#[test]
+fn peer_revoked_phone_is_refused_once_the_list_came_down_with_a_sync() {
+    let county = County::new();
+    let config = write_config(county.dir.path(), Some(&county.ca().join("revocations.json")));
+    let township = county.server("tw-101", "township", TOWNSHIP, None, Some(&config));
+    let tw = township.addr.to_string();
+    let grid = enrolled_device(&county, "d08", "grid-worker", VILLAGE_A, "李四");
+    let lost = enrolled_device(&county, "d07", "mediator", VILLAGE_A, "张三");
+    lost.new_case();
+    county.revoke("d07");
+    township.wait_log("revocation list installed", |l| l["version"] == 1);
+    assert_eq!(sync(&grid, &["--server", &tw]).code, 0);
+    let kept = std::fs::read_to_string(grid.data_dir().join("revocations.json")).unwrap_or_default();
+    assert!(kept.contains("\"version\":1") || kept.contains("\"version\": 1"), "the list came down: {kept}");
+    drop(township);
+    // No server now: the lost phone dials the grid worker's phone.
+    let serving = Serving::start(&grid, true, &[]);
+    let refused = sync_peer(&lost, &serving.addr, &[]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let served = serving.stop();
+    let lines = events(&served);
+    assert!(lines.iter().any(|l| l["event"] == "refused"), "{lines:#?}");
+    assert_eq!(grid.case_count(), 0, "nothing of the revoked phone was taken");
+    assert_eq!(lost.case_count(), 1);
+}
