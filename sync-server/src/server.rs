@@ -869,18 +869,15 @@ async fn send_revocations(
     loop {
         let list = Arc::clone(&in_force.borrow_and_update());
         let version = list.version();
-        let sent = if only_if_any && list.serials().is_empty() {
-            Ok(())
-        } else {
-            send_list(&conn, &list, REVOCATION_SEND_TIMEOUT).await
-        };
-        match sent {
-            Ok(()) => debug!(%peer, version, "revocation list sent"),
-            Err(SendListError::Open(_)) => return,
-            Err(SendListError::TimedOut) => {
-                warn!(%peer, version, after = ?REVOCATION_SEND_TIMEOUT, "revocation list not taken in time")
+        if !(only_if_any && list.serials().is_empty()) {
+            match send_list(&conn, &list, REVOCATION_SEND_TIMEOUT).await {
+                Ok(()) => debug!(%peer, version, "revocation list sent"),
+                Err(SendListError::Open(_)) => return,
+                Err(SendListError::TimedOut) => {
+                    warn!(%peer, version, after = ?REVOCATION_SEND_TIMEOUT, "revocation list not taken in time")
+                }
+                Err(e) => warn!(%peer, version, error = %error_chain(&e), "revocation list not sent"),
             }
-            Err(e) => warn!(%peer, version, error = %error_chain(&e), "revocation list not sent"),
         }
         tokio::select! {
             changed = in_force.changed() => if changed.is_err() { return },

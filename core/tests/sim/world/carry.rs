@@ -204,7 +204,7 @@ impl World {
         if server {
             self.nodes[r].ledger().begin_group().map_err(|e| e.to_string())?;
         }
-        let before = (self.nodes[r].ledger().counts().map_err(|e| e.to_string())?, self.head(r)?);
+        let before = self.state(r)?;
         let imported = file::import(self.nodes[r].ledger(), &creds, &f.bytes, now, entropy);
         let (answer, _) = match imported {
             Ok(done) => done,
@@ -215,7 +215,7 @@ impl World {
                 // An answer to what the phone this one replaced wrote: its
                 // acks are about another log. Refused whole.
                 let replaced = f.answers.is_some_and(|w| self.restored_at[r] >= w);
-                let unchanged = before == (self.nodes[r].ledger().counts().map_err(|e| e.to_string())?, self.head(r)?);
+                let unchanged = before == self.state(r)?;
                 if replaced && unchanged && matches!(e, file::FileError::NotOurAnswer) {
                     return Ok(());
                 }
@@ -262,7 +262,7 @@ impl World {
         if wrong == f.to || self.nodes[wrong].ledger.is_none() {
             return Ok(());
         }
-        let before = (self.nodes[wrong].ledger().counts(), self.head(wrong)?);
+        let before = self.state(wrong)?;
         let creds = self.creds(wrong, None);
         let now = self.node_now(wrong);
         let entropy = self.entropy();
@@ -272,11 +272,15 @@ impl World {
         if took.is_ok() {
             return Err(format!("{at} imported a sync file {from} wrote for {to}"));
         }
-        let after = (self.nodes[wrong].ledger().counts(), self.head(wrong)?);
-        if format!("{before:?}") != format!("{after:?}") {
+        if before != self.state(wrong)? {
             return Err(format!("{at} refused a sync file {from} wrote for {to}, but kept some of it"));
         }
         Ok(())
+    }
+
+    /// What a refused file must leave as it was: the ledger's counts and its log head.
+    fn state(&mut self, i: usize) -> Sim<([i64; 4], i64)> {
+        Ok((self.nodes[i].ledger().counts().map_err(|e| e.to_string())?, self.head(i)?))
     }
 
     /// A device's township has acknowledged its log up to some position:
