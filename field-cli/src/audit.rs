@@ -16,7 +16,6 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use fq_core::audit::{
     self, CaseConflicts, CaseHistory, ClockFlag, CompareReport, ConflictFilter, ConflictView, HistoryItem, Provenance,
     RefusalView, SideView, SignatureState, Summary, VerifyOptions, VerifyReport, Who,
@@ -250,10 +249,7 @@ fn compare_with_parent(
         None => sync::remembered(dir).ok_or(sync::AddressError::NoServer)?,
     };
     let addr = sync::resolve(&text)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the network runtime")?;
+    let runtime = sync::runtime()?;
     let bar = progress_bar(json);
     bar.set_message(match lang {
         Lang::Zh => format!("正在与 {text} 比对…"),

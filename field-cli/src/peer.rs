@@ -62,9 +62,7 @@ pub(crate) enum PeerError {
 /// knows (from its bundle, or one handed over since): device to device, no server stands
 /// between the two to refuse a revoked certificate.
 fn credentials(ledger: &fq_core::ledger::Ledger, place: &Place) -> anyhow::Result<(Bundle, RevocationHandle)> {
-    crate::command::check_device(ledger.identity(), place.ledger_path())?;
-    let bundle = enroll::installed(ledger, place.dir())?;
-    enroll::check_fits(&bundle, ledger.identity())?;
+    let bundle = sync::device_bundle(ledger, place)?;
     let list = enroll::newest_revocations(&bundle, place.dir(), None)?;
     let handle = RevocationHandle::new(bundle.ca().clone(), list).context("the revocation list is not the county's")?;
     Ok((bundle, handle))
@@ -75,10 +73,7 @@ pub(crate) fn sync(out: &mut dyn Write, place: &Place, text: &str, lang: Lang, j
     let unlocked = place.unlock()?;
     let (bundle, revocations) = credentials(&unlocked.open_read_only()?, place)?;
     let addr = sync::resolve(text)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the network runtime")?;
+    let runtime = sync::runtime()?;
     let bar = sync::progress_bar(json);
     bar.set_message(match lang {
         Lang::Zh => format!("正在连接设备 {text}…"),
@@ -114,10 +109,7 @@ pub(crate) fn serve(
     let unlocked = place.unlock()?;
     let (bundle, revocations) = credentials(&unlocked.open_read_only()?, place)?;
     let bind = sync::resolve(listen.unwrap_or(DEFAULT_LISTEN))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the network runtime")?;
+    let runtime = sync::runtime()?;
     runtime.block_on(async {
         // Registered before binding: Ctrl-C or SIGTERM right after the address is shown must
         // end the listener cleanly, not kill the process mid-session.

@@ -67,10 +67,7 @@ pub(crate) fn run(
     let unlocked = place.unlock()?;
     let bundle = {
         let ledger = unlocked.open_read_only()?;
-        crate::command::check_device(ledger.identity(), place.ledger_path())?;
-        let bundle = enroll::installed(&ledger, dir)?;
-        enroll::check_fits(&bundle, ledger.identity())?;
-        bundle
+        device_bundle(&ledger, place)?
     };
     let text = match server {
         Some(s) => s,
@@ -78,10 +75,7 @@ pub(crate) fn run(
     };
     let addr = resolve(&text)?;
     let options = options();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the network runtime")?;
+    let runtime = runtime()?;
     let bar = progress_bar(json);
     bar.set_message(match lang {
         Lang::Zh => format!("正在连接服务器 {text}…"),
@@ -110,6 +104,24 @@ pub(crate) fn run(
     // What the server has still not acknowledged (refused changes stay here).
     let waiting = ledger.waiting_for(ledger.upstream()?)?;
     render::sync_summary(out, lang, json, &text, &report, waiting, render::SyncedWith::Server)
+}
+
+/// The checks every sync of a device makes before it touches the network: the ledger is a
+/// device's, not a server replica's; its bundle is installed and fits the ledger. Returns the
+/// bundle.
+pub(crate) fn device_bundle(
+    ledger: &fq_core::ledger::Ledger,
+    place: &Place,
+) -> anyhow::Result<fq_sync_server::ca::Bundle> {
+    crate::command::check_device(ledger.identity(), place.ledger_path())?;
+    let bundle = enroll::installed(ledger, place.dir())?;
+    enroll::check_fits(&bundle, ledger.identity())?;
+    Ok(bundle)
+}
+
+/// The single-threaded runtime a sync runs on: the device owns its ledger, so one thread.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the network runtime")
 }
 
 /// Dialing and watchdog settings; `FQ_CONNECT_TIMEOUT_MS` bounds dialing (tests set it low).

@@ -16,7 +16,6 @@ use fq_core::sync::file::{self, FileReport, Receiver};
 use fq_core::sync::session::Credentials;
 use serde_json::json;
 
-use crate::enroll;
 use crate::lang::Lang;
 use crate::request::SyncFile;
 use crate::vault::Place;
@@ -34,12 +33,9 @@ pub(crate) enum UsbError {
 
 /// Runs `fq sync --to-file` or `--from-file`.
 pub(crate) fn run(out: &mut dyn Write, place: &Place, request: SyncFile, lang: Lang, json: bool) -> anyhow::Result<()> {
-    let dir = place.dir();
     let unlocked = place.unlock()?;
     let mut ledger = unlocked.open()?;
-    crate::command::check_device(ledger.identity(), place.ledger_path())?;
-    let bundle = enroll::installed(&ledger, dir)?;
-    enroll::check_fits(&bundle, ledger.identity())?;
+    let bundle = crate::sync::device_bundle(&ledger, place)?;
     let creds = Credentials {
         ca: bundle.ca_verifying_key(),
         own: Some((bundle.grant().clone(), bundle.signing_key().clone())),
