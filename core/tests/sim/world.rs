@@ -1044,7 +1044,9 @@ impl World {
                 l.sent_pushes.clear();
             }
         }
-        // Its rogue edits and imports went with the old phone.
+        // Its rogue edits and imports went with the old phone, and so did the audit of what
+        // it refused (a phone refuses in sessions and files with other phones).
+        self.refusals.retain(|(at, _)| *at != i);
         self.rogue.retain(|_, (_, by)| *by != i);
         self.imported.retain(|(by, _)| *by != i);
         Ok(())
