@@ -1762,9 +1762,18 @@ struct ApplyCtx<'a, 't> {
     signers: std::cell::RefCell<Vec<Signer>>,
 }
 
-/// The verified heads of signed runs in one case's batch: head hash → (signer, the other
-/// members, the author's scope or why the run is refused).
-type RunHeads = BTreeMap<Hash, ([u8; 32], std::collections::BTreeSet<Hash>, Result<Option<AdminCode>, Why>)>;
+/// The heads of signed runs in one case's batch: head hash → every copy of it, each with
+/// its signer, the run's other members and the author's scope or why the run is refused.
+/// One change can head two runs of its author: the runs of two pushes that began at
+/// different positions ([4, 7, 8, 9] and [7, 8, 9]), both signed and both good.
+type RunHeads = BTreeMap<Hash, Vec<RunCopy>>;
+
+/// One copy of a run's head, as [`ApplyCtx::run_heads`] checked it.
+struct RunCopy {
+    signer: [u8; 32],
+    members: std::collections::BTreeSet<Hash>,
+    verdict: Result<Option<AdminCode>, Why>,
+}
 
 /// Which run a candidate belongs to (its head's hash), if it came in a signed run.
 fn run_of(c: &Candidate) -> Option<Hash> {
@@ -1878,14 +1887,21 @@ impl ApplyCtx<'_, '_> {
                 })?;
                 Ok(scope)
             }
-            trust::Provenance::RunMember { head } => match runs.get(&head) {
-                Some((head_signer, members, Ok(scope))) if head_signer == signer && members.contains(&c.hash) => {
-                    Ok(scope.clone())
+            trust::Provenance::RunMember { head } => {
+                let copies = runs.get(&head).map(Vec::as_slice).unwrap_or_default();
+                let listed = copies.iter().filter(|r| &r.signer == signer && r.members.contains(&c.hash));
+                let mut refused = None;
+                for copy in listed {
+                    match &copy.verdict {
+                        Ok(scope) => return Ok(scope.clone()),
+                        Err(e) => refused = refused.or_else(|| Some(e.clone())),
+                    }
                 }
-                Some((_, _, Err(e))) => Err(e.clone()),
-                _ => Err(Why::new(RefuseReason::BadSignature, "its run's signature did not come with it")
-                    .with("why", "run-unsigned")),
-            },
+                Err(refused.unwrap_or_else(|| {
+                    Why::new(RefuseReason::BadSignature, "its run's signature did not come with it")
+                        .with("why", "run-unsigned")
+                }))
+            }
         }
     }
 
@@ -1899,11 +1915,8 @@ impl ApplyCtx<'_, '_> {
             let (Some(signer), Some(blob)) = (&c.signer, &c.signature) else { continue };
             let Some(trust::Provenance::RunHead { others, .. }) = trust::Provenance::from_blob(blob) else { continue };
             let verdict = self.admit(c, case, &RunHeads::new());
-            let members: std::collections::BTreeSet<Hash> = others.into_iter().collect();
-            // The first good copy of a head wins, as for any change.
-            if heads.get(&c.hash).is_none_or(|(_, _, v)| v.is_err()) {
-                heads.insert(c.hash, (*signer, members, verdict));
-            }
+            let members = others.into_iter().collect();
+            heads.entry(c.hash).or_default().push(RunCopy { signer: *signer, members, verdict });
         }
         heads
     }
@@ -1985,9 +1998,11 @@ fn apply_case(
         let (hash, deps) = doc::change_key(&change);
         let known = doc.as_mut().is_some_and(|d| d.has_change(&hash));
         // The same change may come signed by someone else than a copy that is
-        // already waiting (a careless import re-signs changes): keep both
-        // copies until scope has been checked, then the first good one wins.
-        let same_copy = candidates.iter().any(|k| k.hash == hash && k.signer == c.signer);
+        // already waiting (a careless import re-signs changes), or by its author
+        // in another run: keep both copies until signatures and scope have been
+        // checked, then `choose_copies` keeps one.
+        let same_copy =
+            candidates.iter().any(|k| k.hash == hash && k.signer == c.signer && k.signature == c.signature);
         if (known || same_copy) && !faults::on(Bug::SkipDuplicateCheck) {
             report.duplicates += 1;
             continue;
@@ -2046,25 +2061,14 @@ fn apply_case(
                 let why =
                     Why::new(RefuseReason::OutOfScope, detail).with("village", village.as_str()).with("scope", scope);
                 cx.refuse(report, case, (Some(c.hash), c.signer), why)?;
-            } else if kept.iter().any(|k| k.hash == c.hash) {
-                report.duplicates += 1;
-            } else {
-                kept.push(c);
-            }
-        }
-        admitted = kept;
-    } else {
-        // Village unknown yet: keep one copy of each change waiting.
-        let mut kept: Vec<Candidate> = Vec::with_capacity(admitted.len());
-        for c in admitted {
-            if kept.iter().any(|k| k.hash == c.hash) {
-                report.duplicates += 1;
             } else {
                 kept.push(c);
             }
         }
         admitted = kept;
     }
+    // One copy of each change goes on (without a village yet: waits).
+    let (mut admitted, unsure) = choose_copies(tx, admitted, cx.admission != Admission::Open, report)?;
     // Order the changes whose dependencies are present, in dependency order.
     // A signed run is applied whole or waits whole, so that a replica never
     // holds part of a run it could not pass on with its signature.
@@ -2099,6 +2103,7 @@ fn apply_case(
         held_back.extend(newly);
         admitted = ready.into_iter().chain(waiting).collect();
     };
+    let waiting: Vec<Candidate> = waiting.into_iter().chain(unsure).collect();
     for c in &waiting {
         if !c.from_pending {
             let p = PendingChange {
@@ -2235,6 +2240,95 @@ fn apply_case(
         tx.audit(cx.now, &record)?;
     }
     Ok(Some(target))
+}
+
+/// One copy of each change, where several came: a copy waiting here and one sent again, or
+/// the same change in two runs of its author (two pushes that began at different positions).
+/// The copies kept must leave the provenance whole: every member of a run kept is listed by
+/// the copy of its head kept, or this replica could not pass the member on with a signature.
+///
+/// A run's head is kept in the copy whose run lists the most members that came (the longer
+/// run); any other change in its first copy that is vouched for: by its own signature, as a
+/// head, or as a member listed by the head kept. A change of which no copy is vouched for
+/// that way (`checked`: signatures are checked here) comes back apart, to wait. Copies not
+/// kept count as duplicates, and a waiting copy replaced by a new one leaves the waiting table.
+fn choose_copies(
+    tx: &Tx<'_>,
+    candidates: Vec<Candidate>,
+    checked: bool,
+    report: &mut ApplyReport,
+) -> Result<(Vec<Candidate>, Vec<Candidate>), LedgerError> {
+    let mut copies: BTreeMap<Hash, Vec<usize>> = BTreeMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        copies.entry(c.hash).or_default().push(i);
+    }
+    if copies.len() == candidates.len() {
+        return Ok((candidates, Vec::new()));
+    }
+    let provenance: Vec<Option<trust::Provenance>> =
+        candidates.iter().map(|c| c.signature.as_deref().and_then(trust::Provenance::from_blob)).collect();
+    let lists = |i: usize, member: &Hash, signer: Option<[u8; 32]>| {
+        candidates[i].signer == signer
+            && matches!(&provenance[i], Some(trust::Provenance::RunHead { others, .. }) if others.contains(member))
+    };
+    // Heads first: the copy that vouches for the most members present.
+    let mut kept: BTreeMap<Hash, usize> = BTreeMap::new();
+    for (hash, at) in &copies {
+        let heads = at.iter().copied().filter(|&i| matches!(provenance[i], Some(trust::Provenance::RunHead { .. })));
+        let covered = |i: usize| {
+            let members = candidates.iter().enumerate().filter(|(j, m)| {
+                matches!(&provenance[*j], Some(trust::Provenance::RunMember { head }) if head == hash)
+                    && lists(i, &m.hash, m.signer)
+            });
+            members.map(|(_, m)| m.hash).collect::<std::collections::BTreeSet<_>>().len()
+        };
+        let heads: Vec<usize> = heads.collect();
+        let best = match heads.as_slice() {
+            [one] => Some(*one),
+            _ => heads.iter().copied().max_by_key(|&i| (covered(i), std::cmp::Reverse(i))),
+        };
+        if let Some(best) = best {
+            kept.insert(*hash, best);
+        }
+    }
+    let mut unsure_at = std::collections::BTreeSet::new();
+    for (hash, at) in &copies {
+        if kept.contains_key(hash) {
+            continue;
+        }
+        let vouched = |i: &usize| match &provenance[*i] {
+            Some(trust::Provenance::RunMember { head }) if checked => {
+                kept.get(head).is_some_and(|&h| lists(h, hash, candidates[*i].signer))
+            }
+            _ => true,
+        };
+        let choice = match at.iter().find(|i| vouched(i)) {
+            Some(&i) => i,
+            None => {
+                unsure_at.insert(at[0]);
+                at[0]
+            }
+        };
+        kept.insert(*hash, choice);
+    }
+    let mut chosen = Vec::with_capacity(copies.len());
+    let mut unsure = Vec::new();
+    let keep: std::collections::BTreeSet<usize> = kept.values().copied().collect();
+    let replaced: std::collections::BTreeSet<Hash> =
+        kept.values().filter(|&&i| !candidates[i].from_pending).map(|&i| candidates[i].hash).collect();
+    for (i, c) in candidates.into_iter().enumerate() {
+        if unsure_at.contains(&i) {
+            unsure.push(c);
+        } else if keep.contains(&i) {
+            chosen.push(c);
+        } else {
+            if c.from_pending && replaced.contains(&c.hash) {
+                tx.remove_pending(&c.hash)?;
+            }
+            report.duplicates += 1;
+        }
+    }
+    Ok((chosen, unsure))
 }
 
 /// A new case built from its first changes before scope is checked: the

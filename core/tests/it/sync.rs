@@ -810,3 +810,68 @@ fn sync_tells_a_new_device_how_many_changes_are_coming() {
     let (again, _) = sync(&mut fresh, &mut town, clock.now());
     assert_eq!(again.stats().to_receive, 0);
 }
+
+/// Regression (simulator seed 435058155385633252): one change can head two good runs of its
+/// author, signed by two pushes that began at different positions. A township first got the
+/// short run [3, 4] from a phone that had it device to device; it waited for the case's start.
+/// Then the author's own push brought the long run [1, 2, 3, 4]. The head's waiting copy used
+/// to win, so changes 1 and 2 were refused as "run-unsigned" and 3 and 4 waited for ever. Now
+/// the copy of the head that vouches for every member is kept, and the county, one tier up,
+/// gets the whole case with its signatures.
+#[test]
+fn sync_a_waiting_run_then_its_authors_longer_run_are_both_taken_and_passed_on() {
+    use fq_core::ledger::{IncomingChange, PeerInfo};
+    use fq_core::trust::{Provenance, sign_run};
+    let clock = ManualClock::new(T0);
+    let mut county = node(&clock, 1, "county", GrantRole::CountyServer, COUNTY);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let case = dev.ledger.create_case(new_case("宅基地滴水纠纷")).unwrap().id;
+    dev.ledger.add_note(case, "第一次调解").unwrap();
+    dev.ledger.add_note(case, "第二次调解").unwrap();
+    let changes = dev.ledger.changes_since(0, 100).unwrap();
+    assert!(changes.len() >= 3, "the case has a start and two notes");
+    let signer = dev.key.verifying_key().to_bytes();
+    let run = |from: usize| -> Vec<IncomingChange> {
+        let part = &changes[from..];
+        let hashes: Vec<[u8; 32]> = part.iter().map(|c| c.hash).collect();
+        let head = *hashes.last().unwrap();
+        let signature = sign_run(&dev.key, case.as_bytes(), &hashes);
+        let mut others = hashes[..hashes.len() - 1].to_vec();
+        others.sort_unstable();
+        part.iter()
+            .map(|c| {
+                let provenance = if c.hash == head {
+                    Provenance::RunHead { signature, others: others.clone() }
+                } else {
+                    Provenance::RunMember { head }
+                };
+                IncomingChange {
+                    case,
+                    bytes: c.bytes.clone(),
+                    signer: Some(signer),
+                    signature: Some(provenance.to_blob()),
+                }
+            })
+            .collect()
+    };
+    town.ledger.add_grant(&dev.grant).unwrap();
+    let phone = PeerInfo {
+        replica: dev.ledger.identity().replica,
+        tier: Tier::Device,
+        scope: AdminCode::parse("532924101201").unwrap(),
+    };
+    let short = town.ledger.apply_from_peer(&phone, run(changes.len() - 2), None).unwrap();
+    assert_eq!((short.applied, short.pending, short.refused.len()), (0, 2, 0), "the short run waits");
+    let long = town.ledger.apply_from_peer(&phone, run(0), None).unwrap();
+    assert!(long.refused.is_empty(), "nothing of the long run is refused: {:?}", long.refused);
+    assert_eq!(long.applied, changes.len(), "the whole case is taken");
+    assert_eq!(town.ledger.pending_count().unwrap(), 0, "nothing waits");
+
+    // The township passes the case on with provenance the county accepts.
+    let (_, p) = sync(&mut town, &mut county, clock.now());
+    assert_eq!(p.stats().refused_here, 0, "the county refused a change");
+    for c in &changes {
+        assert!(county.ledger.holds_change(case, &c.hash).unwrap(), "the county lacks a change of the case");
+    }
+}
