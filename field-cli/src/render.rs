@@ -479,6 +479,25 @@ pub(crate) fn peer_event(out: &mut dyn Write, lang: Lang, json: bool, event: &Pe
                 }
             }
         }
+        PeerEvent::Interrupted { peer, addr } => {
+            if json {
+                let mut peer_json = identity_json(peer);
+                peer_json["address"] = json!(addr.to_string());
+                json_line(out, &json!({ "event": "interrupted", "peer": peer_json }))?;
+            } else {
+                let who = device_words(lang, peer);
+                match lang {
+                    Lang::Zh => writeln!(
+                        out,
+                        "与{who}的设备（{addr}）的同步被中断：本机停止了等待。已确认的修改都已保存，请对方再运行一次 fq sync --peer，会从断开处继续。"
+                    )?,
+                    Lang::En => writeln!(
+                        out,
+                        "The sync with {who}'s device ({addr}) was cut short: this device stopped serving. Everything acknowledged is kept; ask the other person to run fq sync --peer again, and it carries on from there."
+                    )?,
+                }
+            }
+        }
         _ => {}
     }
     out.flush()?;

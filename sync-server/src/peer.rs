@@ -100,6 +100,15 @@ pub enum PeerEvent {
     },
     /// A session with a device of this area, run to its end or until it failed.
     Session(Box<PeerSession>),
+    /// A session cut short because this side stopped serving (Ctrl-C, SIGTERM). What was
+    /// acknowledged stays: each batch was committed before its Ack. The dialer is told this
+    /// side is shutting down.
+    Interrupted {
+        /// The device, as its certificate says.
+        peer: PeerIdentity,
+        /// Where it dialed from.
+        addr: SocketAddr,
+    },
 }
 
 /// One session with a dialing device.
@@ -240,9 +249,17 @@ pub async fn serve_peers<E>(
             Ok(ledger) => ledger,
             Err(e) => break Err(e),
         };
+        // A handle of our own: dropped with the session, the last handle would close the
+        // connection as if the session were done.
+        let (peer, addr, connection) = (dialer.peer.clone(), dialer.addr, dialer.connection.clone());
         let session = tokio::select! {
             session = listener.run(dialer, &mut ledger) => session,
-            () = &mut shutdown => break Ok(()),
+            () = &mut shutdown => {
+                CloseCode::ShuttingDown.close(&connection);
+                sessions += 1;
+                on_event(&PeerEvent::Interrupted { peer, addr });
+                break Ok(());
+            }
         };
         drop(ledger);
         sessions += 1;

@@ -187,3 +187,67 @@ async fn peer_device_of_another_county_fails_the_handshake() {
     assert!(matches!(err, ConnectError::Handshake { .. }), "got {err:?}");
     assert!(matches!(listener.next().await, Err(AcceptError::Handshake(_))));
 }
+
+/// A session cut short because the listening device stops serving (Ctrl-C, SIGTERM) is
+/// reported as such, counted, and the dialer is told the listener is shutting down. Before,
+/// the listener printed nothing about it.
+#[tokio::test]
+async fn peer_session_cut_short_by_stopping_is_reported_and_the_dialer_told() {
+    use fq_core::clock::{Clock, SystemClock};
+    use fq_core::sync::session::{Credentials, Session, SessionConfig, Side};
+    use fq_sync_server::peer::{PeerEvent, ServeOptions, listen, serve_peers};
+
+    let county = County::new();
+    let grid = county.issue("d08", "grid-worker", "532924101201");
+    let mediator = county.issue("d07", "mediator", "532924101201");
+    let mut options = ServeOptions::default();
+    options.net = net();
+    let listener = listen(localhost(), &grid, handle(&grid, county.revocations()), &options).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (seen, mut events) = mpsc::unbounded_channel();
+    let serving = tokio::spawn(async move {
+        let open = || Ok::<_, std::convert::Infallible>(crate::server::device(&grid));
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        serve_peers(&listener, open, false, shutdown, |event| {
+            let line = match event {
+                PeerEvent::Interrupted { peer, .. } => format!("interrupted {}", peer.id),
+                PeerEvent::Session(_) => "session".to_owned(),
+                _ => "refused".to_owned(),
+            };
+            let _ = seen.send(line);
+        })
+        .await
+    });
+
+    // The dialer says hello and waits for the answer: the listener is then inside the session.
+    let dialer = peer_client_endpoint(localhost(), &mediator, handle(&mediator, county.revocations()), &net()).unwrap();
+    let (connection, _) = within("connect", dialer.connect(addr)).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let ledger = crate::server::device(&mediator);
+    let creds = Credentials {
+        ca: mediator.ca_verifying_key(),
+        own: Some((mediator.grant().clone(), mediator.signing_key().clone())),
+        peer_scope_limit: None,
+    };
+    let config = SessionConfig { device_peer: true, ..SessionConfig::default() };
+    let mut session = Session::new(Side::Child, &ledger, creds, config, None, SystemClock.now()).unwrap();
+    while let Some(frame) = session.poll_transmit() {
+        send.write_all(&frame).await.unwrap();
+    }
+    let mut first = [0u8; 1];
+    within("the listener's hello", recv.read_exact(&mut first)).await.unwrap();
+
+    stop.send(()).unwrap();
+    let sessions = within("the listener to stop", serving).await.unwrap().unwrap();
+    assert_eq!(sessions, 1, "the session cut short is counted");
+    assert_eq!(events.recv().await.as_deref(), Some("interrupted d07"));
+    match within("the close", connection.closed()).await {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(CloseCode::from_code(close.error_code), Some(CloseCode::ShuttingDown))
+        }
+        other => panic!("the dialer was not told the listener stopped: {other:?}"),
+    }
+}
