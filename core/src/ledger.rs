@@ -2001,8 +2001,7 @@ fn apply_case(
         // already waiting (a careless import re-signs changes), or by its author
         // in another run: keep both copies until signatures and scope have been
         // checked, then `choose_copies` keeps one.
-        let same_copy =
-            candidates.iter().any(|k| k.hash == hash && k.signer == c.signer && k.signature == c.signature);
+        let same_copy = candidates.iter().any(|k| k.hash == hash && k.signer == c.signer && k.signature == c.signature);
         if (known || same_copy) && !faults::on(Bug::SkipDuplicateCheck) {
             report.duplicates += 1;
             continue;

@@ -12,6 +12,9 @@ use fq_core::sync::session::{Credentials, Event, Session, SessionConfig, Side};
 use fq_core::trust::{Grant, GrantRole, SignedGrant};
 
 use crate::ledger::{T0, new_case};
+use fq_core::case::CaseId;
+use fq_core::ledger::{IncomingChange, PeerInfo};
+use fq_core::trust::{Provenance, sign_change, sign_run};
 
 const COUNTY: &str = "532924";
 
@@ -811,6 +814,70 @@ fn sync_tells_a_new_device_how_many_changes_are_coming() {
     assert_eq!(again.stats().to_receive, 0);
 }
 
+/// `part`, one author's consecutive changes to `case`, as a run signed by `author`: its
+/// members, then its head (a run of one: a change signature).
+fn signed_run(author: &Node, case: CaseId, part: &[fq_core::ledger::OutgoingChange]) -> Vec<IncomingChange> {
+    let hashes: Vec<[u8; 32]> = part.iter().map(|c| c.hash).collect();
+    let head = *hashes.last().unwrap();
+    let mut others = hashes[..hashes.len() - 1].to_vec();
+    others.sort_unstable();
+    let head_provenance = if others.is_empty() {
+        Provenance::Single(sign_change(&author.key, &head))
+    } else {
+        Provenance::RunHead { signature: sign_run(&author.key, case.as_bytes(), &hashes), others }
+    };
+    part.iter()
+        .map(|c| {
+            let provenance = if c.hash == head { head_provenance.clone() } else { Provenance::RunMember { head } };
+            IncomingChange {
+                case,
+                bytes: c.bytes.clone(),
+                signer: Some(author.key.verifying_key().to_bytes()),
+                signature: Some(provenance.to_blob()),
+            }
+        })
+        .collect()
+}
+
+/// A case of a mediator's phone with a start and three notes, and a township and county that
+/// hold the phone's grant.
+fn four_changes_of_a_phone(clock: &ManualClock) -> (Node, Node, Node, CaseId, Vec<fq_core::ledger::OutgoingChange>) {
+    let county = node(clock, 1, "county", GrantRole::CountyServer, COUNTY);
+    let mut town = node(clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let case = dev.ledger.create_case(new_case("宅基地滴水纠纷")).unwrap().id;
+    for note in ["第一次调解", "第二次调解", "第三次调解"] {
+        dev.ledger.add_note(case, note).unwrap();
+    }
+    let changes = dev.ledger.changes_since(0, 100).unwrap();
+    assert_eq!(changes.len(), 4, "the case has a start and three notes");
+    town.ledger.add_grant(&dev.grant).unwrap();
+    (county, town, dev, case, changes)
+}
+
+fn phone_peer(dev: &Node) -> PeerInfo {
+    PeerInfo {
+        replica: dev.ledger.identity().replica,
+        tier: Tier::Device,
+        scope: AdminCode::parse("532924101201").unwrap(),
+    }
+}
+
+/// The township passes `case` on to the county, which must get every change of it.
+fn county_gets_the_whole_case(
+    town: &mut Node,
+    county: &mut Node,
+    case: CaseId,
+    changes: &[fq_core::ledger::OutgoingChange],
+    now: Timestamp,
+) {
+    let (_, p) = sync(town, county, now);
+    assert_eq!(p.stats().refused_here, 0, "the county refused a change");
+    for c in changes {
+        assert!(county.ledger.holds_change(case, &c.hash).unwrap(), "the county lacks a change of the case");
+    }
+}
+
 /// Regression (simulator seed 435058155385633252): one change can head two good runs of its
 /// author, signed by two pushes that began at different positions. A township first got the
 /// short run [3, 4] from a phone that had it device to device; it waited for the case's start.
@@ -820,58 +887,33 @@ fn sync_tells_a_new_device_how_many_changes_are_coming() {
 /// gets the whole case with its signatures.
 #[test]
 fn sync_a_waiting_run_then_its_authors_longer_run_are_both_taken_and_passed_on() {
-    use fq_core::ledger::{IncomingChange, PeerInfo};
-    use fq_core::trust::{Provenance, sign_run};
     let clock = ManualClock::new(T0);
-    let mut county = node(&clock, 1, "county", GrantRole::CountyServer, COUNTY);
-    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
-    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
-    let case = dev.ledger.create_case(new_case("宅基地滴水纠纷")).unwrap().id;
-    dev.ledger.add_note(case, "第一次调解").unwrap();
-    dev.ledger.add_note(case, "第二次调解").unwrap();
-    let changes = dev.ledger.changes_since(0, 100).unwrap();
-    assert!(changes.len() >= 3, "the case has a start and two notes");
-    let signer = dev.key.verifying_key().to_bytes();
-    let run = |from: usize| -> Vec<IncomingChange> {
-        let part = &changes[from..];
-        let hashes: Vec<[u8; 32]> = part.iter().map(|c| c.hash).collect();
-        let head = *hashes.last().unwrap();
-        let signature = sign_run(&dev.key, case.as_bytes(), &hashes);
-        let mut others = hashes[..hashes.len() - 1].to_vec();
-        others.sort_unstable();
-        part.iter()
-            .map(|c| {
-                let provenance = if c.hash == head {
-                    Provenance::RunHead { signature, others: others.clone() }
-                } else {
-                    Provenance::RunMember { head }
-                };
-                IncomingChange {
-                    case,
-                    bytes: c.bytes.clone(),
-                    signer: Some(signer),
-                    signature: Some(provenance.to_blob()),
-                }
-            })
-            .collect()
-    };
-    town.ledger.add_grant(&dev.grant).unwrap();
-    let phone = PeerInfo {
-        replica: dev.ledger.identity().replica,
-        tier: Tier::Device,
-        scope: AdminCode::parse("532924101201").unwrap(),
-    };
-    let short = town.ledger.apply_from_peer(&phone, run(changes.len() - 2), None).unwrap();
+    let (mut county, mut town, dev, case, changes) = four_changes_of_a_phone(&clock);
+    let phone = phone_peer(&dev);
+    let short = town.ledger.apply_from_peer(&phone, signed_run(&dev, case, &changes[2..]), None).unwrap();
     assert_eq!((short.applied, short.pending, short.refused.len()), (0, 2, 0), "the short run waits");
-    let long = town.ledger.apply_from_peer(&phone, run(0), None).unwrap();
+    let long = town.ledger.apply_from_peer(&phone, signed_run(&dev, case, &changes), None).unwrap();
     assert!(long.refused.is_empty(), "nothing of the long run is refused: {:?}", long.refused);
     assert_eq!(long.applied, changes.len(), "the whole case is taken");
     assert_eq!(town.ledger.pending_count().unwrap(), 0, "nothing waits");
+    county_gets_the_whole_case(&mut town, &mut county, case, &changes, clock.now());
+}
 
-    // The township passes the case on with provenance the county accepts.
-    let (_, p) = sync(&mut town, &mut county, clock.now());
-    assert_eq!(p.stats().refused_here, 0, "the county refused a change");
-    for c in &changes {
-        assert!(county.ledger.holds_change(case, &c.hash).unwrap(), "the county lacks a change of the case");
-    }
+/// The same change in two runs that do not nest: [3, 4] waits, then a push split
+/// differently brings [1, 2, 3] and 4 alone. Every copy kept is vouched for, and the county
+/// gets the whole case.
+#[test]
+fn sync_runs_split_differently_by_two_pushes_are_taken_and_passed_on() {
+    let clock = ManualClock::new(T0);
+    let (mut county, mut town, dev, case, changes) = four_changes_of_a_phone(&clock);
+    let phone = phone_peer(&dev);
+    let first = town.ledger.apply_from_peer(&phone, signed_run(&dev, case, &changes[2..]), None).unwrap();
+    assert_eq!(first.pending, 2, "the run [3, 4] waits for the case's start");
+    let mut again = signed_run(&dev, case, &changes[..3]);
+    again.extend(signed_run(&dev, case, &changes[3..]));
+    let second = town.ledger.apply_from_peer(&phone, again, None).unwrap();
+    assert!(second.refused.is_empty(), "nothing is refused: {:?}", second.refused);
+    assert_eq!(second.applied, changes.len(), "the whole case is taken");
+    assert_eq!(town.ledger.pending_count().unwrap(), 0, "nothing waits");
+    county_gets_the_whole_case(&mut town, &mut county, case, &changes, clock.now());
 }
