@@ -123,6 +123,8 @@ pub(crate) fn serve(
         render::serving(out, lang, json, shown_address(local), listener.identity())?;
         let mut last_failure = None;
         let mut shown = Ok(());
+        // A bar while a session runs (on a terminal, not with --json), cleared before its line.
+        let mut running: Option<(indicatif::ProgressBar, String)> = None;
         // The ledger is opened for each session only (the passphrase was asked once, above):
         // between exchanges the person keeps using fq on this device.
         let sessions = peer::serve_peers(
@@ -131,8 +133,27 @@ pub(crate) fn serve(
             once,
             shutdown,
             |event| {
-                if let PeerEvent::Session(s) = event {
-                    last_failure = s.result.as_ref().err().map(|_| s.peer.id.to_string());
+                match event {
+                    PeerEvent::Started { peer, .. } => {
+                        let bar = sync::spinner(json);
+                        let who = render::device_words(lang, peer);
+                        sync::show_serving(&bar, lang, &who, None);
+                        running = Some((bar, who));
+                        return;
+                    }
+                    PeerEvent::Progress(stats) => {
+                        if let Some((bar, who)) = &running {
+                            sync::show_serving(bar, lang, who, Some(stats));
+                        }
+                        return;
+                    }
+                    PeerEvent::Session(s) => {
+                        last_failure = s.result.as_ref().err().map(|_| s.peer.id.to_string());
+                    }
+                    _ => {}
+                }
+                if let Some((bar, _)) = running.take() {
+                    bar.finish_and_clear();
                 }
                 if shown.is_ok() {
                     shown = render::peer_event(out, lang, json, event);

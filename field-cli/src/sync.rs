@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use fq_core::sync::session::Stats;
 use fq_sync_server::client::{self, Progress, SyncOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -165,15 +166,34 @@ fn remember(dir: &Path, server: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) fn progress_bar(json: bool) -> ProgressBar {
+    bar_with(json, "{spinner} {msg} {wide_bar}")
+}
+
+/// A spinner with words only, for work whose total is not known (`fq serve`'s sessions).
+pub(crate) fn spinner(json: bool) -> ProgressBar {
+    bar_with(json, "{spinner} {msg}")
+}
+
+fn bar_with(json: bool, template: &str) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {wide_bar}") {
+    if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar.enable_steady_tick(TICK);
     bar
+}
+
+/// `fq serve`'s bar while a device's session runs: who, and the changes each way so far
+/// (`None`: just started).
+pub(crate) fn show_serving(bar: &ProgressBar, lang: Lang, who: &str, stats: Option<&Stats>) {
+    let (sent, got) = stats.map_or((0, 0), |s| (s.sent, s.received));
+    bar.set_message(match lang {
+        Lang::Zh => format!("正在与{who}的设备同步：已发送 {sent} 条，已接收 {got} 条修改"),
+        Lang::En => format!("syncing with {who}'s device: {sent} changes sent, {got} received"),
+    });
 }
 
 /// The bar follows what dominates the sync: the changes this device sends, or, when the server

@@ -98,6 +98,15 @@ pub enum PeerEvent {
         /// Why.
         error: AcceptError,
     },
+    /// A device of this area passed the checks; its session starts.
+    Started {
+        /// The device, as its certificate says.
+        peer: PeerIdentity,
+        /// Where it dialed from.
+        addr: SocketAddr,
+    },
+    /// Where the running session stands (after every frame read or sent), for a display.
+    Progress(Stats),
     /// A session with a device of this area, run to its end or until it failed.
     Session(Box<PeerSession>),
     /// A session cut short because this side stopped serving (Ctrl-C, SIGTERM). What was
@@ -154,10 +163,10 @@ impl PeerListener {
     }
 
     /// Runs the session of a device that passed the checks, to its end, with `ledger`.
-    async fn run(&self, dialer: Dialer, ledger: &mut Ledger) -> PeerSession {
+    async fn run(&self, dialer: Dialer, ledger: &mut Ledger, show: &mut impl FnMut(&Stats)) -> PeerSession {
         let Dialer { connection, peer, addr, started } = dialer;
         let mut told = Told::default();
-        let (result, stats) = self.session(ledger, &connection, &peer, &mut told).await;
+        let (result, stats) = self.session(ledger, &connection, &peer, &mut told, show).await;
         // The dialer hangs up once it has read our side to its end; a failed session's Error
         // frame gets the same time to arrive before the connection closes.
         let _ = tokio::time::timeout(HANG_UP_TIMEOUT, connection.closed()).await;
@@ -171,6 +180,7 @@ impl PeerListener {
         connection: &Connection,
         peer: &PeerIdentity,
         told: &mut Told,
+        show: &mut impl FnMut(&Stats),
     ) -> (Result<(), SyncError>, Stats) {
         let stall = self.options.stall_timeout;
         let (mut send, mut recv) = match tokio::time::timeout(stall, connection.accept_bi()).await {
@@ -190,7 +200,7 @@ impl PeerListener {
             Err(e) => return (Err(SyncError::Session(e)), Stats::default()),
         };
         let driver = Driver { stall_timeout: stall };
-        let result = driver.drive(&mut session, ledger, &mut send, &mut recv, &mut |_| {}, told).await;
+        let result = driver.drive(&mut session, ledger, &mut send, &mut recv, show, told).await;
         if result.is_err() {
             let _ = send.finish();
         }
@@ -252,14 +262,19 @@ pub async fn serve_peers<E>(
         // A handle of our own: dropped with the session, the last handle would close the
         // connection as if the session were done.
         let (peer, addr, connection) = (dialer.peer.clone(), dialer.addr, dialer.connection.clone());
-        let session = tokio::select! {
-            session = listener.run(dialer, &mut ledger) => session,
-            () = &mut shutdown => {
-                CloseCode::ShuttingDown.close(&connection);
-                sessions += 1;
-                on_event(&PeerEvent::Interrupted { peer, addr });
-                break Ok(());
+        on_event(&PeerEvent::Started { peer: peer.clone(), addr });
+        let ran = {
+            let mut show = |stats: &Stats| on_event(&PeerEvent::Progress(stats.clone()));
+            tokio::select! {
+                session = listener.run(dialer, &mut ledger, &mut show) => Some(session),
+                () = &mut shutdown => None,
             }
+        };
+        let Some(session) = ran else {
+            CloseCode::ShuttingDown.close(&connection);
+            sessions += 1;
+            on_event(&PeerEvent::Interrupted { peer, addr });
+            break Ok(());
         };
         drop(ledger);
         sessions += 1;
