@@ -548,6 +548,12 @@ impl CaseDoc {
         Ok(Self { doc })
     }
 
+    /// The whole document in Automerge's uncompressed encoding, as a peer takes it
+    /// ([`document_changes`]).
+    pub fn document(&mut self) -> Vec<u8> {
+        self.doc.save_nocompress()
+    }
+
     /// The whole document, compressed: Automerge's uncompressed encoding,
     /// DEFLATEd whole behind [`PACKED_SNAPSHOT`] (ADR 6). Automerge's own
     /// `save()` DEFLATEs each column over 256 bytes on its own, which leaves
@@ -999,20 +1005,25 @@ enum Header {
     Invalid,
 }
 
-fn header_heads(bytes: &[u8]) -> Header {
-    fn uleb(b: &[u8], at: &mut usize) -> Option<usize> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*at)?;
-            *at += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return usize::try_from(v).ok();
-            }
+/// A uLEB128 at `at` in `b`, moving `at` past it.
+fn uleb(b: &[u8], at: &mut usize) -> Option<usize> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return usize::try_from(v).ok();
         }
-        None
     }
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    None
+}
+
+/// The first bytes of every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+fn header_heads(bytes: &[u8]) -> Header {
+    const MAGIC: [u8; 4] = CHUNK_MAGIC;
     match (bytes.get(..4), bytes.get(8)) {
         (Some(m), Some(0)) if m == MAGIC => {}
         (Some(m), _) if m != MAGIC => return Header::Invalid,
@@ -1044,6 +1055,66 @@ fn header_heads(bytes: &[u8]) -> Header {
         // Ran out of bytes: more may help, unless the chunk itself ended.
         None => Header::Short,
     }
+}
+
+/// Most bytes of a case's document a peer may send whole (a first sync, protocol version 4).
+pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// Most changes such a document may hold.
+pub const MAX_DOCUMENT_CHANGES: usize = 8192;
+
+/// The changes of a case's whole document as a peer sent it, in the document's own order,
+/// each with its hash and its bytes as a plain change chunk (what [`parse_change`] takes).
+///
+/// Only what fq sends is accepted: one document chunk (type 0) that ends where the bytes end,
+/// with no DEFLATEd column (Automerge inflates those without a cap) and at most
+/// [`MAX_DOCUMENT_CHANGES`] changes in at most [`MAX_DOCUMENT_BYTES`]. The document is loaded
+/// inside `catch_unwind`: Automerge 0.12 panics on some malformed input. Loading checks that
+/// the changes it rebuilds hash to the heads the document records.
+pub fn document_changes(bytes: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, DocError> {
+    let bad = DocError::Malformed;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(bad("a case's document is over 512 KiB"));
+    }
+    if bytes.get(..4) != Some(&CHUNK_MAGIC[..]) || bytes.get(8) != Some(&0) {
+        return Err(bad("not a document chunk"));
+    }
+    let mut at = 9;
+    let body = uleb(bytes, &mut at).ok_or(bad("a document's length is cut"))?;
+    if at.checked_add(body) != Some(bytes.len()) {
+        return Err(bad("a document with bytes before or after its chunk"));
+    }
+    plain_columns(bytes, &mut at).ok_or(bad("a document with compressed or unreadable columns"))?;
+    let owned = bytes.to_vec();
+    let doc = catch_unwind(move || automerge::Automerge::load(&owned))
+        .map_err(|_| DocError::Panicked)?
+        .map_err(am("load a peer's document"))?;
+    let changes = doc.get_changes(&[]);
+    if changes.len() > MAX_DOCUMENT_CHANGES {
+        return Err(bad("a case's document holds over 8,192 changes"));
+    }
+    Ok(changes.iter().map(|c| (c.hash().0, c.raw_bytes().to_vec())).collect())
+}
+
+/// Walks a document chunk's actors, heads and column metadata from `at`; `None` if one is
+/// cut short or any column is DEFLATEd (bit 3 of its specification).
+fn plain_columns(bytes: &[u8], at: &mut usize) -> Option<()> {
+    for _ in 0..uleb(bytes, at)? {
+        let n = uleb(bytes, at)?;
+        *at = at.checked_add(n)?;
+    }
+    let heads = uleb(bytes, at)?;
+    *at = at.checked_add(heads.checked_mul(32)?)?;
+    // The change columns, then the operation columns.
+    for _ in 0..2 {
+        for _ in 0..uleb(bytes, at)? {
+            let spec = uleb(bytes, at)?;
+            uleb(bytes, at)?;
+            if spec & 0b1000 != 0 {
+                return None;
+            }
+        }
+    }
+    (*at <= bytes.len()).then_some(())
 }
 
 /// Parses a peer's change, refusing what Automerge 0.12 mishandles.
@@ -1313,6 +1384,38 @@ mod tests {
             let mut back = CaseDoc::load(bytes, actor()).unwrap();
             assert_eq!(back.read(&policy).unwrap(), want);
             assert_eq!(snapshot_heads(bytes), Some(d.heads()));
+        }
+    }
+
+    #[test]
+    fn a_peers_document_gives_its_changes_and_anything_else_is_refused_without_a_panic() {
+        let mut d = new_doc(1);
+        for n in 0..30 {
+            let note = format!("第{n}次走访：双方到村委会，就滴水槽位置和赔偿金额再次协商。");
+            d.push_event(&NewEvent::Note(note), &author("张三"), Timestamp(2_000 + n)).unwrap();
+        }
+        let document = d.document();
+        let changes = document_changes(&document).unwrap();
+        let want: Vec<Hash> = d.doc.get_changes(&[]).iter().map(|c| c.hash().0).collect();
+        assert_eq!(changes.iter().map(|(h, _)| *h).collect::<Vec<_>>(), want);
+        for (hash, bytes) in &changes {
+            assert_eq!(&chunk_hash(bytes), hash, "each change's bytes hash to it");
+            assert!(parse_change(bytes).is_ok(), "each change is a plain change chunk");
+        }
+        // Automerge's own save DEFLATEs the bigger columns: refused, never inflated.
+        let compressed = d.doc.save();
+        assert_ne!(compressed, document, "the case is big enough for a compressed column");
+        assert!(matches!(document_changes(&compressed), Err(DocError::Malformed(_))));
+        // Bytes after the chunk (a compressed change could hide there), or cut short.
+        let mut trailing = document.clone();
+        trailing.extend_from_slice(d.doc.get_changes(&[])[0].raw_bytes());
+        assert!(document_changes(&trailing).is_err());
+        assert!(document_changes(&document[..document.len() - 1]).is_err());
+        // Every byte changed in turn: an error or changes, never a panic.
+        for at in 0..document.len() {
+            let mut bad = document.clone();
+            bad[at] ^= 0x5a;
+            let _ = document_changes(&bad);
         }
     }
 

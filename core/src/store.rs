@@ -1142,6 +1142,46 @@ impl Store {
         rows.map(|r| r.map_err(sq("read case changes")).and_then(ParseLog::parse)).collect()
     }
 
+    /// Every log row of `case`, oldest first.
+    pub fn case_log(&self, case: CaseId) -> Result<Vec<LogEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM changes c JOIN cases k ON k.rowid = c.case_rowid
+                 WHERE c.case_rowid = (SELECT rowid FROM cases WHERE id = ?1)
+                 ORDER BY c.log_seq"
+            ))
+            .map_err(sq("prepare case log"))?;
+        let rows = stmt.query_map([case.as_bytes()], read_log_row).map_err(sq("read case log"))?;
+        rows.map(|r| r.map_err(sq("read case log")).and_then(ParseLog::parse)).collect()
+    }
+
+    /// The cases inside `scope` that have changes, urgent first (high risk or 民转刑, then
+    /// escalated), then the rest, oldest first (by their first change here).
+    pub fn cases_urgent_first(&self, scope: &str) -> Result<Vec<CaseId>, StoreError> {
+        let end = format!("{scope}~");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT k.id FROM cases k JOIN changes c ON c.case_rowid = k.rowid
+                 WHERE k.village >= ?1 AND k.village < ?2
+                 GROUP BY k.rowid
+                 ORDER BY CASE WHEN {CRITICAL} THEN 0 WHEN k.status = 'escalated' THEN 1 ELSE 2 END,
+                          min(c.log_seq)"
+            ))
+            .map_err(sq("prepare cases urgent first"))?;
+        let rows = stmt
+            .query_map(params![scope, end], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                let id: [u8; 16] = id.try_into().map_err(|_| {
+                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, "bad case id".into())
+                })?;
+                Ok(CaseId::from_bytes(id))
+            })
+            .map_err(sq("read cases"))?;
+        rows.map(|r| r.map_err(sq("read cases"))).collect()
+    }
+
     /// The snapshot of every case inside `within`, sorted by case id.
     pub fn snapshots_within(&self, within: &AdminCode) -> Result<Vec<(CaseId, Vec<u8>)>, StoreError> {
         let mut stmt = self

@@ -681,6 +681,7 @@ fn add(total: &mut Stats, s: &Stats) {
     total.refused_here += s.refused_here;
     total.bytes_out += s.bytes_out;
     total.bytes_in += s.bytes_in;
+    total.whole_cases += s.whole_cases;
 }
 
 impl Dialed {

@@ -11,7 +11,7 @@ use super::{Admission, ApplyReport, IncomingChange, Ledger, LedgerError, Outgoin
 use crate::case::{AdminCode, CaseId, ReplicaId};
 use crate::doc::{self, CaseDoc, Hash};
 use crate::store::{GrantRow, LogEntry, PeerLag, PeerRow, StoreError, chain_next};
-use crate::sync::wire::LogPosition;
+use crate::sync::wire::{CaseDocument, LogPosition, Vouch, Voucher};
 use crate::trust::{Provenance, SignedGrant};
 
 /// A bounded run of this ledger's log, for one peer.
@@ -489,6 +489,92 @@ impl Ledger {
             out.push((id, heads_digest(&heads.concat())));
         }
         Ok(out)
+    }
+
+    /// The cases inside `scope` that a child's first sync sends whole, urgent first, then
+    /// the rest, oldest first (protocol version 4, [`Ledger::case_document`]).
+    pub(crate) fn cases_urgent_first(&self, scope: &AdminCode) -> Result<Vec<CaseId>, LedgerError> {
+        Ok(self.store.cases_urgent_first(scope.as_str())?)
+    }
+
+    /// `case` whole, for a child's first sync: its document and what vouches for each of its
+    /// changes, in the document's order, with the changes' hashes in that order. `None` when
+    /// the case must go change by change instead: a change of it was written here (only a
+    /// push signs those) or came from `skip_from` (a side never sends a peer its own changes),
+    /// a kept signature is unreadable or names a change outside the case, or the case is over
+    /// the limits of a document.
+    pub(crate) fn case_document(
+        &mut self,
+        case: CaseId,
+        skip_from: Option<crate::case::ReplicaId>,
+    ) -> Result<Option<(CaseDocument, Vec<Hash>)>, LedgerError> {
+        let rows = self.store.case_log(case)?;
+        if rows.iter().any(|r| r.received_from.is_none() || (skip_from.is_some() && r.received_from == skip_from)) {
+            return Ok(None);
+        }
+        let doc = self.doc(case)?;
+        let hashes = doc.change_hashes();
+        let document = doc.document();
+        let Ok(order) = doc::document_changes(&document) else { return Ok(None) };
+        let place: HashMap<Hash, u16> =
+            order.iter().enumerate().filter_map(|(i, (h, _))| Some((*h, u16::try_from(i).ok()?))).collect();
+        // Each change's signer and kept signature, by hash.
+        let mut kept = HashMap::with_capacity(rows.len());
+        for row in rows {
+            if let Some(h) = resolve_key(&hashes, &row) {
+                kept.insert(h, (row.signer, row.signature));
+            }
+        }
+        let mut vouchers = Vec::with_capacity(order.len());
+        for (hash, _) in &order {
+            let Some((signer, blob)) = kept.get(hash) else { return Ok(None) };
+            let vouch = match blob.as_deref().map(Provenance::from_blob) {
+                None => Vouch::Unsigned,
+                Some(None) => return Ok(None),
+                Some(Some(Provenance::Single(sig))) => Vouch::Single(sig),
+                Some(Some(Provenance::RunHead { signature, others })) => {
+                    let Some(others) = others.iter().map(|o| place.get(o).copied()).collect() else {
+                        return Ok(None);
+                    };
+                    Vouch::RunHead { signature, others }
+                }
+                Some(Some(Provenance::RunMember { head })) => match place.get(&head) {
+                    Some(&head) => Vouch::RunMember { head },
+                    None => return Ok(None),
+                },
+            };
+            vouchers.push(Voucher { signer: *signer, vouch });
+        }
+        let hashes = order.into_iter().map(|(h, _)| h).collect();
+        Ok(Some((CaseDocument { case, document, vouchers }, hashes)))
+    }
+
+    /// Writes to the audit that what `peer` sent of `case` was refused before any of it could
+    /// be read as changes (a case's document that does not load): the reason the sync shows.
+    pub(crate) fn refuse_input(
+        &mut self,
+        peer: &PeerInfo,
+        case: CaseId,
+        reason: RefuseReason,
+        detail: &str,
+    ) -> Result<super::Refusal, LedgerError> {
+        self.check_writable()?;
+        let now = self.clock.now();
+        let from = peer.replica.to_string();
+        let text = format!("{} ({detail})", reason.code());
+        let tx = self.store.transaction()?;
+        let record = crate::store::NewAudit {
+            kind: "refused",
+            case: Some(case),
+            peer: Some(&from),
+            detail: &text,
+            code: Some(reason.code()),
+            params: Some(serde_json::json!({ "error": detail })),
+            ..crate::store::NewAudit::default()
+        };
+        tx.audit(now, &record)?;
+        tx.commit()?;
+        Ok(super::Refusal { case, hash: None, reason, detail: detail.to_owned() })
     }
 
     /// `changes` with every change of a signed run replaced by its whole run

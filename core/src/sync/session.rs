@@ -47,8 +47,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use ed25519_dalek::SigningKey;
 
 use super::wire::{
-    self, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES, MAX_ENVELOPES_PER_PUSH,
-    MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_RUN_CHANGES, Message, PROTOCOL_VERSION, Refused, Run,
+    self, CaseDocument, DecodeError, Envelope, ErrorCode, FrameDecoder, LogPosition, MAX_DIGEST_ENTRIES,
+    MAX_ENVELOPES_PER_PUSH, MAX_FRAME_BYTES, MAX_HEADS_PER_CASE, MAX_RUN_CHANGES, Message, PROTOCOL_VERSION, Refused,
+    Run, Vouch, Voucher,
 };
 use crate::audit;
 use crate::case::{AdminCode, CaseId};
@@ -293,6 +294,9 @@ pub struct Stats {
     /// About how many changes the parent said it would send in this session (0: it did not
     /// say: a version 1 or 2 parent, or the child side of nothing).
     pub to_receive: u64,
+    /// Cases that went whole, as their documents, in a first sync (version 4): sent by a
+    /// parent, or received and read by a child.
+    pub whole_cases: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +391,9 @@ pub struct Session {
     urgent: VecDeque<OutgoingChange>,
     /// Whether the urgent cases after the current position were read.
     urgent_read: bool,
+    /// Parent, in a child's first sync (version 4): the cases still to send whole, as their
+    /// documents, before the urgent and log passes (which then skip what they carried).
+    whole: VecDeque<CaseId>,
 }
 
 impl Session {
@@ -437,6 +444,7 @@ impl Session {
             policy_answered: false,
             peer_policy: None,
             version: 1,
+            whole: VecDeque::new(),
             sent: BTreeSet::new(),
             urgent: VecDeque::new(),
             urgent_read: false,
@@ -795,6 +803,7 @@ impl Session {
                 }
                 self.send_own_grant()?;
                 self.start_from(ledger, have)?;
+                self.plan_first_sync(ledger, have)?;
                 self.send_outlook(ledger)
             }
             (State::Streaming, Message::Outlook { changes }) if self.side == Side::Child => {
@@ -839,6 +848,9 @@ impl Session {
                     })
                     .collect();
                 self.receive_push(ledger, batch, upto, changes)
+            }
+            (State::Streaming, Message::Cases { batch, cases }) if self.version >= 4 && self.side == Side::Child => {
+                self.receive_cases(ledger, batch, cases)
             }
             (State::Streaming, Message::Pack { batch, upto, runs }) if self.version >= 2 => {
                 let changes = runs.into_iter().flat_map(incoming_run).collect();
@@ -1060,6 +1072,68 @@ impl Session {
         Ok(())
     }
 
+    /// A child that holds nothing of our log yet (a new or replaced device, a rebuilt
+    /// township) gets the cases of its scope whole, as their documents, instead of change by
+    /// change (version 4, ADR 45): a document encodes a case's changes column by column, in
+    /// about half the bytes. Only a server sends them: a device signs its own changes as it
+    /// pushes them, and a document carries only signatures already kept.
+    fn plan_first_sync(&mut self, ledger: &Ledger, have: LogPosition) -> Result<(), SessionError> {
+        if self.side != Side::Parent
+            || self.version < 4
+            || self.cfg.one_way
+            || self.cfg.device_peer
+            || have.seq != 0
+            || self.digest_sent
+            || ledger.identity().tier == Tier::Device
+        {
+            return Ok(());
+        }
+        let scope = self.peer_scope()?;
+        self.whole = ledger.cases_urgent_first(&scope)?.into();
+        Ok(())
+    }
+
+    /// Sends the cases of a child's first sync whole, while there is room in flight: each
+    /// message about a push's worth of documents, a push that moves no position. A case that
+    /// cannot go whole ([`Ledger::case_document`]) is left to the log pass.
+    fn send_whole_cases(&mut self, ledger: &mut Ledger, room: usize, now: Timestamp) -> Result<(), SessionError> {
+        let skip = self.peer.as_ref().map(|p| p.replica);
+        while self.in_flight.len() < room && !self.whole.is_empty() {
+            let mut cases = Vec::new();
+            let mut bytes = 0usize;
+            let mut count = 0usize;
+            while let Some(case) = self.whole.pop_front() {
+                let Some((document, hashes)) = ledger.case_document(case, skip)? else { continue };
+                // Documents and vouchers (at most 72 bytes each) must fit one block.
+                let size = document.document.len() + 72 * document.vouchers.len() + 64;
+                if !cases.is_empty() && bytes + size > wire::MAX_PACK_BYTES - 64 * 1024 {
+                    self.whole.push_front(case);
+                    break;
+                }
+                bytes += size;
+                count += hashes.len();
+                self.sent.extend(hashes);
+                cases.push(document);
+                if bytes >= self.batch_bytes || cases.len() >= wire::MAX_PACK_TABLE {
+                    break;
+                }
+            }
+            if cases.is_empty() {
+                break;
+            }
+            let signers: BTreeSet<[u8; 32]> = cases.iter().flat_map(|c| &c.vouchers).filter_map(|v| v.signer).collect();
+            for k in signers {
+                self.offer_grant(ledger, k)?;
+            }
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            self.stats.whole_cases += cases.len() as u64;
+            let frame = wire::encode_with(&Message::Cases { batch, cases }, self.version)?;
+            self.queue_push(frame, batch, u32::try_from(count).unwrap_or(u32::MAX), now);
+        }
+        Ok(())
+    }
+
     /// Sends pushes while there is room in flight and log to read.
     fn pump(&mut self, ledger: &mut Ledger, now: Timestamp) -> Result<(), SessionError> {
         if self.state != State::Streaming || self.recovery_resume.is_some() {
@@ -1067,6 +1141,12 @@ impl Session {
         }
         let scope = self.peer_scope()?;
         let skip = self.peer.as_ref().map(|p| p.replica);
+        if !self.whole.is_empty() {
+            self.send_whole_cases(ledger, self.cfg.max_in_flight, now)?;
+            if !self.whole.is_empty() {
+                return Ok(());
+            }
+        }
         // Urgent cases first (high risk, then escalations waiting), in pushes
         // that move no position: the log pass below skips what they carried.
         if !self.urgent_read {
@@ -1314,6 +1394,26 @@ impl Session {
         Ok(())
     }
 
+    /// Whole cases of a first sync: each document's changes, with what vouches for them, go
+    /// through the same checks as a push's. A document that does not load, or whose vouchers
+    /// do not fit it, is refused whole and audited; the rest of the message is taken.
+    fn receive_cases(&mut self, ledger: &mut Ledger, batch: u64, cases: Vec<CaseDocument>) -> Result<(), SessionError> {
+        let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("cases")) };
+        let mut changes = Vec::new();
+        let mut broken = Vec::new();
+        for case in cases {
+            let id = case.case;
+            match incoming_document(case) {
+                Ok(mut c) => {
+                    self.stats.whole_cases += 1;
+                    changes.append(&mut c);
+                }
+                Err(why) => broken.push(ledger.refuse_input(&peer, id, RefuseReason::Malformed, &why)?),
+            }
+        }
+        self.apply_and_ack(ledger, batch, None, changes, broken)
+    }
+
     fn receive_push(
         &mut self,
         ledger: &mut Ledger,
@@ -1321,9 +1421,23 @@ impl Session {
         upto: Option<LogPosition>,
         changes: Vec<IncomingChange>,
     ) -> Result<(), SessionError> {
+        self.apply_and_ack(ledger, batch, upto, changes, Vec::new())
+    }
+
+    /// Applies a push's changes (with `broken`, what was refused before it could be read as
+    /// changes) and acknowledges it once committed.
+    fn apply_and_ack(
+        &mut self,
+        ledger: &mut Ledger,
+        batch: u64,
+        upto: Option<LogPosition>,
+        changes: Vec<IncomingChange>,
+        broken: Vec<crate::ledger::Refusal>,
+    ) -> Result<(), SessionError> {
         let Some(peer) = self.peer.clone() else { return Err(SessionError::Unexpected("push")) };
         let upto = upto.filter(|_| !self.position_held);
-        let report = ledger.apply_from_peer(&peer, changes, upto)?;
+        let mut report = ledger.apply_from_peer(&peer, changes, upto)?;
+        report.refused.extend(broken);
         // The ledger kept the old position for this push (see
         // `Ledger::apply_from_peer`); keep it for the pushes that follow too.
         self.position_held |= report.refused.iter().any(|r| r.reason == RefuseReason::UnknownSigner);
@@ -1436,6 +1550,35 @@ fn incoming_run(run: Run) -> Vec<IncomingChange> {
             signature: Some(if i == last { head_blob.clone() } else { member_blob.clone() }),
         })
         .collect()
+}
+
+/// The changes of a case sent whole, each with the provenance the ledger keeps (as a Pack's
+/// runs give it: [`incoming_run`]), or why the case is refused whole.
+fn incoming_document(case: CaseDocument) -> Result<Vec<IncomingChange>, String> {
+    let CaseDocument { case, document, vouchers } = case;
+    let changes = crate::doc::document_changes(&document).map_err(|e| e.to_string())?;
+    if changes.len() != vouchers.len() {
+        return Err(format!("{} changes but {} signatures", changes.len(), vouchers.len()));
+    }
+    let hash_at = |i: u16| changes.get(usize::from(i)).map(|(h, _)| *h);
+    let mut out = Vec::with_capacity(changes.len());
+    for ((_, bytes), Voucher { signer, vouch }) in changes.iter().zip(vouchers) {
+        let provenance = match vouch {
+            Vouch::Unsigned => None,
+            Vouch::Single(sig) => Some(Provenance::Single(sig)),
+            Vouch::RunHead { signature, others } => {
+                let mut others: Vec<Hash> =
+                    others.into_iter().map(hash_at).collect::<Option<_>>().ok_or("a run member outside the case")?;
+                others.sort_unstable();
+                Some(Provenance::RunHead { signature, others })
+            }
+            Vouch::RunMember { head } => {
+                Some(Provenance::RunMember { head: hash_at(head).ok_or("a run head outside the case")? })
+            }
+        };
+        out.push(IncomingChange { case, bytes: bytes.clone(), signer, signature: provenance.map(|p| p.to_blob()) });
+    }
+    Ok(out)
 }
 
 fn wire_reason(r: RefuseReason) -> wire::RefuseReason {

@@ -35,8 +35,9 @@ pub use crate::policy::MAX_POLICY_BYTES;
 pub use crate::doc::MAX_CHANGE_BYTES;
 
 /// The protocol version this build speaks best. Version 2 adds [`Message::Pack`], the
-/// compressed push with signed runs (`docs/PROTOCOL.md`); every other message is the same.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// compressed push with signed runs (`docs/PROTOCOL.md`); version 3 the [`Message::Outlook`];
+/// version 4 [`Message::Cases`], whole cases for a first sync. Every other message is the same.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
@@ -103,6 +104,8 @@ const KIND_POLICY: u8 = 20;
 const KIND_PACK: u8 = 30;
 /// How many changes the parent is about to send (version 3).
 const KIND_OUTLOOK: u8 = 31;
+/// Whole cases as their documents, for a first sync (version 4).
+const KIND_CASES: u8 = 32;
 
 const FLAG_SIGNER: u8 = 0b01;
 const FLAG_SIGNATURE: u8 = 0b10;
@@ -482,6 +485,59 @@ pub enum Message {
         /// The runs, at most [`MAX_ENVELOPES_PER_PUSH`] changes in all.
         runs: Vec<Run>,
     },
+    /// Version 4: whole cases as their documents, sent by a parent to a child that holds
+    /// nothing of its log yet (a new or replaced device's first sync). Like a push that moves
+    /// no position, acknowledged by an [`Message::Ack`] with `upto` 0.
+    Cases {
+        /// The sender's batch number, echoed by the ack.
+        batch: u64,
+        /// The cases, at most [`MAX_PACK_TABLE`], in at most [`MAX_PACK_BYTES`] uncompressed.
+        cases: Vec<CaseDocument>,
+    },
+}
+
+/// One case sent whole in a [`Message::Cases`]: its document, and what vouches for each of
+/// its changes, in the order the document lists them ([`crate::doc::document_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseDocument {
+    /// The case.
+    pub case: CaseId,
+    /// Automerge's uncompressed document of the case, at most
+    /// [`crate::doc::MAX_DOCUMENT_BYTES`].
+    pub document: Vec<u8>,
+    /// One for each change of the document, in its order.
+    pub vouchers: Vec<Voucher>,
+}
+
+/// What vouches for one change of a [`CaseDocument`]: who signed it, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    /// The signing device's ed25519 public key, if known.
+    pub signer: Option<[u8; 32]>,
+    /// The signature, or where in the document the signature of its run is.
+    pub vouch: Vouch,
+}
+
+/// The provenance of a change kept by the sender ([`crate::trust::Provenance`]), with run
+/// members named by their place in the case's document instead of their 32-byte hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vouch {
+    /// Nothing vouches for it (it came unsigned).
+    Unsigned,
+    /// Its own signature.
+    Single([u8; 64]),
+    /// The head of a signed run: the run signature, and the other members' places.
+    RunHead {
+        /// The run signature.
+        signature: [u8; 64],
+        /// The places of the run's other changes in the document.
+        others: Vec<u16>,
+    },
+    /// A member of the run whose head is at this place in the document.
+    RunMember {
+        /// The head's place.
+        head: u16,
+    },
 }
 
 impl Message {
@@ -505,6 +561,7 @@ impl Message {
             Message::ChangeList { .. } => "change list",
             Message::Policy { .. } => "policy",
             Message::Pack { .. } => "pack",
+            Message::Cases { .. } => "cases",
         }
     }
 
@@ -527,6 +584,7 @@ impl Message {
             Message::ChangeList { .. } => KIND_CHANGE_LIST,
             Message::Policy { .. } => KIND_POLICY,
             Message::Pack { .. } => KIND_PACK,
+            Message::Cases { .. } => KIND_CASES,
         }
     }
 }
@@ -672,6 +730,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
     let version = match msg {
         Message::Pack { .. } => 2,
         Message::Outlook { .. } => 3,
+        Message::Cases { .. } => 4,
         _ => 1,
     };
     encode_with(msg, version)
@@ -684,6 +743,7 @@ pub fn encode_with(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
     let version = match msg {
         Message::Hello { .. } | Message::Error { .. } => 1,
         Message::Pack { .. } if version < 2 => return Err(EncodeError::BadValue { what: "pack needs version 2" }),
+        Message::Cases { .. } if version < 4 => return Err(EncodeError::BadValue { what: "cases needs version 4" }),
         Message::Outlook { .. } if version < 3 => {
             return Err(EncodeError::BadValue { what: "outlook needs version 3" });
         }
@@ -857,8 +917,159 @@ pub fn encode_with(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
             w.u32(u32::try_from(block.len()).unwrap_or(u32::MAX))?;
             w.put(&deflate(&block))?;
         }
+        Message::Cases { batch, cases } => {
+            w.u64(*batch)?;
+            let block = cases_block(cases)?;
+            w.u32(u32::try_from(block.len()).unwrap_or(u32::MAX))?;
+            w.put(&deflate(&block))?;
+        }
     }
     Ok(w.finish())
+}
+
+const VOUCH_UNSIGNED: u8 = 0;
+const VOUCH_SINGLE: u8 = 1;
+const VOUCH_RUN_HEAD: u8 = 2;
+const VOUCH_RUN_MEMBER: u8 = 3;
+/// Set in a voucher's tag when a signer index follows.
+const VOUCH_SIGNER: u8 = 0b100;
+
+/// The uncompressed block of a [`Message::Cases`]: the signer table, then each case (its id,
+/// its document, its vouchers).
+fn cases_block(cases: &[CaseDocument]) -> Result<Vec<u8>, EncodeError> {
+    let too_many = |what, count, max| EncodeError::TooMany { what, count, max };
+    if cases.is_empty() || cases.len() > MAX_PACK_TABLE {
+        return Err(too_many("cases", cases.len(), MAX_PACK_TABLE));
+    }
+    let mut signers: Vec<[u8; 32]> = Vec::new();
+    for v in cases.iter().flat_map(|c| &c.vouchers) {
+        if let Some(k) = v.signer
+            && !signers.contains(&k)
+        {
+            signers.push(k);
+        }
+    }
+    if signers.len() > MAX_PACK_TABLE {
+        return Err(too_many("pack signers", signers.len(), MAX_PACK_TABLE));
+    }
+    let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
+    let mut out = Vec::with_capacity(cases.iter().map(|c| c.document.len() + 72 * c.vouchers.len() + 24).sum());
+    out.extend_from_slice(&index(signers.len()));
+    signers.iter().for_each(|k| out.extend_from_slice(k));
+    out.extend_from_slice(&index(cases.len()));
+    for case in cases {
+        if case.document.len() > crate::doc::MAX_DOCUMENT_BYTES {
+            let max = crate::doc::MAX_DOCUMENT_BYTES;
+            return Err(EncodeError::TooLong { what: "case document", len: case.document.len(), max });
+        }
+        if case.vouchers.is_empty() || case.vouchers.len() > crate::doc::MAX_DOCUMENT_CHANGES {
+            return Err(too_many("vouchers", case.vouchers.len(), crate::doc::MAX_DOCUMENT_CHANGES));
+        }
+        out.extend_from_slice(case.case.as_bytes());
+        put_uleb(&mut out, case.document.len());
+        out.extend_from_slice(&case.document);
+        put_uleb(&mut out, case.vouchers.len());
+        for v in &case.vouchers {
+            let kind = match v.vouch {
+                Vouch::Unsigned => VOUCH_UNSIGNED,
+                Vouch::Single(_) => VOUCH_SINGLE,
+                Vouch::RunHead { .. } => VOUCH_RUN_HEAD,
+                Vouch::RunMember { .. } => VOUCH_RUN_MEMBER,
+            };
+            out.push(kind | if v.signer.is_some() { VOUCH_SIGNER } else { 0 });
+            if let Some(k) = &v.signer {
+                out.extend_from_slice(&index(signers.iter().position(|s| s == k).unwrap_or(0)));
+            }
+            match &v.vouch {
+                Vouch::Unsigned => {}
+                Vouch::Single(sig) => out.extend_from_slice(sig),
+                Vouch::RunHead { signature, others } => {
+                    if others.is_empty() || others.len() > crate::doc::MAX_DOCUMENT_CHANGES {
+                        return Err(too_many("run members", others.len(), crate::doc::MAX_DOCUMENT_CHANGES));
+                    }
+                    out.extend_from_slice(signature);
+                    put_uleb(&mut out, others.len());
+                    others.iter().for_each(|i| out.extend_from_slice(&i.to_be_bytes()));
+                }
+                Vouch::RunMember { head } => out.extend_from_slice(&head.to_be_bytes()),
+            }
+        }
+        if out.len() > MAX_PACK_BYTES {
+            return Err(EncodeError::TooLong { what: "cases block", len: out.len(), max: MAX_PACK_BYTES });
+        }
+    }
+    Ok(out)
+}
+
+fn decode_cases(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let batch = r.u64("cases batch")?;
+    let declared = usize::try_from(r.u32("cases block length")?).unwrap_or(usize::MAX);
+    let block = inflate(r.rest(), declared)?;
+    let mut b = Reader { buf: &block };
+    let signer_count = r_count16(&mut b, "pack signers", 32)?;
+    let mut signers = Vec::with_capacity(signer_count);
+    for _ in 0..signer_count {
+        signers.push(b.array::<32>("signer")?);
+    }
+    // case id 16, document length 1, voucher count 1, one voucher 1.
+    let case_count = r_count16(&mut b, "cases", 19)?;
+    if case_count == 0 {
+        return Err(DecodeError::BadValue { what: "cases" });
+    }
+    let mut cases = Vec::with_capacity(case_count);
+    for _ in 0..case_count {
+        let case = CaseId::from_bytes(b.array("case id")?);
+        let len = b.uleb("case document")?;
+        if len > crate::doc::MAX_DOCUMENT_BYTES {
+            return Err(DecodeError::TooLong { what: "case document", len, max: crate::doc::MAX_DOCUMENT_BYTES });
+        }
+        let document = b.take(len, "case document")?.to_vec();
+        let n = b.uleb("vouchers")?;
+        if n == 0 || n > crate::doc::MAX_DOCUMENT_CHANGES {
+            return Err(DecodeError::TooMany { what: "vouchers", count: n, max: crate::doc::MAX_DOCUMENT_CHANGES });
+        }
+        if n > b.buf.len() {
+            return Err(DecodeError::Truncated { what: "vouchers" });
+        }
+        let mut vouchers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = b.u8("voucher")?;
+            if tag & !(VOUCH_SIGNER | 0b11) != 0 {
+                return Err(DecodeError::BadValue { what: "voucher" });
+            }
+            let signer = if tag & VOUCH_SIGNER != 0 {
+                let at = usize::from(b.u16("voucher signer")?);
+                Some(*signers.get(at).ok_or(DecodeError::BadValue { what: "voucher signer" })?)
+            } else {
+                None
+            };
+            let vouch = match tag & 0b11 {
+                VOUCH_UNSIGNED => Vouch::Unsigned,
+                VOUCH_SINGLE => Vouch::Single(b.array("signature")?),
+                VOUCH_RUN_HEAD => {
+                    let signature = b.array("signature")?;
+                    let m = b.uleb("run members")?;
+                    if m == 0 || m > crate::doc::MAX_DOCUMENT_CHANGES {
+                        let max = crate::doc::MAX_DOCUMENT_CHANGES;
+                        return Err(DecodeError::TooMany { what: "run members", count: m, max });
+                    }
+                    if m.saturating_mul(2) > b.buf.len() {
+                        return Err(DecodeError::Truncated { what: "run members" });
+                    }
+                    let mut others = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        others.push(b.u16("run member")?);
+                    }
+                    Vouch::RunHead { signature, others }
+                }
+                _ => Vouch::RunMember { head: b.u16("run head")? },
+            };
+            vouchers.push(Voucher { signer, vouch });
+        }
+        cases.push(CaseDocument { case, document, vouchers });
+    }
+    b.finish()?;
+    Ok(Message::Cases { batch, cases })
 }
 
 /// The uncompressed block of a pack: the signer and case tables, then the runs.
@@ -1066,6 +1277,8 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         KIND_PACK => decode_pack(&mut r)?,
         KIND_OUTLOOK if version < 3 => return Err(DecodeError::UnknownKind { kind }),
         KIND_OUTLOOK => Message::Outlook { changes: r.u64("outlook changes")? },
+        KIND_CASES if version < 4 => return Err(DecodeError::UnknownKind { kind }),
+        KIND_CASES => decode_cases(&mut r)?,
         KIND_HELLO => decode_hello(&mut r)?,
         KIND_GRANT => Message::Grant { bytes: r.bytes("grant", MAX_GRANT_BYTES)?.to_vec() },
         KIND_PUSH => decode_push(&mut r)?,
@@ -1691,6 +1904,31 @@ mod tests {
             Message::Want { cases: vec![(case(1), vec![[1; 32], [2; 32]]), (case(9), vec![])] },
             Message::Done { log_head: 1234 },
             Message::Outlook { changes: 10_001 },
+            Message::Cases {
+                batch: 9,
+                cases: vec![
+                    CaseDocument {
+                        case: case(3),
+                        document: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 0, 1, 0],
+                        vouchers: vec![
+                            Voucher { signer: Some([7; 32]), vouch: Vouch::RunMember { head: 2 } },
+                            Voucher { signer: Some([7; 32]), vouch: Vouch::RunMember { head: 2 } },
+                            Voucher {
+                                signer: Some([7; 32]),
+                                vouch: Vouch::RunHead { signature: [9; 64], others: vec![0, 1] },
+                            },
+                        ],
+                    },
+                    CaseDocument {
+                        case: case(4),
+                        document: vec![1; 40],
+                        vouchers: vec![
+                            Voucher { signer: Some([8; 32]), vouch: Vouch::Single([5; 64]) },
+                            Voucher { signer: None, vouch: Vouch::Unsigned },
+                        ],
+                    },
+                ],
+            },
             Message::Error { code: ErrorCode::Unauthorized, text: "scope not granted".into() },
             Message::Error { code: ErrorCode::Other(999), text: String::new() },
             Message::Policy { now: Timestamp(1_790_000_000_000), version: 0, signed: None },
@@ -1862,7 +2100,12 @@ mod tests {
     #[test]
     fn decode_refuses_bad_versions_kinds_and_values() {
         assert_eq!(decode(&[]), Err(DecodeError::Truncated { what: "version" }));
-        assert_eq!(decode(&[4, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 4 }));
+        assert_eq!(decode(&[5, KIND_DONE]), Err(DecodeError::UnsupportedVersion { got: 5 }));
+        // Whole cases are version 4's.
+        assert_eq!(
+            decode(&[3, KIND_CASES, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::UnknownKind { kind: KIND_CASES })
+        );
         assert_eq!(decode(&[1, KIND_PACK]), Err(DecodeError::UnknownKind { kind: KIND_PACK }));
         // An Outlook is version 3's: a version 2 frame of that kind is not one.
         assert_eq!(
@@ -2102,10 +2345,11 @@ mod tests {
     fn negotiate_version_picks_the_highest_common() {
         assert_eq!(negotiate_version(1, 1), Some(1));
         assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_VERSION));
-        assert_eq!(negotiate_version(2, 5), Some(3));
+        assert_eq!(negotiate_version(2, 5), Some(4));
         assert_eq!(negotiate_version(1, 2), Some(2));
-        assert_eq!(negotiate_version(3, 5), Some(3));
-        assert_eq!(negotiate_version(4, 5), None);
+        assert_eq!(negotiate_version(1, 3), Some(3));
+        assert_eq!(negotiate_version(3, 5), Some(4));
+        assert_eq!(negotiate_version(5, 6), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 }

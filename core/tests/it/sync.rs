@@ -917,3 +917,65 @@ fn sync_runs_split_differently_by_two_pushes_are_taken_and_passed_on() {
     assert_eq!(town.ledger.pending_count().unwrap(), 0, "nothing waits");
     county_gets_the_whole_case(&mut town, &mut county, case, &changes, clock.now());
 }
+
+/// Issue 12, item 5: a new device's first sync takes its village's cases whole, as their
+/// documents, with every signature kept and checked: changes signed alone and in runs, by two
+/// authors, an urgent case first. The device holds every change, refuses none, and keeps
+/// provenance the county would accept when it passes them on.
+#[test]
+fn sync_first_sync_of_a_new_device_takes_whole_cases_with_their_signatures() {
+    use fq_core::case::Risk;
+    let clock = ManualClock::new(T0);
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev_a = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    let mut dev_c = node(&clock, 5, "dev-c", GrantRole::GridWorker, "532924101201");
+    let mut cases = Vec::new();
+    for i in 0..12 {
+        cases.push(dev_a.ledger.create_case(new_case(&format!("邻里纠纷{i}"))).unwrap().id);
+    }
+    // Runs: several changes of one author to a case in one push.
+    for (i, case) in cases.iter().enumerate() {
+        for n in 0..(i % 4) {
+            dev_a.ledger.add_note(*case, &format!("第{n}次走访")).unwrap();
+        }
+    }
+    sync(&mut dev_a, &mut town, clock.now());
+    // Another author edits some of them, one change per push (signed alone).
+    sync(&mut dev_c, &mut town, clock.now());
+    for case in &cases[..3] {
+        dev_c.ledger.add_note(*case, "网格员补充情况").unwrap();
+        sync(&mut dev_c, &mut town, clock.now());
+    }
+    let mut urgent = new_case("扬言报复，民转刑风险");
+    urgent.risk = Risk::High;
+    let urgent = dev_c.ledger.create_case(urgent).unwrap().id;
+    sync(&mut dev_c, &mut town, clock.now());
+
+    let mut fresh = node(&clock, 9, "dev-new", GrantRole::Mediator, "532924101201");
+    let (c, p) = sync(&mut fresh, &mut town, clock.now());
+    assert_eq!(p.stats().whole_cases, 13, "the township sent every case whole (12, and the urgent one)");
+    assert_eq!(c.stats().whole_cases, 13);
+    assert_eq!(c.stats().refused_here, 0, "the new device refused nothing");
+    let everything = town.ledger.changes_since(0, 10_000).unwrap();
+    for change in &everything {
+        assert!(fresh.ledger.holds_change(change.case, &change.hash).unwrap(), "a change did not arrive");
+    }
+    assert_eq!(rows(&fresh.ledger).len(), 13);
+    assert!(rows(&fresh.ledger).iter().any(|r| r.id == urgent));
+    // What the new device keeps vouches for every change: it passes them on to another
+    // device, which checks every signature again.
+    let mut other = node(&clock, 10, "dev-other", GrantRole::GridWorker, "532924101201");
+    let config = SessionConfig { device_peer: true, ..SessionConfig::default() };
+    let now = clock.now();
+    let mut c2 =
+        Session::new(Side::Child, &other.ledger, creds(&other, Some("532924101201")), config.clone(), None, now)
+            .unwrap();
+    let mut p2 =
+        Session::new(Side::Parent, &fresh.ledger, creds(&fresh, Some("532924101201")), config, None, now).unwrap();
+    drive(&mut c2, &mut other, &mut p2, &mut fresh, now);
+    assert_eq!(p2.stats().whole_cases, 0, "a device sends change by change");
+    assert_eq!(c2.stats().refused_here, 0, "the other device refused a change the new one passed on");
+    for change in &everything {
+        assert!(other.ledger.holds_change(change.case, &change.hash).unwrap(), "a relayed change was refused");
+    }
+}

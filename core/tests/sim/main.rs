@@ -183,8 +183,10 @@ fn sim_catches_compare_that_drops_cases() {
 #[test]
 fn sim_catches_an_older_policy_installed() {
     // An older policy reaches a replica that holds a newer one in few seeds
-    // (found scanning seeds 41..700: 158; seed 5 of the first 40 does too).
-    assert_caught_in(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"], &[158]);
+    // (found scanning seeds 41..700: 68 and 107, with protocol version 4).
+    // Any change to what a seed draws moves them: scan again
+    // (`&(41..700).collect::<Vec<_>>()` prints the seeds that catch it).
+    assert_caught_in(Bug::AcceptOlderPolicy, &["policy went back", "computes with policy version"], &[68, 107]);
 }
 
 #[test]

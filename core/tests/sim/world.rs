@@ -1276,9 +1276,10 @@ fn first_difference(a: &[(CaseId, Hash)], b: &[(CaseId, Hash)]) -> String {
     String::new()
 }
 
-/// A push of either version: a version-1 Push (3) or a version-2 Pack (30).
+/// A push of any version: a version-1 Push (3), a version-2 Pack (30), or version 4's whole
+/// cases of a first sync (32).
 fn is_push(frame: &[u8]) -> bool {
-    matches!(frame.get(5), Some(&3) | Some(&30))
+    matches!(frame.get(5), Some(&3) | Some(&30) | Some(&32))
 }
 
 fn is_signed_policy(frame: &[u8]) -> bool {
@@ -1296,6 +1297,14 @@ fn note_push(frame: &[u8], into: &mut VecDeque<Vec<(CaseId, Hash)>>) {
         }
         Ok(Message::Pack { runs, .. }) => {
             into.push_back(runs.iter().flat_map(|r| r.changes.iter().filter_map(|c| key(r.case, c))).collect());
+        }
+        Ok(Message::Cases { cases, .. }) => {
+            // A document that does not load is refused whole, so it acknowledges nothing.
+            let changes = cases.iter().flat_map(|c| {
+                let read = fq_core::doc::document_changes(&c.document).unwrap_or_default();
+                read.into_iter().map(move |(hash, _)| (c.case, hash))
+            });
+            into.push_back(changes.collect());
         }
         _ => {}
     }
