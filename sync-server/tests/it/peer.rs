@@ -213,6 +213,8 @@ async fn peer_session_cut_short_by_stopping_is_reported_and_the_dialer_told() {
         };
         serve_peers(&listener, open, false, shutdown, |event| {
             let line = match event {
+                PeerEvent::Started { peer, .. } => format!("started {}", peer.id),
+                PeerEvent::Progress(_) => return,
                 PeerEvent::Interrupted { peer, .. } => format!("interrupted {}", peer.id),
                 PeerEvent::Session(_) => "session".to_owned(),
                 _ => "refused".to_owned(),
@@ -243,7 +245,8 @@ async fn peer_session_cut_short_by_stopping_is_reported_and_the_dialer_told() {
     stop.send(()).unwrap();
     let sessions = within("the listener to stop", serving).await.unwrap().unwrap();
     assert_eq!(sessions, 1, "the session cut short is counted");
-    assert_eq!(events.recv().await.as_deref(), Some("interrupted d07"));
+    assert_eq!(events.recv().await.as_deref(), Some("started d07"));
+    assert_eq!(events.recv().await.as_deref(), Some("interrupted d07"), "nothing else was told");
     match within("the close", connection.closed()).await {
         ConnectionError::ApplicationClosed(close) => {
             assert_eq!(CloseCode::from_code(close.error_code), Some(CloseCode::ShuttingDown))
