@@ -193,6 +193,9 @@ struct World {
     compare_at: u64,
     /// The newest county policy version issued (0: none yet), and its bytes.
     policy: (u64, Vec<u8>),
+    /// Every policy version issued so far, as the Policy frame a parent would send with it: a
+    /// replayed session may carry any of them, the older ones too.
+    issued_policies: Vec<Vec<u8>>,
     /// Each node's policy version when last looked at: it may only grow
     /// (a restored backup or a new phone starts again from what it holds).
     policy_seen: Vec<u64>,
@@ -233,6 +236,7 @@ impl World {
             last_reinstall: 0,
             compare_at: 0,
             policy: (0, Vec::new()),
+            issued_policies: Vec::new(),
             policy_seen: Vec::new(),
             paths,
             files: Vec::new(),
@@ -582,9 +586,10 @@ impl World {
     }
 
     /// The county issues a new policy version (other deadlines and visits);
-    /// its server installs it from the CA's file, as `fq-server` does.
+    /// its server installs it from the CA's file, as `fq-server` does. The first time it
+    /// issues two versions at once (a correction): sessions replay every version issued, so
+    /// an older one reaches the replicas that hold the newer in most seeds.
     fn issue_policy(&mut self) -> Sim<()> {
-        let version = self.policy.0 + 1;
         let text = format!(
             "[deadlines]\nvillage = {}\ntownship = {}\n[follow_up]\ndays = [{}]\n",
             self.rng.random_range(5..30),
@@ -592,9 +597,20 @@ impl World {
             self.rng.random_range(3..20)
         );
         let county = AdminCode::parse(COUNTY).map_err(|e| e.to_string())?;
-        let signed = SignedPolicy::sign(&county, version, Timestamp(self.now), &text, vec![], vec![], &self.ca)
+        let versions = if self.issued_policies.is_empty() { 2 } else { 1 };
+        for _ in 0..versions {
+            let version = self.policy.0 + 1;
+            let signed = SignedPolicy::sign(&county, version, Timestamp(self.now), &text, vec![], vec![], &self.ca)
+                .map_err(|e| e.to_string())?;
+            self.policy = (version, signed.as_bytes().to_vec());
+            let frame = wire::encode(&Message::Policy {
+                now: Timestamp(self.now),
+                version,
+                signed: Some(signed.as_bytes().to_vec()),
+            })
             .map_err(|e| e.to_string())?;
-        self.policy = (version, signed.as_bytes().to_vec());
+            self.issued_policies.push(frame);
+        }
         self.install_newest_at_county()
     }
 
@@ -716,6 +732,10 @@ impl World {
         if self.rng.random_bool(0.3) {
             pipe.replay_policies = self.links[k].sent_policies.clone();
         }
+        // Every session also hears every version the county ever issued, newest first, so the
+        // older ones come last (a stale parent, a replay): a replica that holds a newer one
+        // must keep it.
+        pipe.replay_policies.extend(self.issued_policies.iter().rev().cloned());
         self.links[k].pipes.push(pipe);
         Ok(())
     }
