@@ -224,8 +224,17 @@ fn main() {
         LOSS * 100.0,
         DELAY.as_millis() * 2
     );
+    // One relay seed alone (which datagrams are lost), to look into one run; with RUST_LOG set
+    // (for example `quinn_proto=debug`), the QUIC stack's log with it.
+    let seeds: Vec<u64> = match std::env::var("FQ_VILLAGE_SEED").ok().and_then(|v| v.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => (1..=runs).collect(),
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
     let mut times = Vec::new();
-    for seed in 1..=runs {
+    for seed in seeds {
         let dir = tempfile::tempdir().unwrap();
         let o = runtime.block_on(one_run(dir.path(), seed));
         println!(

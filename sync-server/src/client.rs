@@ -53,6 +53,8 @@ pub const REDIALS: u32 = 1;
 /// when a packet of it arrives: at the default 15 s keep-alive a restart cost the device 15 s.
 /// A ping and its ack are about 120 bytes: 60 B/s both ways, during a sync only.
 pub const SYNC_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How often [`confirmed`] looks whether the server confirmed the handshake.
+const CONFIRMATION_POLL: Duration = Duration::from_millis(10);
 /// How long hanging up may wait for the server's last bytes (the end of its stream).
 pub(crate) const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bounds on how long a closed connection lingers so that its close goes out: about a round
@@ -86,7 +88,7 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         Self {
-            net: NetConfig { keep_alive_interval: SYNC_KEEP_ALIVE, ..NetConfig::default() },
+            net: NetConfig { keep_alive_interval: SYNC_KEEP_ALIVE, probe_mtu: false, ..NetConfig::default() },
             connect_timeout: CONNECT_TIMEOUT,
             stall_timeout: STALL_TIMEOUT,
             session: SessionConfig::default(),
@@ -507,7 +509,7 @@ impl Dialed {
                 reconnects,
             });
         };
-        let driver = Driver { stall_timeout: self.options.stall_timeout };
+        let driver = Driver { stall_timeout: self.options.stall_timeout, finish_early: true };
         let result = driver.drive(&mut session, ledger, &mut send, &mut recv, &mut show, told).await;
         (result, session.stats().clone())
     }
@@ -539,6 +541,10 @@ fn known_device(ledger: &Ledger, key: &[u8; 32]) -> Result<Option<ReplicaId>, Le
 pub(crate) struct Driver {
     /// Bound on silence from the peer while the session is not caught up.
     pub(crate) stall_timeout: Duration,
+    /// The dialer's side: finish our stream as soon as the session has nothing more to send
+    /// ([`Session::is_finished_sending`]), and once caught up wait only for the peer to
+    /// acknowledge that end, not for the peer's own end of stream (a round trip less on 2G).
+    pub(crate) finish_early: bool,
 }
 
 impl Driver {
@@ -555,8 +561,22 @@ impl Driver {
         let clock = SystemClock;
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         let mut heard = Instant::now();
+        let mut finished = false;
         loop {
-            transmit(session, send).await?;
+            if finished {
+                // Only an ack for a push the peer made after its Done can come now: the peer
+                // sends that push again next time.
+                let late = std::iter::from_fn(|| session.poll_transmit()).count();
+                if late > 0 {
+                    tracing::debug!(frames = late, "frames after our stream ended, dropped");
+                }
+            } else {
+                transmit(session, send).await?;
+                if self.finish_early && session.is_finished_sending() {
+                    finished = true;
+                    let _ = send.finish();
+                }
+            }
             for event in std::iter::from_fn(|| session.poll_event()) {
                 told.take(event);
             }
@@ -599,6 +619,12 @@ impl Driver {
                 () = tokio::time::sleep(stall) => return Err(SyncError::Stalled(self.stall_timeout)),
             }
         }
+        if finished {
+            // Our Done went before the end of our stream: once the peer acknowledged that end
+            // it holds the Done, and retires the session on reading it.
+            let _ = tokio::time::timeout(HANG_UP_TIMEOUT, send.stopped()).await;
+            return Ok(());
+        }
         // Done: finish our side and read the server's to its end (it finishes once it has
         // retired the session), so no stream is left half open.
         let _ = send.finish();
@@ -617,7 +643,19 @@ fn take_revocations(
 ) -> tokio::task::JoinHandle<()> {
     // A device's endpoint takes no unidirectional streams by default; its server may open
     // these (the list, and a newer one if the county revokes during the sync).
-    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::upstream::REVOCATION_STREAMS));
+    let streams = crate::upstream::REVOCATION_STREAMS;
+    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(streams));
+    let nudge = conn.clone();
+    tokio::spawn(async move {
+        // Once the server has confirmed the handshake, one stream more: the MAX_STREAMS frame
+        // is a packet the server acknowledges. If our first packets after the handshake (the
+        // session's Hello) reached the server before it had our Finished, it dropped them, and
+        // nothing else we send would ask for an ack: quinn would send them again only at its
+        // probe timeout, 2-4 s later on 2G. The ack of this packet makes it see them lost and
+        // send them again a round trip after the confirmation (ADR 46).
+        confirmed(&nudge).await;
+        nudge.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(streams + 1));
+    });
     tokio::spawn(async move {
         while let Ok(recv) = conn.accept_uni().await {
             let Ok(list) = crate::upstream::read_list(recv).await else { continue };
@@ -631,6 +669,14 @@ fn take_revocations(
             }
         }
     })
+}
+
+/// Returns once the server has confirmed the handshake on `conn` (its HANDSHAKE_DONE frame came;
+/// quinn counts it but does not signal it), or the connection has closed.
+async fn confirmed(conn: &Connection) {
+    while conn.stats().frame_rx.handshake_done == 0 && conn.close_reason().is_none() {
+        tokio::time::sleep(CONFIRMATION_POLL).await;
+    }
 }
 
 /// What the server told us during a sync, over every session of it (a redial starts another).

@@ -69,9 +69,14 @@ pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 2;
 /// lists"), is allowed by the child on the connection it dials
 /// (`Connection::set_max_concurrent_uni_streams`), so every accepting side still takes none.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
-/// RTT assumed before the first measurement. 2G/EDGE round trips are 300-1000 ms; quinn's
-/// default of 333 ms would retransmit the first handshake flight needlessly on such a link.
-pub const INITIAL_RTT: Duration = Duration::from_millis(600);
+/// RTT assumed before the first measurement: RFC 9002's 333 ms. 2G/EDGE round trips are
+/// 300-1000 ms, so on the slowest links the first handshake flight may go twice (1.2 KB up,
+/// about 2.5 KB down). 600 ms avoided that, but every lost handshake packet then cost a probe
+/// timeout of about 1.8 s instead of 1 s: on issue 12's link (300 ms, 10 % loss) a handshake
+/// that lost a packet took 2.3-3.0 s instead of 1.6-2.3 s (ADR 46).
+pub const INITIAL_RTT: Duration = Duration::from_millis(333);
+/// QUIC's smallest datagram payload, which every path must carry (RFC 9000, 14).
+const MIN_UDP_PAYLOAD: u16 = 1200;
 /// Receive and send buffer asked for on a server's UDP socket. Linux gives 208 KiB by default:
 /// a few hundred devices dialing at once (a Monday morning, or the end of an outage) overflow
 /// it, and a dropped first handshake packet costs that device a one-second retransmission
@@ -148,6 +153,11 @@ pub struct NetConfig {
     /// A server's stateless-reset key; `None` takes a random one for this process (clients, and
     /// servers in tests that never restart).
     pub reset_key: Option<ResetKey>,
+    /// Whether a client probes for a path MTU above QUIC's 1,200 bytes, and lets its server
+    /// probe towards it. A device's sync says no (`fq_sync_server::client::SyncOptions`): on
+    /// 2G the probes, about 1.4 KB each and four a side, hold a 64 kbit/s link for most of a
+    /// second just as the session starts, and a larger packet saves a device almost nothing.
+    pub probe_mtu: bool,
 }
 
 impl Default for NetConfig {
@@ -157,6 +167,7 @@ impl Default for NetConfig {
             idle_timeout: IDLE_TIMEOUT,
             max_streams: MAX_CONCURRENT_BIDI_STREAMS,
             reset_key: None,
+            probe_mtu: true,
         }
     }
 }
@@ -779,8 +790,20 @@ fn client_quinn(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let quic = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport(net)?));
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    let mut transport = transport(net)?;
+    let mut endpoint = if net.probe_mtu {
+        quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?
+    } else {
+        transport.mtu_discovery_config(None);
+        // The largest datagram we take, as a transport parameter: at QUIC's minimum, the
+        // server has nothing to probe for either.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.max_udp_payload_size(MIN_UDP_PAYLOAD).map_err(|e| EndpointError::Quic(e.to_string()))?;
+        let socket = std::net::UdpSocket::bind(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+        quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| EndpointError::Bind { addr: bind, source })?
+    };
+    config.transport_config(Arc::new(transport));
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

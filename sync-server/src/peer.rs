@@ -199,7 +199,7 @@ impl PeerListener {
             Ok(session) => session,
             Err(e) => return (Err(SyncError::Session(e)), Stats::default()),
         };
-        let driver = Driver { stall_timeout: stall };
+        let driver = Driver { stall_timeout: stall, finish_early: false };
         let result = driver.drive(&mut session, ledger, &mut send, &mut recv, show, told).await;
         if result.is_err() {
             let _ = send.finish();

@@ -13,7 +13,8 @@
 //!
 //! When a group's commands grew the local log, every session is told once at the end of the
 //! group ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to
-//! the other devices connected at that moment; the upstream dialer is woken too. Once per group,
+//! the other devices connected at that moment; the upstream dialer is woken too. The session
+//! whose peer alone brought the new changes is not told: it would find nothing to send back. Once per group,
 //! not once per push: with N devices connected, telling everyone after each push made every
 //! push cost N log reads.
 //!
@@ -218,10 +219,18 @@ struct Actor {
     grouped: bool,
     /// Frames (acks among them) held back until the group commits, in order.
     held: Vec<(mpsc::UnboundedSender<Outgoing>, Outgoing)>,
-    /// Whether the log grew since sessions were last told: see [`Actor::spread`].
-    grew: bool,
+    /// Whether the log grew since sessions were last told, and by whom: see [`Actor::spread`].
+    grew: Growth,
     /// The policy version child sessions were last offered: see [`Actor::spread`].
     policy_offered: u64,
+}
+
+/// What grew the log during a group: nothing, the peer of one session alone, or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    None,
+    Session(SessionId),
+    Other,
 }
 
 impl Actor {
@@ -235,7 +244,7 @@ impl Actor {
             clock: SystemClock,
             grouped: false,
             held: Vec::new(),
-            grew: false,
+            grew: Growth::None,
             policy_offered: 0,
         }
     }
@@ -337,7 +346,9 @@ impl Actor {
                         answer_bytes = answer.len(),
                         "sync file imported"
                     );
-                    self.grew |= report.stats.received > 0;
+                    if report.stats.received > 0 {
+                        self.grew = Growth::Other;
+                    }
                     accepted_frame(&report, &answer)
                 }
                 Ok((None, _)) => {
@@ -458,7 +469,11 @@ impl Actor {
         self.flush(id);
         let after = self.ledger.log_head().ok();
         if after > before {
-            self.grew = true;
+            self.grew = match self.grew {
+                Growth::None => Growth::Session(id),
+                Growth::Session(other) if other == id => Growth::Session(id),
+                _ => Growth::Other,
+            };
         }
     }
 
@@ -502,11 +517,17 @@ impl Actor {
                 self.flush(id);
             }
         }
-        if !std::mem::take(&mut self.grew) {
+        let grew = std::mem::replace(&mut self.grew, Growth::None);
+        if grew == Growth::None {
             return;
         }
         let now = self.clock.now();
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        // A session whose own peer brought everything new has nothing to push for it (a change
+        // never goes back to the peer it came from). Told, it would push only its position,
+        // which costs a push and its ack, a round trip on 2G; and a device that has already
+        // finished its stream (ADR 46) could not acknowledge it, so the session would end with
+        // a push in flight. The position goes with the next push, or the next session.
+        let ids: Vec<SessionId> = self.sessions.keys().copied().filter(|id| grew != Growth::Session(*id)).collect();
         for id in ids {
             if let Some(live) = self.sessions.get_mut(&id)
                 && let Err(e) = live.session.notify_local_changes(&mut self.ledger, now)

@@ -504,6 +504,21 @@ impl Session {
             && (!self.policy_announced || self.policy_answered)
     }
 
+    /// Child: whether this side will never need to send anything more in this session, so a
+    /// dialer may finish its stream now and hang up once the rest arrives. It has sent its
+    /// Done, the parent's Done has come (the parent pushes nothing more that needs an Ack in
+    /// this session: what it pushed came before its Done, and its acks are queued), and no
+    /// digest has gone either way (a recovery may still ask for `Want` frames).
+    pub fn is_finished_sending(&self) -> bool {
+        self.side == Side::Child
+            && self.state == State::Streaming
+            && self.sent_done
+            && self.peer_done
+            && !self.digest_sent
+            && self.digest_in.is_empty()
+            && self.recovery_resume.is_none()
+    }
+
     /// Sends the child the policy in force if it is newer than what the child
     /// holds (and than what was sent it): call when this replica installed a
     /// newer policy while the session is open. A no-op on a child side, and
@@ -1211,7 +1226,10 @@ impl Session {
                 self.push_batch(ledger, Vec::new(), Some(upto), now)?;
             }
         }
-        if self.log_exhausted && (self.in_flight.is_empty() || self.cfg.one_way) && !self.sent_done {
+        // Done goes once everything is queued, ahead of the acks: the peer reads it after the
+        // pushes, so it holds them by then, and a dialing device can finish its stream a round
+        // trip sooner (`is_finished_sending`).
+        if self.log_exhausted && self.unsent_position.is_none() && !self.sent_done {
             self.sent_done = true;
             let head = ledger.log_head()?;
             self.send(&Message::Done { log_head: head })?;

@@ -814,6 +814,68 @@ fn sync_tells_a_new_device_how_many_changes_are_coming() {
     assert_eq!(again.stats().to_receive, 0);
 }
 
+/// Hands every frame `from` has queued to `to`; returns how many there were.
+fn deliver(from: &mut Session, to: &mut Session, ledger: &mut Ledger, now: Timestamp) -> usize {
+    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| from.poll_transmit()).collect();
+    for f in &frames {
+        to.handle_input(ledger, f, now).unwrap();
+    }
+    frames.len()
+}
+
+/// ADR 46: a device's Done goes right behind its pushes, so after one exchange (its hello, the
+/// township's answer) it has nothing more to send and may finish its stream; the township is
+/// caught up on reading the pushes and the Done, and the device once the acks come. When the
+/// township has changes for the device, the device acknowledges them before it finishes.
+#[test]
+fn sync_a_device_has_nothing_more_to_send_after_one_exchange() {
+    let clock = ManualClock::new(T0);
+    let now = clock.now();
+    let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
+    let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
+    loadgen_device(&mut dev, 20);
+    let open = |dev: &Node, town: &Node| {
+        let scope = dev.ledger.identity().scope.to_string();
+        let c = Session::new(
+            Side::Child,
+            &dev.ledger,
+            creds(dev, None),
+            SessionConfig::default(),
+            dev.ledger.upstream().unwrap(),
+            now,
+        )
+        .unwrap();
+        let p =
+            Session::new(Side::Parent, &town.ledger, creds(town, Some(&scope)), SessionConfig::default(), None, now)
+                .unwrap();
+        (c, p)
+    };
+    let (mut c, mut p) = open(&dev, &town);
+    deliver(&mut c, &mut p, &mut town.ledger, now); // hello
+    deliver(&mut p, &mut c, &mut dev.ledger, now); // hello, grant, outlook, done
+    assert!(c.is_finished_sending(), "the pushes and the Done are queued: nothing more will be needed");
+    assert!(!c.is_caught_up(), "not one push is acknowledged yet");
+    deliver(&mut c, &mut p, &mut town.ledger, now);
+    assert!(p.is_caught_up(), "the township holds everything the device had, and knows it");
+    assert_eq!(town.ledger.counts().unwrap()[1], 20);
+    deliver(&mut p, &mut c, &mut dev.ledger, now); // policy, acks
+    assert!(c.is_caught_up());
+    assert_eq!(c.stats().sent, 20);
+    assert!(c.poll_transmit().is_none(), "the device owes nothing");
+
+    // Another device's case for this one: its acks are queued before it may finish.
+    let mut other = node(&clock, 4, "dev-b", GrantRole::GridWorker, "532924101201");
+    other.ledger.create_case(new_case("邻里纠纷")).unwrap();
+    sync(&mut other, &mut town, now);
+    let (mut c, mut p) = open(&dev, &town);
+    deliver(&mut c, &mut p, &mut town.ledger, now);
+    deliver(&mut p, &mut c, &mut dev.ledger, now); // hello, grant, the push, done
+    assert_eq!(c.stats().received, 1);
+    assert!(c.is_finished_sending());
+    assert!(deliver(&mut c, &mut p, &mut town.ledger, now) > 0, "the ack goes before the stream ends");
+    assert!(p.is_caught_up(), "the township's push is acknowledged");
+}
+
 /// `part`, one author's consecutive changes to `case`, as a run signed by `author`: its
 /// members, then its head (a run of one: a change signature).
 fn signed_run(author: &Node, case: CaseId, part: &[fq_core::ledger::OutgoingChange]) -> Vec<IncomingChange> {
