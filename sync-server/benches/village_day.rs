@@ -10,7 +10,11 @@
 //! cargo bench -p fq-sync-server --bench village_day
 //! FQ_VILLAGE_RUNS=9 cargo bench -p fq-sync-server --bench village_day
 //! FQ_VILLAGE_RUNS=0 FQ_FIRST_SYNC_CASES=500 cargo bench -p fq-sync-server --bench village_day
+//! FQ_VILLAGE_SEED=4 RUST_LOG=quinn_proto=trace FQ_FIRST_SYNC_CASES=0 cargo bench -p fq-sync-server --bench village_day
 //! ```
+//!
+//! The last one runs one relay seed alone with the QUIC stack's log, to see where a slow run
+//! spent its time (ADR 46).
 //!
 //! The township runs in this process on 127.0.0.1, with the default settings of `fq-server
 //! run`; the device syncs with the client `fq sync` uses (dial, then one session, then the
