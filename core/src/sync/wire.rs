@@ -1003,14 +1003,9 @@ fn cases_block(cases: &[CaseDocument]) -> Result<Vec<u8>, EncodeError> {
 
 fn decode_cases(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let batch = r.u64("cases batch")?;
-    let declared = usize::try_from(r.u32("cases block length")?).unwrap_or(usize::MAX);
-    let block = inflate(r.rest(), declared)?;
+    let block = deflated_block(r, "cases block length")?;
     let mut b = Reader { buf: &block };
-    let signer_count = r_count16(&mut b, "pack signers", 32)?;
-    let mut signers = Vec::with_capacity(signer_count);
-    for _ in 0..signer_count {
-        signers.push(b.array::<32>("signer")?);
-    }
+    let signers = signer_table(&mut b)?;
     // case id 16, document length 1, voucher count 1, one voucher 1.
     let case_count = r_count16(&mut b, "cases", 19)?;
     if case_count == 0 {
@@ -1159,6 +1154,23 @@ fn deflate(block: &[u8]) -> Vec<u8> {
 
 /// Inflates a pack's block, refusing a declared length over [`MAX_PACK_BYTES`] before reading
 /// it, and any stream that inflates to more or less than it declared.
+/// The rest of a Pack or Cases message: its declared inflated length (`what`), then the
+/// DEFLATEd block, inflated within that length.
+fn deflated_block(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<u8>, DecodeError> {
+    let declared = usize::try_from(r.u32(what)?).unwrap_or(usize::MAX);
+    inflate(r.rest(), declared)
+}
+
+/// A block's table of signers: a count, then each ed25519 key.
+fn signer_table(b: &mut Reader<'_>) -> Result<Vec<[u8; 32]>, DecodeError> {
+    let count = r_count16(b, "pack signers", 32)?;
+    let mut signers = Vec::with_capacity(count);
+    for _ in 0..count {
+        signers.push(b.array::<32>("signer")?);
+    }
+    Ok(signers)
+}
+
 fn inflate(compressed: &[u8], declared: usize) -> Result<Vec<u8>, DecodeError> {
     use std::io::Read as _;
     if declared > MAX_PACK_BYTES {
@@ -1193,14 +1205,9 @@ fn decode_pack(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         }
         _ => return Err(DecodeError::BadValue { what: "pack upto flag" }),
     };
-    let declared = usize::try_from(r.u32("pack block length")?).unwrap_or(usize::MAX);
-    let block = inflate(r.rest(), declared)?;
+    let block = deflated_block(r, "pack block length")?;
     let mut b = Reader { buf: &block };
-    let signer_count = r_count16(&mut b, "pack signers", 32)?;
-    let mut signers = Vec::with_capacity(signer_count);
-    for _ in 0..signer_count {
-        signers.push(b.array::<32>("signer")?);
-    }
+    let signers = signer_table(&mut b)?;
     let case_count = r_count16(&mut b, "pack cases", 16)?;
     let mut cases = Vec::with_capacity(case_count);
     for _ in 0..case_count {
