@@ -55,7 +55,8 @@ pub const REDIALS: u32 = 1;
 pub const SYNC_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How often [`confirmed`] looks whether the server confirmed the handshake.
 const CONFIRMATION_POLL: Duration = Duration::from_millis(10);
-/// How long hanging up may wait for the server's last bytes (the end of its stream).
+/// How long hanging up may wait for the server's last bytes (the end of its stream), or for it to
+/// acknowledge the end of ours.
 pub(crate) const HANG_UP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bounds on how long a closed connection lingers so that its close goes out: about a round
 /// trip, at most 300 ms. Waiting for quinn's whole draining period (three probe timeouts,
