@@ -26,10 +26,13 @@
 //!   seeing another comes after it, whatever the device clocks say) and
 //!   orders concurrent appends the same way on every replica.
 //! - Peer bytes are applied inside `catch_unwind` (Automerge 0.12 panics on some
-//!   malformed input); after a panic the document must be dropped and reloaded.
+//!   malformed input); after a panic the document must be dropped and reloaded. Such a panic
+//!   is contained quietly ([`contained`], [`install_panic_hook`]): Automerge's English message
+//!   reaches neither a person's terminal nor the server's log; the caller reports the refusal.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, UnwindSafe, catch_unwind};
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
@@ -543,7 +546,7 @@ impl CaseDoc {
     /// `catch_unwind`: a corrupt file must give an error, not a crash.
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, DocError> {
         let raw = unpack_snapshot(bytes)?;
-        let doc = catch_unwind(|| AutoCommit::load(&raw)).map_err(|_| DocError::Panicked)?;
+        let doc = contained(|| AutoCommit::load(&raw)).map_err(|_| DocError::Panicked)?;
         let doc = doc.map_err(am("load"))?.with_actor(actor);
         Ok(Self { doc })
     }
@@ -744,7 +747,7 @@ impl CaseDoc {
     /// the caller must drop it.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), DocError> {
         let doc = &mut self.doc;
-        match catch_unwind(AssertUnwindSafe(|| doc.apply_changes(changes))) {
+        match contained(AssertUnwindSafe(|| doc.apply_changes(changes))) {
             Ok(r) => r.map_err(am("apply changes")),
             Err(_) => Err(DocError::Panicked),
         }
@@ -1085,7 +1088,7 @@ pub fn document_changes(bytes: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, DocError> 
     }
     plain_columns(bytes, &mut at).ok_or(bad("a document with compressed or unreadable columns"))?;
     let owned = bytes.to_vec();
-    let doc = catch_unwind(move || automerge::Automerge::load(&owned))
+    let doc = contained(move || automerge::Automerge::load(&owned))
         .map_err(|_| DocError::Panicked)?
         .map_err(am("load a peer's document"))?;
     let changes = doc.get_changes(&[]);
@@ -1134,7 +1137,7 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, DocError> {
         _ => return Err(DocError::BadChange("not a change chunk".into())),
     }
     let owned = bytes.to_vec();
-    let change = catch_unwind(move || Change::from_bytes(owned))
+    let change = contained(move || Change::from_bytes(owned))
         .map_err(|_| DocError::BadChange("automerge panicked while parsing".into()))?
         .map_err(|e| DocError::BadChange(e.to_string()))?;
     if !change.extra_bytes().is_empty() {
@@ -1324,6 +1327,33 @@ pub fn follow_ups_pending(state: &CaseState, policy: &Policy) -> u32 {
         return 0;
     }
     u32::try_from(policy.follow_up_days.len()).unwrap_or(u32::MAX).saturating_sub(state.visits)
+}
+
+thread_local! {
+    /// Whether this thread is inside [`contained`]: its panics are expected and reported by the
+    /// caller, not printed.
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, which gives Automerge bytes it may panic on, and catches the panic (see the module
+/// documentation). With [`install_panic_hook`] in place the panic prints nothing.
+pub fn contained<R>(f: impl FnOnce() -> R + UnwindSafe) -> std::thread::Result<R> {
+    let outer = CONTAINED.with(|c| c.replace(true));
+    let result = catch_unwind(f);
+    CONTAINED.with(|c| c.set(outer));
+    result
+}
+
+/// Makes the process's panic hook skip panics caught by [`contained`]; every other panic goes
+/// to the hook in place before (Rust's default: the message on standard error). The binaries
+/// call it first thing.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CONTAINED.with(Cell::get) {
+            previous(info);
+        }
+    }));
 }
 
 #[cfg(test)]

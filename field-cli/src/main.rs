@@ -55,6 +55,7 @@ mod usb;
 mod vault;
 
 fn main() {
+    fq_core::doc::install_panic_hook();
     std::process::exit(run())
 }
 

@@ -45,6 +45,7 @@ use crate::message::{role_words, tier_words};
 const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(300);
 
 fn main() -> ExitCode {
+    fq_core::doc::install_panic_hook();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match cli::parse(&args) {
         Ok(cli) => cli,

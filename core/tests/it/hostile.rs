@@ -145,3 +145,27 @@ proptest! {
         still_sound(&mut fresh);
     }
 }
+
+/// A panic Automerge raises on hostile bytes is caught and reported by the caller as a
+/// refusal; with the binaries' panic hook its English message reaches no terminal and no log.
+/// Any other panic still prints. Checked in a child process of this test binary, whose
+/// standard error is read.
+#[test]
+fn hostile_contained_panic_prints_nothing_and_any_other_panic_still_does() {
+    if std::env::var_os("FQ_CONTAINED_PANIC_CHILD").is_some() {
+        fq_core::doc::install_panic_hook();
+        let caught = fq_core::doc::contained(|| panic!("inside automerge: bad footer"));
+        assert!(caught.is_err());
+        panic!("an ordinary panic");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hostile::hostile_contained_panic_prints_nothing_and_any_other_panic_still_does"])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("FQ_CONTAINED_PANIC_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child's ordinary panic fails it");
+    assert!(!err.contains("inside automerge"), "a contained panic printed: {err}");
+    assert!(err.contains("an ordinary panic"), "an ordinary panic must still print: {err}");
+}
