@@ -14,9 +14,9 @@
 //! When a group's commands grew the local log, every session is told once at the end of the
 //! group ([`Session::notify_local_changes`]), so a device's edit flows on to the county and to
 //! the other devices connected at that moment; the upstream dialer is woken too. The session
-//! whose peer alone brought the new changes is not told: it would find nothing to send back. Once per group,
-//! not once per push: with N devices connected, telling everyone after each push made every
-//! push cost N log reads.
+//! whose peer alone brought the new changes is not told: it would find nothing to send back.
+//! Once per group, not once per push: with N devices connected, telling everyone after each
+//! push made every push cost N log reads.
 //!
 //! The outgoing channels are unbounded: what a session queues is bounded by the protocol itself
 //! (at most [`fq_core::sync::session::SessionConfig::max_in_flight`] unacknowledged pushes of
