@@ -226,6 +226,10 @@ fn sync_three_tiers_converge_through_real_servers() {
     let first = sync_json(&a, &["--server", &tw]);
     assert_eq!((first["sent"].as_u64(), first["refused"]["count"].as_u64()), (Some(2), Some(0)), "{first:#}");
     assert_eq!(first["server"]["id"], "tw-101");
+    // The device ended its stream right behind its Done (ADR 46): the township still saw its
+    // session through, with nothing of its own left unacknowledged.
+    let ended = township.wait_log("session ended", |l| l["peer"] == "d07");
+    assert_eq!(ended["caught_up"], true, "{ended}");
     let out = sync(&b, &["--server", &tw]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("同步完成"), "{out:?}");
