@@ -738,6 +738,10 @@ mod tests {
     use crate::ca::{CertificateAuthority, GrantRole};
 
     fn township_replica(dir: &std::path::Path) -> ReplicaHandle {
+        township_and_ca(dir).0
+    }
+
+    fn township_and_ca(dir: &std::path::Path) -> (ReplicaHandle, CertificateAuthority) {
         let now = SystemTime::now();
         let ca = CertificateAuthority::init(&dir.join("ca"), &"532924".parse().unwrap(), now).unwrap();
         let bundle = ca
@@ -757,7 +761,82 @@ mod tests {
             grant: bundle.grant().clone(),
             key: bundle.signing_key().clone(),
         };
-        ReplicaHandle::spawn(ledger, own, SessionConfig::default(), Arc::new(Notify::new())).unwrap()
+        (ReplicaHandle::spawn(ledger, own, SessionConfig::default(), Arc::new(Notify::new())).unwrap(), ca)
+    }
+
+    /// ADR 46: the changes a device pushes grow the township's log, but the device's own
+    /// session is not woken for them: it would push the device its position alone, which a
+    /// device that has ended its stream can no longer acknowledge. Everything the township
+    /// sends after its acks is checked: no push follows.
+    #[tokio::test]
+    async fn a_devices_own_pushes_do_not_wake_its_session() {
+        use fq_core::ledger::NewCase;
+        use fq_core::sync::wire::{Message, decode};
+        let dir = tempfile::tempdir().unwrap();
+        let (replica, ca) = township_and_ca(dir.path());
+        let bundle = ca
+            .issue(&"d07".parse().unwrap(), GrantRole::Mediator, &"532924101201".parse().unwrap(), SystemTime::now())
+            .unwrap();
+        let init = InitOptions {
+            tier: Tier::Device,
+            name: "d07".into(),
+            role: Role::Mediator,
+            scope: bundle.scope().clone(),
+            grid: None,
+        };
+        let mut device = Ledger::init_in_memory(init, Arc::new(SystemClock), LedgerOptions::default()).unwrap();
+        device.add_grant(bundle.grant()).unwrap();
+        for title in ["宅基地滴水纠纷", "山林界址纠纷"] {
+            let case = NewCase {
+                category: fq_core::case::Category::Neighbor,
+                title: title.into(),
+                description: String::new(),
+                parties: Vec::new(),
+                risk: fq_core::case::Risk::Low,
+                flags: Vec::new(),
+                village: None,
+                grid: None,
+            };
+            device.create_case(case).unwrap();
+        }
+        let creds = Credentials {
+            ca: bundle.ca_verifying_key(),
+            own: Some((bundle.grant().clone(), bundle.signing_key().clone())),
+            peer_scope_limit: None,
+        };
+        let now = SystemClock.now();
+        let mut session = Session::new(Side::Child, &device, creds, SessionConfig::default(), None, now).unwrap();
+        let (out, mut frames) = mpsc::unbounded_channel();
+        let sender = replica.sender();
+        let id = 1;
+        sender
+            .send(Command::Open { id, side: Side::Parent, peer: Box::new(bundle.identity().clone()), out })
+            .await
+            .unwrap();
+        let mut after_acks = Vec::new();
+        for _ in 0..20 {
+            while let Some(bytes) = session.poll_transmit() {
+                sender.send(Command::Input { id, bytes, release: None }).await.unwrap();
+            }
+            if session.is_caught_up() {
+                // Whatever the township still sends comes within this wait.
+                while let Ok(Some(Outgoing::Frame(f))) =
+                    tokio::time::timeout(Duration::from_millis(300), frames.recv()).await
+                {
+                    after_acks.push(decode(&f[4..]).unwrap());
+                }
+                break;
+            }
+            let Some(Outgoing::Frame(f)) = frames.recv().await else { panic!("the session ended") };
+            session.handle_input(&mut device, &f, SystemClock.now()).unwrap();
+        }
+        assert!(session.is_caught_up(), "the device's session did not catch up");
+        assert_eq!(session.stats().sent, 2);
+        assert!(
+            !after_acks.iter().any(|m| matches!(m, Message::Push { .. } | Message::Pack { .. })),
+            "the township pushed the device after its acks: {after_acks:?}"
+        );
+        replica.shutdown().await;
     }
 
     #[tokio::test]
