@@ -63,14 +63,14 @@ pub fn creds(n: &Node, peer_limit: Option<&str>) -> Credentials {
     }
 }
 
-/// Runs one session between `child` and `parent` until both are caught up.
-/// Returns the two sessions for inspection.
-pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Session) {
+/// Opens a session between `child` and `parent`, the child naming the parent it last synced
+/// with; nothing is exchanged yet.
+pub fn open(child: &Node, parent: &Node, now: Timestamp) -> (Session, Session) {
     let child_scope = child.ledger.identity().scope.to_string();
     let upstream = child.ledger.upstream().unwrap();
-    let mut c =
+    let c =
         Session::new(Side::Child, &child.ledger, creds(child, None), SessionConfig::default(), upstream, now).unwrap();
-    let mut p = Session::new(
+    let p = Session::new(
         Side::Parent,
         &parent.ledger,
         creds(parent, Some(&child_scope)),
@@ -79,6 +79,13 @@ pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Se
         now,
     )
     .unwrap();
+    (c, p)
+}
+
+/// Runs one session between `child` and `parent` until both are caught up.
+/// Returns the two sessions for inspection.
+pub fn sync(child: &mut Node, parent: &mut Node, now: Timestamp) -> (Session, Session) {
+    let (mut c, mut p) = open(child, parent, now);
     drive(&mut c, child, &mut p, parent, now);
     (c, p)
 }
@@ -834,23 +841,7 @@ fn sync_a_device_has_nothing_more_to_send_after_one_exchange() {
     let mut town = node(&clock, 2, "binju", GrantRole::TownshipServer, "532924101");
     let mut dev = node(&clock, 3, "dev-a", GrantRole::Mediator, "532924101201");
     loadgen_device(&mut dev, 20);
-    let open = |dev: &Node, town: &Node| {
-        let scope = dev.ledger.identity().scope.to_string();
-        let c = Session::new(
-            Side::Child,
-            &dev.ledger,
-            creds(dev, None),
-            SessionConfig::default(),
-            dev.ledger.upstream().unwrap(),
-            now,
-        )
-        .unwrap();
-        let p =
-            Session::new(Side::Parent, &town.ledger, creds(town, Some(&scope)), SessionConfig::default(), None, now)
-                .unwrap();
-        (c, p)
-    };
-    let (mut c, mut p) = open(&dev, &town);
+    let (mut c, mut p) = open(&dev, &town, now);
     deliver(&mut c, &mut p, &mut town.ledger, now); // hello
     deliver(&mut p, &mut c, &mut dev.ledger, now); // hello, grant, outlook, done
     assert!(c.is_finished_sending(), "the pushes and the Done are queued: nothing more will be needed");
@@ -867,7 +858,7 @@ fn sync_a_device_has_nothing_more_to_send_after_one_exchange() {
     let mut other = node(&clock, 4, "dev-b", GrantRole::GridWorker, "532924101201");
     other.ledger.create_case(new_case("邻里纠纷")).unwrap();
     sync(&mut other, &mut town, now);
-    let (mut c, mut p) = open(&dev, &town);
+    let (mut c, mut p) = open(&dev, &town, now);
     deliver(&mut c, &mut p, &mut town.ledger, now);
     deliver(&mut p, &mut c, &mut dev.ledger, now); // hello, grant, the push, done
     assert_eq!(c.stats().received, 1);
